@@ -1,0 +1,189 @@
+//! The journal record: one JSON object per change, the on-disk and on-wire format.
+//!
+//! Key names are a public contract (scripts and runners read them with `jq`); every
+//! key is documented in the README's "Journal records" table.
+
+use serde::{Deserialize, Serialize};
+
+/// Backing stat fingerprint of a file, as OpenClaw's fence compares it
+/// (source: OpenClaw 2026.5.22 `fs.stat(file, {bigint: true})` fence; `dev` is constant
+/// under one mount and therefore left out).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    /// Backing inode number.
+    pub ino: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, ns since the epoch.
+    pub mtime_ns: i64,
+    /// Status change time, ns since the epoch.
+    pub ctime_ns: i64,
+}
+
+/// One ancestor of the acting process (nearest first).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ancestor {
+    /// Process id (in the daemon's pid namespace).
+    pub pid: u32,
+    /// `/proc/<pid>/comm`.
+    pub comm: String,
+}
+
+/// A decoded transcript entry (one complete line of a `*.jsonl` file).
+///
+/// Only these fields are read from the line (borrowed serde struct, unknown fields
+/// skipped). A line that is not UTF-8 or not a JSON object has `unparsed` set and no
+/// other decoded field.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// 1-based line number in the file at the time of the change.
+    pub line: u64,
+    /// Byte offset of the line's first byte in the file.
+    pub offset: u64,
+    /// Length of the line in bytes, newline included.
+    pub bytes: u64,
+    /// `type` field (`session`, `message`, `custom`, ...).
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// `id` field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `parentId` field (`null` in the line is recorded as absent).
+    #[serde(rename = "parentId", default, skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<String>,
+    /// `message.role` field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// `customType` field.
+    #[serde(rename = "customType", default, skip_serializing_if = "Option::is_none")]
+    pub custom_type: Option<String>,
+    /// `"unparsed"` reason: `"not_utf8"` or `"not_json"`; absent for decoded lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unparsed: Option<String>,
+}
+
+/// One journal record. Optional keys are omitted from the JSON when absent.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Mount-global sequence number, strictly increasing, continued across restarts.
+    pub seq: u64,
+    /// Per-path sequence number (1-based), continued across restarts.
+    pub fseq: u64,
+    /// RFC 3339 UTC timestamp with nanoseconds, e.g. `2026-11-22T14:40:30.123456789Z`.
+    pub ts: String,
+    /// Operation: `open`, `create`, `write`, `truncate`, `chmod`, `chown`, `utimens`,
+    /// `setxattr`, `removexattr`, `rename`, `link`, `unlink`, `mkdir`, `rmdir`,
+    /// `symlink`, `mknod`, `fsync`, `release`, `external`.
+    pub op: String,
+    /// Path relative to the mount root, no leading slash (`sessions.json`).
+    pub path: String,
+
+    // ---- identity (who) ----
+    /// Thread group id of the caller (daemon's pid namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Thread id FUSE reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tid: Option<u32>,
+    /// Parent pid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ppid: Option<u32>,
+    /// Caller's fs uid, from the FUSE request header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// Caller's fs gid, from the FUSE request header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    /// `/proc/<pid>/comm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    /// `/proc/<pid>/exe` link target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    /// argv[0] plus at most two more arguments, secrets redacted as `<redacted>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<Vec<String>>,
+    /// Field 22 of `/proc/<pid>/stat` (clock ticks after boot); guards against pid reuse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starttime: Option<u64>,
+    /// Inode number of `/proc/<pid>/ns/pid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pidns: Option<u64>,
+    /// cgroup v2 path from `/proc/<pid>/cgroup`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// Up to 3 nearest ancestors, parent first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ancestry: Option<Vec<Ancestor>>,
+    /// Lane, when declared with `user.sessionfs.lane` or matched by a `--lanes` rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lane: Option<String>,
+    /// Where the lane came from: `"declared"` or `"rule"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lane_source: Option<String>,
+
+    // ---- what ----
+    /// Byte offset of a write, read range or fallocate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// Length in bytes of a write or fallocate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub len: Option<u64>,
+    /// `true` on writes through an O_APPEND file handle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub append: Option<bool>,
+    /// Size in bytes before the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_before: Option<u64>,
+    /// Size in bytes after the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_after: Option<u64>,
+    /// Backing fingerprint before the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<Fingerprint>,
+    /// Backing fingerprint after the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<Fingerprint>,
+    /// `"ok"` or the errno name (`"ENOENT"`).
+    pub result: String,
+    /// On `open`/`create`: `"read"`, `"write"` or `"readwrite"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<String>,
+    /// Open flags by name (`["O_APPEND","O_CREAT","O_EXCL"]`), rename flags
+    /// (`["RENAME_NOREPLACE"]`), xattr flags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flags: Option<Vec<String>>,
+    /// Mode bits (`chmod`, `create`, `mkdir`, `mknod`), as a number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    /// Rename/link destination path; symlink target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Backing inode replaced by a rename or removed by unlink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_ino: Option<u64>,
+    /// Extended attribute name (`setxattr`/`removexattr`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// On `release`: number of read requests served on the handle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reads: Option<u64>,
+    /// On `release`: bytes read on the handle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_bytes: Option<u64>,
+    /// On `release`: number of write requests on the handle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writes: Option<u64>,
+    /// On `release`: bytes written on the handle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_bytes: Option<u64>,
+    /// Transcript entries the change completed (appended or rewrote).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries: Option<Vec<Entry>>,
+    /// Transcript entries the change removed; their bytes are in the salvage store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed: Option<Vec<Entry>>,
+    /// Bytes of a trailing partial line kept back until a later write completes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<u64>,
+}
