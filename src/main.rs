@@ -1,1 +1,35 @@
-fn main() {}
+//! `sessionfs` binary: parse, run, print one-line errors.
+
+use clap::Parser;
+use sessionfs::cli::{Cli, Command};
+
+fn init_logging(debug: bool) {
+    let default = if debug { "debug" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SESSIONFS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Mount(args) => args.spec().and_then(|spec| {
+            init_logging(spec.debug);
+            sessionfs::mount::mount(spec)
+        }),
+        Command::Umount { mountpoint } => sessionfs::mount::umount(mountpoint),
+        Command::Demo => {
+            init_logging(false);
+            sessionfs::demo::run()
+        }
+        Command::Journal(args) => sessionfs::journal::cli::run_journal(args),
+        Command::Salvage(args) => sessionfs::journal::cli::run_salvage(args),
+    };
+    if let Err(msg) = result {
+        eprintln!("sessionfs: error: {msg}");
+        std::process::exit(1);
+    }
+}

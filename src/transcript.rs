@@ -37,17 +37,36 @@ impl TranscriptTracker {
 
     /// Before a write of `len` bytes at `offset` to the file `key` whose size is
     /// `size_before`: reads (pread on `fd`) what the write will overwrite.
-    pub fn before_write(&self, _key: u64, _fd: BorrowedFd<'_>, _offset: u64, _len: u64, _size_before: u64) -> Change {
+    pub fn before_write(
+        &self,
+        _key: u64,
+        _fd: BorrowedFd<'_>,
+        _offset: u64,
+        _len: u64,
+        _size_before: u64,
+    ) -> Change {
         Change::default()
     }
 
     /// After `data` landed at `offset` (the real offset, O_APPEND resolved).
-    pub fn after_write(&self, _key: u64, _fd: BorrowedFd<'_>, _offset: u64, _data: &[u8]) -> Change {
+    pub fn after_write(
+        &self,
+        _key: u64,
+        _fd: BorrowedFd<'_>,
+        _offset: u64,
+        _data: &[u8],
+    ) -> Change {
         Change::default()
     }
 
     /// Before a truncate from `old_size` to `new_size`.
-    pub fn before_truncate(&self, _key: u64, _fd: BorrowedFd<'_>, _old_size: u64, _new_size: u64) -> Change {
+    pub fn before_truncate(
+        &self,
+        _key: u64,
+        _fd: BorrowedFd<'_>,
+        _old_size: u64,
+        _new_size: u64,
+    ) -> Change {
         Change::default()
     }
 

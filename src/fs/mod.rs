@@ -1,1 +1,1783 @@
-//! The FUSE filesystem (placeholder).
+//! The FUSE filesystem: every operation is resolve (inode/handle table) → do on the
+//! backing fd → record (journal). Nothing here re-resolves a path string: all backing
+//! calls are relative to held O_PATH fds, one name component at a time, and never
+//! follow a symlink.
+
+mod attr;
+mod clock;
+mod handle;
+mod inode;
+mod record;
+mod virt;
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    AccessFlags, CopyFileRangeFlags, Errno as FErrno, FileHandle as Fh, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use nix::errno::Errno;
+
+use crate::identity::IdentityCache;
+use crate::journal::Journal;
+use crate::lanes::{LANE_XATTR, LaneDeclarations, LaneRules};
+use crate::sys::{self, SysResult};
+use crate::transcript::{self, TranscriptTracker};
+
+pub use clock::{now_rfc3339, rfc3339};
+use handle::{DirHandle, FileHandle, Handles};
+use inode::{Inode, InodeTable, ROOT_ID, VIRTUAL_BASE};
+use virt::VirtualFiles;
+
+/// Extended attribute that returns a file's latest journal `seq` (decimal ASCII).
+pub const SEQ_XATTR: &str = "user.sessionfs.seq";
+
+/// `__FMODE_EXEC`: set in OPEN flags when the kernel opens a binary for execve.
+const FMODE_EXEC: i32 = 0x20;
+
+/// Filesystem settings fixed at mount time.
+#[derive(Debug)]
+pub struct FsConfig {
+    /// Attribute TTL handed to the kernel for backing inodes.
+    pub attr_ttl: Duration,
+    /// Entry (name → inode) TTL, positive and negative.
+    pub entry_ttl: Duration,
+    /// Refuse every modification with EROFS (`-o ro`; the kernel enforces it too).
+    pub read_only: bool,
+    /// Lane rules from `--lanes`.
+    pub lane_rules: LaneRules,
+    /// Files whose transcript line index is kept (LRU bound).
+    pub tracked_files: usize,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        Self {
+            attr_ttl: Duration::from_secs(1),
+            entry_ttl: Duration::from_secs(1),
+            read_only: false,
+            lane_rules: LaneRules::empty(),
+            tracked_files: 1024,
+        }
+    }
+}
+
+/// The sessionfs filesystem over one backing directory.
+#[derive(Debug)]
+pub struct SessionFs {
+    inodes: InodeTable,
+    files: Handles<FileHandle>,
+    dirs: Handles<DirHandle>,
+    ids: IdentityCache,
+    lanes: LaneDeclarations,
+    tracker: TranscriptTracker,
+    journal: Option<Arc<Journal>>,
+    virt: VirtualFiles,
+    cfg: FsConfig,
+}
+
+fn err(e: Errno) -> FErrno {
+    FErrno::from_i32(e as i32)
+}
+
+/// Open flag names for the journal (`["O_WRONLY","O_APPEND"]`).
+fn flag_names(flags: i32) -> Vec<String> {
+    let mut v = Vec::new();
+    v.push(
+        match flags & libc::O_ACCMODE {
+            libc::O_RDONLY => "O_RDONLY",
+            libc::O_WRONLY => "O_WRONLY",
+            _ => "O_RDWR",
+        }
+        .to_string(),
+    );
+    for (bit, name) in [
+        (libc::O_CREAT, "O_CREAT"),
+        (libc::O_EXCL, "O_EXCL"),
+        (libc::O_TRUNC, "O_TRUNC"),
+        (libc::O_APPEND, "O_APPEND"),
+        (libc::O_NOFOLLOW, "O_NOFOLLOW"),
+        (libc::O_DIRECT, "O_DIRECT"),
+        (libc::O_SYNC, "O_SYNC"),
+        (libc::O_DSYNC, "O_DSYNC"),
+        (libc::O_NONBLOCK, "O_NONBLOCK"),
+        (libc::O_NOATIME, "O_NOATIME"),
+        (FMODE_EXEC, "FMODE_EXEC"),
+    ] {
+        if flags & bit == bit && bit != libc::O_DSYNC
+            || (bit == libc::O_DSYNC && flags & libc::O_SYNC == libc::O_DSYNC)
+        {
+            v.push(name.to_string());
+        }
+    }
+    v
+}
+
+fn access_name(flags: i32) -> &'static str {
+    match flags & libc::O_ACCMODE {
+        libc::O_RDONLY => "read",
+        libc::O_WRONLY => "write",
+        _ => "readwrite",
+    }
+}
+
+fn to_timespec(t: Option<TimeOrNow>) -> libc::timespec {
+    match t {
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(TimeOrNow::Now) => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        Some(TimeOrNow::SpecificTime(st)) => match st.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(d) => libc::timespec {
+                tv_sec: d.as_secs() as i64,
+                tv_nsec: d.subsec_nanos() as i64,
+            },
+            Err(e) => {
+                let d = e.duration();
+                let (mut s, mut ns) = (-(d.as_secs() as i64), -(d.subsec_nanos() as i64));
+                if ns < 0 {
+                    s -= 1;
+                    ns += 1_000_000_000;
+                }
+                libc::timespec {
+                    tv_sec: s,
+                    tv_nsec: ns,
+                }
+            }
+        },
+    }
+}
+
+impl SessionFs {
+    /// Filesystem serving the directory `root` (an O_PATH|O_DIRECTORY fd opened before
+    /// the mount, so that mounting over the same path keeps it reachable).
+    ///
+    /// Errors: the errno of `fstat` on `root`.
+    pub fn new(root: OwnedFd, journal: Option<Arc<Journal>>, cfg: FsConfig) -> SysResult<Self> {
+        let st = sys::fstat(root.as_fd())?;
+        if !sys::is_dir(&st) {
+            return Err(Errno::ENOTDIR);
+        }
+        Ok(Self {
+            inodes: InodeTable::new(root, &st),
+            files: Handles::new(),
+            dirs: Handles::new(),
+            ids: IdentityCache::new(),
+            lanes: LaneDeclarations::new(),
+            tracker: TranscriptTracker::new(cfg.tracked_files),
+            journal,
+            virt: VirtualFiles::new(),
+            cfg,
+        })
+    }
+
+    fn inode(&self, ino: INodeNo) -> Result<Arc<Inode>, FErrno> {
+        self.inodes.get(ino.0).ok_or(FErrno::ENOENT)
+    }
+
+    fn ro(&self) -> Result<(), FErrno> {
+        if self.cfg.read_only {
+            Err(FErrno::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Stat of an inode's backing object, with `FileAttr` served under its node id.
+    fn stat_attr(&self, inode: &Inode) -> SysResult<(libc::stat, fuser::FileAttr)> {
+        let st = sys::fstat(inode.fd())?;
+        let a = if inode.id == ROOT_ID {
+            attr::root_attr(&st)
+        } else {
+            attr::to_attr(inode.id, &st)
+        };
+        Ok((st, a))
+    }
+
+    /// Look up `name` in `parent` on the backing: O_PATH|O_NOFOLLOW open + fstat, then
+    /// one lookup count. `..` of the root is the root.
+    fn do_lookup(&self, parent: &Inode, name: &OsStr) -> SysResult<(Arc<Inode>, fuser::FileAttr)> {
+        if parent.id == ROOT_ID && name.as_bytes() == b".." {
+            let root = self.inodes.root();
+            self.inodes.add_lookup(&root);
+            let (_, a) = self.stat_attr(&root)?;
+            return Ok((root, a));
+        }
+        let c = sys::cname(name)?;
+        let fd = sys::openat(parent.fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let st = sys::fstat(fd.as_fd())?;
+        let inode = self.inodes.lookup(fd, &st, parent.id, name);
+        let a = if inode.id == ROOT_ID {
+            attr::root_attr(&st)
+        } else {
+            attr::to_attr(inode.id, &st)
+        };
+        Ok((inode, a))
+    }
+
+    /// A fresh readable fd on a regular file inode (for transcript decoding).
+    fn read_fd(&self, inode: &Inode) -> SysResult<OwnedFd> {
+        sys::reopen(inode.fd(), libc::O_RDONLY | libc::O_NOATIME)
+            .or_else(|_| sys::reopen(inode.fd(), libc::O_RDONLY))
+    }
+
+    fn is_transcript(&self, inode: &Inode) -> bool {
+        inode.is_file() && transcript::is_transcript(inode.name().1.as_bytes())
+    }
+
+    fn entry_reply(&self, reply: ReplyEntry, a: &fuser::FileAttr) {
+        reply.entry_with_ttls(&self.cfg.attr_ttl, &self.cfg.entry_ttl, a, Generation(0));
+    }
+}
+
+impl fuser::Filesystem for SessionFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // READDIRPLUS: one round trip fills entries and attrs for `ls -l`.
+        // HANDLE_KILLPRIV_V2: the kernel stops asking for `security.capability` before
+        // every write; we clear suid/sgid ourselves when a WRITE asks for it.
+        // PARALLEL_DIROPS: lookups/readdirs in one directory run concurrently.
+        // No WRITEBACK_CACHE: it would invent mtimes and hide the writer's identity.
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_EXPORT_SUPPORT
+            | InitFlags::FUSE_ATOMIC_O_TRUNC;
+        let supported = config.capabilities() & wanted;
+        let _ = config.add_capabilities(supported);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        if let Some(j) = &self.journal {
+            j.shutdown();
+        }
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let Ok(p) = self.inode(parent) else {
+            return reply.error(FErrno::ENOENT);
+        };
+        match self.do_lookup(&p, name) {
+            Ok((inode, a)) => {
+                if self.virt.shadows(p.id, name) {
+                    tracing::warn!(name = %name.to_string_lossy(), "a backing file shadows a sessionfs virtual file");
+                }
+                self.note_external(req, &inode);
+                self.entry_reply(reply, &a)
+            }
+            Err(Errno::ENOENT) => match self.virtual_lookup(&p, name) {
+                Some(a) => {
+                    reply.entry_with_ttls(&Duration::ZERO, &Duration::ZERO, &a, Generation(0))
+                }
+                None => reply.error(FErrno::ENOENT),
+            },
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        if ino.0 < VIRTUAL_BASE {
+            self.inodes.forget(ino.0, nlookup);
+        }
+    }
+
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<Fh>, reply: ReplyAttr) {
+        if ino.0 >= VIRTUAL_BASE {
+            return match self.virtual_attr(ino.0) {
+                Some(a) => reply.attr(&Duration::ZERO, &a),
+                None => reply.error(FErrno::ENOENT),
+            };
+        }
+        let Ok(inode) = self.inode(ino) else {
+            return reply.error(FErrno::ENOENT);
+        };
+        match self.stat_attr(&inode) {
+            Ok((st, a)) => {
+                self.check_external(req, &inode, &st);
+                reply.attr(&self.cfg.attr_ttl, &a)
+            }
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<Fh>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        if ino.0 >= VIRTUAL_BASE {
+            return reply.error(FErrno::EACCES);
+        }
+        if let Err(e) = self.ro() {
+            return reply.error(e);
+        }
+        let Ok(inode) = self.inode(ino) else {
+            return reply.error(FErrno::ENOENT);
+        };
+        let handle = fh.and_then(|f| self.files.get(f.0));
+        let res = self.do_setattr(
+            req,
+            &inode,
+            handle.as_deref(),
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+        );
+        match res.and_then(|_| self.stat_attr(&inode)) {
+            Ok((st, a)) => {
+                self.mark_known(&inode, &st);
+                reply.attr(&self.cfg.attr_ttl, &a)
+            }
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let Ok(inode) = self.inode(ino) else {
+            return reply.error(FErrno::ENOENT);
+        };
+        match nix::fcntl::readlinkat(inode.fd(), "") {
+            Ok(target) => reply.data(target.as_bytes()),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        if let Err(e) = self.ro() {
+            return reply.error(e);
+        }
+        let Ok(p) = self.inode(parent) else {
+            return reply.error(FErrno::ENOENT);
+        };
+        let res = sys::cname(name).and_then(|c| {
+            sys::as_caller(req.uid(), req.gid(), || {
+                sys::mknodat(p.fd(), &c, mode, rdev as u64)
+            })
+        });
+        self.record_dirop(req, "mknod", &p, name, None, Some(mode), &res);
+        match res.and_then(|_| self.do_lookup(&p, name)) {
+            Ok((_, a)) => self.entry_reply(reply, &a),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        if let Err(e) = self.ro() {
+            return reply.error(e);
+        }
+        let Ok(p) = self.inode(parent) else {
+            return reply.error(FErrno::ENOENT);
+        };
+        let res = sys::cname(name).and_then(|c| {
+            sys::as_caller(req.uid(), req.gid(), || {
+                nix::sys::stat::mkdirat(
+                    p.fd(),
+                    c.as_c_str(),
+                    nix::sys::stat::Mode::from_bits_truncate(mode),
+                )
+            })
+        });
+        self.record_dirop(req, "mkdir", &p, name, None, Some(mode), &res);
+        match res.and_then(|_| self.do_lookup(&p, name)) {
+            Ok((_, a)) => self.entry_reply(reply, &a),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if let Err(e) = self.ro() {
+            return reply.error(e);
+        }
+        let Ok(p) = self.inode(parent) else {
+            return reply.error(FErrno::ENOENT);
+        };
+        let res = self.do_unlink(req, &p, name, false);
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if let Err(e) = self.ro() {
+            return reply.error(e);
+        }
+        let Ok(p) = self.inode(parent) else {
+            return reply.error(FErrno::ENOENT);
+        };
+        match self.do_unlink(req, &p, name, true) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        if let Err(e) = self.ro() {
+            return reply.error(e);
+        }
+        let Ok(p) = self.inode(parent) else {
+            return reply.error(FErrno::ENOENT);
+        };
+        let res = sys::cname(link_name).and_then(|c| {
+            sys::as_caller(req.uid(), req.gid(), || {
+                nix::unistd::symlinkat(target, p.fd(), c.as_c_str())
+            })
+        });
+        self.record_dirop(
+            req,
+            "symlink",
+            &p,
+            link_name,
+            Some(target.to_string_lossy().into_owned()),
+            None,
+            &res,
+        );
+        match res.and_then(|_| self.do_lookup(&p, link_name)) {
+            Ok((_, a)) => self.entry_reply(reply, &a),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if let Err(e) = self.ro() {
+            return reply.error(e);
+        }
+        let (Ok(p), Ok(np)) = (self.inode(parent), self.inode(newparent)) else {
+            return reply.error(FErrno::ENOENT);
+        };
+        match self.do_rename(req, &p, name, &np, newname, flags.bits()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        if let Err(e) = self.ro() {
+            return reply.error(e);
+        }
+        let (Ok(inode), Ok(np)) = (self.inode(ino), self.inode(newparent)) else {
+            return reply.error(FErrno::ENOENT);
+        };
+        let res = sys::cname(newname).and_then(|c| {
+            let src = sys::proc_fd_path(inode.fd().as_raw_fd());
+            nix::unistd::linkat(
+                nix::fcntl::AT_FDCWD,
+                src.as_c_str(),
+                np.fd(),
+                c.as_c_str(),
+                nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+            )
+        });
+        let path = self.inodes.path_of(&inode);
+        let to = self.child_path(&np, newname);
+        self.record(req, "link", path, Some(inode.ino), |r| {
+            r.to = Some(to);
+            r.result = record::result(&res);
+        });
+        match res.and_then(|_| self.stat_attr(&inode)) {
+            Ok((st, a)) => {
+                self.inodes.add_lookup(&inode);
+                self.mark_known(&inode, &st);
+                self.entry_reply(reply, &a)
+            }
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let flags = flags.0;
+        if ino.0 >= VIRTUAL_BASE {
+            if flags & libc::O_ACCMODE != libc::O_RDONLY {
+                return reply.error(FErrno::EACCES);
+            }
+            return reply.opened(Fh(ino.0), FopenFlags::FOPEN_DIRECT_IO);
+        }
+        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
+            if let Err(e) = self.ro() {
+                return reply.error(e);
+            }
+        }
+        let Ok(inode) = self.inode(ino) else {
+            return reply.error(FErrno::ENOENT);
+        };
+        if flags & FMODE_EXEC != 0 {
+            self.ids.note_exec(req.pid());
+        }
+        let truncating = flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let before = if truncating {
+            sys::fstat(inode.fd()).ok()
+        } else {
+            None
+        };
+        let mut removed = None;
+        if truncating && self.is_transcript(&inode) {
+            if let Some(st) = &before {
+                removed = self.salvage_truncate(&inode, st.st_size as u64, 0);
+            }
+        }
+        let res = sys::reopen(inode.fd(), flags & !FMODE_EXEC);
+        match res {
+            Ok(fd) => {
+                let st = sys::fstat(fd.as_fd()).ok();
+                let keep = self.keep_cache(&inode, st.as_ref(), truncating);
+                self.record_open(
+                    req,
+                    &inode,
+                    flags,
+                    before.as_ref(),
+                    st.as_ref(),
+                    removed,
+                    &Ok(()),
+                );
+                let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+                let fh = self.files.insert(FileHandle {
+                    fd,
+                    inode,
+                    flags,
+                    writable,
+                    reads: Default::default(),
+                    read_bytes: Default::default(),
+                    writes: Default::default(),
+                    write_bytes: Default::default(),
+                });
+                let mut of = FopenFlags::empty();
+                if keep {
+                    of |= FopenFlags::FOPEN_KEEP_CACHE;
+                }
+                reply.opened(Fh(fh), of)
+            }
+            Err(e) => {
+                self.record_open(req, &inode, flags, before.as_ref(), None, None, &Err(e));
+                reply.error(err(e))
+            }
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: Fh,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        if ino.0 >= VIRTUAL_BASE {
+            return match self.virtual_read(ino.0, offset, size as usize) {
+                Some(d) => reply.data(&d),
+                None => reply.error(FErrno::ENOENT),
+            };
+        }
+        let Some(h) = self.files.get(fh.0) else {
+            return reply.error(FErrno::EBADF);
+        };
+        let mut buf = vec![0u8; size as usize];
+        match sys::pread(h.fd(), &mut buf, offset) {
+            Ok(n) => {
+                h.count_read(n);
+                reply.data(&buf[..n])
+            }
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn write(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: Fh,
+        offset: u64,
+        data: &[u8],
+        write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let Some(h) = self.files.get(fh.0) else {
+            return reply.error(FErrno::EBADF);
+        };
+        match self.do_write(req, &h, offset, data, write_flags) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: Fh,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Locks stay kernel-local and the backing fd is closed at release, so there is
+        // nothing to do; ENOSYS makes the kernel stop sending FLUSH (one round trip
+        // less per close).
+        reply.error(FErrno::ENOSYS)
+    }
+
+    fn release(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: Fh,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        if ino.0 >= VIRTUAL_BASE {
+            return reply.ok();
+        }
+        if let Some(h) = self.files.remove(fh.0) {
+            self.record_release(req, &h);
+        }
+        reply.ok()
+    }
+
+    fn fsync(&self, req: &Request, _ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
+        let Some(h) = self.files.get(fh.0) else {
+            return reply.error(FErrno::EBADF);
+        };
+        let res = if datasync {
+            nix::unistd::fdatasync(h.fd())
+        } else {
+            nix::unistd::fsync(h.fd())
+        };
+        if h.writable {
+            let path = self.inodes.path_of(&h.inode);
+            self.record(req, "fsync", path, Some(h.inode.ino), |r| {
+                r.result = record::result(&res);
+                if datasync {
+                    r.flags = Some(vec!["datasync".into()]);
+                }
+            });
+        }
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let Ok(inode) = self.inode(ino) else {
+            return reply.error(FErrno::ENOENT);
+        };
+        match DirHandle::open(inode) {
+            Ok(dh) => reply.opened(Fh(self.dirs.insert(dh)), FopenFlags::empty()),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: Fh,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(dh) = self.dirs.get(fh.0) else {
+            return reply.error(FErrno::EBADF);
+        };
+        let entries = match dh.entries(offset, self.virt_dir_extra(&dh.inode)) {
+            Ok(e) => e,
+            Err(e) => return reply.error(err(e)),
+        };
+        for (i, ent) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(
+                INodeNo(ent.ino),
+                i as u64 + 1,
+                attr::kind(ent.kind),
+                &ent.name,
+            ) {
+                break;
+            }
+        }
+        reply.ok()
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: Fh,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some(dh) = self.dirs.get(fh.0) else {
+            return reply.error(FErrno::EBADF);
+        };
+        let entries = match dh.entries(offset, self.virt_dir_extra(&dh.inode)) {
+            Ok(e) => e,
+            Err(e) => return reply.error(err(e)),
+        };
+        for (i, ent) in entries.iter().enumerate().skip(offset as usize) {
+            let name = ent.name.as_os_str();
+            let dot = name == "." || name == "..";
+            if ent.virtual_id != 0 {
+                // Listed but not looked up: the kernel will LOOKUP it on use.
+                let Some(mut a) = self.virtual_attr(ent.virtual_id) else {
+                    continue;
+                };
+                a.ino = INodeNo(0);
+                if reply.add(
+                    INodeNo(0),
+                    i as u64 + 1,
+                    name,
+                    &Duration::ZERO,
+                    &a,
+                    Generation(0),
+                ) {
+                    break;
+                }
+                continue;
+            }
+            if dot {
+                // The kernel ignores attributes of `.`/`..` in READDIRPLUS and takes no
+                // lookup count on them.
+                let st = match sys::fstat(dh.inode.fd()) {
+                    Ok(st) => st,
+                    Err(_) => continue,
+                };
+                let a = attr::to_attr(
+                    if dh.inode.id == ROOT_ID {
+                        st.st_ino
+                    } else {
+                        dh.inode.id
+                    },
+                    &st,
+                );
+                if reply.add(
+                    INodeNo(a.ino.0),
+                    i as u64 + 1,
+                    name,
+                    &Duration::ZERO,
+                    &a,
+                    Generation(0),
+                ) {
+                    break;
+                }
+                continue;
+            }
+            let c = match sys::cname(name) {
+                Ok(c) => c,
+                Err(_) => continue,
+            };
+            let Ok(fd) = sys::openat(dh.inode.fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0) else {
+                continue;
+            };
+            let Ok(st) = sys::fstat(fd.as_fd()) else {
+                continue;
+            };
+            let id = self.inodes.id_for(st.st_dev, st.st_ino);
+            let a = if id == ROOT_ID {
+                attr::root_attr(&st)
+            } else {
+                attr::to_attr(id, &st)
+            };
+            // Take the lookup count only once the entry is in the reply buffer.
+            if reply.add(
+                INodeNo(id),
+                i as u64 + 1,
+                name,
+                &self.cfg.entry_ttl,
+                &a,
+                Generation(0),
+            ) {
+                break;
+            }
+            self.inodes.lookup(fd, &st, dh.inode.id, name);
+        }
+        reply.ok()
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: Fh,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs.remove(fh.0);
+        reply.ok()
+    }
+
+    fn fsyncdir(&self, req: &Request, _ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
+        let Some(dh) = self.dirs.get(fh.0) else {
+            return reply.error(FErrno::EBADF);
+        };
+        let res = dh.fsync(datasync);
+        let path = self.inodes.path_of(&dh.inode);
+        self.record(req, "fsync", path, Some(dh.inode.ino), |r| {
+            r.result = record::result(&res);
+            r.flags = Some(vec!["directory".into()]);
+        });
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let root = self.inodes.root();
+        match nix::sys::statvfs::fstatvfs(root.fd()) {
+            Ok(s) => reply.statfs(
+                s.blocks(),
+                s.blocks_free(),
+                s.blocks_available(),
+                s.files(),
+                s.files_free(),
+                s.block_size() as u32,
+                s.name_max() as u32,
+                s.fragment_size() as u32,
+            ),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        if ino.0 >= VIRTUAL_BASE {
+            return reply.error(FErrno::EACCES);
+        }
+        let Ok(inode) = self.inode(ino) else {
+            return reply.error(FErrno::ENOENT);
+        };
+        if name.as_bytes() == LANE_XATTR.as_bytes() {
+            // Virtual: never stored on the backing file (no ctime change).
+            let caller = self.ids.caller(req.pid(), req.uid(), req.gid());
+            let lane = std::str::from_utf8(value).map_err(|_| FErrno::EINVAL);
+            return match lane {
+                Ok(l) => {
+                    self.lanes.declare(
+                        &caller,
+                        inode.ino,
+                        if l.is_empty() { None } else { Some(l) },
+                    );
+                    reply.ok()
+                }
+                Err(e) => reply.error(e),
+            };
+        }
+        if name.as_bytes() == SEQ_XATTR.as_bytes() {
+            return reply.error(FErrno::EACCES);
+        }
+        if let Err(e) = self.ro() {
+            return reply.error(e);
+        }
+        let res = sys::cname(name).and_then(|c| sys::setxattr(inode.fd(), &c, value, flags));
+        let path = self.inodes.path_of(&inode);
+        let xname = name.to_string_lossy().into_owned();
+        self.record(req, "setxattr", path, Some(inode.ino), |r| {
+            r.name = Some(xname);
+            r.len = Some(value.len() as u64);
+            r.result = record::result(&res);
+        });
+        if res.is_ok() {
+            if let Ok(st) = sys::fstat(inode.fd()) {
+                self.mark_known(&inode, &st);
+            }
+        }
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let value: Result<Vec<u8>, FErrno> = if ino.0 >= VIRTUAL_BASE {
+            Err(FErrno::NO_XATTR)
+        } else {
+            let Ok(inode) = self.inode(ino) else {
+                return reply.error(FErrno::ENOENT);
+            };
+            if name.as_bytes() == LANE_XATTR.as_bytes() {
+                let caller = self.ids.caller(req.pid(), req.uid(), req.gid());
+                self.lanes
+                    .get(&caller, inode.ino)
+                    .map(|l| l.as_bytes().to_vec())
+                    .ok_or(FErrno::NO_XATTR)
+            } else if name.as_bytes() == SEQ_XATTR.as_bytes() {
+                let path = self.inodes.path_of(&inode);
+                self.journal
+                    .as_ref()
+                    .and_then(|j| j.latest_seq(&path))
+                    .map(|s| s.to_string().into_bytes())
+                    .ok_or(FErrno::NO_XATTR)
+            } else {
+                let c = match sys::cname(name) {
+                    Ok(c) => c,
+                    Err(e) => return reply.error(err(e)),
+                };
+                let mut buf = vec![0u8; size as usize];
+                match sys::getxattr(inode.fd(), &c, &mut buf) {
+                    Ok(n) if size == 0 => return reply.size(n as u32),
+                    Ok(n) => {
+                        buf.truncate(n);
+                        Ok(buf)
+                    }
+                    Err(e) => Err(err(e)),
+                }
+            }
+        };
+        match value {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() > size as usize => reply.error(FErrno::ERANGE),
+            Ok(v) => reply.data(&v),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if ino.0 >= VIRTUAL_BASE {
+            return if size == 0 {
+                reply.size(0)
+            } else {
+                reply.data(&[])
+            };
+        }
+        let Ok(inode) = self.inode(ino) else {
+            return reply.error(FErrno::ENOENT);
+        };
+        let mut buf = vec![0u8; size as usize];
+        match sys::listxattr(inode.fd(), &mut buf) {
+            Ok(n) if size == 0 => reply.size(n as u32),
+            Ok(n) => reply.data(&buf[..n]),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if ino.0 >= VIRTUAL_BASE {
+            return reply.error(FErrno::EACCES);
+        }
+        let Ok(inode) = self.inode(ino) else {
+            return reply.error(FErrno::ENOENT);
+        };
+        if name.as_bytes() == LANE_XATTR.as_bytes() {
+            let caller = self.ids.caller(req.pid(), req.uid(), req.gid());
+            self.lanes.declare(&caller, inode.ino, None);
+            return reply.ok();
+        }
+        if let Err(e) = self.ro() {
+            return reply.error(e);
+        }
+        let res = sys::cname(name).and_then(|c| sys::removexattr(inode.fd(), &c));
+        let path = self.inodes.path_of(&inode);
+        let xname = name.to_string_lossy().into_owned();
+        self.record(req, "removexattr", path, Some(inode.ino), |r| {
+            r.name = Some(xname);
+            r.result = record::result(&res);
+        });
+        if res.is_ok() {
+            if let Ok(st) = sys::fstat(inode.fd()) {
+                self.mark_known(&inode, &st);
+            }
+        }
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        // Only reached without default_permissions (we always set it); kept exact anyway.
+        if ino.0 >= VIRTUAL_BASE {
+            return reply.ok();
+        }
+        let Ok(inode) = self.inode(ino) else {
+            return reply.error(FErrno::ENOENT);
+        };
+        let path = sys::proc_fd_path(inode.fd().as_raw_fd());
+        // SAFETY: valid C string; faccessat only reads it.
+        let r = unsafe { libc::faccessat(libc::AT_FDCWD, path.as_ptr(), mask.bits(), 0) };
+        if r == 0 {
+            reply.ok()
+        } else {
+            reply.error(err(Errno::last()))
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        if let Err(e) = self.ro() {
+            return reply.error(e);
+        }
+        let Ok(p) = self.inode(parent) else {
+            return reply.error(FErrno::ENOENT);
+        };
+        match self.do_create(req, &p, name, mode, flags) {
+            Ok((fh, a)) => reply.created(
+                &self.cfg.attr_ttl,
+                &a,
+                Generation(0),
+                Fh(fh),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: Fh,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in: &[u8],
+        _out: u32,
+        reply: ReplyIoctl,
+    ) {
+        // Python's open() probes TCGETS on every file; regular files answer ENOTTY.
+        reply.error(FErrno::ENOTTY)
+    }
+
+    fn fallocate(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: Fh,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        if let Err(e) = self.ro() {
+            return reply.error(e);
+        }
+        let Some(h) = self.files.get(fh.0) else {
+            return reply.error(FErrno::EBADF);
+        };
+        let before = sys::fstat(h.fd()).ok();
+        let res = sys::fallocate(h.fd(), mode, offset, length);
+        let after = sys::fstat(h.fd()).ok();
+        if let Some(st) = &after {
+            self.mark_known(&h.inode, st);
+        }
+        let path = self.inodes.path_of(&h.inode);
+        self.record(req, "fallocate", path, Some(h.inode.ino), |r| {
+            r.offset = Some(offset);
+            r.len = Some(length);
+            r.mode = Some(mode as u32);
+            record::fingerprints(r, before.as_ref(), after.as_ref());
+            r.result = record::result(&res);
+        });
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: Fh,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let Some(h) = self.files.get(fh.0) else {
+            return reply.error(FErrno::EBADF);
+        };
+        match sys::lseek(h.fd(), offset, whence) {
+            Ok(o) => reply.offset(o),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        req: &Request,
+        _ino_in: INodeNo,
+        fh_in: Fh,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: Fh,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        if let Err(e) = self.ro() {
+            return reply.error(e);
+        }
+        let (Some(hi), Some(ho)) = (self.files.get(fh_in.0), self.files.get(fh_out.0)) else {
+            return reply.error(FErrno::EBADF);
+        };
+        // Read then write through our own write path, so the journal and transcript
+        // decoder see the bytes exactly as for a WRITE.
+        let mut buf = vec![0u8; len.min(16 << 20) as usize];
+        let res = sys::pread(hi.fd(), &mut buf, offset_in).and_then(|n| {
+            hi.count_read(n);
+            self.do_write(req, &ho, offset_out, &buf[..n], WriteFlags::empty())
+        });
+        match res {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+}
+
+impl SessionFs {
+    #[allow(clippy::too_many_arguments)]
+    fn do_setattr(
+        &self,
+        req: &Request,
+        inode: &Inode,
+        handle: Option<&FileHandle>,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+    ) -> SysResult<()> {
+        let path = self.inodes.path_of(inode);
+        if let Some(mode) = mode {
+            let before = sys::fstat(inode.fd()).ok();
+            let p = sys::proc_fd_path(inode.fd().as_raw_fd());
+            let res = if inode.kind == libc::S_IFLNK {
+                Err(Errno::EOPNOTSUPP)
+            } else {
+                nix::sys::stat::fchmodat(
+                    nix::fcntl::AT_FDCWD,
+                    p.as_c_str(),
+                    nix::sys::stat::Mode::from_bits_truncate(mode),
+                    nix::sys::stat::FchmodatFlags::FollowSymlink,
+                )
+            };
+            let after = sys::fstat(inode.fd()).ok();
+            self.record(req, "chmod", path.clone(), Some(inode.ino), |r| {
+                r.mode = Some(mode & 0o7777);
+                record::fingerprints(r, before.as_ref(), after.as_ref());
+                r.result = record::result(&res);
+            });
+            res?;
+        }
+        if uid.is_some() || gid.is_some() {
+            let before = sys::fstat(inode.fd()).ok();
+            let res = nix::unistd::fchownat(
+                inode.fd(),
+                "",
+                uid.map(nix::unistd::Uid::from_raw),
+                gid.map(nix::unistd::Gid::from_raw),
+                nix::fcntl::AtFlags::AT_EMPTY_PATH | nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            );
+            let after = sys::fstat(inode.fd()).ok();
+            self.record(req, "chown", path.clone(), Some(inode.ino), |r| {
+                r.to = Some(format!(
+                    "{}:{}",
+                    uid.map_or(-1, |u| u as i64),
+                    gid.map_or(-1, |g| g as i64)
+                ));
+                record::fingerprints(r, before.as_ref(), after.as_ref());
+                r.result = record::result(&res);
+            });
+            res?;
+        }
+        if let Some(size) = size {
+            let before = sys::fstat(inode.fd()).ok();
+            let mut removed = None;
+            if let Some(st) = &before {
+                if self.is_transcript(inode) && (size as i64) < st.st_size {
+                    removed = self.salvage_truncate(inode, st.st_size as u64, size);
+                }
+            }
+            let res = match handle {
+                Some(h) => nix::unistd::ftruncate(h.fd(), size as i64),
+                None => {
+                    let p = sys::proc_fd_path(inode.fd().as_raw_fd());
+                    nix::unistd::truncate(p.as_c_str(), size as i64)
+                }
+            };
+            // HANDLE_KILLPRIV_V2: an unprivileged truncate clears suid/sgid, as the
+            // kernel would have (our root daemon has CAP_FSETID, the caller may not).
+            if res.is_ok() && req.uid() != 0 {
+                self.kill_suid(inode);
+            }
+            let after = sys::fstat(inode.fd()).ok();
+            self.record(req, "truncate", path.clone(), Some(inode.ino), |r| {
+                r.size_before = before.as_ref().map(|s| s.st_size as u64);
+                r.size_after = after.as_ref().map(|s| s.st_size as u64);
+                r.len = Some(size);
+                record::fingerprints(r, before.as_ref(), after.as_ref());
+                r.result = record::result(&res);
+                if res.is_ok() {
+                    r.removed = removed;
+                }
+            });
+            res?;
+        }
+        if atime.is_some() || mtime.is_some() {
+            let before = sys::fstat(inode.fd()).ok();
+            let times = [to_timespec(atime), to_timespec(mtime)];
+            let res = match handle {
+                Some(h) => {
+                    // SAFETY: live fd and a pointer to two timespecs.
+                    let r = unsafe { libc::futimens(h.fd().as_raw_fd(), times.as_ptr()) };
+                    if r == 0 { Ok(()) } else { Err(Errno::last()) }
+                }
+                None => sys::utimens(inode.fd(), &times),
+            };
+            let after = sys::fstat(inode.fd()).ok();
+            self.record(req, "utimens", path, Some(inode.ino), |r| {
+                record::fingerprints(r, before.as_ref(), after.as_ref());
+                r.result = record::result(&res);
+            });
+            res?;
+        }
+        Ok(())
+    }
+
+    /// Clear S_ISUID (and S_ISGID when group-executable), as the VFS does on write or
+    /// truncate by a caller without CAP_FSETID. Only called where the kernel asked for it.
+    fn kill_suid(&self, inode: &Inode) {
+        if let Ok(st) = sys::fstat(inode.fd()) {
+            let mut mode = st.st_mode & 0o7777;
+            let old = mode;
+            mode &= !libc::S_ISUID;
+            if mode & libc::S_IXGRP != 0 {
+                mode &= !libc::S_ISGID;
+            }
+            if mode != old {
+                let p = sys::proc_fd_path(inode.fd().as_raw_fd());
+                let _ = nix::sys::stat::fchmodat(
+                    nix::fcntl::AT_FDCWD,
+                    p.as_c_str(),
+                    nix::sys::stat::Mode::from_bits_truncate(mode),
+                    nix::sys::stat::FchmodatFlags::FollowSymlink,
+                );
+            }
+        }
+    }
+
+    fn do_write(
+        &self,
+        req: &Request,
+        h: &FileHandle,
+        offset: u64,
+        data: &[u8],
+        wflags: WriteFlags,
+    ) -> SysResult<usize> {
+        if self.cfg.read_only {
+            return Err(Errno::EROFS);
+        }
+        let journaling = self.journal.is_some();
+        let transcript = journaling && self.is_transcript(&h.inode);
+        let before = if journaling {
+            Some(sys::fstat(h.fd())?)
+        } else {
+            None
+        };
+        let size_before = before.as_ref().map_or(0, |s| s.st_size as u64);
+        let mut over = None;
+        if transcript && !h.append() && offset < size_before {
+            if let Ok(rfd) = self.read_fd(&h.inode) {
+                over = Some(self.tracker.before_write(
+                    h.inode.ino,
+                    rfd.as_fd(),
+                    offset,
+                    data.len() as u64,
+                    size_before,
+                ));
+            }
+        }
+        let res = sys::pwrite(h.fd(), data, offset);
+        if res.is_ok() && wflags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            self.kill_suid(&h.inode);
+        }
+        let after = sys::fstat(h.fd()).ok();
+        if let Some(st) = &after {
+            self.mark_known(&h.inode, st);
+        }
+        if let Ok(n) = res {
+            h.count_write(n);
+        }
+        if journaling {
+            // O_APPEND: the backing kernel wrote at its EOF, whatever offset said.
+            let real_off = match (&res, &after) {
+                (Ok(n), Some(st)) if h.append() => (st.st_size as u64).saturating_sub(*n as u64),
+                _ => offset,
+            };
+            let mut change = None;
+            if transcript {
+                if let Ok(n) = res {
+                    if let Ok(rfd) = self.read_fd(&h.inode) {
+                        change = Some(self.tracker.after_write(
+                            h.inode.ino,
+                            rfd.as_fd(),
+                            real_off,
+                            &data[..n],
+                        ));
+                    }
+                }
+            }
+            let path = self.inodes.path_of(&h.inode);
+            if let Some(o) = &over {
+                if !o.salvage.is_empty() {
+                    if let Some(j) = &self.journal {
+                        j.salvage(&path, &o.salvage);
+                    }
+                }
+            }
+            self.record(req, "write", path, Some(h.inode.ino), |r| {
+                r.offset = Some(real_off);
+                r.len = Some(data.len() as u64);
+                if h.append() {
+                    r.append = Some(true);
+                }
+                r.size_before = Some(size_before);
+                r.size_after = after.as_ref().map(|s| s.st_size as u64);
+                record::fingerprints(r, before.as_ref(), after.as_ref());
+                r.result = record::result(&res);
+                if let Some(c) = change {
+                    if !c.entries.is_empty() {
+                        r.entries = Some(c.entries);
+                    }
+                    if c.partial > 0 {
+                        r.partial = Some(c.partial);
+                    }
+                    if !c.removed.is_empty() {
+                        r.removed = Some(c.removed);
+                    }
+                }
+                if let Some(o) = over {
+                    if !o.removed.is_empty() {
+                        r.removed.get_or_insert_with(Vec::new).extend(o.removed);
+                    }
+                }
+            });
+        }
+        res
+    }
+
+    fn do_create(
+        &self,
+        req: &Request,
+        p: &Inode,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+    ) -> SysResult<(u64, fuser::FileAttr)> {
+        let c = sys::cname(name)?;
+        let oflags = (flags | libc::O_CREAT) & !FMODE_EXEC;
+        let res = sys::as_caller(req.uid(), req.gid(), || {
+            sys::openat(p.fd(), &c, oflags, mode & 0o7777)
+        });
+        let path = self.child_path(p, name);
+        let fd = match res {
+            Ok(fd) => fd,
+            Err(e) => {
+                self.record(req, "create", path, None, |r| {
+                    r.access = Some(access_name(flags).into());
+                    r.flags = Some(flag_names(oflags));
+                    r.mode = Some(mode & 0o7777);
+                    r.result = record::result::<()>(&Err(e));
+                });
+                return Err(e);
+            }
+        };
+        let st = sys::fstat(fd.as_fd())?;
+        let opath = sys::reopen(fd.as_fd(), libc::O_PATH)?;
+        let inode = self.inodes.lookup(opath, &st, p.id, name);
+        self.mark_known(&inode, &st);
+        self.record(req, "create", path, Some(inode.ino), |r| {
+            r.access = Some(access_name(flags).into());
+            r.flags = Some(flag_names(oflags));
+            r.mode = Some(mode & 0o7777);
+            r.size_after = Some(st.st_size as u64);
+            r.after = Some(attr::fingerprint(&st));
+        });
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let a = attr::to_attr(inode.id, &st);
+        let fh = self.files.insert(FileHandle {
+            fd,
+            inode,
+            flags,
+            writable,
+            reads: Default::default(),
+            read_bytes: Default::default(),
+            writes: Default::default(),
+            write_bytes: Default::default(),
+        });
+        Ok((fh, a))
+    }
+
+    fn do_unlink(&self, req: &Request, p: &Inode, name: &OsStr, dir: bool) -> SysResult<()> {
+        let c = sys::cname(name)?;
+        let victim = sys::openat(p.fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0).ok();
+        let vst = victim.as_ref().and_then(|fd| sys::fstat(fd.as_fd()).ok());
+        let path = self.child_path(p, name);
+        // Unlinking the last link of a transcript removes every line: salvage them first.
+        let mut removed = None;
+        if !dir && transcript::is_transcript(name.as_bytes()) {
+            if let (Some(fd), Some(st)) = (&victim, &vst) {
+                if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink == 1 && st.st_size > 0
+                {
+                    if let Ok(rfd) = sys::reopen(fd.as_fd(), libc::O_RDONLY) {
+                        let ch = self.tracker.before_truncate(
+                            st.st_ino,
+                            rfd.as_fd(),
+                            st.st_size as u64,
+                            0,
+                        );
+                        removed = Some(ch);
+                    }
+                }
+            }
+        }
+        let flags = if dir {
+            nix::unistd::UnlinkatFlags::RemoveDir
+        } else {
+            nix::unistd::UnlinkatFlags::NoRemoveDir
+        };
+        let res = nix::unistd::unlinkat(p.fd(), c.as_c_str(), flags);
+        if res.is_ok() {
+            if let Some(ch) = &removed {
+                if !ch.salvage.is_empty() {
+                    if let Some(j) = &self.journal {
+                        j.salvage(&path, &ch.salvage);
+                    }
+                }
+            }
+            if let Some(st) = &vst {
+                self.tracker.forget(st.st_ino);
+                // nlink and ctime of a still-linked inode moved: that was us.
+                let id = self.inodes.id_for(st.st_dev, st.st_ino);
+                if let Some(inode) = self.inodes.get(id) {
+                    if let Ok(st2) = sys::fstat(inode.fd()) {
+                        self.mark_known(&inode, &st2);
+                    }
+                }
+            }
+        }
+        self.record(
+            req,
+            if dir { "rmdir" } else { "unlink" },
+            path,
+            vst.as_ref().map(|s| s.st_ino),
+            |r| {
+                r.replaced_ino = vst.as_ref().map(|s| s.st_ino);
+                r.before = vst.as_ref().map(attr::fingerprint);
+                r.size_before = vst.as_ref().map(|s| s.st_size as u64);
+                r.result = record::result(&res);
+                if let Some(ch) = removed {
+                    if res.is_ok() && !ch.removed.is_empty() {
+                        r.removed = Some(ch.removed);
+                    }
+                }
+            },
+        );
+        res
+    }
+
+    fn do_rename(
+        &self,
+        req: &Request,
+        p: &Inode,
+        name: &OsStr,
+        np: &Inode,
+        newname: &OsStr,
+        flags: u32,
+    ) -> SysResult<()> {
+        let c = sys::cname(name)?;
+        let nc = sys::cname(newname)?;
+        // Keep the replaced inode open until it has been diffed (transcripts) and to
+        // report which inode was replaced.
+        let replaced = if flags & libc::RENAME_EXCHANGE == 0 {
+            sys::openat(np.fd(), &nc, libc::O_PATH | libc::O_NOFOLLOW, 0).ok()
+        } else {
+            None
+        };
+        let rst = replaced.as_ref().and_then(|fd| sys::fstat(fd.as_fd()).ok());
+        let diff_old = match (&replaced, &rst) {
+            (Some(fd), Some(st))
+                if st.st_mode & libc::S_IFMT == libc::S_IFREG
+                    && transcript::is_transcript(newname.as_bytes()) =>
+            {
+                sys::reopen(fd.as_fd(), libc::O_RDONLY).ok()
+            }
+            _ => None,
+        };
+        let res = sys::renameat2(p.fd(), &c, np.fd(), &nc, flags);
+        let path = self.child_path(p, name);
+        let to = self.child_path(np, newname);
+        let mut change = None;
+        if res.is_ok() {
+            // The moved inode's remembered name follows it.
+            if let Ok(fd) = sys::openat(np.fd(), &nc, libc::O_PATH | libc::O_NOFOLLOW, 0) {
+                if let Ok(st) = sys::fstat(fd.as_fd()) {
+                    if let Some(inode) = self.inodes.get(self.inodes.id_for(st.st_dev, st.st_ino)) {
+                        inode.set_name(np.id, newname);
+                        self.mark_known(&inode, &st);
+                    }
+                    if let Some(old) = &diff_old {
+                        if let Ok(newfd) = sys::reopen(fd.as_fd(), libc::O_RDONLY) {
+                            change = Some(self.tracker.diff_replaced(old.as_fd(), newfd.as_fd()));
+                        }
+                    }
+                }
+            }
+            if flags & libc::RENAME_EXCHANGE != 0 {
+                if let Ok(fd) = sys::openat(p.fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0) {
+                    if let Ok(st) = sys::fstat(fd.as_fd()) {
+                        if let Some(inode) =
+                            self.inodes.get(self.inodes.id_for(st.st_dev, st.st_ino))
+                        {
+                            inode.set_name(p.id, name);
+                        }
+                    }
+                }
+            }
+            if let Some(st) = &rst {
+                self.tracker.forget(st.st_ino);
+            }
+            if let (Some(ch), Some(j)) = (&change, &self.journal) {
+                if !ch.salvage.is_empty() {
+                    j.salvage(&to, &ch.salvage);
+                }
+            }
+        }
+        let mut fl = Vec::new();
+        if flags & libc::RENAME_NOREPLACE != 0 {
+            fl.push("RENAME_NOREPLACE".to_string());
+        }
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            fl.push("RENAME_EXCHANGE".to_string());
+        }
+        if flags & libc::RENAME_WHITEOUT != 0 {
+            fl.push("RENAME_WHITEOUT".to_string());
+        }
+        self.record(req, "rename", path, None, |r| {
+            r.to = Some(to);
+            if !fl.is_empty() {
+                r.flags = Some(fl);
+            }
+            if res.is_ok() {
+                r.replaced_ino = rst.as_ref().map(|s| s.st_ino);
+                r.before = rst.as_ref().map(attr::fingerprint);
+            }
+            r.result = record::result(&res);
+            if let Some(ch) = change {
+                if !ch.removed.is_empty() {
+                    r.removed = Some(ch.removed);
+                }
+                if !ch.entries.is_empty() {
+                    r.entries = Some(ch.entries);
+                }
+            }
+        });
+        res
+    }
+
+    /// Salvage the lines a truncate to `new_size` is about to remove.
+    fn salvage_truncate(
+        &self,
+        inode: &Inode,
+        old_size: u64,
+        new_size: u64,
+    ) -> Option<Vec<crate::journal::record::Entry>> {
+        self.journal.as_ref()?;
+        let rfd = self.read_fd(inode).ok()?;
+        {
+            let ch = self
+                .tracker
+                .before_truncate(inode.ino, rfd.as_fd(), old_size, new_size);
+            if !ch.salvage.is_empty() {
+                let path = self.inodes.path_of(inode);
+                if let Some(j) = &self.journal {
+                    j.salvage(&path, &ch.salvage);
+                }
+            }
+            Some(ch.removed).filter(|r| !r.is_empty())
+        }
+    }
+
+    /// Whether the kernel may keep its page cache for this open: only while the backing
+    /// still matches what the cache was filled from (through us).
+    fn keep_cache(&self, inode: &Inode, st: Option<&libc::stat>, truncating: bool) -> bool {
+        let Some(st) = st else { return false };
+        if truncating || !inode.is_file() {
+            return false;
+        }
+        let now = (
+            st.st_size as u64,
+            attr::fingerprint(st).mtime_ns,
+            attr::fingerprint(st).ctime_ns,
+        );
+        let mut fp = inode.cache_fp.lock();
+        let keep = *fp == Some(now);
+        *fp = Some(now);
+        keep
+    }
+
+    /// Remember the backing state we caused, so that `external` changes stand out.
+    fn mark_known(&self, inode: &Inode, st: &libc::stat) {
+        let f = attr::fingerprint(st);
+        *inode.cache_fp.lock() = Some((f.size, f.mtime_ns, f.ctime_ns));
+    }
+
+    fn note_external(&self, req: &Request, inode: &Inode) {
+        if inode.is_file() {
+            if let Ok(st) = sys::fstat(inode.fd()) {
+                self.check_external(req, inode, &st);
+            }
+        }
+    }
+
+    /// A backing stat we did not cause: record an `external` change (and drop the
+    /// kernel's cache for this inode at its next open).
+    fn check_external(&self, _req: &Request, inode: &Inode, st: &libc::stat) {
+        if !inode.is_file() || self.journal.is_none() {
+            return;
+        }
+        let f = attr::fingerprint(st);
+        let now = (f.size, f.mtime_ns, f.ctime_ns);
+        let prev = {
+            let mut fp = inode.cache_fp.lock();
+            let prev = *fp;
+            if prev.is_some() && prev != Some(now) {
+                *fp = None; // next open must not keep the stale cache
+            }
+            prev
+        };
+        if let Some(p) = prev {
+            if p != now {
+                let path = self.inodes.path_of(inode);
+                let rec = crate::journal::record::Record {
+                    op: "external".into(),
+                    path,
+                    ts: now_rfc3339(),
+                    result: "ok".into(),
+                    size_before: Some(p.0),
+                    size_after: Some(f.size),
+                    before: Some(crate::journal::record::Fingerprint {
+                        ino: inode.ino,
+                        size: p.0,
+                        mtime_ns: p.1,
+                        ctime_ns: p.2,
+                    }),
+                    after: Some(f),
+                    ..Default::default()
+                };
+                if let Some(j) = &self.journal {
+                    j.append(rec);
+                }
+            }
+        }
+    }
+
+    fn child_path(&self, parent: &Inode, name: &OsStr) -> String {
+        let base = self.inodes.path_of(parent);
+        let n = String::from_utf8_lossy(name.as_bytes());
+        if base.is_empty() {
+            n.into_owned()
+        } else {
+            format!("{base}/{n}")
+        }
+    }
+}
+
+/// Used by the mount code to name the daemon's view of a node in logs.
+pub fn describe(ino: u64) -> String {
+    if ino >= VIRTUAL_BASE {
+        format!("virtual:{}", ino - VIRTUAL_BASE)
+    } else {
+        format!("ino:{ino}")
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn f<T: Send + Sync>() {}
+    f::<SessionFs>();
+}

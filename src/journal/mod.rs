@@ -23,6 +23,17 @@ pub struct JournalOptions {
     pub max_age: Duration,
 }
 
+impl JournalOptions {
+    /// Defaults: 256 MiB, 30 days.
+    pub fn new(state_dir: PathBuf) -> Self {
+        Self {
+            state_dir,
+            max_bytes: 256 << 20,
+            max_age: Duration::from_secs(30 * 86_400),
+        }
+    }
+}
+
 /// Which journal a virtual file shows.
 #[derive(Clone, Copy, Debug)]
 pub enum View<'a> {

@@ -55,7 +55,11 @@ pub struct Entry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
     /// `customType` field.
-    #[serde(rename = "customType", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "customType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub custom_type: Option<String>,
     /// `"unparsed"` reason: `"not_utf8"` or `"not_json"`; absent for decoded lines.
     #[serde(default, skip_serializing_if = "Option::is_none")]

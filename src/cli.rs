@@ -1,0 +1,159 @@
+//! The command line: `sessionfs mount|umount|demo|journal|salvage`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::journal::cli::{JournalArgs, SalvageArgs};
+use crate::mount::MountSpec;
+
+/// sessionfs: a FUSE passthrough over OpenClaw session directories that journals
+/// every change with the process (and lane) that made it.
+#[derive(Parser, Debug)]
+#[command(name = "sessionfs", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Mount sessionfs over MOUNTPOINT (over its own contents unless --source is given).
+    Mount(MountArgs),
+    /// Unmount and wait for the daemon to flush its journal and exit.
+    Umount {
+        /// The mountpoint.
+        mountpoint: PathBuf,
+    },
+    /// Unpack a real OpenClaw sessions directory, mount it, run one turn's write
+    /// pattern through the mount and show what happened.
+    Demo,
+    /// Print the journal of a file on a mount (or of the whole mount).
+    Journal(JournalArgs),
+    /// Print the transcript lines a file lost to truncation, rewrite or rename, byte
+    /// for byte.
+    Salvage(SalvageArgs),
+}
+
+/// `sessionfs mount` arguments.
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// Directory to mount on.
+    pub mountpoint: PathBuf,
+    /// Serve this directory at MOUNTPOINT instead of MOUNTPOINT's own contents.
+    #[arg(long, value_name = "DIR")]
+    pub source: Option<PathBuf>,
+    /// Stay in the foreground and log to stderr.
+    #[arg(short = 'f', long)]
+    pub foreground: bool,
+    /// Mount options, comma-separated: allow_other, ro, debug (default_permissions is
+    /// always on).
+    #[arg(short = 'o', value_name = "OPTS", value_delimiter = ',')]
+    pub options: Vec<String>,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub threads: u16,
+    /// Journal state directory [default: $XDG_STATE_HOME/sessionfs/<mount-id>, or
+    /// /var/lib/sessionfs/<mount-id> as root].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// JSON file of lane rules (see README, "Lanes").
+    #[arg(long, value_name = "FILE")]
+    pub lanes: Option<PathBuf>,
+    /// Do not keep a journal (pure passthrough).
+    #[arg(long)]
+    pub no_journal: bool,
+    /// Journal size bound, e.g. 256MiB, 1GiB.
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    pub journal_max_size: u64,
+    /// Journal age bound, e.g. 30d, 12h.
+    #[arg(long, default_value = "30d", value_parser = parse_age)]
+    pub journal_max_age: Duration,
+    /// Attribute/entry cache TTL in milliseconds.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub ttl_ms: u64,
+}
+
+/// `256MiB`, `1G`, `4096` → bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size like 256MiB"))?;
+    let mul = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "'{s}': unknown unit '{unit}' (use KiB, MiB or GiB)"
+            ));
+        }
+    };
+    Ok(n * mul)
+}
+
+/// `30d`, `12h`, `90m`, `45s` → duration.
+pub fn parse_age(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("'{s}' is not an age like 30d"))?;
+    let secs = match unit {
+        "s" | "" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("'{s}': unknown unit '{unit}' (use s, m, h or d)")),
+    };
+    Ok(Duration::from_secs(n * secs))
+}
+
+impl MountArgs {
+    /// Validate `-o` and build the mount spec; the error is one line.
+    pub fn spec(&self) -> Result<MountSpec, String> {
+        let mut spec = MountSpec {
+            mountpoint: self.mountpoint.clone(),
+            source: self.source.clone(),
+            foreground: self.foreground,
+            allow_other: false,
+            read_only: false,
+            debug: false,
+            threads: self.threads as usize,
+            state_dir: self.state_dir.clone(),
+            lanes: self.lanes.clone(),
+            no_journal: self.no_journal,
+            journal_max_bytes: self.journal_max_size,
+            journal_max_age: self.journal_max_age,
+            ttl: Duration::from_millis(self.ttl_ms),
+        };
+        for o in self
+            .options
+            .iter()
+            .map(|o| o.trim())
+            .filter(|o| !o.is_empty())
+        {
+            match o {
+                "allow_other" => spec.allow_other = true,
+                "ro" => spec.read_only = true,
+                "rw" => spec.read_only = false,
+                "debug" => spec.debug = true,
+                "default_permissions" => {}
+                other => {
+                    return Err(format!(
+                        "unknown mount option '{other}' (supported: allow_other, ro, rw, debug)"
+                    ));
+                }
+            }
+        }
+        Ok(spec)
+    }
+}

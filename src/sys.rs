@@ -1,0 +1,227 @@
+//! Thin, safe wrappers over the syscalls the passthrough core needs that `nix` does not
+//! cover (or covers awkwardly): `/proc/self/fd` re-opens, xattrs on O_PATH fds, fsuid guards.
+//!
+//! Every function returns `Err(Errno)` with the syscall's errno unchanged, so FUSE
+//! replies carry exactly what ext4 would have said.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+
+use nix::errno::Errno;
+
+/// `Result` with the raw errno.
+pub type SysResult<T> = Result<T, Errno>;
+
+/// `/proc/self/fd/<fd>` as a C string: the way to reach the object an O_PATH fd
+/// refers to without re-resolving any name (the magic link never follows further).
+pub fn proc_fd_path(fd: RawFd) -> CString {
+    CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL in a formatted path")
+}
+
+/// Name argument as a C string; EINVAL for names with NUL (the kernel never sends them).
+pub fn cname(name: &OsStr) -> SysResult<CString> {
+    CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)
+}
+
+fn check(ret: libc::c_int) -> SysResult<libc::c_int> {
+    if ret < 0 { Err(Errno::last()) } else { Ok(ret) }
+}
+
+fn check_size(ret: libc::ssize_t) -> SysResult<usize> {
+    if ret < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// `openat(dirfd, name, flags, mode)` returning an owned fd. `O_CLOEXEC` is always added.
+pub fn openat(dirfd: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> SysResult<OwnedFd> {
+    // SAFETY: `name` is a valid NUL-terminated string and `dirfd` a live descriptor for
+    // the duration of the call; the kernel does not retain either pointer.
+    let fd = check(unsafe {
+        libc::openat(
+            dirfd.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            mode,
+        )
+    })?;
+    // SAFETY: `fd` was just returned by openat, is valid and owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Re-open the object behind an O_PATH fd with new `flags` (through `/proc/self/fd`).
+/// O_CREAT/O_EXCL/O_NOFOLLOW are stripped: the object exists and the magic link must
+/// be followed to reach it.
+pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> SysResult<OwnedFd> {
+    let path = proc_fd_path(fd.as_raw_fd());
+    let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW);
+    // SAFETY: `path` is a valid C string for the duration of the call.
+    let fd = check(unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    // SAFETY: fresh descriptor from open, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `fstatat(fd, "", AT_EMPTY_PATH)`: stat of the object an (O_PATH) fd refers to.
+pub fn fstat(fd: BorrowedFd<'_>) -> SysResult<libc::stat> {
+    nix::sys::stat::fstatat(
+        fd,
+        "",
+        nix::fcntl::AtFlags::AT_EMPTY_PATH | nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+}
+
+/// `fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW)`.
+pub fn fstatat(dirfd: BorrowedFd<'_>, name: &CStr) -> SysResult<libc::stat> {
+    nix::sys::stat::fstatat(dirfd, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+}
+
+/// `renameat2(olddir, old, newdir, new, flags)` (RENAME_NOREPLACE / RENAME_EXCHANGE pass through).
+pub fn renameat2(
+    olddir: BorrowedFd<'_>,
+    old: &CStr,
+    newdir: BorrowedFd<'_>,
+    new: &CStr,
+    flags: u32,
+) -> SysResult<()> {
+    // SAFETY: both names are valid C strings and both fds are live for the call.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            olddir.as_raw_fd(),
+            old.as_ptr(),
+            newdir.as_raw_fd(),
+            new.as_ptr(),
+            flags,
+        ) as libc::c_int
+    })
+    .map(drop)
+}
+
+/// Which xattr call path reaches an object: a regular file/dir can be opened, anything
+/// else (symlink, device, fifo) is reached through the `/proc/self/fd` magic link with
+/// the `l*` variant so that nothing is followed or opened.
+fn xattr_path(fd: BorrowedFd<'_>) -> CString {
+    proc_fd_path(fd.as_raw_fd())
+}
+
+/// `getxattr` on the object behind an O_PATH fd. `size == 0` asks for the length.
+pub fn getxattr(fd: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> SysResult<usize> {
+    let path = xattr_path(fd);
+    // SAFETY: valid C strings; `buf` is a valid writable region of `buf.len()` bytes.
+    check_size(unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    })
+}
+
+/// `listxattr` on the object behind an O_PATH fd.
+pub fn listxattr(fd: BorrowedFd<'_>, buf: &mut [u8]) -> SysResult<usize> {
+    let path = xattr_path(fd);
+    // SAFETY: valid C string; `buf` is writable for `buf.len()` bytes.
+    check_size(unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+/// `setxattr` on the object behind an O_PATH fd.
+pub fn setxattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], flags: i32) -> SysResult<()> {
+    let path = xattr_path(fd);
+    // SAFETY: valid C strings; `value` readable for its length.
+    check(unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+/// `removexattr` on the object behind an O_PATH fd.
+pub fn removexattr(fd: BorrowedFd<'_>, name: &CStr) -> SysResult<()> {
+    let path = xattr_path(fd);
+    // SAFETY: valid C strings.
+    check(unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) }).map(drop)
+}
+
+/// `pread` into `buf`; returns bytes read (short at EOF).
+pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> SysResult<usize> {
+    nix::sys::uio::pread(fd, buf, offset as libc::off_t)
+}
+
+/// `pwrite` of `buf`; on an O_APPEND fd Linux appends at EOF whatever `offset` says.
+pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> SysResult<usize> {
+    nix::sys::uio::pwrite(fd, buf, offset as libc::off_t)
+}
+
+/// `lseek(fd, offset, whence)` with any whence (SEEK_DATA/SEEK_HOLE included).
+pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: i32) -> SysResult<i64> {
+    // SAFETY: plain syscall on a live fd.
+    let r = unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) };
+    if r < 0 { Err(Errno::last()) } else { Ok(r) }
+}
+
+/// `fallocate(fd, mode, offset, len)` with any mode bits.
+pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> SysResult<()> {
+    // SAFETY: plain syscall on a live fd.
+    check(unsafe { libc::fallocate(fd.as_raw_fd(), mode, offset as i64, len as i64) }).map(drop)
+}
+
+/// `mknodat(dirfd, name, mode, rdev)`.
+pub fn mknodat(dirfd: BorrowedFd<'_>, name: &CStr, mode: u32, rdev: u64) -> SysResult<()> {
+    // SAFETY: valid C string and live fd.
+    check(unsafe { libc::mknodat(dirfd.as_raw_fd(), name.as_ptr(), mode, rdev) }).map(drop)
+}
+
+/// `utimensat` on the object behind an O_PATH fd (works for symlinks too: the magic
+/// link names the object itself).
+pub fn utimens(fd: BorrowedFd<'_>, times: &[libc::timespec; 2]) -> SysResult<()> {
+    let path = proc_fd_path(fd.as_raw_fd());
+    // SAFETY: valid C string and a pointer to two timespecs as utimensat requires.
+    check(unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) }).map(drop)
+}
+
+/// Runs `f` with this thread's fsuid/fsgid set to the caller's, so that objects it
+/// creates belong to the caller exactly as on a local filesystem (sgid directories,
+/// umask and group inheritance are then applied by the backing kernel).
+/// setfsuid/setfsgid are per-thread on Linux, so other FUSE workers are unaffected.
+pub fn as_caller<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> T {
+    if uid == 0 && gid == 0 {
+        return f();
+    }
+    // Raw syscalls: glibc's wrappers are per-thread too, but be explicit about it.
+    // SAFETY: setfsgid/setfsuid only change this thread's fs credentials.
+    let old_gid = unsafe { libc::syscall(libc::SYS_setfsgid, gid) } as u32;
+    // SAFETY: as above.
+    let old_uid = unsafe { libc::syscall(libc::SYS_setfsuid, uid) } as u32;
+    let out = f();
+    // SAFETY: as above; restores the previous credentials.
+    unsafe {
+        libc::syscall(libc::SYS_setfsuid, old_uid);
+        libc::syscall(libc::SYS_setfsgid, old_gid);
+    }
+    out
+}
+
+/// Duplicate a borrowed fd into an owned one (`F_DUPFD_CLOEXEC`).
+pub fn dup(fd: BorrowedFd<'_>) -> SysResult<OwnedFd> {
+    fd.try_clone_to_owned()
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+}
+
+/// Is this fd's object a directory? (for choosing open paths)
+pub fn is_dir(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+/// Borrow helper for code that holds `OwnedFd`s.
+pub fn b(fd: &OwnedFd) -> BorrowedFd<'_> {
+    fd.as_fd()
+}
