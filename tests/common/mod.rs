@@ -1,0 +1,110 @@
+//! Shared test support: real sessionfs mounts in temporary directories, unmounted by a
+//! guard even when the test panics.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Path of the sessionfs binary Cargo built for this test run.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sessionfs")
+}
+
+/// A live mount; unmounts (and waits for the daemon) on drop.
+pub struct Mount {
+    /// Where it is mounted.
+    pub mnt: PathBuf,
+    /// The backing directory (== mnt for an overlay mount).
+    pub src: PathBuf,
+    /// The journal state dir.
+    pub state: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Mount {
+    /// Mount a fresh temp `src` at a fresh temp `mnt` with extra args.
+    pub fn new(extra: &[&str]) -> Mount {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let src = tmp.path().join("src");
+        let mnt = tmp.path().join("mnt");
+        let state = tmp.path().join("state");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::create_dir_all(&mnt).unwrap();
+        mount_at(&src, &mnt, &state, extra);
+        Mount { mnt, src, state, _tmp: Some(tmp) }
+    }
+
+    /// Mount `dir` over itself (overlay), journal in `state`.
+    pub fn overlay(dir: &Path, state: &Path, extra: &[&str]) -> Mount {
+        let mut args = vec!["mount", "--state-dir"];
+        let st = state.to_str().unwrap();
+        args.push(st);
+        args.extend_from_slice(extra);
+        let d = dir.to_str().unwrap();
+        args.push(d);
+        run_ok(Command::new(bin()).args(&args));
+        Mount { mnt: dir.to_path_buf(), src: dir.to_path_buf(), state: state.to_path_buf(), _tmp: None }
+    }
+
+    /// Unmount now (also done on drop).
+    pub fn unmount(&mut self) {
+        unmount(&self.mnt);
+    }
+}
+
+/// `sessionfs mount --source src --state-dir state [extra] mnt`.
+pub fn mount_at(src: &Path, mnt: &Path, state: &Path, extra: &[&str]) {
+    let mut c = Command::new(bin());
+    c.arg("mount").arg("--source").arg(src).arg("--state-dir").arg(state);
+    c.args(extra).arg(mnt);
+    run_ok(&mut c);
+}
+
+fn run_ok(c: &mut Command) {
+    let out = c.output().expect("spawn sessionfs");
+    assert!(
+        out.status.success(),
+        "{c:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Is `p` a mountpoint right now?
+pub fn is_mounted(p: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let want = p.to_string_lossy();
+    info.lines().any(|l| l.split(' ').nth(4) == Some(&*want))
+}
+
+/// Unmount `mnt` with `sessionfs umount`, falling back to a lazy umount.
+pub fn unmount(mnt: &Path) {
+    if !is_mounted(mnt) {
+        return;
+    }
+    let ok = Command::new(bin()).arg("umount").arg(mnt).status().map(|s| s.success()).unwrap_or(false);
+    if !ok || is_mounted(mnt) {
+        let _ = Command::new("umount").arg("-l").arg(mnt).status();
+    }
+    let t = Instant::now();
+    while is_mounted(mnt) && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        unmount(&self.mnt);
+    }
+}
+
+/// Read a whole journal-style JSONL file into values.
+pub fn read_jsonl(p: &Path) -> Vec<serde_json::Value> {
+    let data = std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+    data.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap_or_else(|e| panic!("bad JSON line in {}: {e}", p.display())))
+        .collect()
+}
