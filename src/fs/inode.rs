@@ -43,9 +43,21 @@ pub struct Inode {
     /// Backing fingerprint (size, mtime_ns, ctime_ns) the kernel's page cache is known
     /// to match; `FOPEN_KEEP_CACHE` is given only while the backing still matches it.
     pub cache_fp: Mutex<Option<(u64, i64, i64)>>,
+    /// Read-only fd for transcript decoding, opened on first use and kept with the inode.
+    read_fd: std::sync::OnceLock<OwnedFd>,
 }
 
 impl Inode {
+    /// A read-only fd on the backing object (opened once, then shared).
+    pub fn read_fd(&self) -> crate::sys::SysResult<BorrowedFd<'_>> {
+        if let Some(fd) = self.read_fd.get() {
+            return Ok(fd.as_fd());
+        }
+        let fd = crate::sys::reopen(self.fd(), libc::O_RDONLY | libc::O_NOATIME)
+            .or_else(|_| crate::sys::reopen(self.fd(), libc::O_RDONLY))?;
+        Ok(self.read_fd.get_or_init(|| fd).as_fd())
+    }
+
     /// Borrow the O_PATH fd.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
@@ -94,6 +106,7 @@ impl InodeTable {
             lookups: AtomicU64::new(1 << 40), // never forgotten
             name: Mutex::new((ROOT_ID, Arc::from(OsStr::from_bytes(b"")))),
             cache_fp: Mutex::new(None),
+            read_fd: std::sync::OnceLock::new(),
         });
         let mut by_id = HashMap::new();
         by_id.insert(ROOT_ID, root);
@@ -150,6 +163,7 @@ impl InodeTable {
                 lookups: AtomicU64::new(0),
                 name: Mutex::new((parent, Arc::from(name))),
                 cache_fp: Mutex::new(None),
+                read_fd: std::sync::OnceLock::new(),
             })
         });
         inode.lookups.fetch_add(1, Ordering::AcqRel);

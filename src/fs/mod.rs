@@ -226,12 +226,6 @@ impl SessionFs {
         Ok((inode, a))
     }
 
-    /// A fresh readable fd on a regular file inode (for transcript decoding).
-    fn read_fd(&self, inode: &Inode) -> SysResult<OwnedFd> {
-        sys::reopen(inode.fd(), libc::O_RDONLY | libc::O_NOATIME)
-            .or_else(|_| sys::reopen(inode.fd(), libc::O_RDONLY))
-    }
-
     fn is_transcript(&self, inode: &Inode) -> bool {
         inode.is_file() && transcript::is_transcript(inode.name().1.as_bytes())
     }
@@ -785,13 +779,13 @@ impl fuser::Filesystem for SessionFs {
             let name = ent.name.as_os_str();
             let dot = name == "." || name == "..";
             if ent.virtual_id != 0 {
-                // Listed but not looked up: the kernel will LOOKUP it on use.
-                let Some(mut a) = self.virtual_attr(ent.virtual_id) else {
+                // Virtual nodes live as long as the mount, so the lookup count the
+                // kernel takes here needs no bookkeeping (their FORGET is ignored).
+                let Some(a) = self.virtual_attr(ent.virtual_id) else {
                     continue;
                 };
-                a.ino = INodeNo(0);
                 if reply.add(
-                    INodeNo(0),
+                    a.ino,
                     i as u64 + 1,
                     name,
                     &Duration::ZERO,
@@ -1361,7 +1355,7 @@ impl SessionFs {
         let size_before = before.as_ref().map_or(0, |s| s.st_size as u64);
         let mut over = None;
         if transcript && !h.append() && offset < size_before {
-            if let Ok(rfd) = self.read_fd(&h.inode) {
+            if let Ok(rfd) = h.inode.read_fd() {
                 over = Some(self.tracker.before_write(
                     h.inode.ino,
                     rfd.as_fd(),
@@ -1391,7 +1385,7 @@ impl SessionFs {
             let mut change = None;
             if transcript {
                 if let Ok(n) = res {
-                    if let Ok(rfd) = self.read_fd(&h.inode) {
+                    if let Ok(rfd) = h.inode.read_fd() {
                         change = Some(self.tracker.after_write(
                             h.inode.ino,
                             rfd.as_fd(),
@@ -1667,7 +1661,7 @@ impl SessionFs {
         new_size: u64,
     ) -> Option<Vec<crate::journal::record::Entry>> {
         self.journal.as_ref()?;
-        let rfd = self.read_fd(inode).ok()?;
+        let rfd = inode.read_fd().ok()?;
         {
             let ch = self
                 .tracker
