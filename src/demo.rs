@@ -20,7 +20,9 @@ pub const SESSION_ID: &str = "345c3d87-d783-4ad6-829e-3331739a026b";
 pub const FIXTURE: &[(&str, &[u8])] = &[
     (
         "345c3d87-d783-4ad6-829e-3331739a026b.jsonl",
-        include_bytes!("../fixtures/openclaw-2026.5.22-sessions/345c3d87-d783-4ad6-829e-3331739a026b.jsonl"),
+        include_bytes!(
+            "../fixtures/openclaw-2026.5.22-sessions/345c3d87-d783-4ad6-829e-3331739a026b.jsonl"
+        ),
     ),
     (
         "345c3d87-d783-4ad6-829e-3331739a026b.trajectory-path.json",
@@ -30,9 +32,14 @@ pub const FIXTURE: &[(&str, &[u8])] = &[
     ),
     (
         "345c3d87-d783-4ad6-829e-3331739a026b.trajectory.jsonl",
-        include_bytes!("../fixtures/openclaw-2026.5.22-sessions/345c3d87-d783-4ad6-829e-3331739a026b.trajectory.jsonl"),
+        include_bytes!(
+            "../fixtures/openclaw-2026.5.22-sessions/345c3d87-d783-4ad6-829e-3331739a026b.trajectory.jsonl"
+        ),
     ),
-    ("sessions.json", include_bytes!("../fixtures/openclaw-2026.5.22-sessions/sessions.json")),
+    (
+        "sessions.json",
+        include_bytes!("../fixtures/openclaw-2026.5.22-sessions/sessions.json"),
+    ),
 ];
 
 /// Unpack the fixture into `dir` (which must exist).
@@ -50,11 +57,18 @@ pub fn unpack(dir: &Path) -> std::io::Result<()> {
 /// Field 22 of /proc/self/stat, as OpenClaw writes it into its lock payload.
 fn starttime() -> u64 {
     let s = fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    s.rsplit(')').next().and_then(|r| r.split_whitespace().nth(19)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    s.rsplit(')')
+        .next()
+        .and_then(|r| r.split_whitespace().nth(19))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn now_ms() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis()
 }
 
 struct Lock {
@@ -87,7 +101,9 @@ fn take_lock(transcript: &Path) -> Result<Lock, String> {
 fn release_lock(lock: Lock) -> Result<(), String> {
     drop(lock.file);
     let mut s = String::new();
-    fs::File::open(&lock.path).and_then(|mut f| f.read_to_string(&mut s)).map_err(|e| e.to_string())?;
+    fs::File::open(&lock.path)
+        .and_then(|mut f| f.read_to_string(&mut s))
+        .map_err(|e| e.to_string())?;
     fs::remove_file(&lock.path).map_err(|e| e.to_string())
 }
 
@@ -118,7 +134,10 @@ pub fn run() -> Result<(), String> {
     let state = tmp.join("state");
     let result = (|| {
         unpack(&sessions).map_err(|e| format!("unpacking the sample: {e}"))?;
-        println!("1. unpacked a real OpenClaw 2026.5.22 sessions directory (16 turns) into\n   {}", sessions.display());
+        println!(
+            "1. unpacked a real OpenClaw 2026.5.22 sessions directory (16 turns) into\n   {}",
+            sessions.display()
+        );
         mount(MountSpec {
             mountpoint: sessions.clone(),
             source: None,
@@ -134,7 +153,10 @@ pub fn run() -> Result<(), String> {
             journal_max_age: Duration::from_secs(30 * 86_400),
             ttl: Duration::from_secs(1),
         })?;
-        println!("2. mounted sessionfs over it (overlay: same path, journal in {})", state.display());
+        println!(
+            "2. mounted sessionfs over it (overlay: same path, journal in {})",
+            state.display()
+        );
         let turn = run_turn(&sessions);
         let shown = turn.and_then(|_| show(&sessions));
         let un = umount(&sessions);
@@ -155,7 +177,9 @@ fn run_turn(sessions: &Path) -> Result<(), String> {
     let traj = sessions.join(format!("{SESSION_ID}.trajectory.jsonl"));
     println!("3. one gateway turn through the mount (OpenClaw 2026.5.22 write pattern):");
     let lock = take_lock(&t)?;
-    println!("   - created {SESSION_ID}.jsonl.lock with O_CREAT|O_EXCL, JSON payload, fd held open");
+    println!(
+        "   - created {SESSION_ID}.jsonl.lock with O_CREAT|O_EXCL, JSON payload, fd held open"
+    );
     let parent = last_id(&t);
     let user_id = format!("{:08x}", (now_ms() & 0xffff_ffff) as u32);
     append_line(
@@ -187,7 +211,8 @@ fn run_turn(sessions: &Path) -> Result<(), String> {
     let store = sessions.join("sessions.json");
     let tmp = sessions.join(format!(".fs-safe-replace.{}.demo.tmp", std::process::id()));
     let mut v: serde_json::Value =
-        serde_json::from_slice(&fs::read(&store).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        serde_json::from_slice(&fs::read(&store).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
     if let Some(o) = v.as_object_mut() {
         for s in o.values_mut() {
             if let Some(m) = s.as_object_mut() {
@@ -195,11 +220,21 @@ fn run_turn(sessions: &Path) -> Result<(), String> {
             }
         }
     }
-    fs::write(&tmp, serde_json::to_vec_pretty(&v).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(&v).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
     fs::rename(&tmp, &store).map_err(|e| e.to_string())?;
     fs::set_permissions(&store, fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
-    println!("   - replaced sessions.json via {} + rename + chmod 0600", tmp.file_name().unwrap().to_string_lossy());
-    append_line(&traj, &serde_json::json!({"type":"trajectory","turn":"demo","ts":crate::fs::now_rfc3339()}))?;
+    println!(
+        "   - replaced sessions.json via {} + rename + chmod 0600",
+        tmp.file_name().unwrap().to_string_lossy()
+    );
+    append_line(
+        &traj,
+        &serde_json::json!({"type":"trajectory","turn":"demo","ts":crate::fs::now_rfc3339()}),
+    )?;
     println!("   - appended the trajectory file");
     Ok(())
 }
@@ -214,7 +249,13 @@ fn show(sessions: &Path) -> Result<(), String> {
     names.sort();
     for n in names {
         let md = fs::symlink_metadata(sessions.join(&n)).map_err(|e| e.to_string())?;
-        println!("   {:o} {:>9} ino {:>9}  {}", md.mode() & 0o7777, md.size(), md.ino(), n.to_string_lossy());
+        println!(
+            "   {:o} {:>9} ino {:>9}  {}",
+            md.mode() & 0o7777,
+            md.size(),
+            md.ino(),
+            n.to_string_lossy()
+        );
     }
     let t = sessions.join(format!("{SESSION_ID}.jsonl"));
     println!("5. the journal of the turn (sessionfs journal {SESSION_ID}.jsonl):");

@@ -123,7 +123,7 @@ fn unescape(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'\\'
-            && i + 3 < b.len() + 0
+            && i + 3 < b.len()
             && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
             out.push(u8::from_str_radix(&s[i + 1..i + 4], 8).unwrap_or(b'?'));
@@ -158,14 +158,14 @@ fn preflight(spec: &MountSpec) -> Result<PathBuf, String> {
         return Err(format!("mountpoint {} is not a directory", mp.display()));
     }
     let canon = fs::canonicalize(mp).map_err(|e| format!("mountpoint {}: {e}", mp.display()))?;
-    if let Some((fstype, source)) = mount_at(&canon) {
-        if is_sessionfs_mount(&fstype, &source) {
-            return Err(format!(
-                "{} is already a sessionfs mount: unmount it first (sessionfs umount {})",
-                canon.display(),
-                canon.display()
-            ));
-        }
+    if let Some((fstype, source)) = mount_at(&canon)
+        && is_sessionfs_mount(&fstype, &source)
+    {
+        return Err(format!(
+            "{} is already a sessionfs mount: unmount it first (sessionfs umount {})",
+            canon.display(),
+            canon.display()
+        ));
     }
     if let Some(src) = &spec.source {
         let m = fs::metadata(src).map_err(|e| format!("source {}: {e}", src.display()))?;

@@ -65,7 +65,9 @@ fn res<T>(r: Result<T, String>) -> Out {
 fn listing(p: &Path) -> Out {
     match std::fs::read_dir(p) {
         Ok(rd) => {
-            let mut v: Vec<String> = rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+            let mut v: Vec<String> = rd
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
             v.sort();
             v.join(",")
         }
@@ -82,13 +84,33 @@ fn script(root: &Path) -> Vec<String> {
     let p = |n: &str| w.join(n);
 
     // --- create / open flags ---
-    let f = open(&p("a"), libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o640);
-    step("create excl", res(f.as_ref().map(|_| ()).map_err(|e| e.clone())));
-    step("create excl again", res(open(&p("a"), libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o640)));
+    let f = open(
+        &p("a"),
+        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+        0o640,
+    );
+    step(
+        "create excl",
+        res(f.as_ref().map(|_| ()).map_err(|e| e.clone())),
+    );
+    step(
+        "create excl again",
+        res(open(
+            &p("a"),
+            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+            0o640,
+        )),
+    );
     step("stat a", st(&p("a")));
     let fd = f.unwrap();
-    step("write", res(nix::unistd::write(&fd, b"hello world\n").map_err(|e| format!("{e:?}"))));
-    step("pwrite hole", res(nix::sys::uio::pwrite(&fd, b"tail", 100_000).map_err(|e| format!("{e:?}"))));
+    step(
+        "write",
+        res(nix::unistd::write(&fd, b"hello world\n").map_err(|e| format!("{e:?}"))),
+    );
+    step(
+        "pwrite hole",
+        res(nix::sys::uio::pwrite(&fd, b"tail", 100_000).map_err(|e| format!("{e:?}"))),
+    );
     step("stat after hole", st(&p("a")));
     // lseek SEEK_DATA / SEEK_HOLE
     let rfd = open(&p("a"), libc::O_RDONLY, 0).unwrap();
@@ -99,16 +121,38 @@ fn script(root: &Path) -> Vec<String> {
     step("seek data/hole", format!("{data} {hole}"));
     // SAFETY: as above; past EOF must give ENXIO.
     let past = unsafe { libc::lseek(rfd.as_raw_fd(), 1 << 30, libc::SEEK_DATA) };
-    step("seek data past eof", if past < 0 { errno_name() } else { past.to_string() });
+    step(
+        "seek data past eof",
+        if past < 0 {
+            errno_name()
+        } else {
+            past.to_string()
+        },
+    );
     let mut buf = vec![0u8; 16];
-    step("pread", format!("{:?}", nix::sys::uio::pread(&rfd, &mut buf, 0).map(|n| buf[..n].to_vec())));
-    step("read whole", format!("{:?}", std::fs::read(p("a")).map(|v| (v.len(), v[..12].to_vec(), v[v.len() - 4..].to_vec()))));
+    step(
+        "pread",
+        format!(
+            "{:?}",
+            nix::sys::uio::pread(&rfd, &mut buf, 0).map(|n| buf[..n].to_vec())
+        ),
+    );
+    step(
+        "read whole",
+        format!(
+            "{:?}",
+            std::fs::read(p("a")).map(|v| (v.len(), v[..12].to_vec(), v[v.len() - 4..].to_vec()))
+        ),
+    );
     drop(rfd);
     drop(fd);
 
     // O_APPEND writes go to EOF whatever the offset
     let afd = open(&p("a"), libc::O_WRONLY | libc::O_APPEND, 0).unwrap();
-    step("append", res(nix::sys::uio::pwrite(&afd, b"APP", 0).map_err(|e| format!("{e:?}"))));
+    step(
+        "append",
+        res(nix::sys::uio::pwrite(&afd, b"APP", 0).map_err(|e| format!("{e:?}"))),
+    );
     drop(afd);
     step("size after append", st(&p("a")));
     // O_TRUNC
@@ -119,103 +163,266 @@ fn script(root: &Path) -> Vec<String> {
     step("stat after trunc", st(&p("a")));
     step("trunc moved mtime", (times(&p("a")) != before).to_string());
     // O_NOFOLLOW on a symlink
-    step("symlink", res(std::os::unix::fs::symlink("a", p("sl")).map_err(|e| e.to_string())));
+    step(
+        "symlink",
+        res(std::os::unix::fs::symlink("a", p("sl")).map_err(|e| e.to_string())),
+    );
     step("readlink", format!("{:?}", std::fs::read_link(p("sl"))));
-    step("readlink regular", format!("{:?}", std::fs::read_link(p("a")).map_err(|e| e.raw_os_error())));
-    step("open nofollow symlink", res(open(&p("sl"), libc::O_RDONLY | libc::O_NOFOLLOW, 0)));
-    step("open through symlink", res(open(&p("sl"), libc::O_RDONLY, 0)));
+    step(
+        "readlink regular",
+        format!(
+            "{:?}",
+            std::fs::read_link(p("a")).map_err(|e| e.raw_os_error())
+        ),
+    );
+    step(
+        "open nofollow symlink",
+        res(open(&p("sl"), libc::O_RDONLY | libc::O_NOFOLLOW, 0)),
+    );
+    step(
+        "open through symlink",
+        res(open(&p("sl"), libc::O_RDONLY, 0)),
+    );
     step("stat symlink", st(&p("sl")));
-    step("create nofollow new", res(open(&p("nf"), libc::O_CREAT | libc::O_WRONLY | libc::O_NOFOLLOW, 0o600)));
+    step(
+        "create nofollow new",
+        res(open(
+            &p("nf"),
+            libc::O_CREAT | libc::O_WRONLY | libc::O_NOFOLLOW,
+            0o600,
+        )),
+    );
     step("open missing", res(open(&p("missing"), libc::O_RDONLY, 0)));
     step("open dir as file wr", res(open(&w, libc::O_WRONLY, 0)));
-    step("open file O_DIRECTORY", res(open(&p("a"), libc::O_RDONLY | libc::O_DIRECTORY, 0)));
+    step(
+        "open file O_DIRECTORY",
+        res(open(&p("a"), libc::O_RDONLY | libc::O_DIRECTORY, 0)),
+    );
 
     // --- setattr ---
-    step("chmod", res(chk(unsafe { libc::chmod(c(&p("a")).as_ptr(), 0o4755) })));
+    step(
+        "chmod",
+        res(chk(unsafe { libc::chmod(c(&p("a")).as_ptr(), 0o4755) })),
+    );
     step("stat chmod", st(&p("a")));
-    step("chown", res(chk(unsafe { libc::chown(c(&p("a")).as_ptr(), 1, 2) })));
+    step(
+        "chown",
+        res(chk(unsafe { libc::chown(c(&p("a")).as_ptr(), 1, 2) })),
+    );
     step("stat chown (suid cleared)", st(&p("a")));
-    step("lchown symlink", res(chk(unsafe { libc::lchown(c(&p("sl")).as_ptr(), 3, 4) })));
+    step(
+        "lchown symlink",
+        res(chk(unsafe { libc::lchown(c(&p("sl")).as_ptr(), 3, 4) })),
+    );
     step("stat lchown", st(&p("sl")));
-    step("truncate grow", res(chk(unsafe { libc::truncate(c(&p("a")).as_ptr(), 5000) })));
+    step(
+        "truncate grow",
+        res(chk(unsafe { libc::truncate(c(&p("a")).as_ptr(), 5000) })),
+    );
     step("stat truncate", st(&p("a")));
     let tfd = open(&p("a"), libc::O_RDWR, 0).unwrap();
-    step("ftruncate", res(chk(unsafe { libc::ftruncate(tfd.as_raw_fd(), 7) })));
+    step(
+        "ftruncate",
+        res(chk(unsafe { libc::ftruncate(tfd.as_raw_fd(), 7) })),
+    );
     step("stat ftruncate", st(&p("a")));
-    step("fallocate", res(chk(unsafe { libc::fallocate(tfd.as_raw_fd(), 0, 0, 65536) })));
+    step(
+        "fallocate",
+        res(chk(unsafe {
+            libc::fallocate(tfd.as_raw_fd(), 0, 0, 65536)
+        })),
+    );
     step("stat fallocate", st(&p("a")));
     step(
         "punch hole",
         res(chk(unsafe {
-            libc::fallocate(tfd.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, 4096, 8192)
+            libc::fallocate(
+                tfd.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                4096,
+                8192,
+            )
         })),
     );
     step("stat punch", st(&p("a")));
     step("fsync", res(chk(unsafe { libc::fsync(tfd.as_raw_fd()) })));
-    step("fdatasync", res(chk(unsafe { libc::fdatasync(tfd.as_raw_fd()) })));
+    step(
+        "fdatasync",
+        res(chk(unsafe { libc::fdatasync(tfd.as_raw_fd()) })),
+    );
     drop(tfd);
-    step("truncate dir", res(chk(unsafe { libc::truncate(c(&w).as_ptr(), 0) })));
+    step(
+        "truncate dir",
+        res(chk(unsafe { libc::truncate(c(&w).as_ptr(), 0) })),
+    );
     // utimens: explicit, OMIT, NOW
     let ts = [
-        libc::timespec { tv_sec: 1_000_000_000, tv_nsec: 123_456_789 },
-        libc::timespec { tv_sec: 1_100_000_000, tv_nsec: 987_654_321 },
+        libc::timespec {
+            tv_sec: 1_000_000_000,
+            tv_nsec: 123_456_789,
+        },
+        libc::timespec {
+            tv_sec: 1_100_000_000,
+            tv_nsec: 987_654_321,
+        },
     ];
-    step("utimens explicit", res(chk(unsafe { libc::utimensat(libc::AT_FDCWD, c(&p("a")).as_ptr(), ts.as_ptr(), 0) })));
+    step(
+        "utimens explicit",
+        res(chk(unsafe {
+            libc::utimensat(libc::AT_FDCWD, c(&p("a")).as_ptr(), ts.as_ptr(), 0)
+        })),
+    );
     let s = nix::sys::stat::stat(&p("a")).unwrap();
-    step("times explicit", format!("{} {} {} {}", s.st_atime, s.st_atime_nsec, s.st_mtime, s.st_mtime_nsec));
+    step(
+        "times explicit",
+        format!(
+            "{} {} {} {}",
+            s.st_atime, s.st_atime_nsec, s.st_mtime, s.st_mtime_nsec
+        ),
+    );
     let omit = [
-        libc::timespec { tv_sec: 5, tv_nsec: libc::UTIME_OMIT },
-        libc::timespec { tv_sec: 1_200_000_000, tv_nsec: 1 },
+        libc::timespec {
+            tv_sec: 5,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: 1_200_000_000,
+            tv_nsec: 1,
+        },
     ];
-    step("utimens omit atime", res(chk(unsafe { libc::utimensat(libc::AT_FDCWD, c(&p("a")).as_ptr(), omit.as_ptr(), 0) })));
+    step(
+        "utimens omit atime",
+        res(chk(unsafe {
+            libc::utimensat(libc::AT_FDCWD, c(&p("a")).as_ptr(), omit.as_ptr(), 0)
+        })),
+    );
     let s = nix::sys::stat::stat(&p("a")).unwrap();
-    step("times omit", format!("{} {} {} {}", s.st_atime, s.st_atime_nsec, s.st_mtime, s.st_mtime_nsec));
+    step(
+        "times omit",
+        format!(
+            "{} {} {} {}",
+            s.st_atime, s.st_atime_nsec, s.st_mtime, s.st_mtime_nsec
+        ),
+    );
     let now = [
-        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
-        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
     ];
-    step("utimens now", res(chk(unsafe { libc::utimensat(libc::AT_FDCWD, c(&p("a")).as_ptr(), now.as_ptr(), 0) })));
+    step(
+        "utimens now",
+        res(chk(unsafe {
+            libc::utimensat(libc::AT_FDCWD, c(&p("a")).as_ptr(), now.as_ptr(), 0)
+        })),
+    );
     let s = nix::sys::stat::stat(&p("a")).unwrap();
-    let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     step("atime is now", ((s.st_atime - wall).abs() < 5).to_string());
     step("mtime kept", format!("{} {}", s.st_mtime, s.st_mtime_nsec));
     step(
         "utimens symlink nofollow",
         res(chk(unsafe {
-            libc::utimensat(libc::AT_FDCWD, c(&p("sl")).as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
+            libc::utimensat(
+                libc::AT_FDCWD,
+                c(&p("sl")).as_ptr(),
+                ts.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
         })),
     );
     let s = nix::sys::stat::lstat(&p("sl")).unwrap();
-    step("symlink times", format!("{} {}", s.st_mtime, s.st_mtime_nsec));
+    step(
+        "symlink times",
+        format!("{} {}", s.st_mtime, s.st_mtime_nsec),
+    );
 
     // --- directories ---
-    step("mkdir", res(std::fs::create_dir(p("d")).map_err(|e| e.to_string())));
-    step("mkdir again", res(chk(unsafe { libc::mkdir(c(&p("d")).as_ptr(), 0o755) })));
-    step("mkdir mode", res(chk(unsafe { libc::mkdir(c(&p("d2")).as_ptr(), 0o2710) })));
+    step(
+        "mkdir",
+        res(std::fs::create_dir(p("d")).map_err(|e| e.to_string())),
+    );
+    step(
+        "mkdir again",
+        res(chk(unsafe { libc::mkdir(c(&p("d")).as_ptr(), 0o755) })),
+    );
+    step(
+        "mkdir mode",
+        res(chk(unsafe { libc::mkdir(c(&p("d2")).as_ptr(), 0o2710) })),
+    );
     step("stat d2", st(&p("d2")));
-    step("rmdir", res(chk(unsafe { libc::rmdir(c(&p("d2")).as_ptr()) })));
+    step(
+        "rmdir",
+        res(chk(unsafe { libc::rmdir(c(&p("d2")).as_ptr()) })),
+    );
     std::fs::write(p("d/inner"), b"x").unwrap();
-    step("rmdir nonempty", res(chk(unsafe { libc::rmdir(c(&p("d")).as_ptr()) })));
-    step("rmdir file", res(chk(unsafe { libc::rmdir(c(&p("a")).as_ptr()) })));
-    step("unlink dir", res(chk(unsafe { libc::unlink(c(&p("d")).as_ptr()) })));
-    step("unlink missing", res(chk(unsafe { libc::unlink(c(&p("nope")).as_ptr()) })));
+    step(
+        "rmdir nonempty",
+        res(chk(unsafe { libc::rmdir(c(&p("d")).as_ptr()) })),
+    );
+    step(
+        "rmdir file",
+        res(chk(unsafe { libc::rmdir(c(&p("a")).as_ptr()) })),
+    );
+    step(
+        "unlink dir",
+        res(chk(unsafe { libc::unlink(c(&p("d")).as_ptr()) })),
+    );
+    step(
+        "unlink missing",
+        res(chk(unsafe { libc::unlink(c(&p("nope")).as_ptr()) })),
+    );
     step("stat d nlink", st(&p("d")));
-    step("dotdot of w is root", (ino(&w.join("..")) == ino(root)).to_string());
+    step(
+        "dotdot of w is root",
+        (ino(&w.join("..")) == ino(root)).to_string(),
+    );
     let dfd = open(&p("d"), libc::O_RDONLY | libc::O_DIRECTORY, 0).unwrap();
-    step("fsyncdir", res(chk(unsafe { libc::fsync(dfd.as_raw_fd()) })));
+    step(
+        "fsyncdir",
+        res(chk(unsafe { libc::fsync(dfd.as_raw_fd()) })),
+    );
     drop(dfd);
 
     // --- links and renames ---
-    step("link", res(chk(unsafe { libc::link(c(&p("a")).as_ptr(), c(&p("a2")).as_ptr()) })));
+    step(
+        "link",
+        res(chk(unsafe {
+            libc::link(c(&p("a")).as_ptr(), c(&p("a2")).as_ptr())
+        })),
+    );
     step("link same ino", (ino(&p("a")) == ino(&p("a2"))).to_string());
     step("stat link nlink", st(&p("a")));
-    step("link exists", res(chk(unsafe { libc::link(c(&p("a")).as_ptr(), c(&p("a2")).as_ptr()) })));
-    step("link dir", res(chk(unsafe { libc::link(c(&p("d")).as_ptr(), c(&p("d3")).as_ptr()) })));
-    step("unlink link", res(chk(unsafe { libc::unlink(c(&p("a2")).as_ptr()) })));
+    step(
+        "link exists",
+        res(chk(unsafe {
+            libc::link(c(&p("a")).as_ptr(), c(&p("a2")).as_ptr())
+        })),
+    );
+    step(
+        "link dir",
+        res(chk(unsafe {
+            libc::link(c(&p("d")).as_ptr(), c(&p("d3")).as_ptr())
+        })),
+    );
+    step(
+        "unlink link",
+        res(chk(unsafe { libc::unlink(c(&p("a2")).as_ptr()) })),
+    );
     step("stat after unlink link", st(&p("a")));
     std::fs::write(p("b"), b"bbbb").unwrap();
     let ia = ino(&p("a"));
-    step("rename over", res(std::fs::rename(p("a"), p("b")).map_err(|e| e.to_string())));
+    step(
+        "rename over",
+        res(std::fs::rename(p("a"), p("b")).map_err(|e| e.to_string())),
+    );
     step("rename kept ino", (ino(&p("b")) == ia).to_string());
     step("renamed gone", st(&p("a")));
     std::fs::write(p("c"), b"cc").unwrap();
@@ -231,11 +438,27 @@ fn script(root: &Path) -> Vec<String> {
             ) as libc::c_int
         }))
     };
-    step("rename noreplace existing", rn("b", "c", libc::RENAME_NOREPLACE));
-    step("rename noreplace new", rn("c", "c2", libc::RENAME_NOREPLACE));
+    step(
+        "rename noreplace existing",
+        rn("b", "c", libc::RENAME_NOREPLACE),
+    );
+    step(
+        "rename noreplace new",
+        rn("c", "c2", libc::RENAME_NOREPLACE),
+    );
     step("rename exchange", rn("b", "c2", libc::RENAME_EXCHANGE));
-    step("exchanged contents", format!("{:?} {:?}", std::fs::read(p("b")).map(|v| v.len()), std::fs::read(p("c2")).map(|v| v.len())));
-    step("rename exchange missing", rn("b", "zz", libc::RENAME_EXCHANGE));
+    step(
+        "exchanged contents",
+        format!(
+            "{:?} {:?}",
+            std::fs::read(p("b")).map(|v| v.len()),
+            std::fs::read(p("c2")).map(|v| v.len())
+        ),
+    );
+    step(
+        "rename exchange missing",
+        rn("b", "zz", libc::RENAME_EXCHANGE),
+    );
     step("rename into dir", rn("c2", "d/c2", 0));
     step("rename dir over nonempty dir", {
         std::fs::create_dir(p("e")).unwrap();
@@ -247,44 +470,125 @@ fn script(root: &Path) -> Vec<String> {
     step("listing d", listing(&p("d")));
 
     // --- special files ---
-    step("mkfifo", res(chk(unsafe { libc::mkfifo(c(&p("fifo")).as_ptr(), 0o640) })));
+    step(
+        "mkfifo",
+        res(chk(unsafe { libc::mkfifo(c(&p("fifo")).as_ptr(), 0o640) })),
+    );
     step("stat fifo", st(&p("fifo")));
-    step("mknod sock", res(chk(unsafe { libc::mknod(c(&p("sock")).as_ptr(), libc::S_IFSOCK | 0o600, 0) })));
+    step(
+        "mknod sock",
+        res(chk(unsafe {
+            libc::mknod(c(&p("sock")).as_ptr(), libc::S_IFSOCK | 0o600, 0)
+        })),
+    );
     step("stat sock", st(&p("sock")));
     step(
         "mknod chr",
-        res(chk(unsafe { libc::mknod(c(&p("null")).as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 3)) })),
+        res(chk(unsafe {
+            libc::mknod(
+                c(&p("null")).as_ptr(),
+                libc::S_IFCHR | 0o600,
+                libc::makedev(1, 3),
+            )
+        })),
     );
     step("stat chr", st(&p("null")));
 
     // --- xattrs ---
-    let xa = |f: &str, n: &str| CString::new(format!("{n}")).map(|nn| (c(&p(f)), nn)).unwrap();
+    let xa = |f: &str, n: &str| {
+        CString::new(n.to_string())
+            .map(|nn| (c(&p(f)), nn))
+            .unwrap()
+    };
     let (fp, name) = xa("b", "user.test");
-    step("setxattr", res(chk(unsafe { libc::setxattr(fp.as_ptr(), name.as_ptr(), b"v1".as_ptr().cast(), 2, 0) })));
+    step(
+        "setxattr",
+        res(chk(unsafe {
+            libc::setxattr(fp.as_ptr(), name.as_ptr(), b"v1".as_ptr().cast(), 2, 0)
+        })),
+    );
     step(
         "setxattr create existing",
-        res(chk(unsafe { libc::setxattr(fp.as_ptr(), name.as_ptr(), b"v2".as_ptr().cast(), 2, libc::XATTR_CREATE) })),
+        res(chk(unsafe {
+            libc::setxattr(
+                fp.as_ptr(),
+                name.as_ptr(),
+                b"v2".as_ptr().cast(),
+                2,
+                libc::XATTR_CREATE,
+            )
+        })),
     );
     let mut vb = [0u8; 64];
     let n = unsafe { libc::getxattr(fp.as_ptr(), name.as_ptr(), vb.as_mut_ptr().cast(), vb.len()) };
-    step("getxattr", if n < 0 { errno_name() } else { String::from_utf8_lossy(&vb[..n as usize]).into_owned() });
+    step(
+        "getxattr",
+        if n < 0 {
+            errno_name()
+        } else {
+            String::from_utf8_lossy(&vb[..n as usize]).into_owned()
+        },
+    );
     let n = unsafe { libc::getxattr(fp.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
     step("getxattr size", n.to_string());
     let n = unsafe { libc::getxattr(fp.as_ptr(), name.as_ptr(), vb.as_mut_ptr().cast(), 1) };
-    step("getxattr small buf", if n < 0 { errno_name() } else { n.to_string() });
+    step(
+        "getxattr small buf",
+        if n < 0 { errno_name() } else { n.to_string() },
+    );
     let (_, missing) = xa("b", "user.missing");
-    let n = unsafe { libc::getxattr(fp.as_ptr(), missing.as_ptr(), vb.as_mut_ptr().cast(), vb.len()) };
-    step("getxattr missing", if n < 0 { errno_name() } else { n.to_string() });
+    let n = unsafe {
+        libc::getxattr(
+            fp.as_ptr(),
+            missing.as_ptr(),
+            vb.as_mut_ptr().cast(),
+            vb.len(),
+        )
+    };
+    step(
+        "getxattr missing",
+        if n < 0 { errno_name() } else { n.to_string() },
+    );
     let n = unsafe { libc::listxattr(fp.as_ptr(), vb.as_mut_ptr().cast(), vb.len()) };
-    step("listxattr", if n < 0 { errno_name() } else { format!("{:?}", &vb[..n as usize]) });
-    step("removexattr", res(chk(unsafe { libc::removexattr(fp.as_ptr(), name.as_ptr()) })));
-    step("removexattr again", res(chk(unsafe { libc::removexattr(fp.as_ptr(), name.as_ptr()) })));
+    step(
+        "listxattr",
+        if n < 0 {
+            errno_name()
+        } else {
+            format!("{:?}", &vb[..n as usize])
+        },
+    );
+    step(
+        "removexattr",
+        res(chk(unsafe {
+            libc::removexattr(fp.as_ptr(), name.as_ptr())
+        })),
+    );
+    step(
+        "removexattr again",
+        res(chk(unsafe {
+            libc::removexattr(fp.as_ptr(), name.as_ptr())
+        })),
+    );
 
     // --- access / statfs ---
-    step("access rw", res(chk(unsafe { libc::access(c(&p("b")).as_ptr(), libc::R_OK | libc::W_OK) })));
-    step("access missing", res(chk(unsafe { libc::access(c(&p("zz")).as_ptr(), libc::F_OK) })));
+    step(
+        "access rw",
+        res(chk(unsafe {
+            libc::access(c(&p("b")).as_ptr(), libc::R_OK | libc::W_OK)
+        })),
+    );
+    step(
+        "access missing",
+        res(chk(unsafe {
+            libc::access(c(&p("zz")).as_ptr(), libc::F_OK)
+        })),
+    );
     let sv = nix::sys::statvfs::statvfs(&w).unwrap();
-    step("statfs", format!("bsize={} namemax={}", sv.block_size(), sv.name_max()));
+    step(
+        "statfs",
+        format!("bsize={} namemax={}", sv.block_size(), sv.name_max()),
+    );
 
     // --- copy_file_range ---
     std::fs::write(p("src"), vec![7u8; 10_000]).unwrap();
@@ -293,11 +597,24 @@ fn script(root: &Path) -> Vec<String> {
     let mut off_in: i64 = 100;
     let mut off_out: i64 = 0;
     let n = unsafe {
-        libc::copy_file_range(s_fd.as_raw_fd(), &mut off_in, d_fd.as_raw_fd(), &mut off_out, 5000, 0)
+        libc::copy_file_range(
+            s_fd.as_raw_fd(),
+            &mut off_in,
+            d_fd.as_raw_fd(),
+            &mut off_out,
+            5000,
+            0,
+        )
     };
     step("copy_file_range", format!("{n} {off_in} {off_out}"));
     drop((s_fd, d_fd));
-    step("dst content", format!("{:?}", std::fs::read(p("dst")).map(|v| (v.len(), v.iter().all(|b| *b == 7)))));
+    step(
+        "dst content",
+        format!(
+            "{:?}",
+            std::fs::read(p("dst")).map(|v| (v.len(), v.iter().all(|b| *b == 7)))
+        ),
+    );
 
     // --- readdir with many entries (offsets across several READDIR calls) ---
     std::fs::create_dir(p("many")).unwrap();
@@ -306,11 +623,23 @@ fn script(root: &Path) -> Vec<String> {
     }
     let l = listing(&p("many"));
     step("many count", l.split(',').count().to_string());
-    step("many hash", format!("{:x}", l.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64))));
+    step(
+        "many hash",
+        format!(
+            "{:x}",
+            l.bytes()
+                .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64))
+        ),
+    );
     let mut out = String::new();
     for e in std::fs::read_dir(&w).unwrap() {
         let e = e.unwrap();
-        let _ = write!(out, "{}={:?};", e.file_name().to_string_lossy(), e.file_type().unwrap());
+        let _ = write!(
+            out,
+            "{}={:?};",
+            e.file_name().to_string_lossy(),
+            e.file_type().unwrap()
+        );
     }
     let mut parts: Vec<&str> = out.split(';').collect();
     parts.sort();
@@ -336,7 +665,12 @@ fn same_results_on_plain_dir_and_mount() {
         }
     }
     assert_eq!(expected.len(), got.len());
-    assert!(diffs.is_empty(), "{} differences:\n{}", diffs.len(), diffs.join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "{} differences:\n{}",
+        diffs.len(),
+        diffs.join("\n")
+    );
     // The backing tree holds exactly what the mount showed.
     assert_eq!(listing(&m.src.join("w")), listing(&plain.path().join("w")));
 }

@@ -36,7 +36,11 @@ fn append_storm_16_writers_no_torn_lines() {
     }
     let data = std::fs::read(&file).unwrap();
     let backing = std::fs::read(m.src.join("storm.jsonl")).unwrap();
-    assert_eq!(data.len(), backing.len(), "mount and backing disagree on size");
+    assert_eq!(
+        data.len(),
+        backing.len(),
+        "mount and backing disagree on size"
+    );
     assert!(data == backing, "mount and backing disagree on content");
     let mut next = vec![0u64; writers];
     let mut total = 0;
@@ -47,15 +51,26 @@ fn append_storm_16_writers_no_torn_lines() {
         let seq: u64 = it.next().unwrap().parse().expect("torn line: seq");
         let size: usize = it.next().unwrap().parse().expect("torn line: size");
         let payload = it.next().expect("torn line: payload").as_bytes();
-        assert_eq!(line.len() + 1, size.max(line.len() + 1), "torn line: length {} vs declared {size}", line.len() + 1);
+        assert_eq!(
+            line.len() + 1,
+            size.max(line.len() + 1),
+            "torn line: length {} vs declared {size}",
+            line.len() + 1
+        );
         let letter = b'a' + (w % 26) as u8;
-        assert!(payload.iter().all(|b| *b == letter), "interleaved bytes in line {w}/{seq}");
+        assert!(
+            payload.iter().all(|b| *b == letter),
+            "interleaved bytes in line {w}/{seq}"
+        );
         assert_eq!(seq, next[w], "writer {w}: lost or reordered line");
         next[w] += 1;
         total += 1;
     }
     assert_eq!(total, writers * lines as usize, "lost lines");
-    assert!(next.iter().all(|n| *n == lines), "per-writer counts {next:?}");
+    assert!(
+        next.iter().all(|n| *n == lines),
+        "per-writer counts {next:?}"
+    );
 }
 
 /// Name → (mode, content) of every entry under `dir`, recursively.
@@ -88,8 +103,17 @@ fn openclaw_write_patterns_match_plain_dir() {
     let sid = "345c3d87-d783-4ad6-829e-3331739a026b";
     let plain = tempfile::tempdir().unwrap();
     let run = |d: &Path| {
-        let out = Command::new("python3").arg(script("openclaw_turn.py")).arg(d).arg(sid).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("python3")
+            .arg(script("openclaw_turn.py"))
+            .arg(d)
+            .arg(sid)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     run(plain.path());
     let m = Mount::new(&[]);
@@ -103,7 +127,10 @@ fn openclaw_write_patterns_match_plain_dir() {
     assert_eq!(b, tree(&m.src), "the backing tree is what the mount showed");
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode(plain.path()), mode(&m.mnt), "directory chmod");
-    assert!(!m.mnt.join(format!("{sid}.jsonl.lock")).exists(), "lock file released");
+    assert!(
+        !m.mnt.join(format!("{sid}.jsonl.lock")).exists(),
+        "lock file released"
+    );
 }
 
 #[test]
@@ -146,16 +173,29 @@ except OSError as e:
             .spawn()
             .unwrap();
         let mut line = String::new();
-        std::io::BufReader::new(h.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        std::io::BufReader::new(h.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         assert_eq!(line.trim(), "held");
         let probe = |kind: &str| {
-            let o = Command::new("python3").args(["-c", prober, kind]).arg(&f).output().unwrap();
+            let o = Command::new("python3")
+                .args(["-c", prober, kind])
+                .arg(&f)
+                .output()
+                .unwrap();
             String::from_utf8_lossy(&o.stdout).trim().to_string()
         };
         let out = probe(kind);
-        assert!(out.starts_with("busy"), "{kind}: second process got the lock: {out}");
+        assert!(
+            out.starts_with("busy"),
+            "{kind}: second process got the lock: {out}"
+        );
         h.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
         h.wait().unwrap();
-        assert_eq!(probe(kind), "acquired", "{kind}: lock not released with its holder");
+        assert_eq!(
+            probe(kind),
+            "acquired",
+            "{kind}: lock not released with its holder"
+        );
     }
 }

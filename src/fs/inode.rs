@@ -62,10 +62,6 @@ impl Inode {
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
-    /// Is this a directory?
-    pub fn is_dir(&self) -> bool {
-        self.kind == libc::S_IFDIR
-    }
     /// Is this a regular file?
     pub fn is_file(&self) -> bool {
         self.kind == libc::S_IFREG
@@ -192,12 +188,11 @@ impl InodeTable {
             }
             None => false,
         };
-        if gone {
-            if let Some(inode) = map.remove(&id) {
-                if inode.dev != self.root_dev {
-                    self.foreign.lock().remove(&(inode.dev, inode.ino));
-                }
-            }
+        if gone
+            && let Some(inode) = map.remove(&id)
+            && inode.dev != self.root_dev
+        {
+            self.foreign.lock().remove(&(inode.dev, inode.ino));
         }
     }
 

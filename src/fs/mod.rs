@@ -182,6 +182,12 @@ impl SessionFs {
         })
     }
 
+    /// (inodes in the table incl. the root, open file handles, open dir handles);
+    /// after unmount every lookup is forgotten, so a leak shows here.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        (self.inodes.len(), self.files.len(), self.dirs.len())
+    }
+
     fn inode(&self, ino: INodeNo) -> Result<Arc<Inode>, FErrno> {
         self.inodes.get(ino.0).ok_or(FErrno::ENOENT)
     }
@@ -253,6 +259,13 @@ impl fuser::Filesystem for SessionFs {
     }
 
     fn destroy(&mut self) {
+        let (inodes, files, dirs) = self.counts();
+        tracing::info!(
+            inodes,
+            open_files = files,
+            open_dirs = dirs,
+            "session ending"
+        );
         if let Some(j) = &self.journal {
             j.shutdown();
         }
@@ -553,10 +566,10 @@ impl fuser::Filesystem for SessionFs {
             }
             return reply.opened(Fh(ino.0), FopenFlags::FOPEN_DIRECT_IO);
         }
-        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
-            if let Err(e) = self.ro() {
-                return reply.error(e);
-            }
+        if (flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0)
+            && let Err(e) = self.ro()
+        {
+            return reply.error(e);
         }
         let Ok(inode) = self.inode(ino) else {
             return reply.error(FErrno::ENOENT);
@@ -571,10 +584,11 @@ impl fuser::Filesystem for SessionFs {
             None
         };
         let mut removed = None;
-        if truncating && self.is_transcript(&inode) {
-            if let Some(st) = &before {
-                removed = self.salvage_truncate(&inode, st.st_size as u64, 0);
-            }
+        if truncating
+            && self.is_transcript(&inode)
+            && let Some(st) = &before
+        {
+            removed = self.salvage_truncate(&inode, st.st_size as u64, 0);
         }
         let res = sys::reopen(inode.fd(), flags & !FMODE_EXEC);
         match res {
@@ -946,10 +960,10 @@ impl fuser::Filesystem for SessionFs {
             r.len = Some(value.len() as u64);
             r.result = record::result(&res);
         });
-        if res.is_ok() {
-            if let Ok(st) = sys::fstat(inode.fd()) {
-                self.mark_known(&inode, &st);
-            }
+        if res.is_ok()
+            && let Ok(st) = sys::fstat(inode.fd())
+        {
+            self.mark_known(&inode, &st);
         }
         match res {
             Ok(()) => reply.ok(),
@@ -1042,10 +1056,10 @@ impl fuser::Filesystem for SessionFs {
             r.name = Some(xname);
             r.result = record::result(&res);
         });
-        if res.is_ok() {
-            if let Ok(st) = sys::fstat(inode.fd()) {
-                self.mark_known(&inode, &st);
-            }
+        if res.is_ok()
+            && let Ok(st) = sys::fstat(inode.fd())
+        {
+            self.mark_known(&inode, &st);
         }
         match res {
             Ok(()) => reply.ok(),
@@ -1261,10 +1275,11 @@ impl SessionFs {
         if let Some(size) = size {
             let before = sys::fstat(inode.fd()).ok();
             let mut removed = None;
-            if let Some(st) = &before {
-                if self.is_transcript(inode) && (size as i64) < st.st_size {
-                    removed = self.salvage_truncate(inode, st.st_size as u64, size);
-                }
+            if let Some(st) = &before
+                && self.is_transcript(inode)
+                && (size as i64) < st.st_size
+            {
+                removed = self.salvage_truncate(inode, st.st_size as u64, size);
             }
             let res = match handle {
                 Some(h) => nix::unistd::ftruncate(h.fd(), size as i64),
@@ -1354,16 +1369,18 @@ impl SessionFs {
         };
         let size_before = before.as_ref().map_or(0, |s| s.st_size as u64);
         let mut over = None;
-        if transcript && !h.append() && offset < size_before {
-            if let Ok(rfd) = h.inode.read_fd() {
-                over = Some(self.tracker.before_write(
-                    h.inode.ino,
-                    rfd.as_fd(),
-                    offset,
-                    data.len() as u64,
-                    size_before,
-                ));
-            }
+        if transcript
+            && !h.append()
+            && offset < size_before
+            && let Ok(rfd) = h.inode.read_fd()
+        {
+            over = Some(self.tracker.before_write(
+                h.inode.ino,
+                rfd.as_fd(),
+                offset,
+                data.len() as u64,
+                size_before,
+            ));
         }
         let res = sys::pwrite(h.fd(), data, offset);
         if res.is_ok() && wflags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
@@ -1383,25 +1400,22 @@ impl SessionFs {
                 _ => offset,
             };
             let mut change = None;
-            if transcript {
-                if let Ok(n) = res {
-                    if let Ok(rfd) = h.inode.read_fd() {
-                        change = Some(self.tracker.after_write(
-                            h.inode.ino,
-                            rfd.as_fd(),
-                            real_off,
-                            &data[..n],
-                        ));
-                    }
-                }
+            if transcript
+                && let Ok(n) = res
+                && let Ok(rfd) = h.inode.read_fd()
+            {
+                change =
+                    Some(
+                        self.tracker
+                            .after_write(h.inode.ino, rfd.as_fd(), real_off, &data[..n]),
+                    );
             }
             let path = self.inodes.path_of(&h.inode);
-            if let Some(o) = &over {
-                if !o.salvage.is_empty() {
-                    if let Some(j) = &self.journal {
-                        j.salvage(&path, &o.salvage);
-                    }
-                }
+            if let Some(o) = &over
+                && !o.salvage.is_empty()
+                && let Some(j) = &self.journal
+            {
+                j.salvage(&path, &o.salvage);
             }
             self.record(req, "write", path, Some(h.inode.ino), |r| {
                 r.offset = Some(real_off);
@@ -1424,10 +1438,10 @@ impl SessionFs {
                         r.removed = Some(c.removed);
                     }
                 }
-                if let Some(o) = over {
-                    if !o.removed.is_empty() {
-                        r.removed.get_or_insert_with(Vec::new).extend(o.removed);
-                    }
+                if let Some(o) = over
+                    && !o.removed.is_empty()
+                {
+                    r.removed.get_or_insert_with(Vec::new).extend(o.removed);
                 }
             });
         }
@@ -1493,21 +1507,18 @@ impl SessionFs {
         let path = self.child_path(p, name);
         // Unlinking the last link of a transcript removes every line: salvage them first.
         let mut removed = None;
-        if !dir && transcript::is_transcript(name.as_bytes()) {
-            if let (Some(fd), Some(st)) = (&victim, &vst) {
-                if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink == 1 && st.st_size > 0
-                {
-                    if let Ok(rfd) = sys::reopen(fd.as_fd(), libc::O_RDONLY) {
-                        let ch = self.tracker.before_truncate(
-                            st.st_ino,
-                            rfd.as_fd(),
-                            st.st_size as u64,
-                            0,
-                        );
-                        removed = Some(ch);
-                    }
-                }
-            }
+        if !dir
+            && transcript::is_transcript(name.as_bytes())
+            && let (Some(fd), Some(st)) = (&victim, &vst)
+            && st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && st.st_nlink == 1
+            && st.st_size > 0
+            && let Ok(rfd) = sys::reopen(fd.as_fd(), libc::O_RDONLY)
+        {
+            let ch = self
+                .tracker
+                .before_truncate(st.st_ino, rfd.as_fd(), st.st_size as u64, 0);
+            removed = Some(ch);
         }
         let flags = if dir {
             nix::unistd::UnlinkatFlags::RemoveDir
@@ -1516,21 +1527,20 @@ impl SessionFs {
         };
         let res = nix::unistd::unlinkat(p.fd(), c.as_c_str(), flags);
         if res.is_ok() {
-            if let Some(ch) = &removed {
-                if !ch.salvage.is_empty() {
-                    if let Some(j) = &self.journal {
-                        j.salvage(&path, &ch.salvage);
-                    }
-                }
+            if let Some(ch) = &removed
+                && !ch.salvage.is_empty()
+                && let Some(j) = &self.journal
+            {
+                j.salvage(&path, &ch.salvage);
             }
             if let Some(st) = &vst {
                 self.tracker.forget(st.st_ino);
                 // nlink and ctime of a still-linked inode moved: that was us.
                 let id = self.inodes.id_for(st.st_dev, st.st_ino);
-                if let Some(inode) = self.inodes.get(id) {
-                    if let Ok(st2) = sys::fstat(inode.fd()) {
-                        self.mark_known(&inode, &st2);
-                    }
+                if let Some(inode) = self.inodes.get(id)
+                    && let Ok(st2) = sys::fstat(inode.fd())
+                {
+                    self.mark_known(&inode, &st2);
                 }
             }
         }
@@ -1544,10 +1554,11 @@ impl SessionFs {
                 r.before = vst.as_ref().map(attr::fingerprint);
                 r.size_before = vst.as_ref().map(|s| s.st_size as u64);
                 r.result = record::result(&res);
-                if let Some(ch) = removed {
-                    if res.is_ok() && !ch.removed.is_empty() {
-                        r.removed = Some(ch.removed);
-                    }
+                if let Some(ch) = removed
+                    && res.is_ok()
+                    && !ch.removed.is_empty()
+                {
+                    r.removed = Some(ch.removed);
                 }
             },
         );
@@ -1588,37 +1599,33 @@ impl SessionFs {
         let mut change = None;
         if res.is_ok() {
             // The moved inode's remembered name follows it.
-            if let Ok(fd) = sys::openat(np.fd(), &nc, libc::O_PATH | libc::O_NOFOLLOW, 0) {
-                if let Ok(st) = sys::fstat(fd.as_fd()) {
-                    if let Some(inode) = self.inodes.get(self.inodes.id_for(st.st_dev, st.st_ino)) {
-                        inode.set_name(np.id, newname);
-                        self.mark_known(&inode, &st);
-                    }
-                    if let Some(old) = &diff_old {
-                        if let Ok(newfd) = sys::reopen(fd.as_fd(), libc::O_RDONLY) {
-                            change = Some(self.tracker.diff_replaced(old.as_fd(), newfd.as_fd()));
-                        }
-                    }
+            if let Ok(fd) = sys::openat(np.fd(), &nc, libc::O_PATH | libc::O_NOFOLLOW, 0)
+                && let Ok(st) = sys::fstat(fd.as_fd())
+            {
+                if let Some(inode) = self.inodes.get(self.inodes.id_for(st.st_dev, st.st_ino)) {
+                    inode.set_name(np.id, newname);
+                    self.mark_known(&inode, &st);
+                }
+                if let Some(old) = &diff_old
+                    && let Ok(newfd) = sys::reopen(fd.as_fd(), libc::O_RDONLY)
+                {
+                    change = Some(self.tracker.diff_replaced(old.as_fd(), newfd.as_fd()));
                 }
             }
-            if flags & libc::RENAME_EXCHANGE != 0 {
-                if let Ok(fd) = sys::openat(p.fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0) {
-                    if let Ok(st) = sys::fstat(fd.as_fd()) {
-                        if let Some(inode) =
-                            self.inodes.get(self.inodes.id_for(st.st_dev, st.st_ino))
-                        {
-                            inode.set_name(p.id, name);
-                        }
-                    }
-                }
+            if flags & libc::RENAME_EXCHANGE != 0
+                && let Ok(fd) = sys::openat(p.fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)
+                && let Ok(st) = sys::fstat(fd.as_fd())
+                && let Some(inode) = self.inodes.get(self.inodes.id_for(st.st_dev, st.st_ino))
+            {
+                inode.set_name(p.id, name);
             }
             if let Some(st) = &rst {
                 self.tracker.forget(st.st_ino);
             }
-            if let (Some(ch), Some(j)) = (&change, &self.journal) {
-                if !ch.salvage.is_empty() {
-                    j.salvage(&to, &ch.salvage);
-                }
+            if let (Some(ch), Some(j)) = (&change, &self.journal)
+                && !ch.salvage.is_empty()
+            {
+                j.salvage(&to, &ch.salvage);
             }
         }
         let mut fl = Vec::new();
@@ -1701,10 +1708,10 @@ impl SessionFs {
     }
 
     fn note_external(&self, req: &Request, inode: &Inode) {
-        if inode.is_file() {
-            if let Ok(st) = sys::fstat(inode.fd()) {
-                self.check_external(req, inode, &st);
-            }
+        if inode.is_file()
+            && let Ok(st) = sys::fstat(inode.fd())
+        {
+            self.check_external(req, inode, &st);
         }
     }
 
@@ -1724,28 +1731,28 @@ impl SessionFs {
             }
             prev
         };
-        if let Some(p) = prev {
-            if p != now {
-                let path = self.inodes.path_of(inode);
-                let rec = crate::journal::record::Record {
-                    op: "external".into(),
-                    path,
-                    ts: now_rfc3339(),
-                    result: "ok".into(),
-                    size_before: Some(p.0),
-                    size_after: Some(f.size),
-                    before: Some(crate::journal::record::Fingerprint {
-                        ino: inode.ino,
-                        size: p.0,
-                        mtime_ns: p.1,
-                        ctime_ns: p.2,
-                    }),
-                    after: Some(f),
-                    ..Default::default()
-                };
-                if let Some(j) = &self.journal {
-                    j.append(rec);
-                }
+        if let Some(p) = prev
+            && p != now
+        {
+            let path = self.inodes.path_of(inode);
+            let rec = crate::journal::record::Record {
+                op: "external".into(),
+                path,
+                ts: now_rfc3339(),
+                result: "ok".into(),
+                size_before: Some(p.0),
+                size_after: Some(f.size),
+                before: Some(crate::journal::record::Fingerprint {
+                    ino: inode.ino,
+                    size: p.0,
+                    mtime_ns: p.1,
+                    ctime_ns: p.2,
+                }),
+                after: Some(f),
+                ..Default::default()
+            };
+            if let Some(j) = &self.journal {
+                j.append(rec);
             }
         }
     }

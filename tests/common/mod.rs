@@ -33,7 +33,12 @@ impl Mount {
         std::fs::create_dir_all(&src).unwrap();
         std::fs::create_dir_all(&mnt).unwrap();
         mount_at(&src, &mnt, &state, extra);
-        Mount { mnt, src, state, _tmp: Some(tmp) }
+        Mount {
+            mnt,
+            src,
+            state,
+            _tmp: Some(tmp),
+        }
     }
 
     /// Mount `dir` over itself (overlay), journal in `state`.
@@ -45,7 +50,12 @@ impl Mount {
         let d = dir.to_str().unwrap();
         args.push(d);
         run_ok(Command::new(bin()).args(&args));
-        Mount { mnt: dir.to_path_buf(), src: dir.to_path_buf(), state: state.to_path_buf(), _tmp: None }
+        Mount {
+            mnt: dir.to_path_buf(),
+            src: dir.to_path_buf(),
+            state: state.to_path_buf(),
+            _tmp: None,
+        }
     }
 
     /// Unmount now (also done on drop).
@@ -57,7 +67,11 @@ impl Mount {
 /// `sessionfs mount --source src --state-dir state [extra] mnt`.
 pub fn mount_at(src: &Path, mnt: &Path, state: &Path, extra: &[&str]) {
     let mut c = Command::new(bin());
-    c.arg("mount").arg("--source").arg(src).arg("--state-dir").arg(state);
+    c.arg("mount")
+        .arg("--source")
+        .arg(src)
+        .arg("--state-dir")
+        .arg(state);
     c.args(extra).arg(mnt);
     run_ok(&mut c);
 }
@@ -84,7 +98,12 @@ pub fn unmount(mnt: &Path) {
     if !is_mounted(mnt) {
         return;
     }
-    let ok = Command::new(bin()).arg("umount").arg(mnt).status().map(|s| s.success()).unwrap_or(false);
+    let ok = Command::new(bin())
+        .arg("umount")
+        .arg(mnt)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
     if !ok || is_mounted(mnt) {
         let _ = Command::new("umount").arg("-l").arg(mnt).status();
     }
@@ -105,6 +124,9 @@ pub fn read_jsonl(p: &Path) -> Vec<serde_json::Value> {
     let data = std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
     data.split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).unwrap_or_else(|e| panic!("bad JSON line in {}: {e}", p.display())))
+        .map(|l| {
+            serde_json::from_slice(l)
+                .unwrap_or_else(|e| panic!("bad JSON line in {}: {e}", p.display()))
+        })
         .collect()
 }
