@@ -111,10 +111,6 @@ impl<T> Handles<T> {
     pub fn len(&self) -> usize {
         self.map.read().len()
     }
-    /// No open handles?
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// One directory entry of a snapshot.

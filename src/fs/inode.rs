@@ -201,11 +201,6 @@ impl InodeTable {
         self.by_id.read().len()
     }
 
-    /// Never empty: the root is always present.
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
     /// Path of an inode relative to the root, from remembered names (journal use only;
     /// may be stale after a rename outside our sight). Empty for the root.
     pub fn path_of(&self, inode: &Inode) -> String {
