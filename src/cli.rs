@@ -72,6 +72,9 @@ pub struct MountArgs {
     /// Journal age bound, e.g. 30d, 12h.
     #[arg(long, default_value = "30d", value_parser = parse_age)]
     pub journal_max_age: Duration,
+    /// Negotiate READDIRPLUS (cheaper cold listings, slower repeated `ls -l`).
+    #[arg(long)]
+    pub readdirplus: bool,
     /// Attribute/entry cache TTL in milliseconds.
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub ttl_ms: u64,
@@ -134,6 +137,7 @@ impl MountArgs {
             journal_max_bytes: self.journal_max_size,
             journal_max_age: self.journal_max_age,
             ttl: Duration::from_millis(self.ttl_ms),
+            readdirplus: self.readdirplus,
         };
         for o in self
             .options

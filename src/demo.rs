@@ -152,6 +152,7 @@ pub fn run() -> Result<(), String> {
             journal_max_bytes: 256 << 20,
             journal_max_age: Duration::from_secs(30 * 86_400),
             ttl: Duration::from_secs(1),
+            readdirplus: false,
         })?;
         println!(
             "2. mounted sessionfs over it (overlay: same path, journal in {})",

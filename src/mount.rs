@@ -46,6 +46,8 @@ pub struct MountSpec {
     pub journal_max_age: Duration,
     /// Attribute and entry TTL.
     pub ttl: Duration,
+    /// Negotiate READDIRPLUS.
+    pub readdirplus: bool,
 }
 
 /// The mount id: the canonical mountpoint escaped like systemd unit names
@@ -315,6 +317,7 @@ fn serve(
         attr_ttl: spec.ttl,
         entry_ttl: spec.ttl,
         read_only: spec.read_only,
+        readdirplus: spec.readdirplus,
         lane_rules,
         ..FsConfig::default()
     };

@@ -188,25 +188,45 @@ pub fn utimens(fd: BorrowedFd<'_>, times: &[libc::timespec; 2]) -> SysResult<()>
     check(unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) }).map(drop)
 }
 
-/// Runs `f` with this thread's fsuid/fsgid set to the caller's, so that objects it
-/// creates belong to the caller exactly as on a local filesystem (sgid directories,
-/// umask and group inheritance are then applied by the backing kernel).
-/// setfsuid/setfsgid are per-thread on Linux, so other FUSE workers are unaffected.
-pub fn as_caller<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> T {
-    if uid == 0 && gid == 0 {
-        return f();
-    }
-    // Raw syscalls: glibc's wrappers are per-thread too, but be explicit about it.
-    // SAFETY: setfsgid/setfsuid only change this thread's fs credentials.
-    let old_gid = unsafe { libc::syscall(libc::SYS_setfsgid, gid) } as u32;
-    // SAFETY: as above.
-    let old_uid = unsafe { libc::syscall(libc::SYS_setfsuid, uid) } as u32;
-    let out = f();
-    // SAFETY: as above; restores the previous credentials.
-    unsafe {
-        libc::syscall(libc::SYS_setfsuid, old_uid);
-        libc::syscall(libc::SYS_setfsgid, old_gid);
-    }
+thread_local! {
+    /// Whether this thread has its own fs_struct (so its umask is its own).
+    static OWN_FS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with this thread's fsuid/fsgid set to the caller's and its umask set to
+/// the caller's, so that objects it creates belong to the caller with the mode a local
+/// filesystem would give (sgid directories and default ACLs are then applied by the
+/// backing kernel). setfsuid/setfsgid are per-thread; the umask is made per-thread
+/// with `unshare(CLONE_FS)` on first use. With FUSE_POSIX_ACL the kernel leaves the
+/// umask to us.
+pub fn as_caller<T>(uid: u32, gid: u32, umask: u32, f: impl FnOnce() -> T) -> T {
+    OWN_FS.with(|own| {
+        if !own.get() {
+            // SAFETY: unshare(CLONE_FS) only detaches this thread's cwd/root/umask.
+            if unsafe { libc::unshare(libc::CLONE_FS) } == 0 {
+                own.set(true);
+            }
+        }
+    });
+    // SAFETY: umask only changes this thread's (now private) file creation mask.
+    let old_mask = unsafe { libc::umask(umask & 0o777) };
+    let out = if uid == 0 && gid == 0 {
+        f()
+    } else {
+        // SAFETY: setfsgid/setfsuid only change this thread's fs credentials.
+        let old_gid = unsafe { libc::syscall(libc::SYS_setfsgid, gid) } as u32;
+        // SAFETY: as above.
+        let old_uid = unsafe { libc::syscall(libc::SYS_setfsuid, uid) } as u32;
+        let out = f();
+        // SAFETY: as above; restores the previous credentials.
+        unsafe {
+            libc::syscall(libc::SYS_setfsuid, old_uid);
+            libc::syscall(libc::SYS_setfsgid, old_gid);
+        }
+        out
+    };
+    // SAFETY: restores this thread's mask.
+    unsafe { libc::umask(old_mask) };
     out
 }
 
