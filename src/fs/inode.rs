@@ -45,9 +45,32 @@ pub struct Inode {
     pub cache_fp: Mutex<Option<(u64, i64, i64)>>,
     /// Read-only fd for transcript decoding, opened on first use and kept with the inode.
     read_fd: std::sync::OnceLock<OwnedFd>,
+    /// Mutations of this inode in flight through us; while non-zero, a changed backing
+    /// stat is ours, not `external`.
+    busy: std::sync::atomic::AtomicU32,
+}
+
+/// Marks an inode as being changed by us for the guard's lifetime.
+#[derive(Debug)]
+pub struct Busy<'a>(&'a Inode);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Inode {
+    /// Mark a mutation in flight until the guard drops.
+    pub fn busy(&self) -> Busy<'_> {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        Busy(self)
+    }
+
+    /// Is a mutation of ours in flight?
+    pub fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire) != 0
+    }
     /// A read-only fd on the backing object (opened once, then shared).
     pub fn read_fd(&self) -> crate::sys::SysResult<BorrowedFd<'_>> {
         if let Some(fd) = self.read_fd.get() {
@@ -103,6 +126,7 @@ impl InodeTable {
             name: Mutex::new((ROOT_ID, Arc::from(OsStr::from_bytes(b"")))),
             cache_fp: Mutex::new(None),
             read_fd: std::sync::OnceLock::new(),
+            busy: Default::default(),
         });
         let mut by_id = HashMap::new();
         by_id.insert(ROOT_ID, root);
@@ -160,6 +184,7 @@ impl InodeTable {
                 name: Mutex::new((parent, Arc::from(name))),
                 cache_fp: Mutex::new(None),
                 read_fd: std::sync::OnceLock::new(),
+                busy: Default::default(),
             })
         });
         inode.lookups.fetch_add(1, Ordering::AcqRel);

@@ -359,6 +359,7 @@ impl fuser::Filesystem for SessionFs {
         let Ok(inode) = self.inode(ino) else {
             return reply.error(FErrno::ENOENT);
         };
+        let _busy = inode.busy();
         let handle = fh.and_then(|f| self.files.get(f.0));
         let res = self.do_setattr(
             req,
@@ -546,6 +547,7 @@ impl fuser::Filesystem for SessionFs {
         let (Ok(inode), Ok(np)) = (self.inode(ino), self.inode(newparent)) else {
             return reply.error(FErrno::ENOENT);
         };
+        let _busy = inode.busy();
         let res = sys::cname(newname).and_then(|c| {
             let src = sys::proc_fd_path(inode.fd().as_raw_fd());
             nix::unistd::linkat(
@@ -1166,6 +1168,7 @@ impl fuser::Filesystem for SessionFs {
         let Some(h) = self.files.get(fh.0) else {
             return reply.error(FErrno::EBADF);
         };
+        let _busy = h.inode.busy();
         let before = sys::fstat(h.fd()).ok();
         let res = sys::fallocate(h.fd(), mode, offset, length);
         let after = sys::fstat(h.fd()).ok();
@@ -1382,6 +1385,7 @@ impl SessionFs {
         if self.cfg.read_only {
             return Err(Errno::EROFS);
         }
+        let _busy = h.inode.busy();
         let journaling = self.journal.is_some();
         let transcript = journaling && self.is_transcript(&h.inode);
         let before = if journaling {
@@ -1543,6 +1547,11 @@ impl SessionFs {
                 .before_truncate(st.st_ino, rfd.as_fd(), st.st_size as u64, 0);
             removed = Some(ch);
         }
+        // The victim's nlink/ctime move under us: not `external`.
+        let vinode = vst
+            .as_ref()
+            .and_then(|st| self.inodes.get(self.inodes.id_for(st.st_dev, st.st_ino)));
+        let _busy = vinode.as_ref().map(|i| i.busy());
         let flags = if dir {
             nix::unistd::UnlinkatFlags::RemoveDir
         } else {
@@ -1616,6 +1625,12 @@ impl SessionFs {
             }
             _ => None,
         };
+        // The moved inode's ctime changes under us: not `external`.
+        let moved = sys::openat(p.fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)
+            .ok()
+            .and_then(|fd| sys::fstat(fd.as_fd()).ok())
+            .and_then(|st| self.inodes.get(self.inodes.id_for(st.st_dev, st.st_ino)));
+        let _busy = moved.as_ref().map(|i| i.busy());
         let res = sys::renameat2(p.fd(), &c, np.fd(), &nc, flags);
         let path = self.child_path(p, name);
         let to = self.child_path(np, newname);
@@ -1741,7 +1756,7 @@ impl SessionFs {
     /// A backing stat we did not cause: record an `external` change (and drop the
     /// kernel's cache for this inode at its next open).
     fn check_external(&self, _req: &Request, inode: &Inode, st: &libc::stat) {
-        if !inode.is_file() || self.journal.is_none() {
+        if !inode.is_file() || self.journal.is_none() || inode.is_busy() {
             return;
         }
         let f = attr::fingerprint(st);
