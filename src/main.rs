@@ -1,9 +1,11 @@
 //! `sessionfs` binary: parse, run, print one-line errors.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use sessionfs::cli::{Cli, Command};
 
-fn init_logging(debug: bool) {
+fn init_logging(debug: bool, ansi: bool) {
     let default = if debug { "debug" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SESSIONFS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -17,12 +19,13 @@ fn main() {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Mount(args) => args.spec().and_then(|spec| {
-            init_logging(spec.debug);
+            // The background daemon logs to a file: no colour codes there.
+            init_logging(spec.debug, spec.foreground && std::io::stderr().is_terminal());
             sessionfs::mount::mount(spec)
         }),
         Command::Umount { mountpoint } => sessionfs::mount::umount(mountpoint),
         Command::Demo => {
-            init_logging(false);
+            init_logging(false, std::io::stderr().is_terminal());
             sessionfs::demo::run()
         }
         Command::Journal(args) => sessionfs::journal::cli::run_journal(args),
