@@ -12,6 +12,7 @@ fn init_logging(debug: bool, ansi: bool) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .try_init();
 }
 
@@ -20,7 +21,10 @@ fn main() {
     let result = match &cli.command {
         Command::Mount(args) => args.spec().and_then(|spec| {
             // The background daemon logs to a file: no colour codes there.
-            init_logging(spec.debug, spec.foreground && std::io::stderr().is_terminal());
+            init_logging(
+                spec.debug,
+                spec.foreground && std::io::stderr().is_terminal(),
+            );
             sessionfs::mount::mount(spec)
         }),
         Command::Umount { mountpoint } => sessionfs::mount::umount(mountpoint),

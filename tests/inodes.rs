@@ -17,13 +17,19 @@ fn forget_releases_inodes() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     m.unmount();
     let log = std::fs::read_to_string(m.state.join("sessionfs.log")).unwrap();
-    let line = log.lines().rfind(|l| l.contains("session ending")).expect("session ending line in daemon log");
+    let line = log
+        .lines()
+        .rfind(|l| l.contains("session ending"))
+        .expect("session ending line in daemon log");
     let inodes: usize = line
         .split("inodes=")
         .nth(1)
         .and_then(|r| r.split_whitespace().next())
         .and_then(|n| n.parse().ok())
-        .expect("inodes=N");
-    assert!(inodes < 50, "inode table kept {inodes} entries after FORGET: {line}");
+        .unwrap_or_else(|| panic!("no inodes=N in: {line}"));
+    assert!(
+        inodes < 50,
+        "inode table kept {inodes} entries after FORGET: {line}"
+    );
     assert!(line.contains("open_files=0"), "{line}");
 }
