@@ -1,0 +1,473 @@
+//! The change journal through a real mount: identity of threads and child processes,
+//! declared lanes, transcript decoding (split, non-JSON, non-UTF-8 and 10 MiB lines),
+//! removed entries with salvage, external changes, persistence across restarts.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{Mount, read_jsonl};
+use serde_json::Value;
+
+fn records_of(m: &Mount, name: &str) -> Vec<Value> {
+    read_jsonl(&m.mnt.join(format!("{name}.journal")))
+}
+
+fn ops(recs: &[Value]) -> Vec<&str> {
+    recs.iter().map(|r| r["op"].as_str().unwrap()).collect()
+}
+
+/// `entries` of every record, flattened.
+fn entries(recs: &[Value]) -> Vec<Value> {
+    recs.iter()
+        .filter_map(|r| r["entries"].as_array())
+        .flatten()
+        .cloned()
+        .collect()
+}
+
+fn removed(recs: &[Value]) -> Vec<Value> {
+    recs.iter()
+        .filter_map(|r| r["removed"].as_array())
+        .flatten()
+        .cloned()
+        .collect()
+}
+
+fn python(code: &str, args: &[&str]) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(code)
+        .args(args)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn threaded_writers_carry_pid_tid_comm_and_declared_lane() {
+    let m = Mount::new(&[]);
+    let f = m.mnt.join("t.jsonl");
+    let code = r#"
+import json, os, sys, threading
+path = sys.argv[1]
+open("/proc/self/comm", "w").write("writer-proc")
+fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+os.setxattr(path, "user.sessionfs.lane", b"cron")
+assert os.getxattr(path, "user.sessionfs.lane") == b"cron"
+def work():
+    tid = threading.get_native_id()
+    for n in range(20):
+        os.write(fd, (json.dumps({"type": "message", "id": f"{tid}-{n}", "parentId": None,
+                                   "message": {"role": "user"}}) + "\n").encode())
+ts = [threading.Thread(target=work) for _ in range(4)]
+[t.start() for t in ts]; [t.join() for t in ts]
+print(os.getpid())
+"#;
+    let pid: u64 = python(code, &[f.to_str().unwrap()]).trim().parse().unwrap();
+    // The declaration is virtual: nothing stored on the backing file.
+    assert!(
+        xattr_names(&m.src.join("t.jsonl")).is_empty(),
+        "lane xattr leaked to the backing file"
+    );
+    let recs = records_of(&m, "t.jsonl");
+    let writes: Vec<&Value> = recs.iter().filter(|r| r["op"] == "write").collect();
+    assert_eq!(writes.len(), 80, "one record per write request");
+    let mut tids = std::collections::HashSet::new();
+    for w in &writes {
+        assert_eq!(w["pid"].as_u64(), Some(pid), "{w}");
+        assert_eq!(w["comm"], "writer-proc", "{w}");
+        assert_eq!(w["lane"], "cron", "{w}");
+        assert_eq!(w["append"], true);
+        let e = &w["entries"][0];
+        let id = e["id"].as_str().unwrap();
+        let tid: u64 = id.split('-').next().unwrap().parse().unwrap();
+        assert_eq!(
+            w["tid"].as_u64(),
+            Some(tid),
+            "tid of the writing thread: {w}"
+        );
+        assert_eq!(e["type"], "message");
+        assert_eq!(e["role"], "user");
+        tids.insert(tid);
+    }
+    assert_eq!(tids.len(), 4, "four threads seen");
+    // seq is global and increasing; fseq per file counts from 1.
+    let seqs: Vec<u64> = recs.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+    let fseqs: Vec<u64> = recs.iter().map(|r| r["fseq"].as_u64().unwrap()).collect();
+    assert_eq!(fseqs, (1..=recs.len() as u64).collect::<Vec<_>>());
+    // getxattr user.sessionfs.seq = the latest seq of the file.
+    let latest = getxattr(&f, "user.sessionfs.seq");
+    assert_eq!(latest.parse::<u64>().unwrap(), *seqs.last().unwrap());
+}
+
+fn xattr_names(p: &Path) -> Vec<String> {
+    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: valid path and buffer.
+    let n = unsafe { libc::listxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert!(n >= 0);
+    buf[..n as usize]
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
+
+fn getxattr(p: &Path, name: &str) -> String {
+    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid strings and buffer.
+    let r = unsafe { libc::getxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert!(
+        r >= 0,
+        "getxattr {name}: {}",
+        std::io::Error::last_os_error()
+    );
+    String::from_utf8_lossy(&buf[..r as usize]).into_owned()
+}
+
+#[test]
+fn python_child_replace_is_attributed_to_its_parent() {
+    let m = Mount::new(&[]);
+    std::fs::write(
+        m.mnt.join("s.jsonl"),
+        b"{\"type\":\"session\",\"id\":\"s1\"}\n",
+    )
+    .unwrap();
+    let code = r#"
+import os, subprocess, sys
+d = sys.argv[1]
+child = "import os,sys; d=sys.argv[1]; t=os.path.join(d,'.s.jsonl.ab12.tmp'); fd=os.open(t,os.O_CREAT|os.O_EXCL|os.O_WRONLY,0o600); os.write(fd,b'{\"type\":\"session\",\"id\":\"s2\"}\\n'); os.fsync(fd); os.close(fd); os.replace(t, os.path.join(d,'s.jsonl')); print(os.getpid())"
+out = subprocess.run([sys.executable, "-c", child, d], check=True, capture_output=True, text=True).stdout
+print(os.getpid(), out.strip())
+"#;
+    let out = python(code, &[m.mnt.to_str().unwrap()]);
+    let mut it = out.split_whitespace().map(|s| s.parse::<u64>().unwrap());
+    let (parent, child) = (it.next().unwrap(), it.next().unwrap());
+    let recs = records_of(&m, "s.jsonl");
+    let rename = recs
+        .iter()
+        .find(|r| r["op"] == "rename")
+        .expect("rename record in the target's journal");
+    assert_eq!(rename["pid"].as_u64(), Some(child));
+    assert_eq!(rename["to"], "s.jsonl");
+    assert_eq!(
+        rename["ancestry"][0]["pid"].as_u64(),
+        Some(parent),
+        "{rename}"
+    );
+    assert!(rename["replaced_ino"].as_u64().is_some());
+    // The replaced transcript's only line is gone: removed and salvaged.
+    let rem = rename["removed"].as_array().expect("removed");
+    assert_eq!(rem.len(), 1);
+    assert_eq!(rem[0]["id"], "s1");
+}
+
+#[test]
+fn decoding_split_unparsed_and_huge_lines() {
+    let plain = tempfile::tempdir().unwrap();
+    let m = Mount::new(&[]);
+    let run = |dir: &Path| {
+        let code = r#"
+import os, sys
+p = os.path.join(sys.argv[1], "d.jsonl")
+fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+line = b'{"type":"message","id":"split001","parentId":"p0","message":{"role":"assistant"}}\n'
+os.write(fd, line[:20]); os.write(fd, line[20:])
+os.write(fd, b'this is not json\n')
+os.write(fd, b'{"type":"message","id":"\xff\xfe bad utf8"}\n')
+big = b'{"type":"custom","customType":"blob","id":"big00001","data":"' + b'x' * (10 * 1024 * 1024) + b'"}\n'
+os.write(fd, big)
+os.write(fd, b'{"type":"leaf","id":"tail0001"}')  # partial, never completed
+os.close(fd)
+"#;
+        python(code, &[dir.to_str().unwrap()]);
+    };
+    run(plain.path());
+    run(&m.mnt);
+    assert!(
+        std::fs::read(plain.path().join("d.jsonl")).unwrap()
+            == std::fs::read(m.mnt.join("d.jsonl")).unwrap(),
+        "file differs from the plain-directory run"
+    );
+    let recs = records_of(&m, "d.jsonl");
+    let writes: Vec<&Value> = recs.iter().filter(|r| r["op"] == "write").collect();
+    // first half: no entry yet, a partial line pending
+    assert!(writes[0]["entries"].is_null(), "{}", writes[0]);
+    assert_eq!(writes[0]["partial"].as_u64(), Some(20));
+    let e = entries(&recs);
+    assert_eq!(e[0]["id"], "split001");
+    assert_eq!(e[0]["line"], 1);
+    assert_eq!(e[0]["role"], "assistant");
+    assert_eq!(e[0]["parentId"], "p0");
+    assert_eq!(e[1]["unparsed"], "not_json");
+    assert_eq!(e[1]["line"], 2);
+    assert_eq!(e[2]["unparsed"], "not_utf8");
+    assert_eq!(e[3]["id"], "big00001");
+    assert_eq!(e[3]["customType"], "blob");
+    assert_eq!(e[3]["bytes"].as_u64(), Some(10 * 1024 * 1024 + 64));
+    assert_eq!(
+        e.len(),
+        4,
+        "the trailing partial line is not an entry: {e:?}"
+    );
+    let last = writes.last().unwrap();
+    assert!(last["partial"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn truncate_and_rename_over_record_exact_removed_entries_and_salvage() {
+    let m = Mount::new(&[]);
+    let t = m.mnt.join("r.jsonl");
+    let lines: Vec<String> = (1..=10)
+        .map(|i| format!("{{\"type\":\"message\",\"id\":\"id{i:06}\",\"parentId\":null,\"message\":{{\"role\":\"user\"}}}}\n"))
+        .collect();
+    std::fs::write(&t, lines.concat()).unwrap();
+    // Compaction-style truncate-and-rewrite: cut the last 3 entries, append a compaction.
+    let keep: usize = lines[..7].iter().map(|l| l.len()).sum();
+    let code = r#"
+import os, sys
+p, keep = sys.argv[1], int(sys.argv[2])
+fd = os.open(p, os.O_RDWR)
+os.ftruncate(fd, keep)
+os.close(fd)
+fd = os.open(p, os.O_WRONLY | os.O_APPEND)
+os.write(fd, b'{"type":"compaction","id":"comp0001","parentId":"id000007"}\n')
+os.close(fd)
+"#;
+    python(code, &[t.to_str().unwrap(), &keep.to_string()]);
+    let recs = records_of(&m, "r.jsonl");
+    let trunc = recs
+        .iter()
+        .find(|r| r["op"] == "truncate")
+        .expect("truncate record");
+    let ids: Vec<&str> = trunc["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["id000008", "id000009", "id000010"]);
+    assert!(
+        trunc["removed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["type"] == "message")
+    );
+    assert_eq!(trunc["size_after"].as_u64(), Some(keep as u64));
+    assert!(entries(&recs).iter().any(|e| e["id"] == "comp0001"));
+
+    // Rename over the transcript with a version missing 3 other entries.
+    let tmp = m.mnt.join(".r.jsonl.tmp");
+    let current = std::fs::read_to_string(&t).unwrap();
+    let kept: String = current
+        .lines()
+        .filter(|l| !l.contains("id000002") && !l.contains("id000004") && !l.contains("id000006"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&tmp, &kept).unwrap();
+    std::fs::rename(&tmp, &t).unwrap();
+    let recs = records_of(&m, "r.jsonl");
+    let ren = recs
+        .iter()
+        .rfind(|r| r["op"] == "rename")
+        .expect("rename record");
+    let ids: Vec<&str> = ren["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["id000002", "id000004", "id000006"]);
+    assert_eq!(removed(&recs).len(), 6);
+
+    // `sessionfs salvage` prints them byte for byte, in removal order.
+    let out = Command::new(common::bin())
+        .arg("salvage")
+        .arg(&t)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = [
+        &lines[7], &lines[8], &lines[9], &lines[1], &lines[3], &lines[5],
+    ]
+    .map(|s| s.as_str())
+    .concat();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
+}
+
+#[test]
+fn external_changes_are_recorded() {
+    let m = Mount::new(&["--ttl-ms", "0"]);
+    let f = m.mnt.join("e.jsonl");
+    std::fs::write(&f, b"{\"type\":\"session\",\"id\":\"e\"}\n").unwrap();
+    let _ = std::fs::metadata(&f).unwrap();
+    // Change the backing file behind the mount's back (as a pre-mount fd would).
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(m.src.join("e.jsonl"))
+        .unwrap()
+        .write_all_ok(b"{\"x\":1}\n");
+    let _ = std::fs::metadata(&f).unwrap();
+    let recs = records_of(&m, "e.jsonl");
+    let ext = recs
+        .iter()
+        .find(|r| r["op"] == "external")
+        .unwrap_or_else(|| panic!("no external record: {:?}", ops(&recs)));
+    assert_eq!(
+        ext["size_after"].as_u64(),
+        Some(std::fs::metadata(m.src.join("e.jsonl")).unwrap().len())
+    );
+    assert!(ext["pid"].is_null(), "nobody known made it");
+    // Our own writes never show as external.
+    assert_eq!(
+        recs.iter().filter(|r| r["op"] == "external").count(),
+        1,
+        "{:?}",
+        ops(&recs)
+    );
+}
+
+trait WriteAllOk {
+    fn write_all_ok(self, b: &[u8]);
+}
+impl WriteAllOk for std::fs::File {
+    fn write_all_ok(mut self, b: &[u8]) {
+        use std::io::Write;
+        self.write_all(b).unwrap();
+    }
+}
+
+#[test]
+fn journal_files_are_virtual_listed_and_private() {
+    let m = Mount::new(&[]);
+    std::fs::write(
+        m.mnt.join("a.jsonl"),
+        b"{\"type\":\"session\",\"id\":\"a\"}\n",
+    )
+    .unwrap();
+    let names: Vec<String> = std::fs::read_dir(&m.mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.contains(&".journal".to_string()), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n.ends_with(".jsonl.journal")),
+        "per-file journals are not listed: {names:?}"
+    );
+    assert!(
+        !m.src.join(".journal").exists(),
+        "nothing written into the backing tree"
+    );
+    let md = std::fs::metadata(m.mnt.join("a.jsonl.journal")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(md.permissions().mode() & 0o777, 0o400);
+    let all = read_jsonl(&m.mnt.join(".journal"));
+    assert!(
+        all.iter()
+            .any(|r| r["path"] == "a.jsonl" && r["op"] == "create")
+    );
+    // A byte offset is a cursor: reading from the old size gives exactly the new records.
+    let before = std::fs::metadata(m.mnt.join(".journal")).unwrap().len();
+    std::fs::write(m.mnt.join("b.jsonl"), b"{}\n").unwrap();
+    let data = std::fs::read(m.mnt.join(".journal")).unwrap();
+    let tail: Vec<Value> = data[before as usize..]
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    assert!(
+        !tail.is_empty() && tail.iter().all(|r| r["path"] == "b.jsonl"),
+        "{tail:?}"
+    );
+    // Only the watched file's owner (and root) may read its journal.
+    let code = "import os,sys\nos.setgid(65534); os.setuid(65534)\ntry:\n    open(sys.argv[1]).read(); print('read')\nexcept PermissionError: print('denied')";
+    let out = python(code, &[m.mnt.join("a.jsonl.journal").to_str().unwrap()]);
+    assert_eq!(out.trim(), "denied");
+}
+
+#[test]
+fn seq_continues_after_restart_and_cli_reads_since() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, mnt, state) = (
+        tmp.path().join("src"),
+        tmp.path().join("mnt"),
+        tmp.path().join("state"),
+    );
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&mnt).unwrap();
+    let last_seq = |mnt: &Path| {
+        let all = read_jsonl(&mnt.join(".journal"));
+        all.last().map(|r| r["seq"].as_u64().unwrap()).unwrap()
+    };
+    common::mount_at(&src, &mnt, &state, &[]);
+    let guard = Remount(mnt.clone());
+    for i in 0..50 {
+        std::fs::write(mnt.join(format!("f{i}.jsonl")), b"{}\n").unwrap();
+    }
+    let first = last_seq(&mnt);
+    common::unmount(&mnt);
+    common::mount_at(&src, &mnt, &state, &[]);
+    std::fs::write(
+        mnt.join("after.jsonl"),
+        b"{\"type\":\"session\",\"id\":\"z\"}\n",
+    )
+    .unwrap();
+    let all = read_jsonl(&mnt.join(".journal"));
+    let after: Vec<&Value> = all.iter().filter(|r| r["path"] == "after.jsonl").collect();
+    assert!(
+        after[0]["seq"].as_u64().unwrap() > first,
+        "seq restarted: {} <= {first}",
+        after[0]["seq"]
+    );
+    assert!(
+        all.iter().any(|r| r["path"] == "f0.jsonl"),
+        "records from before the restart are kept"
+    );
+    // CLI: --since gives exactly the records after the cursor.
+    let out = Command::new(common::bin())
+        .args(["journal", "--json", "--since"])
+        .arg(first.to_string())
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recs: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!recs.is_empty());
+    assert!(recs.iter().all(|r| r["seq"].as_u64().unwrap() > first));
+    assert_eq!(
+        recs.len(),
+        all.iter()
+            .filter(|r| r["seq"].as_u64().unwrap() > first)
+            .count()
+    );
+    drop(guard);
+}
+
+struct Remount(std::path::PathBuf);
+impl Drop for Remount {
+    fn drop(&mut self) {
+        common::unmount(&self.0);
+    }
+}
