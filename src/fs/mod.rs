@@ -27,6 +27,7 @@ use nix::errno::Errno;
 
 use crate::identity::IdentityCache;
 use crate::journal::Journal;
+use crate::journal::record::Entry;
 use crate::lanes::{LANE_XATTR, LaneDeclarations, LaneRules};
 use crate::sys::{self, SysResult};
 use crate::transcript::{self, TranscriptTracker};
@@ -1394,7 +1395,7 @@ impl SessionFs {
             None
         };
         let size_before = before.as_ref().map_or(0, |s| s.st_size as u64);
-        let mut over = None;
+        let mut over: Option<transcript::Change> = None;
         if transcript
             && !h.append()
             && offset < size_before
@@ -1435,6 +1436,11 @@ impl SessionFs {
                         self.tracker
                             .after_write(h.inode.ino, rfd.as_fd(), real_off, &data[..n]),
                     );
+            }
+            // Overwritten lines whose bytes the write put back (anywhere in the data)
+            // were rewritten, not removed.
+            if let (Some(o), Some(c), Ok(n)) = (over.as_mut(), change.as_ref(), &res) {
+                net_removed(o, &c.entries, real_off, &data[..*n]);
             }
             let path = self.inodes.path_of(&h.inode);
             if let Some(o) = &over
@@ -1806,6 +1812,35 @@ impl SessionFs {
     }
 }
 
+/// Drop from `over` (lines an overwrite replaced) every line whose exact bytes are
+/// among the complete lines `entries` the write produced (slices of `data`, which
+/// landed at file offset `at`); its salvage bytes go with it.
+fn net_removed(over: &mut transcript::Change, entries: &[Entry], at: u64, data: &[u8]) {
+    let mut new_lines: Vec<&[u8]> = entries
+        .iter()
+        .filter_map(|e| {
+            let start = e.offset.checked_sub(at)? as usize;
+            data.get(start..start + e.bytes as usize)
+        })
+        .collect();
+    let mut kept = Vec::new();
+    let mut salvage = Vec::new();
+    let mut cur = 0usize;
+    for e in over.removed.drain(..) {
+        let end = (cur + e.bytes as usize).min(over.salvage.len());
+        let old = &over.salvage[cur..end];
+        cur = end;
+        if let Some(i) = new_lines.iter().position(|l| *l == old) {
+            new_lines.swap_remove(i);
+        } else {
+            salvage.extend_from_slice(old);
+            kept.push(e);
+        }
+    }
+    over.removed = kept;
+    over.salvage = salvage;
+}
+
 /// Used by the mount code to name the daemon's view of a node in logs.
 pub fn describe(ino: u64) -> String {
     if ino >= VIRTUAL_BASE {
@@ -1819,4 +1854,50 @@ pub fn describe(ino: u64) -> String {
 fn _assert_send_sync() {
     fn f<T: Send + Sync>() {}
     f::<SessionFs>();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(offset: u64, bytes: u64, id: &str) -> Entry {
+        Entry {
+            offset,
+            bytes,
+            id: Some(id.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rewritten_lines_are_not_removed() {
+        // Old file: "a\nbb\nccc\n"; the write at 0 puts back "ccc\na\n" (bb dropped).
+        let mut over = transcript::Change {
+            removed: vec![entry(0, 2, "a"), entry(2, 3, "b"), entry(5, 4, "c")],
+            salvage: b"a\nbb\nccc\n".to_vec(),
+            ..Default::default()
+        };
+        let data = b"ccc\na\n";
+        let new = [entry(0, 4, "c"), entry(4, 2, "a")];
+        net_removed(&mut over, &new, 0, data);
+        assert_eq!(over.removed.len(), 1);
+        assert_eq!(over.removed[0].id.as_deref(), Some("b"));
+        assert_eq!(over.salvage, b"bb\n");
+    }
+
+    #[test]
+    fn duplicate_lines_count_once_each() {
+        let mut over = transcript::Change {
+            removed: vec![entry(0, 2, "x1"), entry(2, 2, "x2")],
+            salvage: b"x\nx\n".to_vec(),
+            ..Default::default()
+        };
+        net_removed(&mut over, &[entry(10, 2, "x")], 10, b"x\n");
+        assert_eq!(
+            over.removed.len(),
+            1,
+            "one of the two identical lines is gone"
+        );
+        assert_eq!(over.salvage, b"x\n");
+    }
 }
