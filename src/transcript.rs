@@ -1,9 +1,24 @@
 //! Transcript decoding: which entries (lines of a `*.jsonl` session file) a change
 //! appended, rewrote or removed.
 //!
-//! OWNED BY: journal helper. Contract below is fixed; internals are free.
+//! Format (source: OpenClaw 2026.5.22 transcripts): one JSON object per line, with
+//! `type`, `id`, `parentId`, `message.role` and `customType` as the fields we read.
+//! Decoding uses a borrowed serde struct that reads only those fields; everything else
+//! is skipped. Lines that are not UTF-8 or not a JSON object are kept byte for byte in
+//! the file and reported as `unparsed`.
+//!
+//! Per file (key = backing inode) the tracker keeps the state at EOF: bytes known,
+//! complete-line count, line start offsets, and the pending partial line. The state is
+//! bounded by an LRU over files and a cap on indexed lines; a file that fell out is
+//! rebuilt from its bytes on its next write (one sequential read).
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::os::fd::BorrowedFd;
+
+use parking_lot::Mutex;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
 
 use crate::journal::record::Entry;
 
@@ -19,63 +34,639 @@ pub struct Change {
     pub entries: Vec<Entry>,
     /// Lines the change removed or overwrote.
     pub removed: Vec<Entry>,
-    /// The removed lines' bytes, exactly as they were (for the salvage store).
+    /// The removed lines' bytes, exactly as they were, concatenated in `removed` order.
     pub salvage: Vec<u8>,
     /// Bytes of a trailing partial line now pending.
     pub partial: u64,
 }
 
+/// A string field that may also hold another JSON type (then it is not reported).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum MaybeStr<'a> {
+    Str(#[serde(borrow)] Cow<'a, str>),
+    Other(IgnoredAny),
+}
+
+impl MaybeStr<'_> {
+    fn into_string(self) -> Option<String> {
+        match self {
+            MaybeStr::Str(s) => Some(s.into_owned()),
+            MaybeStr::Other(_) => None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow)]
+    role: Option<MaybeStr<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Line<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<MaybeStr<'a>>,
+    #[serde(borrow)]
+    id: Option<MaybeStr<'a>>,
+    #[serde(rename = "parentId", borrow)]
+    parent_id: Option<MaybeStr<'a>>,
+    #[serde(rename = "customType", borrow)]
+    custom_type: Option<MaybeStr<'a>>,
+    #[serde(borrow)]
+    message: Option<MessageField<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum MessageField<'a> {
+    Obj(#[serde(borrow)] Message<'a>),
+    Other(IgnoredAny),
+}
+
+/// Decode one line (without its newline). `line_no` is 1-based; `bytes` counts the
+/// newline when the line has one.
+pub fn decode(line: &[u8], line_no: u64, offset: u64, bytes: u64) -> Entry {
+    let mut e = Entry {
+        line: line_no,
+        offset,
+        bytes,
+        ..Default::default()
+    };
+    let Ok(text) = std::str::from_utf8(line) else {
+        e.unparsed = Some("not_utf8".into());
+        return e;
+    };
+    let trimmed = text.trim_end_matches('\r');
+    match serde_json::from_str::<Line<'_>>(trimmed) {
+        Ok(l) => {
+            e.kind = l.kind.and_then(MaybeStr::into_string);
+            e.id = l.id.and_then(MaybeStr::into_string);
+            e.parent_id = l.parent_id.and_then(MaybeStr::into_string);
+            e.custom_type = l.custom_type.and_then(MaybeStr::into_string);
+            e.role = match l.message {
+                Some(MessageField::Obj(m)) => m.role.and_then(MaybeStr::into_string),
+                _ => None,
+            };
+        }
+        Err(_) => e.unparsed = Some("not_json".into()),
+    }
+    e
+}
+
+/// Split `buf` (file bytes starting at `base`, the first line being line `first_line`)
+/// into entries for every complete line; returns them and the offset just past the
+/// last newline.
+fn decode_lines(buf: &[u8], base: u64, first_line: u64) -> (Vec<Entry>, u64) {
+    let mut out = Vec::new();
+    let mut start = 0usize;
+    let mut line = first_line;
+    for nl in memchr_iter(buf) {
+        let l = &buf[start..nl];
+        out.push(decode(
+            l,
+            line,
+            base + start as u64,
+            (nl + 1 - start) as u64,
+        ));
+        line += 1;
+        start = nl + 1;
+    }
+    (out, base + start as u64)
+}
+
+fn memchr_iter(buf: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    buf.iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .map(|(i, _)| i)
+}
+
+fn read_range(fd: BorrowedFd<'_>, start: u64, end: u64) -> Vec<u8> {
+    let mut buf = vec![0u8; end.saturating_sub(start) as usize];
+    let mut got = 0usize;
+    while got < buf.len() {
+        match crate::sys::pread(fd, &mut buf[got..], start + got as u64) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    buf.truncate(got);
+    buf
+}
+
+fn file_size(fd: BorrowedFd<'_>) -> u64 {
+    crate::sys::fstat(fd).map(|s| s.st_size as u64).unwrap_or(0)
+}
+
+/// Largest pending partial line kept in memory; longer ones are re-read at completion.
+const MAX_PARTIAL_IN_MEMORY: usize = 64 << 20;
+/// Total line starts indexed across files before the least recently used file goes.
+const MAX_INDEXED_LINES: usize = 1 << 20;
+
+/// EOF state of one transcript.
+#[derive(Debug)]
+struct FileState {
+    /// Bytes of the file this state describes.
+    size: u64,
+    /// Offset of the first byte after the last newline (start of the partial line).
+    partial_start: u64,
+    /// The partial line's bytes, when small enough to keep.
+    partial: Option<Vec<u8>>,
+    /// Start offset of every complete line (index = line number - 1).
+    starts: Vec<u64>,
+    /// LRU clock.
+    used: u64,
+}
+
+impl FileState {
+    fn rebuild(fd: BorrowedFd<'_>, size: u64) -> FileState {
+        let buf = read_range(fd, 0, size);
+        let mut starts = Vec::new();
+        let mut s = 0u64;
+        for nl in memchr_iter(&buf) {
+            starts.push(s);
+            s = nl as u64 + 1;
+        }
+        let partial = &buf[s as usize..];
+        FileState {
+            size: buf.len() as u64,
+            partial_start: s,
+            partial: (partial.len() <= MAX_PARTIAL_IN_MEMORY).then(|| partial.to_vec()),
+            starts,
+            used: 0,
+        }
+    }
+
+    /// 1-based line number of the line containing `offset` (or starting there).
+    /// The pending partial line counts as line `starts.len() + 1`.
+    fn line_at(&self, offset: u64) -> u64 {
+        match self.starts.binary_search(&offset) {
+            Ok(i) => i as u64 + 1,
+            Err(i) if i == self.starts.len() && offset >= self.partial_start => i as u64 + 1,
+            Err(i) => (i as u64).max(1), // inside line i (1-based)
+        }
+    }
+}
+
 /// Per-file line state (line index, pending partial line), bounded by an LRU.
 #[derive(Debug, Default)]
-pub struct TranscriptTracker {}
+pub struct TranscriptTracker {
+    files: Mutex<Tracked>,
+    max_files: usize,
+}
+
+#[derive(Debug, Default)]
+struct Tracked {
+    map: HashMap<u64, FileState>,
+    clock: u64,
+    lines: usize,
+}
+
+impl Tracked {
+    fn touch(&mut self, key: u64) {
+        self.clock += 1;
+        let c = self.clock;
+        if let Some(s) = self.map.get_mut(&key) {
+            s.used = c;
+        }
+    }
+
+    fn evict(&mut self, max_files: usize) {
+        while self.map.len() > max_files || (self.lines > MAX_INDEXED_LINES && self.map.len() > 1) {
+            let Some((&k, _)) = self.map.iter().min_by_key(|(_, s)| s.used) else {
+                break;
+            };
+            if let Some(s) = self.map.remove(&k) {
+                self.lines -= s.starts.len();
+            }
+        }
+    }
+
+    fn remove(&mut self, key: u64) {
+        if let Some(s) = self.map.remove(&key) {
+            self.lines -= s.starts.len();
+        }
+    }
+}
 
 impl TranscriptTracker {
     /// Tracker keeping at most `max_files` files' line indexes.
-    pub fn new(_max_files: usize) -> Self {
-        Self::default()
+    pub fn new(max_files: usize) -> Self {
+        Self {
+            files: Mutex::new(Tracked::default()),
+            max_files: max_files.max(1),
+        }
     }
 
     /// Before a write of `len` bytes at `offset` to the file `key` whose size is
-    /// `size_before`: reads (pread on `fd`) what the write will overwrite.
+    /// `size_before`: the lines it will overwrite (whole lines touched), with their
+    /// bytes. `fd` must be readable.
     pub fn before_write(
         &self,
-        _key: u64,
-        _fd: BorrowedFd<'_>,
-        _offset: u64,
-        _len: u64,
-        _size_before: u64,
+        key: u64,
+        fd: BorrowedFd<'_>,
+        offset: u64,
+        len: u64,
+        size_before: u64,
     ) -> Change {
-        Change::default()
+        if offset >= size_before || len == 0 {
+            return Change::default();
+        }
+        let end = (offset + len).min(size_before);
+        self.removed_region(key, fd, offset, end, size_before)
     }
 
-    /// After `data` landed at `offset` (the real offset, O_APPEND resolved).
-    pub fn after_write(
-        &self,
-        _key: u64,
-        _fd: BorrowedFd<'_>,
-        _offset: u64,
-        _data: &[u8],
-    ) -> Change {
-        Change::default()
+    /// After `data` landed at `offset` (the real offset, O_APPEND resolved): the
+    /// complete lines it produced. `fd` must be readable.
+    pub fn after_write(&self, key: u64, fd: BorrowedFd<'_>, offset: u64, data: &[u8]) -> Change {
+        let mut t = self.files.lock();
+        let end = offset + data.len() as u64;
+        let appended = t.map.get(&key).is_some_and(|s| s.size == offset);
+        if !appended {
+            // Not a plain append to the EOF we know: rebuild from the file as it is
+            // now and report the complete lines the written range touches.
+            t.remove(key);
+            let size = file_size(fd);
+            let st = FileState::rebuild(fd, size);
+            let first = st.line_at(offset);
+            let start = if first as usize <= st.starts.len() {
+                st.starts[first as usize - 1]
+            } else {
+                st.partial_start
+            };
+            let stop = end.min(st.partial_start);
+            let entries = if start < stop {
+                decode_lines(&read_range(fd, start, stop), start, first).0
+            } else {
+                Vec::new()
+            };
+            let partial = st.size - st.partial_start;
+            t.lines += st.starts.len();
+            t.map.insert(key, st);
+            t.touch(key);
+            t.evict(self.max_files);
+            return Change {
+                entries,
+                partial,
+                ..Default::default()
+            };
+        }
+        let st = t.map.get_mut(&key).expect("checked above");
+        let mut entries = Vec::new();
+        let mut seg_start = 0usize; // start in `data` of the line being completed
+        let mut added = 0usize;
+        for nl in memchr_iter(data) {
+            let line_start = if seg_start == 0 {
+                st.partial_start
+            } else {
+                offset + seg_start as u64
+            };
+            let line_no = st.starts.len() as u64 + 1;
+            let e = if seg_start == 0 && st.partial_start < offset {
+                // Completes a pending partial line: partial bytes + this data.
+                let mut full = match st.partial.take() {
+                    Some(p) => p,
+                    None => read_range(fd, st.partial_start, offset),
+                };
+                full.extend_from_slice(&data[..nl]);
+                decode(&full, line_no, line_start, full.len() as u64 + 1)
+            } else {
+                decode(
+                    &data[seg_start..nl],
+                    line_no,
+                    line_start,
+                    (nl + 1 - seg_start) as u64,
+                )
+            };
+            entries.push(e);
+            st.starts.push(line_start);
+            added += 1;
+            seg_start = nl + 1;
+            st.partial_start = offset + seg_start as u64;
+            st.partial = Some(Vec::new());
+        }
+        let rest = &data[seg_start..];
+        if !rest.is_empty() {
+            match &mut st.partial {
+                Some(p) if p.len() + rest.len() <= MAX_PARTIAL_IN_MEMORY => {
+                    p.extend_from_slice(rest)
+                }
+                _ => st.partial = None,
+            }
+        }
+        st.size = end;
+        let partial = st.size - st.partial_start;
+        t.lines += added;
+        t.touch(key);
+        t.evict(self.max_files);
+        Change {
+            entries,
+            partial,
+            ..Default::default()
+        }
     }
 
-    /// Before a truncate from `old_size` to `new_size`.
+    /// Before a truncate from `old_size` to `new_size`: every line with a byte at or
+    /// past `new_size` (a line the truncate cuts counts as removed), with its bytes.
     pub fn before_truncate(
         &self,
-        _key: u64,
-        _fd: BorrowedFd<'_>,
-        _old_size: u64,
-        _new_size: u64,
+        key: u64,
+        fd: BorrowedFd<'_>,
+        old_size: u64,
+        new_size: u64,
     ) -> Change {
-        Change::default()
+        if new_size >= old_size {
+            return Change::default();
+        }
+        let ch = self.removed_region(key, fd, new_size, old_size, old_size);
+        self.forget(key);
+        ch
+    }
+
+    /// Lines overlapping `[from, to)` of the file as it is now (size `size`).
+    fn removed_region(
+        &self,
+        key: u64,
+        fd: BorrowedFd<'_>,
+        from: u64,
+        to: u64,
+        size: u64,
+    ) -> Change {
+        let mut t = self.files.lock();
+        if t.map.get(&key).is_none_or(|s| s.size != size) {
+            t.remove(key);
+            let st = FileState::rebuild(fd, size);
+            t.lines += st.starts.len();
+            t.map.insert(key, st);
+        }
+        t.touch(key);
+        let st = &t.map[&key];
+        let first = st.line_at(from);
+        let start = if (first as usize) <= st.starts.len() && st.starts[first as usize - 1] <= from
+        {
+            st.starts[first as usize - 1]
+        } else {
+            st.partial_start
+        };
+        // End: the end of the line holding byte `to - 1`.
+        let last = st.line_at(to.saturating_sub(1).max(from));
+        let n = st.starts.len();
+        let stop = match last as usize {
+            l if l < n => st.starts[l],
+            l if l == n => st.partial_start,
+            _ => size,
+        };
+        drop(t);
+        let bytes = read_range(fd, start, stop);
+        let (mut removed, tail) = decode_lines(&bytes, start, first);
+        if tail < start + bytes.len() as u64 {
+            // A trailing partial line (no newline) is removed too.
+            let p = &bytes[(tail - start) as usize..];
+            removed.push(decode(
+                p,
+                first + removed.len() as u64,
+                tail,
+                p.len() as u64,
+            ));
+        }
+        self.forget(key);
+        Change {
+            entries: Vec::new(),
+            removed,
+            salvage: bytes,
+            partial: 0,
+        }
     }
 
     /// A rename replaced transcript `old` (still open) with `new`: lines of `old` that
-    /// are not in `new` are removed.
-    pub fn diff_replaced(&self, _old: BorrowedFd<'_>, _new: BorrowedFd<'_>) -> Change {
-        Change::default()
+    /// are not in `new` (multiset of exact line bytes) are removed; lines of `new` that
+    /// were not in `old` are its entries.
+    pub fn diff_replaced(&self, old: BorrowedFd<'_>, new: BorrowedFd<'_>) -> Change {
+        let a = read_range(old, 0, file_size(old));
+        let b = read_range(new, 0, file_size(new));
+        let split = |buf: &[u8]| -> Vec<(u64, usize, usize)> {
+            // (line_no, start, end incl. newline)
+            let mut v = Vec::new();
+            let mut s = 0usize;
+            for nl in memchr_iter(buf) {
+                v.push((v.len() as u64 + 1, s, nl + 1));
+                s = nl + 1;
+            }
+            if s < buf.len() {
+                v.push((v.len() as u64 + 1, s, buf.len()));
+            }
+            v
+        };
+        let (la, lb) = (split(&a), split(&b));
+        let mut count: HashMap<&[u8], i64> = HashMap::new();
+        for &(_, s, e) in &lb {
+            *count.entry(&b[s..e]).or_default() += 1;
+        }
+        let mut ch = Change::default();
+        for &(n, s, e) in &la {
+            let c = count.entry(&a[s..e]).or_default();
+            if *c > 0 {
+                *c -= 1;
+            } else {
+                let body = a[s..e].strip_suffix(b"\n").unwrap_or(&a[s..e]);
+                ch.removed.push(decode(body, n, s as u64, (e - s) as u64));
+                ch.salvage.extend_from_slice(&a[s..e]);
+            }
+        }
+        let mut count_a: HashMap<&[u8], i64> = HashMap::new();
+        for &(_, s, e) in &la {
+            *count_a.entry(&a[s..e]).or_default() += 1;
+        }
+        for &(n, s, e) in &lb {
+            let c = count_a.entry(&b[s..e]).or_default();
+            if *c > 0 {
+                *c -= 1;
+            } else if b[s..e].ends_with(b"\n") {
+                ch.entries
+                    .push(decode(&b[s..e - 1], n, s as u64, (e - s) as u64));
+            }
+        }
+        ch
     }
 
-    /// Drop state for `key` (file unlinked or inode forgotten).
-    pub fn forget(&self, _key: u64) {}
+    /// Drop state for `key` (file unlinked, truncated or inode forgotten).
+    pub fn forget(&self, key: u64) {
+        self.files.lock().remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::fd::AsFd;
+
+    fn line(id: &str) -> String {
+        format!(
+            "{{\"type\":\"message\",\"id\":\"{id}\",\"parentId\":null,\"message\":{{\"role\":\"user\",\"content\":\"x\"}}}}\n"
+        )
+    }
+
+    #[test]
+    fn decodes_fields_and_marks_unparsed() {
+        let e = decode(br#"{"type":"custom","customType":"model-snapshot","id":"ab12cd34","parentId":"p","extra":[1,{"a":2}]}"#, 3, 10, 99);
+        assert_eq!(
+            (e.kind.as_deref(), e.id.as_deref(), e.parent_id.as_deref()),
+            (Some("custom"), Some("ab12cd34"), Some("p"))
+        );
+        assert_eq!(e.custom_type.as_deref(), Some("model-snapshot"));
+        assert_eq!((e.line, e.offset, e.bytes), (3, 10, 99));
+        let m = decode(
+            br#"{"type":"message","id":"i\u0041","message":{"role":"assistant","usage":{}}}"#,
+            1,
+            0,
+            1,
+        );
+        assert_eq!(m.role.as_deref(), Some("assistant"));
+        assert_eq!(m.id.as_deref(), Some("iA"), "escapes are decoded");
+        assert_eq!(
+            decode(b"not json", 1, 0, 9).unparsed.as_deref(),
+            Some("not_json")
+        );
+        assert_eq!(
+            decode(b"{\"id\":\"\xff\"}", 1, 0, 9).unparsed.as_deref(),
+            Some("not_utf8")
+        );
+        assert_eq!(
+            decode(b"[1,2]", 1, 0, 6).unparsed.as_deref(),
+            Some("not_json")
+        );
+        let odd = decode(br#"{"id":5,"parentId":null,"message":"text"}"#, 1, 0, 1);
+        assert_eq!(
+            (odd.id, odd.parent_id, odd.role, odd.unparsed),
+            (None, None, None, None)
+        );
+    }
+
+    fn tmpfile(content: &[u8]) -> std::fs::File {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(content).unwrap();
+        f
+    }
+
+    #[test]
+    fn split_line_is_decoded_once_complete() {
+        let t = TranscriptTracker::new(8);
+        let mut f = tmpfile(b"");
+        let l = line("aaaa0001");
+        let (a, b) = l.as_bytes().split_at(10);
+        f.write_all(a).unwrap();
+        let c1 = t.after_write(1, f.as_fd(), 0, a);
+        assert!(c1.entries.is_empty());
+        assert_eq!(c1.partial, 10);
+        f.write_all(b).unwrap();
+        let c2 = t.after_write(1, f.as_fd(), 10, b);
+        assert_eq!(c2.entries.len(), 1);
+        assert_eq!(c2.entries[0].id.as_deref(), Some("aaaa0001"));
+        assert_eq!(
+            (
+                c2.entries[0].line,
+                c2.entries[0].offset,
+                c2.entries[0].bytes
+            ),
+            (1, 0, l.len() as u64)
+        );
+        assert_eq!(c2.partial, 0);
+        // A tracker that never saw the file rebuilds its state from the bytes.
+        let l2 = line("aaaa0002");
+        f.write_all(l2.as_bytes()).unwrap();
+        let fresh = TranscriptTracker::new(8);
+        let c3 = fresh.after_write(1, f.as_fd(), l.len() as u64, l2.as_bytes());
+        assert_eq!(c3.entries[0].line, 2);
+    }
+
+    #[test]
+    fn ten_mib_line_in_one_mib_writes() {
+        let t = TranscriptTracker::new(8);
+        let mut f = tmpfile(b"");
+        let mut big = b"{\"type\":\"custom\",\"id\":\"big\",\"data\":\"".to_vec();
+        big.extend(std::iter::repeat_n(b'x', 10 << 20));
+        big.extend_from_slice(b"\"}\n");
+        let mut off = 0u64;
+        let mut got = Vec::new();
+        for chunk in big.chunks(1 << 20) {
+            f.write_all(chunk).unwrap();
+            got.extend(t.after_write(7, f.as_fd(), off, chunk).entries);
+            off += chunk.len() as u64;
+        }
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].id.as_deref(), Some("big"));
+        assert_eq!(got[0].bytes, big.len() as u64);
+    }
+
+    #[test]
+    fn truncate_reports_exactly_the_cut_lines() {
+        let t = TranscriptTracker::new(8);
+        let lines: Vec<String> = (1..=10).map(|i| line(&format!("id{i:06}"))).collect();
+        let all = lines.concat();
+        let f = tmpfile(all.as_bytes());
+        let keep: u64 = lines[..7].iter().map(|l| l.len() as u64).sum();
+        let ch = t.before_truncate(3, f.as_fd(), all.len() as u64, keep);
+        let ids: Vec<_> = ch.removed.iter().map(|e| e.id.clone().unwrap()).collect();
+        assert_eq!(ids, ["id000008", "id000009", "id000010"]);
+        assert_eq!(ch.removed[0].line, 8);
+        assert_eq!(ch.salvage, lines[7..].concat().as_bytes());
+        // Cutting mid-line removes that line too.
+        let ch = t.before_truncate(3, f.as_fd(), all.len() as u64, keep - 5);
+        assert_eq!(ch.removed.len(), 4);
+        assert_eq!(ch.removed[0].id.as_deref(), Some("id000007"));
+    }
+
+    #[test]
+    fn overwrite_reports_touched_lines() {
+        let t = TranscriptTracker::new(8);
+        let lines: Vec<String> = (1..=5).map(|i| line(&format!("id{i:06}"))).collect();
+        let all = lines.concat();
+        let f = tmpfile(all.as_bytes());
+        let at = lines[0].len() as u64 + 3; // inside line 2
+        let ch = t.before_write(9, f.as_fd(), at, lines[1].len() as u64, all.len() as u64);
+        let ids: Vec<_> = ch.removed.iter().map(|e| e.id.clone().unwrap()).collect();
+        assert_eq!(ids, ["id000002", "id000003"]);
+        assert_eq!(
+            ch.salvage,
+            [lines[1].as_str(), lines[2].as_str()].concat().as_bytes()
+        );
+    }
+
+    #[test]
+    fn rename_over_diffs_as_multiset() {
+        let t = TranscriptTracker::new(8);
+        let lines: Vec<String> = (1..=6).map(|i| line(&format!("id{i:06}"))).collect();
+        let old = tmpfile(lines.concat().as_bytes());
+        let new_content = [
+            lines[0].as_str(),
+            lines[2].as_str(),
+            lines[4].as_str(),
+            lines[5].as_str(),
+            &line("new00001"),
+        ]
+        .concat();
+        let new = tmpfile(new_content.as_bytes());
+        let ch = t.diff_replaced(old.as_fd(), new.as_fd());
+        let ids: Vec<_> = ch.removed.iter().map(|e| e.id.clone().unwrap()).collect();
+        assert_eq!(ids, ["id000002", "id000004"]);
+        assert_eq!(
+            ch.salvage,
+            [lines[1].as_str(), lines[3].as_str()].concat().as_bytes()
+        );
+        assert_eq!(ch.entries.len(), 1);
+        assert_eq!(ch.entries[0].id.as_deref(), Some("new00001"));
+        assert_eq!(ch.entries[0].line, 5);
+    }
+
+    #[test]
+    fn lru_bounds_tracked_files() {
+        let t = TranscriptTracker::new(2);
+        let f = tmpfile(b"");
+        for k in 0..5 {
+            t.after_write(k, f.as_fd(), 0, b"");
+        }
+        assert!(t.files.lock().map.len() <= 2);
+    }
 }
