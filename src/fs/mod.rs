@@ -631,6 +631,10 @@ impl fuser::Filesystem for SessionFs {
                     read_bytes: Default::default(),
                     writes: Default::default(),
                     write_bytes: Default::default(),
+                    opener: self
+                        .journal
+                        .as_ref()
+                        .map(|_| self.ids.caller(req.pid(), req.uid(), req.gid())),
                 });
                 let mut of = FopenFlags::empty();
                 if keep {
@@ -1529,6 +1533,10 @@ impl SessionFs {
             read_bytes: Default::default(),
             writes: Default::default(),
             write_bytes: Default::default(),
+            opener: self
+                .journal
+                .as_ref()
+                .map(|_| self.ids.caller(req.pid(), req.uid(), req.gid())),
         });
         Ok((fh, a))
     }
