@@ -710,6 +710,10 @@ fn flush(state: &Mutex<State>, opts: &JournalOptions, files: &mut HashMap<u32, F
         if let Some(s) = st.segments.iter_mut().find(|s| s.n == n) {
             debug_assert_eq!(s.flushed, at);
             s.tail.drain(..bytes.len());
+            // A burst can grow the tail; give the memory back once written.
+            if s.tail.capacity() > 4 << 20 && s.tail.len() < 1 << 20 {
+                s.tail.shrink_to(1 << 20);
+            }
             s.flushed += bytes.len() as u64;
             s.modified = SystemTime::now();
         }
