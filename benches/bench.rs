@@ -6,6 +6,7 @@
 //! cargo bench --bench bench -- --rounds 5 --json bench.json
 //! cargo bench --bench bench -- --quick --only append-reopen,lock-churn
 //! cargo bench --bench bench -- --mount-args "--threads 4 --no-journal"
+//! cargo bench --bench bench -- --only stat --journal-scale
 //! ```
 //!
 //! The mount is `sessionfs mount --source <tmp>/backing --state-dir <tmp>/state
@@ -26,6 +27,10 @@
 //! - `stat`: stat(2) one file 100,000 times;
 //! - `lock-churn`: open(O_CREAT|O_EXCL|O_WRONLY) + write 100 B + close + unlink, the
 //!   way OpenClaw takes and drops `<session>.jsonl.lock`.
+//!
+//! The table also gives the daemon's CPU time per op (from `/proc/<pid>/stat`, the pid
+//! from the pid file `sessionfs mount` writes). `--journal-scale` adds the journal
+//! rows: 1,000,000 appends to 10,000 files, `journal --since` latency, daemon RSS.
 //!
 //! Op counts are sized from a probe on the mount so that one measurement takes about
 //! 1 s there (0.15 s with `--quick`); both sides run the same count.
@@ -64,6 +69,11 @@ struct Opts {
     /// Parent of the temporary directories [default: $TMPDIR or /tmp].
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
+    /// After the table, add the journal-at-scale rows: 1,000,000 appends to 10,000
+    /// files through the mount, `sessionfs journal --since` latency, daemon RSS
+    /// (mounts with `--journal-max-size 2GiB`).
+    #[arg(long)]
+    journal_scale: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -689,6 +699,142 @@ struct Row {
     n: u64,
     native: Vec<f64>,
     mount: Vec<f64>,
+    /// Daemon CPU time (user + system) per unit of work on the mount, µs; one per round.
+    daemon_cpu_us: Vec<f64>,
+}
+
+/// Pid of the daemon serving `mnt`, from the pid file `sessionfs mount` writes.
+fn daemon_pid(mnt: &Path) -> Option<u32> {
+    let id = sessionfs::mount::mount_id(&std::fs::canonicalize(mnt).ok()?);
+    std::fs::read_to_string(sessionfs::mount::pid_file(&id))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// CPU time (user + system) process `pid` has used so far, seconds.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised comm: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    Some(ticks as f64 / hz as f64)
+}
+
+/// Resident set size of process `pid`, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The journal at scale (from the lead's first bench): 10,000 files × 100 appends of
+/// 200 B through the mount = 1,000,000 write records; then the whole-mount journal
+/// size, `sessionfs journal --since` time to first record (process start included)
+/// for a recent, a middle and an old sequence number, and the daemon's RSS.
+fn journal_scale(bin: &Path, mnt: &Path, data: &Data) -> Value {
+    let dir = mnt.join("scale");
+    std::fs::create_dir_all(&dir).unwrap();
+    let line = {
+        let mut l = data.lines[0][..199].to_vec();
+        l.push(b'\n');
+        l
+    };
+    let t = Instant::now();
+    for f in 0..10_000 {
+        check_interrupt();
+        let mut file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(dir.join(format!("{f:05}.jsonl")))
+            .unwrap();
+        for _ in 0..100 {
+            file.write_all(&line).unwrap();
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = daemon_pid(mnt).expect("daemon pid file");
+    let rss = rss_kib(pid);
+    let jlen = std::fs::metadata(mnt.join(".journal"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let seq: u64 = {
+        let last = dir.join("09999.jsonl");
+        let cpath = std::ffi::CString::new(last.to_string_lossy().as_bytes()).unwrap();
+        let name = std::ffi::CString::new("user.sessionfs.seq").unwrap();
+        let mut buf = [0u8; 32];
+        // SAFETY: valid C strings and buffer of the given length.
+        let n = unsafe {
+            libc::getxattr(
+                cpath.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        String::from_utf8_lossy(&buf[..n.max(0) as usize])
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    };
+    let mut times = Vec::new();
+    for back in [10u64, 500_000, 900_000] {
+        let since = seq.saturating_sub(back);
+        let t = Instant::now();
+        let mut child = Command::new(bin)
+            .args(["journal", "--json", "--since", &since.to_string()])
+            .arg(mnt)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = [0u8; 1];
+        let got = child
+            .stdout
+            .as_mut()
+            .unwrap()
+            .read_exact(&mut first)
+            .is_ok();
+        times.push(if got {
+            t.elapsed().as_secs_f64() * 1e3
+        } else {
+            f64::NAN
+        });
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    println!();
+    println!("| journal at scale | value |");
+    println!("|---|---|");
+    println!(
+        "| 1,000,000 appends (200 B) to 10,000 files through the mount | {secs:.1} s ({}/s) |",
+        group(1e6 / secs)
+    );
+    println!(
+        "| whole-mount journal size | {} MiB, latest seq {seq} |",
+        jlen >> 20
+    );
+    println!(
+        "| `sessionfs journal --since` to first record (seq-10 / seq-500k / seq-900k; process start included) | {:.2} / {:.2} / {:.2} ms |",
+        times[0], times[1], times[2]
+    );
+    println!(
+        "| daemon RSS with 10,000 files and ~1,020,000 records | {:.1} MiB |",
+        rss as f64 / 1024.0
+    );
+    json!({
+        "appends_secs": secs, "journal_bytes": jlen, "latest_seq": seq,
+        "since_first_record_ms": times, "daemon_rss_kib": rss,
+    })
 }
 
 fn main() {
@@ -770,7 +916,15 @@ fn main() {
     let data = Data::build();
     prepare(&native_dir, &data);
     prepare(&backing, &data);
-    let mount_guard = Mount::new(&bin, &backing, &state, &mnt, &extra);
+    let mut mount_args = extra.clone();
+    if opts.journal_scale {
+        mount_args.extend(["--journal-max-size".to_string(), "2GiB".to_string()]);
+    }
+    let mount_guard = Mount::new(&bin, &backing, &state, &mnt, &mount_args);
+    let pid = daemon_pid(&mnt);
+    if pid.is_none() {
+        eprintln!("bench: no daemon pid file found: daemon CPU column left empty");
+    }
     let fs_line = std::fs::read_to_string("/proc/mounts")
         .unwrap_or_default()
         .lines()
@@ -800,6 +954,7 @@ fn main() {
             n,
             native: Vec::new(),
             mount: Vec::new(),
+            daemon_cpu_us: Vec::new(),
         });
     }
     for round in 0..opts.rounds {
@@ -812,7 +967,18 @@ fn main() {
             };
             for side in order {
                 check_interrupt();
-                let v = measure(row.w, side, &data, row.n, &mut buf).value(row.w.unit());
+                let cpu0 = pid.and_then(cpu_secs);
+                let sample = measure(row.w, side, &data, row.n, &mut buf);
+                let v = sample.value(row.w.unit());
+                if side.name == "mount"
+                    && let (Some(a), Some(b)) = (cpu0, pid.and_then(cpu_secs))
+                {
+                    let per = match row.w.unit() {
+                        Unit::MBps => sample.work / 1e6,
+                        _ => sample.work,
+                    };
+                    row.daemon_cpu_us.push((b - a) * 1e6 / per);
+                }
                 eprintln!(
                     "bench: round {} {} {}: {}",
                     round + 1,
@@ -828,11 +994,9 @@ fn main() {
             }
         }
     }
-    drop(mount_guard);
-    assert!(!is_mounted(&mnt), "{} is still mounted", mnt.display());
 
-    println!("| workload | native | sessionfs | mount/native | target | result |");
-    println!("|---|---:|---:|---:|---|---|");
+    println!("| workload | native | sessionfs | mount/native | target | result | daemon CPU |");
+    println!("|---|---:|---:|---:|---|---|---:|");
     let mut results = Vec::new();
     for row in &rows {
         let (nv, mv) = (median(&row.native), median(&row.mount));
@@ -843,8 +1007,15 @@ fn main() {
             _ => format!("{ratio:.3}×"),
         };
         let met = row.w.target().met(nv, mv);
+        let cpu = (!row.daemon_cpu_us.is_empty()).then(|| median(&row.daemon_cpu_us));
+        let cpu_s = match (cpu, unit) {
+            (None, _) => "—".to_string(),
+            (Some(c), Unit::OpsPerSec) => format!("{c:.1} µs/op"),
+            (Some(c), Unit::MBps) => format!("{c:.0} µs/MB"),
+            (Some(c), Unit::Ms) => format!("{:.1} ms/run", c / 1e3),
+        };
         println!(
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             row.w.label(),
             fmt_value(unit, nv),
             fmt_value(unit, mv),
@@ -854,7 +1025,8 @@ fn main() {
                 Some(true) => "PASS",
                 Some(false) => "MISS",
                 None => "—",
-            }
+            },
+            cpu_s
         );
         results.push(json!({
             "workload": row.w.name(),
@@ -864,12 +1036,19 @@ fn main() {
             "native_rounds": row.native, "mount_rounds": row.mount,
             "target": row.w.target().describe(),
             "pass": met,
+            "daemon_cpu_us_per_unit": cpu,
         }));
     }
     println!(
-        "\nReference (FUSE-NOTES, same machine kind): native ~154k append-reopen/s, 359k \
+        "\nDaemon CPU: user+system time of the sessionfs daemon during each mount \
+         measurement (its untimed set-up included, 10 ms tick resolution) per op, per MB \
+         read, or per `ls -l` run.\n\
+         Reference (FUSE-NOTES, same machine kind): native ~154k append-reopen/s, 359k \
          append-keep/s, 36k lock-churn/s; libfuse passthrough_hp 2.7k / 12k / 1.5k."
     );
+    let scale = opts.journal_scale.then(|| journal_scale(&bin, &mnt, &data));
+    drop(mount_guard);
+    assert!(!is_mounted(&mnt), "{} is still mounted", mnt.display());
 
     if let Some(dest) = &opts.json {
         let doc = json!({
@@ -879,6 +1058,7 @@ fn main() {
             "rounds": opts.rounds,
             "quick": opts.quick,
             "results": results,
+            "journal_scale": scale,
         });
         let text = serde_json::to_string_pretty(&doc).unwrap();
         if dest == "-" {

@@ -293,6 +293,8 @@ fn serve(
             let _ = nix::unistd::dup2_stderr(&log);
         }
     }
+    // One O_PATH fd per inode the kernel holds: lift the soft fd limit to the hard one.
+    raise_nofile();
     // Files we create get exactly the mode the caller asked for (the kernel already
     // applied the caller's umask).
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
@@ -390,6 +392,23 @@ fn serve(
     let _ = fs::remove_file(&pidf);
     tracing::info!("unmounted");
     r.map_err(|e| format!("fuse session: {e}"))
+}
+
+/// Raise RLIMIT_NOFILE's soft limit to its hard limit (each inode the kernel holds
+/// costs the daemon one O_PATH fd).
+fn raise_nofile() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+        if hard < 65_536 {
+            tracing::warn!(
+                hard,
+                "RLIMIT_NOFILE is low: each file the kernel holds costs one fd; raise LimitNOFILE"
+            );
+        }
+    }
 }
 
 fn mount_error(mp: &Path, e: &std::io::Error) -> String {

@@ -120,8 +120,7 @@ pub fn decode(line: &[u8], line_no: u64, offset: u64, bytes: u64) -> Entry {
 fn decode_lines(buf: &[u8], base: u64, first_line: u64) -> (Vec<Entry>, u64) {
     let mut out = Vec::new();
     let mut start = 0usize;
-    let mut line = first_line;
-    for nl in memchr_iter(buf) {
+    for (line, nl) in (first_line..).zip(memchr_iter(buf)) {
         let l = &buf[start..nl];
         out.push(decode(
             l,
@@ -129,7 +128,6 @@ fn decode_lines(buf: &[u8], base: u64, first_line: u64) -> (Vec<Entry>, u64) {
             base + start as u64,
             (nl + 1 - start) as u64,
         ));
-        line += 1;
         start = nl + 1;
     }
     (out, base + start as u64)

@@ -78,25 +78,34 @@ print(os.getpid())
     );
     let recs = records_of(&m, "t.jsonl");
     let writes: Vec<&Value> = recs.iter().filter(|r| r["op"] == "write").collect();
-    assert_eq!(writes.len(), 80, "one record per write request");
+    // One record per WRITE request; the kernel may split a write() that crosses a
+    // page boundary into two requests, so count entries and bytes, not records.
+    assert!(writes.len() >= 80, "{} write records", writes.len());
+    let total: u64 = writes.iter().map(|w| w["len"].as_u64().unwrap()).sum();
+    assert_eq!(total, std::fs::metadata(&f).unwrap().len());
     let mut tids = std::collections::HashSet::new();
+    let mut n_entries = 0;
     for w in &writes {
         assert_eq!(w["pid"].as_u64(), Some(pid), "{w}");
         assert_eq!(w["comm"], "writer-proc", "{w}");
         assert_eq!(w["lane"], "cron", "{w}");
+        assert_eq!(w["lane_source"], "declared", "{w}");
         assert_eq!(w["append"], true);
-        let e = &w["entries"][0];
-        let id = e["id"].as_str().unwrap();
-        let tid: u64 = id.split('-').next().unwrap().parse().unwrap();
-        assert_eq!(
-            w["tid"].as_u64(),
-            Some(tid),
-            "tid of the writing thread: {w}"
-        );
-        assert_eq!(e["type"], "message");
-        assert_eq!(e["role"], "user");
-        tids.insert(tid);
+        for e in w["entries"].as_array().into_iter().flatten() {
+            let id = e["id"].as_str().unwrap();
+            let tid: u64 = id.split('-').next().unwrap().parse().unwrap();
+            assert_eq!(
+                w["tid"].as_u64(),
+                Some(tid),
+                "tid of the writing thread: {w}"
+            );
+            assert_eq!(e["type"], "message");
+            assert_eq!(e["role"], "user");
+            tids.insert(tid);
+            n_entries += 1;
+        }
     }
+    assert_eq!(n_entries, 80, "every line decoded once");
     assert_eq!(tids.len(), 4, "four threads seen");
     // seq is global and increasing; fseq per file counts from 1.
     let seqs: Vec<u64> = recs.iter().map(|r| r["seq"].as_u64().unwrap()).collect();

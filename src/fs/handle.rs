@@ -30,6 +30,9 @@ pub struct FileHandle {
     pub writes: AtomicU64,
     /// Bytes written.
     pub write_bytes: AtomicU64,
+    /// Who opened it: RELEASE comes from the kernel (pid 0) after the last close, so
+    /// its record carries the opener's identity.
+    pub opener: Option<crate::identity::Caller>,
 }
 
 impl FileHandle {

@@ -43,8 +43,11 @@ pub struct Inode {
     /// Backing fingerprint (size, mtime_ns, ctime_ns) the kernel's page cache is known
     /// to match; `FOPEN_KEEP_CACHE` is given only while the backing still matches it.
     pub cache_fp: Mutex<Option<(u64, i64, i64)>>,
-    /// Read-only fd for transcript decoding, opened on first use and kept with the inode.
-    read_fd: std::sync::OnceLock<OwnedFd>,
+    /// Read-only fd for transcript decoding, opened on first use and kept while a
+    /// writable handle is open (so idle inodes cost one fd, not two).
+    read_fd: Mutex<Option<Arc<OwnedFd>>>,
+    /// Writable handles open on this inode.
+    writers: std::sync::atomic::AtomicU32,
     /// Mutations of this inode in flight through us; while non-zero, a changed backing
     /// stat is ours, not `external`.
     busy: std::sync::atomic::AtomicU32,
@@ -71,14 +74,30 @@ impl Inode {
     pub fn is_busy(&self) -> bool {
         self.busy.load(Ordering::Acquire) != 0
     }
-    /// A read-only fd on the backing object (opened once, then shared).
-    pub fn read_fd(&self) -> crate::sys::SysResult<BorrowedFd<'_>> {
-        if let Some(fd) = self.read_fd.get() {
-            return Ok(fd.as_fd());
+    /// A read-only fd on the backing object (opened once, shared until the last
+    /// writable handle is released).
+    pub fn read_fd(&self) -> crate::sys::SysResult<Arc<OwnedFd>> {
+        let mut slot = self.read_fd.lock();
+        if let Some(fd) = &*slot {
+            return Ok(fd.clone());
         }
         let fd = crate::sys::reopen(self.fd(), libc::O_RDONLY | libc::O_NOATIME)
             .or_else(|_| crate::sys::reopen(self.fd(), libc::O_RDONLY))?;
-        Ok(self.read_fd.get_or_init(|| fd).as_fd())
+        let fd = Arc::new(fd);
+        *slot = Some(fd.clone());
+        Ok(fd)
+    }
+
+    /// A writable handle was opened on this inode.
+    pub fn writer_opened(&self) {
+        self.writers.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A writable handle was released; the last one closes the cached read fd.
+    pub fn writer_released(&self) {
+        if self.writers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.read_fd.lock().take();
+        }
     }
 
     /// Borrow the O_PATH fd.
@@ -125,7 +144,8 @@ impl InodeTable {
             lookups: AtomicU64::new(1 << 40), // never forgotten
             name: Mutex::new((ROOT_ID, Arc::from(OsStr::from_bytes(b"")))),
             cache_fp: Mutex::new(None),
-            read_fd: std::sync::OnceLock::new(),
+            read_fd: Mutex::new(None),
+            writers: Default::default(),
             busy: Default::default(),
         });
         let mut by_id = HashMap::new();
@@ -183,7 +203,8 @@ impl InodeTable {
                 lookups: AtomicU64::new(0),
                 name: Mutex::new((parent, Arc::from(name))),
                 cache_fp: Mutex::new(None),
-                read_fd: std::sync::OnceLock::new(),
+                read_fd: Mutex::new(None),
+                writers: Default::default(),
                 busy: Default::default(),
             })
         });

@@ -622,6 +622,9 @@ impl fuser::Filesystem for SessionFs {
                     &Ok(()),
                 );
                 let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+                if writable {
+                    inode.writer_opened();
+                }
                 let fh = self.files.insert(FileHandle {
                     fd,
                     inode,
@@ -631,6 +634,10 @@ impl fuser::Filesystem for SessionFs {
                     read_bytes: Default::default(),
                     writes: Default::default(),
                     write_bytes: Default::default(),
+                    opener: self
+                        .journal
+                        .as_ref()
+                        .map(|_| self.ids.caller(req.pid(), req.uid(), req.gid())),
                 });
                 let mut of = FopenFlags::empty();
                 if keep {
@@ -724,6 +731,9 @@ impl fuser::Filesystem for SessionFs {
             return reply.ok();
         }
         if let Some(h) = self.files.remove(fh.0) {
+            if h.writable {
+                h.inode.writer_released();
+            }
             self.record_release(req, &h);
         }
         reply.ok()
@@ -1519,6 +1529,9 @@ impl SessionFs {
             r.after = Some(attr::fingerprint(&st));
         });
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        if writable {
+            inode.writer_opened();
+        }
         let a = attr::to_attr(inode.id, &st);
         let fh = self.files.insert(FileHandle {
             fd,
@@ -1529,6 +1542,10 @@ impl SessionFs {
             read_bytes: Default::default(),
             writes: Default::default(),
             write_bytes: Default::default(),
+            opener: self
+                .journal
+                .as_ref()
+                .map(|_| self.ids.caller(req.pid(), req.uid(), req.gid())),
         });
         Ok((fh, a))
     }
@@ -1712,7 +1729,8 @@ impl SessionFs {
         new_size: u64,
     ) -> Option<Vec<crate::journal::record::Entry>> {
         self.journal.as_ref()?;
-        let rfd = inode.read_fd().ok()?;
+        // Not the cached fd: a truncate by path may have no writable handle to end it.
+        let rfd = sys::reopen(inode.fd(), libc::O_RDONLY).ok()?;
         {
             let ch = self
                 .tracker

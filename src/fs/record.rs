@@ -43,8 +43,23 @@ impl SessionFs {
         ino: Option<u64>,
         f: impl FnOnce(&mut Record),
     ) {
-        let Some(j) = &self.journal else { return };
+        if self.journal.is_none() {
+            return;
+        }
         let caller = self.ids.caller(req.pid(), req.uid(), req.gid());
+        self.record_as(&caller, op, path, ino, f)
+    }
+
+    /// [`Self::record`] with an identity already resolved.
+    pub(super) fn record_as(
+        &self,
+        caller: &crate::identity::Caller,
+        op: &str,
+        path: String,
+        ino: Option<u64>,
+        f: impl FnOnce(&mut Record),
+    ) {
+        let Some(j) = &self.journal else { return };
         let mut r = Record {
             ts: now_rfc3339(),
             op: op.to_string(),
@@ -53,11 +68,11 @@ impl SessionFs {
             ..Default::default()
         };
         caller.fill(&mut r);
-        let declared = ino.and_then(|i| self.lanes.get(&caller, i));
+        let declared = ino.and_then(|i| self.lanes.get(caller, i));
         if let Some(l) = declared {
             r.lane = Some(l.to_string());
             r.lane_source = Some("declared".into());
-        } else if let Some(l) = self.cfg.lane_rules.lane_for(&caller) {
+        } else if let Some(l) = self.cfg.lane_rules.lane_for(caller) {
             r.lane = Some(l.to_string());
             r.lane_source = Some("rule".into());
         }
@@ -123,7 +138,11 @@ impl SessionFs {
             return;
         }
         let path = self.inodes.path_of(&h.inode);
-        self.record(req, "release", path, Some(h.inode.ino), |r| {
+        let caller = match (&h.opener, req.pid()) {
+            (Some(o), 0) => o.clone(),
+            _ => self.ids.caller(req.pid(), req.uid(), req.gid()),
+        };
+        self.record_as(&caller, "release", path, Some(h.inode.ino), |r| {
             r.access = Some(access_name(h.flags).into());
             r.reads = Some(h.reads.load(Ordering::Relaxed));
             r.read_bytes = Some(h.read_bytes.load(Ordering::Relaxed));
