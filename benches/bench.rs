@@ -7,6 +7,7 @@
 //! cargo bench --bench bench -- --quick --only append-reopen,lock-churn
 //! cargo bench --bench bench -- --mount-args "--threads 4 --no-journal"
 //! cargo bench --bench bench -- --only stat --journal-scale
+//! cargo bench --bench bench -- --quick --count-requests   # + FUSE requests per op
 //! ```
 //!
 //! The mount is `sessionfs mount --source <tmp>/backing --state-dir <tmp>/state
@@ -31,12 +32,15 @@
 //! The table also gives the daemon's CPU time per op (from `/proc/<pid>/stat`, the pid
 //! from the pid file `sessionfs mount` writes). `--journal-scale` adds the journal
 //! rows: 1,000,000 appends to 10,000 files, `journal --since` latency, daemon RSS.
+//! `--count-requests` adds a table of FUSE requests per op by opcode, counted on a
+//! second mount made with `-o debug` (from fuser's request log lines; untimed).
 //!
 //! Op counts are sized from a probe on the mount so that one measurement takes about
 //! 1 s there (0.15 s with `--quick`); both sides run the same count.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -74,6 +78,10 @@ struct Opts {
     /// (mounts with `--journal-max-size 2GiB`).
     #[arg(long)]
     journal_scale: bool,
+    /// After the table, count the FUSE requests each workload's operation costs, on a
+    /// second mount made with `-o debug` (requests read back from its log; untimed).
+    #[arg(long)]
+    count_requests: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -690,6 +698,7 @@ fn machine_info(base: &Path) -> Value {
         "cpu": cpu,
         "mem_gib": (mem_gib * 10.0).round() / 10.0,
         "fs": sh("df", &["--output=fstype", &base.to_string_lossy()]).lines().last().unwrap_or("").to_string(),
+        "loadavg_at_start": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
         "sessionfs_commit": format!("{commit}{}", if dirty { "-dirty" } else { "" }),
     })
 }
@@ -701,6 +710,121 @@ struct Row {
     mount: Vec<f64>,
     /// Daemon CPU time (user + system) per unit of work on the mount, µs; one per round.
     daemon_cpu_us: Vec<f64>,
+}
+
+/// FUSE requests per unit of work (op, whole read, `ls -l` run), by opcode, counted
+/// from the request lines fuser logs at debug level (`... fuser::request: FUSE(  N)
+/// ino 0x... OPCODE ...`) in `<state>/sessionfs.log` of a mount made with `-o debug`.
+/// The first measurement of each workload warms the caches and is not counted.
+fn count_requests(
+    bin: &Path,
+    tmp: &Path,
+    data: &Data,
+    selected: &[Workload],
+    extra: &[String],
+) -> Vec<(Workload, BTreeMap<String, f64>)> {
+    let backing = tmp.join("backing-debug");
+    let mnt = tmp.join("mnt-debug");
+    let state = tmp.join("state-debug");
+    std::fs::create_dir_all(&backing).unwrap();
+    std::fs::create_dir_all(&mnt).unwrap();
+    prepare(&backing, data);
+    let mut args = extra.to_vec();
+    args.extend(["-o".to_string(), "debug".to_string()]);
+    let guard = Mount::new(bin, &backing, &state, &mnt, &args);
+    let side = Side {
+        name: "mount",
+        root: mnt.clone(),
+    };
+    let log = state.join("sessionfs.log");
+    let log_len = || std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let mut buf = vec![0u8; TRANSCRIPT_BYTES + (1 << 20)];
+    let mut out = Vec::new();
+    for &w in selected {
+        check_interrupt();
+        let n: u64 = match w {
+            Workload::AppendReopen | Workload::AppendKeep | Workload::LockChurn => 500,
+            Workload::ReadWarm | Workload::ReadCold => 3,
+            Workload::LsL => 2,
+            Workload::Stat => 10_000,
+        };
+        measure(w, &side, data, n, &mut buf);
+        // Count n and 2n repetitions and take the difference: the untimed set-up of a
+        // measurement (creating and removing the append file) cancels out.
+        let mut count = |reps: u64| -> BTreeMap<String, f64> {
+            std::thread::sleep(Duration::from_millis(200));
+            let from = log_len();
+            measure(w, &side, data, reps, &mut buf);
+            // RELEASE and FORGET arrive after close() and unlink() return.
+            std::thread::sleep(Duration::from_millis(300));
+            let mut text = Vec::new();
+            if let Ok(mut f) = File::open(&log) {
+                f.seek(SeekFrom::Start(from)).unwrap();
+                f.read_to_end(&mut text).unwrap();
+            }
+            let mut by_op = BTreeMap::new();
+            for line in String::from_utf8_lossy(&text).lines() {
+                let Some((_, rest)) = line.split_once("fuser::request: FUSE(") else {
+                    continue;
+                };
+                // `  N) ino 0x0000000000000001 GETATTR ...`
+                let mut t = rest.split_whitespace();
+                if let Some(op) = t.find(|x| *x == "ino").and_then(|_| t.nth(1)) {
+                    *by_op.entry(op.to_string()).or_insert(0.0) += 1.0;
+                }
+            }
+            by_op
+        };
+        let once = count(n);
+        let mut by_op = count(2 * n);
+        for (op, c) in &once {
+            *by_op.entry(op.clone()).or_insert(0.0) -= c;
+        }
+        by_op.retain(|_, c| *c > 0.0);
+        if by_op.is_empty() {
+            eprintln!(
+                "bench: no FUSE request lines for {} in {}",
+                w.name(),
+                log.display()
+            );
+        }
+        for c in by_op.values_mut() {
+            *c /= n as f64;
+        }
+        out.push((w, by_op));
+    }
+    drop(guard);
+    out
+}
+
+fn print_requests(counts: &[(Workload, BTreeMap<String, f64>)]) {
+    println!();
+    println!("| workload | FUSE requests per op | by opcode |");
+    println!("|---|---:|---|");
+    for (w, by_op) in counts {
+        let total: f64 = by_op.values().fold(0.0, |a, c| a + c);
+        let mut ops: Vec<_> = by_op.iter().collect();
+        ops.sort_by(|a, b| b.1.partial_cmp(a.1).unwrap().then(a.0.cmp(b.0)));
+        let detail: Vec<String> = ops
+            .iter()
+            .filter(|(_, c)| **c >= 0.005)
+            .map(|(op, c)| format!("{op} {c:.2}"))
+            .collect();
+        let per = match w.unit() {
+            Unit::MBps => " (per 8 MiB read)",
+            Unit::Ms => " (per `ls -l` run)",
+            Unit::OpsPerSec => "",
+        };
+        println!(
+            "| {}{per} | {total:.2} | {} |",
+            w.label(),
+            if detail.is_empty() {
+                "none".to_string()
+            } else {
+                detail.join(", ")
+            }
+        );
+    }
 }
 
 /// Pid of the daemon serving `mnt`, from the pid file `sessionfs mount` writes.
@@ -897,8 +1021,9 @@ fn main() {
         machine["fs"].as_str().unwrap_or("")
     );
     println!(
-        "- date: {}; sessionfs {} ({})",
+        "- date: {}; load average at start: {}; sessionfs {} ({})",
         machine["date"].as_str().unwrap_or(""),
+        machine["loadavg_at_start"].as_str().unwrap_or(""),
         machine["sessionfs_commit"].as_str().unwrap_or(""),
         bin.display()
     );
@@ -1047,6 +1172,11 @@ fn main() {
          append-keep/s, 36k lock-churn/s; libfuse passthrough_hp 2.7k / 12k / 1.5k."
     );
     let scale = opts.journal_scale.then(|| journal_scale(&bin, &mnt, &data));
+    let requests = opts.count_requests.then(|| {
+        let c = count_requests(&bin, tmp.path(), &data, &selected, &extra);
+        print_requests(&c);
+        c
+    });
     drop(mount_guard);
     assert!(!is_mounted(&mnt), "{} is still mounted", mnt.display());
 
@@ -1059,6 +1189,9 @@ fn main() {
             "quick": opts.quick,
             "results": results,
             "journal_scale": scale,
+            "requests_per_op": requests.map(|c| c.into_iter()
+                .map(|(w, m)| (w.name().to_string(), json!(m)))
+                .collect::<serde_json::Map<String, Value>>()),
         });
         let text = serde_json::to_string_pretty(&doc).unwrap();
         if dest == "-" {
