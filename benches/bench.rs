@@ -94,8 +94,6 @@ fn json_line(len: usize) -> Vec<u8> {
 struct Work {
     name: &'static str,
     unit: &'static str,
-    /// Higher is better for rates; for `ms` lower is better.
-    rate: bool,
     run: fn(&Path, bool) -> f64,
 }
 
