@@ -398,43 +398,36 @@ fn main() {
         Work {
             name: "append-reopen (open O_APPEND + 2 KB write + close)",
             unit: "/s",
-            rate: true,
             run: append_reopen,
         },
         Work {
             name: "append-keep (2 KB writes, fd held)",
             unit: "/s",
-            rate: true,
             run: append_keep,
         },
         Work {
             name: "whole-read warm (8 MiB transcript)",
             unit: "MiB/s",
-            rate: true,
             run: whole_read_warm,
         },
         Work {
             name: "whole-read cold (page cache dropped)",
             unit: "MiB/s",
-            rate: true,
             run: whole_read_cold,
         },
         Work {
             name: "`ls -l` of 10,000 files, warm",
             unit: "ms",
-            rate: false,
             run: ls_l,
         },
         Work {
             name: "stat of one file",
             unit: "/s",
-            rate: true,
             run: stat_one,
         },
         Work {
             name: "lock churn (O_EXCL create + 100 B + close + unlink)",
             unit: "/s",
-            rate: true,
             run: lock_churn,
         },
     ];
