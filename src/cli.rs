@@ -75,8 +75,10 @@ pub struct MountArgs {
     /// Negotiate READDIRPLUS (cheaper cold listings, slower repeated `ls -l`).
     #[arg(long)]
     pub readdirplus: bool,
-    /// Attribute/entry cache TTL in milliseconds.
-    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    /// Attribute/entry cache TTL in milliseconds. Every change through the mount keeps
+    /// the kernel cache coherent whatever the TTL; it bounds how long a change made
+    /// around the mount (a pre-mount fd, the --source directory) stays unseen.
+    #[arg(long, default_value_t = 10_000, value_name = "MS")]
     pub ttl_ms: u64,
 }
 

@@ -151,7 +151,7 @@ pub fn run() -> Result<(), String> {
             no_journal: false,
             journal_max_bytes: 256 << 20,
             journal_max_age: Duration::from_secs(30 * 86_400),
-            ttl: Duration::from_secs(1),
+            ttl: Duration::from_secs(10),
             readdirplus: false,
         })?;
         println!(

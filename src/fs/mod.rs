@@ -66,8 +66,8 @@ pub struct FsConfig {
 impl Default for FsConfig {
     fn default() -> Self {
         Self {
-            attr_ttl: Duration::from_secs(1),
-            entry_ttl: Duration::from_secs(1),
+            attr_ttl: Duration::from_secs(10),
+            entry_ttl: Duration::from_secs(10),
             read_only: false,
             lane_rules: LaneRules::empty(),
             tracked_files: 1024,
