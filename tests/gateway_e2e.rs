@@ -416,6 +416,12 @@ fn run_scenario(label: &str, on_mount: bool) -> Outcome {
         }
         let v: Value = serde_json::from_str(o.trim())
             .unwrap_or_else(|x| panic!("turn {i}: stdout is not JSON ({x}):\n{o}\n{e}"));
+        // Through the gateway: {"status":"ok","result":{"payloads":…,"meta":…}}.
+        assert_eq!(
+            v["status"], "ok",
+            "turn {i} did not go through the gateway: {o}"
+        );
+        let v = &v["result"];
         let text = v["payloads"][0]["text"]
             .as_str()
             .unwrap_or_default()
