@@ -84,6 +84,10 @@ enum MessageField<'a> {
     Other(IgnoredAny),
 }
 
+/// `type` of an entry whose line is not UTF-8 or not a JSON object (the reason is in
+/// [`Entry::unparsed`]).
+pub const UNPARSED: &str = "unparsed";
+
 /// Decode one line (without its newline). `line_no` is 1-based; `bytes` counts the
 /// newline when the line has one.
 pub fn decode(line: &[u8], line_no: u64, offset: u64, bytes: u64) -> Entry {
@@ -94,6 +98,7 @@ pub fn decode(line: &[u8], line_no: u64, offset: u64, bytes: u64) -> Entry {
         ..Default::default()
     };
     let Ok(text) = std::str::from_utf8(line) else {
+        e.kind = Some(UNPARSED.into());
         e.unparsed = Some("not_utf8".into());
         return e;
     };
@@ -109,7 +114,10 @@ pub fn decode(line: &[u8], line_no: u64, offset: u64, bytes: u64) -> Entry {
                 _ => None,
             };
         }
-        Err(_) => e.unparsed = Some("not_json".into()),
+        Err(_) => {
+            e.kind = Some(UNPARSED.into());
+            e.unparsed = Some("not_json".into());
+        }
     }
     e
 }
@@ -437,11 +445,15 @@ impl TranscriptTracker {
         }
     }
 
-    /// A rename replaced transcript `old` (still open) with `new`: lines of `old` that
+    /// Every byte of the file `fd` (read before a rename replaces it).
+    pub fn read_all(fd: BorrowedFd<'_>) -> Vec<u8> {
+        read_range(fd, 0, file_size(fd))
+    }
+
+    /// A rename replaced transcript `a` (its bytes, read before) with `new`: lines of `a` that
     /// are not in `new` (multiset of exact line bytes) are removed; lines of `new` that
     /// were not in `old` are its entries.
-    pub fn diff_replaced(&self, old: BorrowedFd<'_>, new: BorrowedFd<'_>) -> Change {
-        let a = read_range(old, 0, file_size(old));
+    pub fn diff_replaced(&self, a: &[u8], new: BorrowedFd<'_>) -> Change {
         let b = read_range(new, 0, file_size(new));
         let split = |buf: &[u8]| -> Vec<(u64, usize, usize)> {
             // (line_no, start, end incl. newline)
@@ -494,6 +506,133 @@ impl TranscriptTracker {
     }
 }
 
+/// Lines cut from transcripts whose rewrite is still in progress, keyed by backing
+/// inode.
+///
+/// OpenClaw rewrites a transcript in place (header and parent-link migrations: open
+/// with O_TRUNC, or ftruncate, then write the new text), so a truncate alone says
+/// nothing about which entries are gone. The lines a truncate or an overwrite cuts are
+/// held here while a writable handle of the file stays open; every complete line
+/// written meanwhile that equals a cut line (exact bytes, multiset) puts it back. When
+/// the last writable handle is released, what is left is what the rewrite removed.
+#[derive(Debug, Default)]
+pub struct Rewrites {
+    map: Mutex<HashMap<u64, Rewrite>>,
+    /// Number of open rewrites: lets writes skip the lock when there are none.
+    open: std::sync::atomic::AtomicUsize,
+}
+
+/// One rewrite in progress (see [`Rewrites`]).
+#[derive(Debug, Default)]
+pub struct Rewrite {
+    /// Journal path of the file when the rewrite began (salvage is kept under it).
+    pub path: String,
+    /// Cut lines not written back (yet), in cut order; `None` once put back.
+    lines: Vec<Option<(Entry, Vec<u8>)>>,
+    /// Index of `lines` by exact line bytes.
+    by_bytes: HashMap<Vec<u8>, Vec<usize>>,
+    /// Cut lines written back so far.
+    pub restored: u64,
+    /// Salvage store span `[start, end)` (bytes) holding every cut line, when the cuts
+    /// were appended back to back; `None` when they were not (then nothing is
+    /// rewound).
+    pub salvage: Option<(u64, u64)>,
+    /// No cut was salvaged yet.
+    fresh: bool,
+}
+
+impl Rewrite {
+    /// The cut lines never written back, and their bytes concatenated in that order.
+    pub fn net(self) -> (Vec<Entry>, Vec<u8>) {
+        let mut removed = Vec::new();
+        let mut bytes = Vec::new();
+        for (e, b) in self.lines.into_iter().flatten() {
+            removed.push(e);
+            bytes.extend_from_slice(&b);
+        }
+        (removed, bytes)
+    }
+}
+
+impl Rewrites {
+    /// True when no rewrite is in progress (one atomic load).
+    pub fn is_idle(&self) -> bool {
+        self.open.load(std::sync::atomic::Ordering::Acquire) == 0
+    }
+
+    /// Hold the lines `cut` removed from file `key` (at journal path `path`) until the
+    /// rewrite ends. `salvage` is the span of the salvage store their bytes were just
+    /// appended to, if they were. Returns the number of lines held by this call.
+    pub fn cut(&self, key: u64, path: &str, cut: Change, salvage: Option<(u64, u64)>) -> u64 {
+        let mut map = self.map.lock();
+        let rw = map.entry(key).or_insert_with(|| {
+            self.open.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            Rewrite {
+                path: path.to_string(),
+                fresh: true,
+                ..Default::default()
+            }
+        });
+        rw.salvage = match (rw.fresh, rw.salvage, salvage) {
+            (true, _, s) => s,
+            (false, Some((a, b)), Some((c, d))) if b == c => Some((a, d)),
+            _ => None,
+        };
+        rw.fresh = false;
+        let mut at = 0usize;
+        let n = cut.removed.len() as u64;
+        for e in cut.removed {
+            let end = (at + e.bytes as usize).min(cut.salvage.len());
+            let bytes = cut.salvage[at..end].to_vec();
+            at = end;
+            rw.by_bytes
+                .entry(bytes.clone())
+                .or_default()
+                .push(rw.lines.len());
+            rw.lines.push(Some((e, bytes)));
+        }
+        n
+    }
+
+    /// Complete lines `lines` (exact bytes, newline included) were written to file
+    /// `key`: each one equal to a held cut line puts it back. Returns how many did.
+    pub fn put_back<'a>(&self, key: u64, lines: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+        if self.is_idle() {
+            return 0;
+        }
+        let mut map = self.map.lock();
+        let Some(rw) = map.get_mut(&key) else {
+            return 0;
+        };
+        let mut n = 0;
+        for l in lines {
+            if let Some(slots) = rw.by_bytes.get_mut(l)
+                && let Some(i) = slots.pop()
+            {
+                rw.lines[i] = None;
+                n += 1;
+            }
+        }
+        rw.restored += n;
+        n
+    }
+
+    /// Is a rewrite of file `key` in progress?
+    pub fn is_open(&self, key: u64) -> bool {
+        !self.is_idle() && self.map.lock().contains_key(&key)
+    }
+
+    /// End the rewrite of file `key` (its last writable handle was released).
+    pub fn close(&self, key: u64) -> Option<Rewrite> {
+        if self.is_idle() {
+            return None;
+        }
+        let rw = self.map.lock().remove(&key)?;
+        self.open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        Some(rw)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -523,13 +662,15 @@ mod tests {
         );
         assert_eq!(m.role.as_deref(), Some("assistant"));
         assert_eq!(m.id.as_deref(), Some("iA"), "escapes are decoded");
+        let bad = decode(b"not json", 1, 0, 9);
         assert_eq!(
-            decode(b"not json", 1, 0, 9).unparsed.as_deref(),
-            Some("not_json")
+            (bad.kind.as_deref(), bad.unparsed.as_deref()),
+            (Some("unparsed"), Some("not_json"))
         );
+        let raw = decode(b"{\"id\":\"\xff\"}", 1, 0, 9);
         assert_eq!(
-            decode(b"{\"id\":\"\xff\"}", 1, 0, 9).unparsed.as_deref(),
-            Some("not_utf8")
+            (raw.kind.as_deref(), raw.unparsed.as_deref()),
+            (Some("unparsed"), Some("not_utf8"))
         );
         assert_eq!(
             decode(b"[1,2]", 1, 0, 6).unparsed.as_deref(),
@@ -646,7 +787,7 @@ mod tests {
         ]
         .concat();
         let new = tmpfile(new_content.as_bytes());
-        let ch = t.diff_replaced(old.as_fd(), new.as_fd());
+        let ch = t.diff_replaced(&TranscriptTracker::read_all(old.as_fd()), new.as_fd());
         let ids: Vec<_> = ch.removed.iter().map(|e| e.id.clone().unwrap()).collect();
         assert_eq!(ids, ["id000002", "id000004"]);
         assert_eq!(
@@ -666,5 +807,63 @@ mod tests {
             t.after_write(k, f.as_fd(), 0, b"");
         }
         assert!(t.files.lock().map.len() <= 2);
+    }
+
+    #[test]
+    fn rewrite_nets_lines_written_back() {
+        let rw = Rewrites::default();
+        assert!(rw.is_idle());
+        let (a, b, c) = (line("a0000001"), line("b0000002"), line("c0000003"));
+        let cut = Change {
+            removed: vec![
+                decode(a.trim_end().as_bytes(), 1, 0, a.len() as u64),
+                decode(b.trim_end().as_bytes(), 2, a.len() as u64, b.len() as u64),
+                decode(c.trim_end().as_bytes(), 3, 0, c.len() as u64),
+            ],
+            salvage: [a.as_bytes(), b.as_bytes(), c.as_bytes()].concat(),
+            ..Default::default()
+        };
+        let total = (a.len() + b.len() + c.len()) as u64;
+        assert_eq!(rw.cut(7, "t.jsonl", cut, Some((100, 100 + total))), 3);
+        assert!(rw.is_open(7) && !rw.is_open(8));
+        // Written back: c and a (in another order), plus a new line and a second `a`.
+        assert_eq!(
+            rw.put_back(
+                7,
+                [
+                    c.as_bytes(),
+                    b"new\n".as_slice(),
+                    a.as_bytes(),
+                    a.as_bytes()
+                ]
+            ),
+            2
+        );
+        let done = rw.close(7).expect("open rewrite");
+        assert!(rw.is_idle());
+        assert_eq!((done.restored, done.salvage), (2, Some((100, 100 + total))));
+        let (removed, bytes) = done.net();
+        assert_eq!(removed.len(), 1);
+        assert_eq!(removed[0].id.as_deref(), Some("b0000002"));
+        assert_eq!(bytes, b.as_bytes());
+    }
+
+    #[test]
+    fn rewrite_salvage_span_only_when_contiguous() {
+        let rw = Rewrites::default();
+        let one = |id: &str| {
+            let l = line(id);
+            Change {
+                removed: vec![decode(l.trim_end().as_bytes(), 1, 0, l.len() as u64)],
+                salvage: l.into_bytes(),
+                ..Default::default()
+            }
+        };
+        rw.cut(1, "x.jsonl", one("a"), Some((0, 10)));
+        rw.cut(1, "x.jsonl", one("b"), Some((10, 20)));
+        assert_eq!(rw.close(1).unwrap().salvage, Some((0, 20)));
+        rw.cut(1, "x.jsonl", one("a"), Some((0, 10)));
+        rw.cut(1, "x.jsonl", one("b"), Some((15, 25)));
+        assert_eq!(rw.close(1).unwrap().salvage, None);
     }
 }

@@ -218,9 +218,15 @@ os.close(fd)
     assert_eq!(e[0]["line"], 1);
     assert_eq!(e[0]["role"], "assistant");
     assert_eq!(e[0]["parentId"], "p0");
-    assert_eq!(e[1]["unparsed"], "not_json");
+    assert_eq!(
+        (e[1]["type"].as_str(), e[1]["unparsed"].as_str()),
+        (Some("unparsed"), Some("not_json"))
+    );
     assert_eq!(e[1]["line"], 2);
-    assert_eq!(e[2]["unparsed"], "not_utf8");
+    assert_eq!(
+        (e[2]["type"].as_str(), e[2]["unparsed"].as_str()),
+        (Some("unparsed"), Some("not_utf8"))
+    );
     assert_eq!(e[3]["id"], "big00001");
     assert_eq!(e[3]["customType"], "blob");
     assert_eq!(e[3]["bytes"].as_u64(), Some(10 * 1024 * 1024 + 64));
@@ -259,7 +265,15 @@ os.close(fd)
         .iter()
         .find(|r| r["op"] == "truncate")
         .expect("truncate record");
-    let ids: Vec<&str> = trunc["removed"]
+    assert_eq!(trunc["size_after"].as_u64(), Some(keep as u64));
+    // The fd that truncated was still open: the 3 cut lines are held until its release.
+    assert_eq!(trunc["cut"].as_u64(), Some(3), "{trunc}");
+    let rel = recs
+        .iter()
+        .find(|r| r["op"] == "release" && r["removed"].is_array())
+        .expect("release ending the rewrite");
+    assert!(rel["seq"].as_u64() > trunc["seq"].as_u64());
+    let ids: Vec<&str> = rel["removed"]
         .as_array()
         .unwrap()
         .iter()
@@ -267,13 +281,12 @@ os.close(fd)
         .collect();
     assert_eq!(ids, ["id000008", "id000009", "id000010"]);
     assert!(
-        trunc["removed"]
+        rel["removed"]
             .as_array()
             .unwrap()
             .iter()
             .all(|e| e["type"] == "message")
     );
-    assert_eq!(trunc["size_after"].as_u64(), Some(keep as u64));
     assert!(entries(&recs).iter().any(|e| e["id"] == "comp0001"));
 
     // Rename over the transcript with a version missing 3 other entries.
@@ -298,6 +311,11 @@ os.close(fd)
         .map(|e| e["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["id000002", "id000004", "id000006"]);
+    assert_eq!(
+        ren["after"]["size"].as_u64(),
+        Some(kept.len() as u64),
+        "rename records the fingerprint of the file now at `to`"
+    );
     assert_eq!(removed(&recs).len(), 6);
 
     // `sessionfs salvage` prints them byte for byte, in removal order.
@@ -479,4 +497,80 @@ impl Drop for Remount {
     fn drop(&mut self) {
         common::unmount(&self.0);
     }
+}
+
+#[test]
+fn in_place_rewrite_reports_only_the_lines_not_written_back() {
+    let m = Mount::new(&[]);
+    let t = m.mnt.join("w.jsonl");
+    let lines: Vec<String> = (1..=10)
+        .map(|i| format!("{{\"type\":\"message\",\"id\":\"w{i:07}\",\"parentId\":null,\"message\":{{\"role\":\"assistant\"}}}}\n"))
+        .collect();
+    std::fs::write(&t, lines.concat()).unwrap();
+    // writeFileSync-style migration: O_TRUNC, then the new text in 3 writes, with
+    // lines 2, 5 and 9 dropped, one line rewritten (a new field), and a new header.
+    let mut kept: Vec<String> =
+        vec!["{\"type\":\"session\",\"version\":3,\"id\":\"hdr00001\"}\n".into()];
+    for (i, l) in lines.iter().enumerate() {
+        match i + 1 {
+            2 | 5 | 9 => {}
+            7 => kept.push(l.replace("\"parentId\":null", "\"parentId\":\"w0000006\"")),
+            _ => kept.push(l.clone()),
+        }
+    }
+    let text = kept.concat();
+    let code = r#"
+import os, sys
+p, text = sys.argv[1], sys.argv[2].encode()
+fd = os.open(p, os.O_WRONLY | os.O_TRUNC)
+third = len(text) // 3
+for chunk in (text[:third], text[third:2 * third], text[2 * third:]):
+    os.write(fd, chunk)
+os.close(fd)
+"#;
+    python(code, &[t.to_str().unwrap(), &text]);
+    assert_eq!(std::fs::read_to_string(&t).unwrap(), text);
+    let recs = records_of(&m, "w.jsonl");
+    let open = recs
+        .iter()
+        .find(|r| r["op"] == "open" && r["flags"].to_string().contains("O_TRUNC"))
+        .expect("truncating open");
+    assert_eq!(open["cut"].as_u64(), Some(10), "{open}");
+    assert!(
+        recs.iter()
+            .filter(|r| r["op"] == "write")
+            .all(|r| r["removed"].is_null()),
+        "writes of a rewrite remove nothing by themselves"
+    );
+    let rel = recs
+        .iter()
+        .rfind(|r| r["op"] == "release" && r["access"] == "write")
+        .expect("release of the rewriting handle");
+    let ids: Vec<&str> = rel["removed"]
+        .as_array()
+        .expect("removed on the release ending the rewrite")
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    // Line 7 was rewritten with other bytes: its old version is removed too.
+    assert_eq!(ids, ["w0000002", "w0000005", "w0000007", "w0000009"]);
+    assert_eq!(rel["restored"].as_u64(), Some(6));
+    assert_eq!(removed(&recs).len(), 4, "reported once");
+    // Every new line is an entry of some write, split lines included.
+    let after_open: Vec<Value> = recs
+        .iter()
+        .filter(|r| r["seq"].as_u64() > open["seq"].as_u64())
+        .cloned()
+        .collect();
+    assert_eq!(entries(&after_open).len(), kept.len());
+    let out = Command::new(common::bin())
+        .arg("salvage")
+        .arg(&t)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let expected = [&lines[1], &lines[4], &lines[6], &lines[8]]
+        .map(|s| s.as_str())
+        .concat();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
 }

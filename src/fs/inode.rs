@@ -70,10 +70,6 @@ impl Inode {
         Busy(self)
     }
 
-    /// Is a mutation of ours in flight?
-    pub fn is_busy(&self) -> bool {
-        self.busy.load(Ordering::Acquire) != 0
-    }
     /// A read-only fd on the backing object (opened once, shared until the last
     /// writable handle is released).
     pub fn read_fd(&self) -> crate::sys::SysResult<Arc<OwnedFd>> {
@@ -94,10 +90,23 @@ impl Inode {
     }
 
     /// A writable handle was released; the last one closes the cached read fd.
-    pub fn writer_released(&self) {
-        if self.writers.fetch_sub(1, Ordering::AcqRel) == 1 {
+    /// Returns true when it was the last one.
+    pub fn writer_released(&self) -> bool {
+        let last = self.writers.fetch_sub(1, Ordering::AcqRel) == 1;
+        if last {
             self.read_fd.lock().take();
         }
+        last
+    }
+
+    /// Writable handles open on this inode.
+    pub fn writers(&self) -> u32 {
+        self.writers.load(Ordering::Acquire)
+    }
+
+    /// Mutations of this inode in flight through us.
+    pub fn busy_count(&self) -> u32 {
+        self.busy.load(Ordering::Acquire)
     }
 
     /// Borrow the O_PATH fd.

@@ -85,6 +85,7 @@ pub struct SessionFs {
     ids: IdentityCache,
     lanes: LaneDeclarations,
     tracker: TranscriptTracker,
+    rewrites: transcript::Rewrites,
     journal: Option<Arc<Journal>>,
     virt: VirtualFiles,
     cfg: FsConfig,
@@ -185,6 +186,7 @@ impl SessionFs {
             ids: IdentityCache::new(),
             lanes: LaneDeclarations::new(),
             tracker: TranscriptTracker::new(cfg.tracked_files),
+            rewrites: transcript::Rewrites::default(),
             journal,
             virt: VirtualFiles::new(),
             cfg,
@@ -326,7 +328,7 @@ impl fuser::Filesystem for SessionFs {
         };
         match self.stat_attr(&inode) {
             Ok((st, a)) => {
-                self.check_external(req, &inode, &st);
+                self.check_external(req, &inode, &st, 0);
                 reply.attr(&self.cfg.attr_ttl, &a)
             }
             Err(e) => reply.error(err(e)),
@@ -591,26 +593,36 @@ impl fuser::Filesystem for SessionFs {
         let Ok(inode) = self.inode(ino) else {
             return reply.error(FErrno::ENOENT);
         };
-        if flags & FMODE_EXEC != 0 {
-            self.ids.note_exec(req.pid());
-        }
         let truncating = flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY;
         let before = if truncating {
-            sys::fstat(inode.fd()).ok()
+            let st = sys::fstat(inode.fd()).ok();
+            if let Some(st) = &st {
+                self.check_external(req, &inode, st, 0);
+            }
+            st
         } else {
             None
         };
-        let mut removed = None;
-        if truncating
-            && self.is_transcript(&inode)
-            && let Some(st) = &before
-        {
-            removed = self.salvage_truncate(&inode, st.st_size as u64, 0);
-        }
-        let res = sys::reopen(inode.fd(), flags & !FMODE_EXEC);
+        // O_TRUNC on a transcript: salvage the lines first; the new handle's rewrite
+        // decides which of them are removed (see `Rewrites`).
+        let cut = match &before {
+            Some(st) if self.is_transcript(&inode) => {
+                let _busy = inode.busy();
+                self.prepare_cut(&inode, st.st_size as u64, 0)
+            }
+            _ => None,
+        };
+        let res = {
+            let _busy = truncating.then(|| inode.busy());
+            sys::reopen(inode.fd(), flags & !FMODE_EXEC)
+        };
+        let held = cut.map(|c| self.finish_cut(inode.ino, c, res.is_ok(), true));
         match res {
             Ok(fd) => {
                 let st = sys::fstat(fd.as_fd()).ok();
+                if !truncating && let Some(st) = &st {
+                    self.check_external(req, &inode, st, 0);
+                }
                 let keep = self.keep_cache(&inode, st.as_ref(), truncating);
                 self.record_open(
                     req,
@@ -618,7 +630,7 @@ impl fuser::Filesystem for SessionFs {
                     flags,
                     before.as_ref(),
                     st.as_ref(),
-                    removed,
+                    held,
                     &Ok(()),
                 );
                 let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
@@ -639,6 +651,11 @@ impl fuser::Filesystem for SessionFs {
                         .as_ref()
                         .map(|_| self.ids.caller(req.pid(), req.uid(), req.gid())),
                 });
+                // After this open's own records: the next request of the process
+                // comes from the new image, and refreshes comm/exe.
+                if flags & FMODE_EXEC != 0 {
+                    self.ids.note_exec(req.pid());
+                }
                 let mut of = FopenFlags::empty();
                 if keep {
                     of |= FopenFlags::FOPEN_KEEP_CACHE;
@@ -731,10 +748,11 @@ impl fuser::Filesystem for SessionFs {
             return reply.ok();
         }
         if let Some(h) = self.files.remove(fh.0) {
-            if h.writable {
-                h.inode.writer_released();
+            let mut ended = None;
+            if h.writable && h.inode.writer_released() {
+                ended = self.end_rewrite(&h.inode);
             }
-            self.record_release(req, &h);
+            self.record_release(req, &h, ended);
         }
         reply.ok()
     }
@@ -1310,12 +1328,12 @@ impl SessionFs {
         }
         if let Some(size) = size {
             let before = sys::fstat(inode.fd()).ok();
-            let mut removed = None;
+            let mut cut = None;
             if let Some(st) = &before
                 && self.is_transcript(inode)
                 && (size as i64) < st.st_size
             {
-                removed = self.salvage_truncate(inode, st.st_size as u64, size);
+                cut = self.prepare_cut(inode, st.st_size as u64, size);
             }
             let res = match handle {
                 Some(h) => nix::unistd::ftruncate(h.fd(), size as i64),
@@ -1330,14 +1348,17 @@ impl SessionFs {
                 self.kill_suid(inode);
             }
             let after = sys::fstat(inode.fd()).ok();
+            // A writable handle still open may write the cut lines back (rewrite).
+            let hold = handle.is_some() || inode.writers() > 0;
+            let outcome = cut.map(|c| self.finish_cut(inode.ino, c, res.is_ok(), hold));
             self.record(req, "truncate", path.clone(), Some(inode.ino), |r| {
                 r.size_before = before.as_ref().map(|s| s.st_size as u64);
                 r.size_after = after.as_ref().map(|s| s.st_size as u64);
                 r.len = Some(size);
                 record::fingerprints(r, before.as_ref(), after.as_ref());
                 r.result = record::result(&res);
-                if res.is_ok() {
-                    r.removed = removed;
+                if let Some(o) = outcome {
+                    o.apply(r);
                 }
             });
             res?;
@@ -1400,26 +1421,34 @@ impl SessionFs {
         let journaling = self.journal.is_some();
         let transcript = journaling && self.is_transcript(&h.inode);
         let before = if journaling {
-            Some(sys::fstat(h.fd())?)
+            let st = sys::fstat(h.fd())?;
+            // Only our own guard may be in flight: then a moved stat is not ours.
+            self.check_external(req, &h.inode, &st, 1);
+            Some(st)
         } else {
             None
         };
         let size_before = before.as_ref().map_or(0, |s| s.st_size as u64);
-        let mut over: Option<transcript::Change> = None;
+        // An overwrite of existing lines cuts them: salvage first, then hold them
+        // for this handle's rewrite (lines written back are not removed).
+        let mut over = None;
         if transcript
             && !h.append()
             && offset < size_before
             && let Ok(rfd) = h.inode.read_fd()
+            && let Some(j) = &self.journal
         {
-            over = Some(self.tracker.before_write(
+            let ch = self.tracker.before_write(
                 h.inode.ino,
                 rfd.as_fd(),
                 offset,
                 data.len() as u64,
                 size_before,
-            ));
+            );
+            over = self.stage_cut(j, self.inodes.path_of(&h.inode), ch);
         }
         let res = sys::pwrite(h.fd(), data, offset);
+        let outcome = over.map(|c| self.finish_cut(h.inode.ino, c, res.is_ok(), true));
         if res.is_ok() && wflags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
             self.kill_suid(&h.inode);
         }
@@ -1447,21 +1476,17 @@ impl SessionFs {
                             .after_write(h.inode.ino, rfd.as_fd(), real_off, &data[..n]),
                     );
             }
-            // Overwritten lines whose bytes the write put back (anywhere in the data)
-            // were rewritten, not removed.
-            if let (Some(o), Some(c), Ok(n)) = (over.as_mut(), change.as_ref(), &res) {
-                net_removed(o, &c.entries, real_off, &data[..*n]);
+            // Complete lines equal to lines cut by this rewrite put them back.
+            if let (Some(c), Ok(n)) = (change.as_ref(), &res)
+                && !self.rewrites.is_idle()
+                && self.rewrites.is_open(h.inode.ino)
+            {
+                self.put_back(&h.inode, &c.entries, real_off, &data[..*n]);
             }
             let path = self.inodes.path_of(&h.inode);
-            if let Some(o) = &over
-                && !o.salvage.is_empty()
-                && let Some(j) = &self.journal
-            {
-                j.salvage(&path, &o.salvage);
-            }
             self.record(req, "write", path, Some(h.inode.ino), |r| {
                 r.offset = Some(real_off);
-                r.len = Some(data.len() as u64);
+                r.len = Some(*res.as_ref().unwrap_or(&data.len()) as u64);
                 if h.append() {
                     r.append = Some(true);
                 }
@@ -1476,14 +1501,9 @@ impl SessionFs {
                     if c.partial > 0 {
                         r.partial = Some(c.partial);
                     }
-                    if !c.removed.is_empty() {
-                        r.removed = Some(c.removed);
-                    }
                 }
-                if let Some(o) = over
-                    && !o.removed.is_empty()
-                {
-                    r.removed.get_or_insert_with(Vec::new).extend(o.removed);
+                if let Some(o) = outcome {
+                    o.apply(r);
                 }
             });
         }
@@ -1556,19 +1576,21 @@ impl SessionFs {
         let vst = victim.as_ref().and_then(|fd| sys::fstat(fd.as_fd()).ok());
         let path = self.child_path(p, name);
         // Unlinking the last link of a transcript removes every line: salvage them first.
-        let mut removed = None;
+        let mut cut = None;
         if !dir
             && transcript::is_transcript(name.as_bytes())
+            && let Some(j) = &self.journal
             && let (Some(fd), Some(st)) = (&victim, &vst)
             && st.st_mode & libc::S_IFMT == libc::S_IFREG
             && st.st_nlink == 1
             && st.st_size > 0
-            && let Ok(rfd) = sys::reopen(fd.as_fd(), libc::O_RDONLY)
+            && let Ok(rfd) = sys::reopen(fd.as_fd(), libc::O_RDONLY | libc::O_NOATIME)
+                .or_else(|_| sys::reopen(fd.as_fd(), libc::O_RDONLY))
         {
             let ch = self
                 .tracker
                 .before_truncate(st.st_ino, rfd.as_fd(), st.st_size as u64, 0);
-            removed = Some(ch);
+            cut = self.stage_cut(j, path.clone(), ch);
         }
         // The victim's nlink/ctime move under us: not `external`.
         let vinode = vst
@@ -1581,13 +1603,9 @@ impl SessionFs {
             nix::unistd::UnlinkatFlags::NoRemoveDir
         };
         let res = nix::unistd::unlinkat(p.fd(), c.as_c_str(), flags);
+        // The file is gone with every line: nothing can write them back.
+        let outcome = cut.map(|c| self.finish_cut(0, c, res.is_ok(), false));
         if res.is_ok() {
-            if let Some(ch) = &removed
-                && !ch.salvage.is_empty()
-                && let Some(j) = &self.journal
-            {
-                j.salvage(&path, &ch.salvage);
-            }
             if let Some(st) = &vst {
                 self.tracker.forget(st.st_ino);
                 // nlink and ctime of a still-linked inode moved: that was us.
@@ -1609,11 +1627,8 @@ impl SessionFs {
                 r.before = vst.as_ref().map(attr::fingerprint);
                 r.size_before = vst.as_ref().map(|s| s.st_size as u64);
                 r.result = record::result(&res);
-                if let Some(ch) = removed
-                    && res.is_ok()
-                    && !ch.removed.is_empty()
-                {
-                    r.removed = Some(ch.removed);
+                if let Some(o) = outcome {
+                    o.apply(r);
                 }
             },
         );
@@ -1639,12 +1654,23 @@ impl SessionFs {
             None
         };
         let rst = replaced.as_ref().and_then(|fd| sys::fstat(fd.as_fd()).ok());
-        let diff_old = match (&replaced, &rst) {
-            (Some(fd), Some(st))
+        // Replacing the last link of a transcript: read it and salvage it whole before
+        // the rename; after it, keep only the lines the new file lacks.
+        let to = self.child_path(np, newname);
+        let old_lines = match (&replaced, &rst, &self.journal) {
+            (Some(fd), Some(st), Some(j))
                 if st.st_mode & libc::S_IFMT == libc::S_IFREG
+                    && st.st_nlink == 1
                     && transcript::is_transcript(newname.as_bytes()) =>
             {
-                sys::reopen(fd.as_fd(), libc::O_RDONLY).ok()
+                sys::reopen(fd.as_fd(), libc::O_RDONLY | libc::O_NOATIME)
+                    .or_else(|_| sys::reopen(fd.as_fd(), libc::O_RDONLY))
+                    .ok()
+                    .map(|rfd| TranscriptTracker::read_all(rfd.as_fd()))
+                    .map(|bytes| {
+                        let end = j.salvage(&to, &bytes);
+                        (end.saturating_sub(bytes.len() as u64), end, bytes)
+                    })
             }
             _ => None,
         };
@@ -1656,21 +1682,23 @@ impl SessionFs {
         let _busy = moved.as_ref().map(|i| i.busy());
         let res = sys::renameat2(p.fd(), &c, np.fd(), &nc, flags);
         let path = self.child_path(p, name);
-        let to = self.child_path(np, newname);
         let mut change = None;
+        let mut moved_st = None;
         if res.is_ok() {
             // The moved inode's remembered name follows it.
             if let Ok(fd) = sys::openat(np.fd(), &nc, libc::O_PATH | libc::O_NOFOLLOW, 0)
                 && let Ok(st) = sys::fstat(fd.as_fd())
             {
+                moved_st = Some(st);
                 if let Some(inode) = self.inodes.get(self.inodes.id_for(st.st_dev, st.st_ino)) {
                     inode.set_name(np.id, newname);
                     self.mark_known(&inode, &st);
                 }
-                if let Some(old) = &diff_old
-                    && let Ok(newfd) = sys::reopen(fd.as_fd(), libc::O_RDONLY)
+                if let Some((_, _, old)) = &old_lines
+                    && let Ok(newfd) = sys::reopen(fd.as_fd(), libc::O_RDONLY | libc::O_NOATIME)
+                        .or_else(|_| sys::reopen(fd.as_fd(), libc::O_RDONLY))
                 {
-                    change = Some(self.tracker.diff_replaced(old.as_fd(), newfd.as_fd()));
+                    change = Some(self.tracker.diff_replaced(old, newfd.as_fd()));
                 }
             }
             if flags & libc::RENAME_EXCHANGE != 0
@@ -1683,10 +1711,17 @@ impl SessionFs {
             if let Some(st) = &rst {
                 self.tracker.forget(st.st_ino);
             }
-            if let (Some(ch), Some(j)) = (&change, &self.journal)
-                && !ch.salvage.is_empty()
-            {
-                j.salvage(&to, &ch.salvage);
+        }
+        // Salvage keeps only what the rename removed (all of it if the diff failed).
+        if let (Some((start, end, _)), Some(j)) = (&old_lines, &self.journal) {
+            match (&res, &change) {
+                (Err(_), _) => {
+                    j.salvage_rewind(&to, *start, *end, &[]);
+                }
+                (Ok(()), Some(ch)) => {
+                    j.salvage_rewind(&to, *start, *end, &ch.salvage);
+                }
+                (Ok(()), None) => {}
             }
         }
         let mut fl = Vec::new();
@@ -1706,7 +1741,9 @@ impl SessionFs {
             }
             if res.is_ok() {
                 r.replaced_ino = rst.as_ref().map(|s| s.st_ino);
+                // `before`: what was at `to` (the replaced file); `after`: what is there now.
                 r.before = rst.as_ref().map(attr::fingerprint);
+                r.after = moved_st.as_ref().map(attr::fingerprint);
             }
             r.result = record::result(&res);
             if let Some(ch) = change {
@@ -1721,28 +1758,105 @@ impl SessionFs {
         res
     }
 
-    /// Salvage the lines a truncate to `new_size` is about to remove.
-    fn salvage_truncate(
-        &self,
-        inode: &Inode,
-        old_size: u64,
-        new_size: u64,
-    ) -> Option<Vec<crate::journal::record::Entry>> {
-        self.journal.as_ref()?;
+    /// Before a truncate of `inode` from `old_size` to `new_size` (a transcript): the
+    /// lines it will cut, their bytes already in the salvage store, so that no line is
+    /// lost even if the daemon dies right after the truncate. `None` without a journal
+    /// or when nothing is cut.
+    fn prepare_cut(&self, inode: &Inode, old_size: u64, new_size: u64) -> Option<PendingCut> {
+        let j = self.journal.as_ref()?;
         // Not the cached fd: a truncate by path may have no writable handle to end it.
-        let rfd = sys::reopen(inode.fd(), libc::O_RDONLY).ok()?;
-        {
-            let ch = self
-                .tracker
-                .before_truncate(inode.ino, rfd.as_fd(), old_size, new_size);
-            if !ch.salvage.is_empty() {
-                let path = self.inodes.path_of(inode);
-                if let Some(j) = &self.journal {
-                    j.salvage(&path, &ch.salvage);
+        let rfd = sys::reopen(inode.fd(), libc::O_RDONLY | libc::O_NOATIME)
+            .or_else(|_| sys::reopen(inode.fd(), libc::O_RDONLY))
+            .ok()?;
+        let change = self
+            .tracker
+            .before_truncate(inode.ino, rfd.as_fd(), old_size, new_size);
+        self.stage_cut(j, self.inodes.path_of(inode), change)
+    }
+
+    /// Put the bytes of the lines `change` cuts into the salvage store.
+    fn stage_cut(
+        &self,
+        j: &Journal,
+        path: String,
+        change: transcript::Change,
+    ) -> Option<PendingCut> {
+        if change.removed.is_empty() {
+            return None;
+        }
+        let end = j.salvage(&path, &change.salvage);
+        let span = (end.saturating_sub(change.salvage.len() as u64), end);
+        Some(PendingCut { path, change, span })
+    }
+
+    /// After the change that cut the lines ran: on failure take their salvage back; on
+    /// success either hold them for the rewrite in progress (`hold`: a writable handle
+    /// of the file stays open) or report them removed now.
+    fn finish_cut(&self, ino: u64, cut: PendingCut, ok: bool, hold: bool) -> CutOutcome {
+        let Some(j) = &self.journal else {
+            return CutOutcome::default();
+        };
+        let PendingCut { path, change, span } = cut;
+        if !ok {
+            j.salvage_rewind(&path, span.0, span.1, &[]);
+            return CutOutcome::default();
+        }
+        if hold {
+            let n = self.rewrites.cut(ino, &path, change, Some(span));
+            CutOutcome {
+                held: Some(n),
+                ..Default::default()
+            }
+        } else {
+            CutOutcome {
+                removed: Some(change.removed),
+                ..Default::default()
+            }
+        }
+    }
+
+    /// The last writable handle of `inode` was released: the rewrite in progress (if
+    /// any) ends, and the cut lines it did not write back are removed for good. The
+    /// salvage store keeps only their bytes (when it can be rewound exactly).
+    /// Put back the cut lines that the complete lines `entries` (produced by `data`
+    /// written at `at`) equal; a line begun by an earlier write is read back whole.
+    fn put_back(&self, inode: &Inode, entries: &[Entry], at: u64, data: &[u8]) {
+        let rfd = inode.read_fd().ok();
+        let mut owned: Vec<Vec<u8>> = Vec::new();
+        let mut lines: Vec<&[u8]> = Vec::with_capacity(entries.len());
+        let mut from_file = Vec::new();
+        for e in entries {
+            match e
+                .offset
+                .checked_sub(at)
+                .and_then(|s| data.get(s as usize..s as usize + e.bytes as usize))
+            {
+                Some(l) => lines.push(l),
+                None => from_file.push(e),
+            }
+        }
+        if let Some(fd) = &rfd {
+            for e in from_file {
+                let mut b = vec![0u8; e.bytes as usize];
+                if let Ok(n) = sys::pread(fd.as_fd(), &mut b, e.offset) {
+                    b.truncate(n);
+                    owned.push(b);
                 }
             }
-            Some(ch.removed).filter(|r| !r.is_empty())
         }
+        lines.extend(owned.iter().map(Vec::as_slice));
+        self.rewrites.put_back(inode.ino, lines);
+    }
+
+    fn end_rewrite(&self, inode: &Inode) -> Option<(Vec<Entry>, u64)> {
+        let rw = self.rewrites.close(inode.ino)?;
+        let (path, span, restored) = (rw.path.clone(), rw.salvage, rw.restored);
+        let (removed, bytes) = rw.net();
+        if let (Some(j), Some((start, end))) = (&self.journal, span) {
+            // Fails (and keeps every cut line) if other salvage landed in between.
+            j.salvage_rewind(&path, start, end, &bytes);
+        }
+        Some((removed, restored))
     }
 
     /// Whether the kernel may keep its page cache for this open: only while the backing
@@ -1773,14 +1887,16 @@ impl SessionFs {
         if inode.is_file()
             && let Ok(st) = sys::fstat(inode.fd())
         {
-            self.check_external(req, inode, &st);
+            self.check_external(req, inode, &st, 0);
         }
     }
 
     /// A backing stat we did not cause: record an `external` change (and drop the
-    /// kernel's cache for this inode at its next open).
-    fn check_external(&self, _req: &Request, inode: &Inode, st: &libc::stat) {
-        if !inode.is_file() || self.journal.is_none() || inode.is_busy() {
+    /// kernel's cache for this inode at its next open). `own_busy`: mutations of ours
+    /// the caller itself has in flight on `inode`; any more and the check is skipped,
+    /// since a moved stat may then be ours.
+    fn check_external(&self, _req: &Request, inode: &Inode, st: &libc::stat, own_busy: u32) {
+        if !inode.is_file() || self.journal.is_none() || inode.busy_count() > own_busy {
             return;
         }
         let f = attr::fingerprint(st);
@@ -1830,33 +1946,29 @@ impl SessionFs {
     }
 }
 
-/// Drop from `over` (lines an overwrite replaced) every line whose exact bytes are
-/// among the complete lines `entries` the write produced (slices of `data`, which
-/// landed at file offset `at`); its salvage bytes go with it.
-fn net_removed(over: &mut transcript::Change, entries: &[Entry], at: u64, data: &[u8]) {
-    let mut new_lines: Vec<&[u8]> = entries
-        .iter()
-        .filter_map(|e| {
-            let start = e.offset.checked_sub(at)? as usize;
-            data.get(start..start + e.bytes as usize)
-        })
-        .collect();
-    let mut kept = Vec::new();
-    let mut salvage = Vec::new();
-    let mut cur = 0usize;
-    for e in over.removed.drain(..) {
-        let end = (cur + e.bytes as usize).min(over.salvage.len());
-        let old = &over.salvage[cur..end];
-        cur = end;
-        if let Some(i) = new_lines.iter().position(|l| *l == old) {
-            new_lines.swap_remove(i);
-        } else {
-            salvage.extend_from_slice(old);
-            kept.push(e);
-        }
+/// Lines a truncate or an overwrite is about to cut, their bytes already salvaged.
+#[derive(Debug)]
+struct PendingCut {
+    /// Journal path the salvage is stored under.
+    path: String,
+    change: transcript::Change,
+    /// Salvage store span `[start, end)` of the cut bytes.
+    span: (u64, u64),
+}
+
+/// What a record says about cut lines: `removed` now, or `cut` (held for the rewrite).
+#[derive(Debug, Default)]
+pub(crate) struct CutOutcome {
+    removed: Option<Vec<Entry>>,
+    held: Option<u64>,
+}
+
+impl CutOutcome {
+    /// Fill `removed`/`cut` of a record.
+    fn apply(self, r: &mut crate::journal::record::Record) {
+        r.removed = self.removed.filter(|v| !v.is_empty());
+        r.cut = self.held.filter(|n| *n > 0);
     }
-    over.removed = kept;
-    over.salvage = salvage;
 }
 
 /// Used by the mount code to name the daemon's view of a node in logs.
@@ -1872,50 +1984,4 @@ pub fn describe(ino: u64) -> String {
 fn _assert_send_sync() {
     fn f<T: Send + Sync>() {}
     f::<SessionFs>();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(offset: u64, bytes: u64, id: &str) -> Entry {
-        Entry {
-            offset,
-            bytes,
-            id: Some(id.into()),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn rewritten_lines_are_not_removed() {
-        // Old file: "a\nbb\nccc\n"; the write at 0 puts back "ccc\na\n" (bb dropped).
-        let mut over = transcript::Change {
-            removed: vec![entry(0, 2, "a"), entry(2, 3, "b"), entry(5, 4, "c")],
-            salvage: b"a\nbb\nccc\n".to_vec(),
-            ..Default::default()
-        };
-        let data = b"ccc\na\n";
-        let new = [entry(0, 4, "c"), entry(4, 2, "a")];
-        net_removed(&mut over, &new, 0, data);
-        assert_eq!(over.removed.len(), 1);
-        assert_eq!(over.removed[0].id.as_deref(), Some("b"));
-        assert_eq!(over.salvage, b"bb\n");
-    }
-
-    #[test]
-    fn duplicate_lines_count_once_each() {
-        let mut over = transcript::Change {
-            removed: vec![entry(0, 2, "x1"), entry(2, 2, "x2")],
-            salvage: b"x\nx\n".to_vec(),
-            ..Default::default()
-        };
-        net_removed(&mut over, &[entry(10, 2, "x")], 10, b"x\n");
-        assert_eq!(
-            over.removed.len(),
-            1,
-            "one of the two identical lines is gone"
-        );
-        assert_eq!(over.salvage, b"x\n");
-    }
 }

@@ -112,7 +112,7 @@ impl SessionFs {
         flags: i32,
         before: Option<&libc::stat>,
         after: Option<&libc::stat>,
-        removed: Option<Vec<Entry>>,
+        cut: Option<super::CutOutcome>,
         res: &SysResult<()>,
     ) {
         if self.journal.is_none() {
@@ -127,13 +127,21 @@ impl SessionFs {
             } else {
                 r.size_after = after.map(|s| s.st_size as u64);
             }
-            r.removed = removed;
+            if let Some(c) = cut {
+                c.apply(r);
+            }
             r.result = result(res);
         });
     }
 
-    /// Record a `release` with the handle's read/write totals.
-    pub(super) fn record_release(&self, req: &Request, h: &FileHandle) {
+    /// Record a `release` with the handle's read/write totals, and, when it ends a
+    /// rewrite, the entries the rewrite removed and how many cut lines it restored.
+    pub(super) fn record_release(
+        &self,
+        req: &Request,
+        h: &FileHandle,
+        ended: Option<(Vec<Entry>, u64)>,
+    ) {
         if self.journal.is_none() {
             return;
         }
@@ -149,6 +157,10 @@ impl SessionFs {
             if h.writable {
                 r.writes = Some(h.writes.load(Ordering::Relaxed));
                 r.write_bytes = Some(h.write_bytes.load(Ordering::Relaxed));
+            }
+            if let Some((removed, restored)) = ended {
+                r.removed = Some(removed).filter(|v| !v.is_empty());
+                r.restored = Some(restored).filter(|n| *n > 0);
             }
         });
     }

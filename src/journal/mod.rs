@@ -367,16 +367,24 @@ impl Journal {
     }
 
     /// Store removed transcript bytes for `path` (written by the writer thread).
-    pub fn salvage(&self, path: &str, bytes: &[u8]) {
-        let mut st = self.state.lock();
-        st.salvage_pending
-            .entry(path.to_string())
-            .or_default()
-            .extend_from_slice(bytes);
-        if !st.dirty {
-            st.dirty = true;
-            let _ = self.tx.send(Msg::Dirty);
+    pub fn salvage(&self, path: &str, bytes: &[u8]) -> u64 {
+        {
+            let mut st = self.state.lock();
+            st.salvage_pending
+                .entry(path.to_string())
+                .or_default()
+                .extend_from_slice(bytes);
+            if !st.dirty {
+                st.dirty = true;
+                let _ = self.tx.send(Msg::Dirty);
+            }
         }
+        self.salvage_len(path)
+    }
+
+    /// TEMPORARY shim until the salvage store rewrite lands.
+    pub fn salvage_rewind(&self, _path: &str, _start: u64, _expect_len: u64, _keep: &[u8]) -> bool {
+        false
     }
 
     fn salvage_file(&self, path: &str) -> PathBuf {

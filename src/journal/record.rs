@@ -32,8 +32,8 @@ pub struct Ancestor {
 /// A decoded transcript entry (one complete line of a `*.jsonl` file).
 ///
 /// Only these fields are read from the line (borrowed serde struct, unknown fields
-/// skipped). A line that is not UTF-8 or not a JSON object has `unparsed` set and no
-/// other decoded field.
+/// skipped). A line that is not UTF-8 or not a JSON object has `type` `"unparsed"`,
+/// the reason in `unparsed`, and no other decoded field.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// 1-based line number in the file at the time of the change.
@@ -42,7 +42,8 @@ pub struct Entry {
     pub offset: u64,
     /// Length of the line in bytes, newline included.
     pub bytes: u64,
-    /// `type` field (`session`, `message`, `custom`, ...).
+    /// `type` field (`session`, `message`, `custom`, ...); `"unparsed"` for a line that
+    /// is not UTF-8 or not a JSON object.
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     /// `id` field.
@@ -61,7 +62,8 @@ pub struct Entry {
         skip_serializing_if = "Option::is_none"
     )]
     pub custom_type: Option<String>,
-    /// `"unparsed"` reason: `"not_utf8"` or `"not_json"`; absent for decoded lines.
+    /// Why the line is `"unparsed"`: `"not_utf8"` or `"not_json"`; absent for decoded
+    /// lines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unparsed: Option<String>,
 }
@@ -185,8 +187,18 @@ pub struct Record {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entries: Option<Vec<Entry>>,
     /// Transcript entries the change removed; their bytes are in the salvage store.
+    /// For an in-place rewrite (truncate or overwrite while a writable handle is open)
+    /// this is on the `release` of the last writable handle: the cut lines that the
+    /// rewrite did not write back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removed: Option<Vec<Entry>>,
+    /// Lines (complete or partial) a truncate or overwrite cut while a writable handle
+    /// is open; held until the rewrite ends, then reported as `removed` or `restored`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut: Option<u64>,
+    /// On `release` ending a rewrite: cut lines the rewrite wrote back byte for byte.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored: Option<u64>,
     /// Bytes of a trailing partial line kept back until a later write completes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partial: Option<u64>,
