@@ -468,7 +468,7 @@ impl TranscriptTracker {
             }
             v
         };
-        let (la, lb) = (split(&a), split(&b));
+        let (la, lb) = (split(a), split(&b));
         let mut count: HashMap<&[u8], i64> = HashMap::new();
         for &(_, s, e) in &lb {
             *count.entry(&b[s..e]).or_default() += 1;

@@ -1605,16 +1605,16 @@ impl SessionFs {
         let res = nix::unistd::unlinkat(p.fd(), c.as_c_str(), flags);
         // The file is gone with every line: nothing can write them back.
         let outcome = cut.map(|c| self.finish_cut(0, c, res.is_ok(), false));
-        if res.is_ok() {
-            if let Some(st) = &vst {
-                self.tracker.forget(st.st_ino);
-                // nlink and ctime of a still-linked inode moved: that was us.
-                let id = self.inodes.id_for(st.st_dev, st.st_ino);
-                if let Some(inode) = self.inodes.get(id)
-                    && let Ok(st2) = sys::fstat(inode.fd())
-                {
-                    self.mark_known(&inode, &st2);
-                }
+        if res.is_ok()
+            && let Some(st) = &vst
+        {
+            self.tracker.forget(st.st_ino);
+            // nlink and ctime of a still-linked inode moved: that was us.
+            let id = self.inodes.id_for(st.st_dev, st.st_ino);
+            if let Some(inode) = self.inodes.get(id)
+                && let Ok(st2) = sys::fstat(inode.fd())
+            {
+                self.mark_known(&inode, &st2);
             }
         }
         self.record(
