@@ -197,7 +197,7 @@ thread_local! {
 /// the caller's, so that objects it creates belong to the caller with the mode a local
 /// filesystem would give (sgid directories and default ACLs are then applied by the
 /// backing kernel). setfsuid/setfsgid are per-thread; the umask is made per-thread
-/// with `unshare(CLONE_FS)` on first use. With FUSE_POSIX_ACL the kernel leaves the
+/// with `unshare(CLONE_FS)` on first use. With FUSE_DONT_MASK the kernel leaves the
 /// umask to us.
 pub fn as_caller<T>(uid: u32, gid: u32, umask: u32, f: impl FnOnce() -> T) -> T {
     OWN_FS.with(|own| {

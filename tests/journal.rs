@@ -425,6 +425,17 @@ fn journal_files_are_virtual_listed_and_private() {
     let code = "import os,sys\nos.setgid(65534); os.setuid(65534)\ntry:\n    open(sys.argv[1]).read(); print('read')\nexcept PermissionError: print('denied')";
     let out = python(code, &[m.mnt.join("a.jsonl.journal").to_str().unwrap()]);
     assert_eq!(out.trim(), "denied");
+    // A real backing file of the same name wins, with a warning in the daemon log.
+    std::fs::write(m.src.join("a.jsonl.journal"), b"real\n").unwrap();
+    assert_eq!(
+        std::fs::read(m.mnt.join("a.jsonl.journal")).unwrap(),
+        b"real\n"
+    );
+    let log = std::fs::read_to_string(m.state.join("sessionfs.log")).unwrap_or_default();
+    assert!(
+        log.contains("shadows a sessionfs virtual file") && log.contains("a.jsonl.journal"),
+        "{log}"
+    );
 }
 
 #[test]

@@ -259,11 +259,14 @@ impl fuser::Filesystem for SessionFs {
         // every write; we clear suid/sgid ourselves when a WRITE asks for it.
         // PARALLEL_DIROPS: lookups/readdirs in one directory run concurrently.
         // POSIX_ACL: the kernel checks and caches ACLs (`ls -l` asks for
-        // system.posix_acl_access on every file); we then apply the caller's umask.
+        // system.posix_acl_access on every file). DONT_MASK: the kernel leaves the
+        // umask to us, so the backing directory's default ACL (if any) wins over it,
+        // as on ext4. No EXPORT_SUPPORT: nothing needs NFS export, and it would bring
+        // LOOKUPs of "." and "..".
         // No WRITEBACK_CACHE: it would invent mtimes and hide the writer's identity.
         let mut wanted = InitFlags::FUSE_HANDLE_KILLPRIV_V2
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_EXPORT_SUPPORT
+            | InitFlags::FUSE_DONT_MASK
             | InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_POSIX_ACL;
         if self.cfg.readdirplus {
@@ -294,9 +297,7 @@ impl fuser::Filesystem for SessionFs {
         };
         match self.do_lookup(&p, name) {
             Ok((inode, a)) => {
-                if self.virt.shadows(p.id, name) {
-                    tracing::warn!(name = %name.to_string_lossy(), "a backing file shadows a sessionfs virtual file");
-                }
+                self.warn_if_shadowing(&p, name);
                 self.note_external(req, &inode);
                 self.entry_reply(reply, &a)
             }
@@ -1520,7 +1521,9 @@ impl SessionFs {
         flags: i32,
     ) -> SysResult<(u64, fuser::FileAttr)> {
         let c = sys::cname(name)?;
-        let oflags = (flags | libc::O_CREAT) & !FMODE_EXEC;
+        // O_NOFOLLOW: the kernel sends CREATE only after a negative lookup, so a symlink
+        // here appeared behind our back (a `--source` writer); never follow it.
+        let oflags = (flags | libc::O_CREAT | libc::O_NOFOLLOW) & !FMODE_EXEC;
         let res = sys::as_caller(req.uid(), req.gid(), umask, || {
             sys::openat(p.fd(), &c, oflags, mode & 0o7777)
         });

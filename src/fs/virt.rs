@@ -6,7 +6,7 @@
 //! grow. `.journal` is listed in the root; per-file ones are reachable by lookup only.
 //! A real backing file of the same name always wins.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use fuser::{FileAttr, FileType, INodeNo};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use super::SessionFs;
 use super::handle::DirEntry;
@@ -53,6 +53,8 @@ pub struct VirtualFiles {
     nodes: RwLock<HashMap<u64, VNode>>,
     ids: RwLock<HashMap<VirtualKind, u64>>,
     next: AtomicU64,
+    /// Paths of backing files already reported as shadowing a virtual file.
+    warned: Mutex<HashSet<String>>,
 }
 
 impl VirtualFiles {
@@ -62,6 +64,7 @@ impl VirtualFiles {
             nodes: RwLock::new(HashMap::new()),
             ids: RwLock::new(HashMap::new()),
             next: AtomicU64::new(VIRTUAL_BASE + 1),
+            warned: Mutex::new(HashSet::new()),
         }
     }
 
@@ -81,18 +84,19 @@ impl VirtualFiles {
         id
     }
 
-    /// Does a backing file named `name` in `parent` take a virtual file's name?
-    pub fn shadows(&self, parent: u64, name: &OsStr) -> bool {
-        let n = name.as_bytes();
-        (parent == ROOT_ID && n == MOUNT_JOURNAL.as_bytes())
-            || (n.len() > JOURNAL_SUFFIX.len()
-                && n.ends_with(JOURNAL_SUFFIX.as_bytes())
-                && self.has_kind_named(n))
+    /// First time this path shadows a virtual file? (Warn once per path.)
+    fn first_warning(&self, path: &str) -> bool {
+        let mut w = self.warned.lock();
+        w.len() < 4096 && w.insert(path.to_string())
     }
+}
 
-    fn has_kind_named(&self, _n: &[u8]) -> bool {
-        false
-    }
+/// `name` without a virtual-file suffix (`.journal`/`.salvage`), if it has one.
+fn base_of(name: &[u8]) -> Option<&[u8]> {
+    [JOURNAL_SUFFIX, SALVAGE_SUFFIX].iter().find_map(|suf| {
+        (name.len() > suf.len() && name.ends_with(suf.as_bytes()))
+            .then(|| &name[..name.len() - suf.len()])
+    })
 }
 
 impl Default for VirtualFiles {
@@ -102,6 +106,28 @@ impl Default for VirtualFiles {
 }
 
 impl SessionFs {
+    /// A backing file `name` in `parent` was found: if it takes the name of a virtual
+    /// file (`.journal` in the root, `<file>.journal`/`<file>.salvage` beside an
+    /// existing `<file>`), the backing file wins and we warn once per path.
+    pub(super) fn warn_if_shadowing(&self, parent: &Inode, name: &OsStr) {
+        if self.journal.is_none() {
+            return;
+        }
+        let n = name.as_bytes();
+        let shadows = (parent.id == ROOT_ID && n == MOUNT_JOURNAL.as_bytes())
+            || base_of(n).is_some_and(|b| {
+                sys::cname(OsStr::from_bytes(b))
+                    .ok()
+                    .is_some_and(|c| sys::fstatat(parent.fd(), &c).is_ok())
+            });
+        if shadows {
+            let path = self.child_path(parent, name);
+            if self.virt.first_warning(&path) {
+                tracing::warn!(path = %path, "a backing file shadows a sessionfs virtual file; the backing file is served");
+            }
+        }
+    }
+
     fn vattr(&self, id: u64, size: u64, uid: u32, gid: u32) -> FileAttr {
         let now = SystemTime::now();
         FileAttr {
