@@ -161,9 +161,18 @@ pub fn run() -> Result<(), String> {
         let turn = run_turn(&sessions);
         let shown = turn.and_then(|_| show(&sessions));
         let un = umount(&sessions);
-        shown?;
+        let seen = shown?;
         un?;
-        println!("6. unmounted; the directory underneath holds exactly what the mount showed");
+        let under = listing(&sessions)?;
+        if under != seen {
+            return Err(format!(
+                "after unmounting, the directory differs from what the mount showed: {under:?} vs {seen:?}"
+            ));
+        }
+        println!(
+            "6. unmounted; the directory underneath holds exactly what the mount showed ({} files, same sizes and inodes)",
+            under.len()
+        );
         Ok(())
     })();
     let _ = fs::remove_dir_all(&tmp);
@@ -240,34 +249,43 @@ fn run_turn(sessions: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn show(sessions: &Path) -> Result<(), String> {
-    println!("4. the directory through the mount:");
-    let mut names: Vec<_> = fs::read_dir(sessions)
-        .map_err(|e| e.to_string())?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name())
-        .collect();
-    names.sort();
-    for n in names {
-        let md = fs::symlink_metadata(sessions.join(&n)).map_err(|e| e.to_string())?;
-        println!(
-            "   {:o} {:>9} ino {:>9}  {}",
+/// (name, mode, size, inode) of every entry but the virtual `.journal`, sorted.
+fn listing(dir: &Path) -> Result<Vec<(String, u32, u64, u64)>, String> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).map_err(|e| e.to_string())? {
+        let n = e.map_err(|e| e.to_string())?.file_name();
+        if n == ".journal" {
+            continue;
+        }
+        let md = fs::symlink_metadata(dir.join(&n)).map_err(|e| e.to_string())?;
+        out.push((
+            n.to_string_lossy().into_owned(),
             md.mode() & 0o7777,
             md.size(),
             md.ino(),
-            n.to_string_lossy()
-        );
+        ));
     }
-    let t = sessions.join(format!("{SESSION_ID}.jsonl"));
-    println!("5. the journal of the turn (sessionfs journal {SESSION_ID}.jsonl):");
+    out.sort();
+    Ok(out)
+}
+
+fn show(sessions: &Path) -> Result<Vec<(String, u32, u64, u64)>, String> {
+    println!("4. the directory through the mount (and the virtual .journal):");
+    let seen = listing(sessions)?;
+    for (n, mode, size, ino) in &seen {
+        println!("   {mode:o} {size:>9} ino {ino:>9}  {n}");
+    }
+    // The state dir is new, so the whole mount's journal is exactly this turn.
+    println!("5. the journal of the turn (sessionfs journal <mountpoint>):");
     let _ = std::io::stdout().flush();
     run_journal(&JournalArgs {
-        target: t,
+        target: sessions.to_path_buf(),
         since: None,
         follow: false,
         json: false,
         pid: None,
         lane: None,
         op: Vec::new(),
-    })
+    })?;
+    Ok(seen)
 }
