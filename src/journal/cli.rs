@@ -3,10 +3,14 @@
 //!
 //! `--since SEQ` seeks by binary search on byte offsets of the virtual file (records
 //! in a view are in seq order): about 20 reads of 4 KiB, whatever the journal's size.
+//!
+//! A directory below the mount root has no journal file of its own: its records are
+//! those of `<mount>/.journal` whose `path` or `to` lies under it. The mount root is
+//! found by walking up while the parent is on the same filesystem (`st_dev`).
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,7 +19,10 @@ use serde_json::Value;
 /// Arguments of `sessionfs journal`.
 #[derive(clap::Args, Debug)]
 pub struct JournalArgs {
-    /// A file on a sessionfs mount, or the mountpoint itself (whole-mount journal).
+    /// A file on a sessionfs mount (its journal), the mountpoint (the whole mount's
+    /// journal), or a directory below the mountpoint (the records of the whole mount's
+    /// journal whose path, or rename/link target, is in that directory or below; the
+    /// mount root is found by walking up to the filesystem's top directory).
     pub target: PathBuf,
     /// Only records with seq > SEQ.
     #[arg(long, value_name = "SEQ")]
@@ -44,8 +51,8 @@ pub struct SalvageArgs {
     pub file: PathBuf,
 }
 
-/// The virtual journal file for `target`: `<dir>/.journal` for a directory that is a
-/// mount root, `<file>.journal` otherwise.
+/// The virtual journal file for `target`: `<dir>/.journal` for a directory (which has
+/// one only if it is a mount root; see [`resolve`]), `<file>.journal` otherwise.
 pub fn journal_file(target: &Path) -> PathBuf {
     if target.is_dir() {
         target.join(".journal")
@@ -54,6 +61,50 @@ pub fn journal_file(target: &Path) -> PathBuf {
         s.push(".journal");
         PathBuf::from(s)
     }
+}
+
+/// The journal file to read for `target` and, for a directory below the mount root,
+/// the mount-relative directory whose records to keep. Err is one line for the user
+/// (a directory on no sessionfs mount).
+pub fn resolve(target: &Path) -> Result<(PathBuf, Option<String>), String> {
+    if !target.is_dir() {
+        return Ok((journal_file(target), None));
+    }
+    let io_err = |p: &Path, e: io::Error| format!("{}: {e}", p.display());
+    let dir = target.canonicalize().map_err(|e| io_err(target, e))?;
+    let dev = std::fs::metadata(&dir).map_err(|e| io_err(&dir, e))?.dev();
+    // The mount root: the topmost ancestor on the same filesystem.
+    let mut root = dir.clone();
+    while let Some(parent) = root.parent() {
+        match std::fs::metadata(parent) {
+            Ok(m) if m.dev() == dev => root = parent.to_path_buf(),
+            _ => break,
+        }
+    }
+    let vf = root.join(".journal");
+    if root == dir {
+        return Ok((vf, None));
+    }
+    if !vf.is_file() {
+        return Err(format!(
+            "{} is not on a sessionfs mount ({} has no .journal): pass the mountpoint or a file on the mount",
+            target.display(),
+            root.display()
+        ));
+    }
+    let rel = dir
+        .strip_prefix(&root)
+        .map_err(|_| format!("{}: outside {}", dir.display(), root.display()))?;
+    Ok((vf, Some(rel.to_string_lossy().into_owned())))
+}
+
+/// Is the record's `path` or `to` the mount-relative directory `dir` or below it?
+fn under(rec: &Value, dir: &str) -> bool {
+    let inside = |p: &str| {
+        p.strip_prefix(dir)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    rec["path"].as_str().is_some_and(inside) || rec["to"].as_str().is_some_and(inside)
 }
 
 fn not_on_mount(target: &Path, vf: &Path, e: &io::Error) -> String {
@@ -211,11 +262,16 @@ pub fn table_row(rec: &Value) -> String {
     )
 }
 
-fn emit(out: &mut impl Write, line: &[u8], args: &JournalArgs) -> io::Result<()> {
+fn emit(
+    out: &mut impl Write,
+    line: &[u8],
+    args: &JournalArgs,
+    dir: Option<&str>,
+) -> io::Result<()> {
     let Ok(rec) = serde_json::from_slice::<Value>(line) else {
         return Ok(());
     };
-    if !keep(&rec, args) {
+    if !keep(&rec, args) || dir.is_some_and(|d| !under(&rec, d)) {
         return Ok(());
     }
     if args.json {
@@ -228,7 +284,7 @@ fn emit(out: &mut impl Write, line: &[u8], args: &JournalArgs) -> io::Result<()>
 
 /// Run `sessionfs journal`. Err is one line for the user.
 pub fn run_journal(args: &JournalArgs) -> Result<(), String> {
-    let vf = journal_file(&args.target);
+    let (vf, dir) = resolve(&args.target)?;
     let f = File::open(&vf).map_err(|e| not_on_mount(&args.target, &vf, &e))?;
     let len = f.metadata().map_err(|e| e.to_string())?.len();
     let mut pos = match args.since {
@@ -260,7 +316,7 @@ pub fn run_journal(args: &JournalArgs) -> Result<(), String> {
         pending.extend_from_slice(&buf[..n]);
         let mut start = 0;
         while let Some(i) = pending[start..].iter().position(|b| *b == b'\n') {
-            if let Err(e) = emit(&mut out, &pending[start..start + i], args) {
+            if let Err(e) = emit(&mut out, &pending[start..start + i], args, dir.as_deref()) {
                 if e.kind() == io::ErrorKind::BrokenPipe {
                     return Ok(());
                 }
@@ -348,5 +404,36 @@ mod tests {
                 && row.contains("+line4:not_json"),
             "{row}"
         );
+    }
+
+    #[test]
+    fn directory_filter_matches_path_or_target_below_it() {
+        let r = |p: &str, to: Option<&str>| {
+            let mut v = serde_json::json!({"seq": 1, "path": p});
+            if let Some(t) = to {
+                v["to"] = t.into();
+            }
+            v
+        };
+        assert!(under(&r("a/b/c.jsonl", None), "a/b"));
+        assert!(under(&r("a/b", None), "a/b"));
+        assert!(!under(&r("a/bc/d", None), "a/b"));
+        assert!(!under(&r("x.jsonl", None), "a/b"));
+        assert!(under(&r("x.tmp", Some("a/b/x.jsonl")), "a/b"));
+    }
+
+    #[test]
+    fn a_directory_off_any_mount_gets_a_one_line_error() {
+        let d = tempfile::tempdir().unwrap();
+        let sub = d.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let e = resolve(&sub).unwrap_err();
+        assert!(
+            e.contains("pass the mountpoint or a file") && !e.contains('\n'),
+            "{e}"
+        );
+        // A file is not resolved further: its `.journal` is opened as is.
+        let f = sub.join("t.jsonl");
+        assert_eq!(resolve(&f).unwrap(), (sub.join("t.jsonl.journal"), None));
     }
 }
