@@ -1919,7 +1919,7 @@ impl SessionFs {
             let rec = crate::journal::record::Record {
                 op: "external".into(),
                 path,
-                ts: now_rfc3339(),
+                ts: String::new(), // stamped by the journal, in seq order
                 result: "ok".into(),
                 size_before: Some(p.0),
                 size_after: Some(f.size),

@@ -7,7 +7,7 @@ use fuser::Request;
 
 use super::handle::FileHandle;
 use super::inode::Inode;
-use super::{SessionFs, access_name, attr, flag_names, now_rfc3339};
+use super::{SessionFs, access_name, attr, flag_names};
 use crate::journal::record::{Entry, Record};
 use crate::sys::SysResult;
 
@@ -61,7 +61,7 @@ impl SessionFs {
     ) {
         let Some(j) = &self.journal else { return };
         let mut r = Record {
-            ts: now_rfc3339(),
+            ts: String::new(), // stamped by the journal, in seq order
             op: op.to_string(),
             path,
             result: "ok".into(),

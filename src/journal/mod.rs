@@ -453,6 +453,11 @@ impl Journal {
         let seq = st.next_seq;
         st.next_seq += 1;
         rec.seq = seq;
+        // Stamped under the lock, so `ts` never goes backwards as `seq` goes up
+        // (unless the wall clock itself is stepped back).
+        if rec.ts.is_empty() {
+            rec.ts = crate::fs::now_rfc3339();
+        }
         let pi = st.paths.entry(rec.path.clone()).or_default();
         pi.fseq += 1;
         rec.fseq = pi.fseq;

@@ -75,7 +75,8 @@ pub struct Record {
     pub seq: u64,
     /// Per-path sequence number (1-based), continued across restarts.
     pub fseq: u64,
-    /// RFC 3339 UTC timestamp with nanoseconds, e.g. `2026-11-22T14:40:30.123456789Z`.
+    /// RFC 3339 UTC timestamp with nanoseconds, e.g. `2026-11-22T14:40:30.123456789Z`;
+    /// stamped by [`crate::journal::Journal::append`] when empty, so it follows `seq`.
     pub ts: String,
     /// Operation: `open`, `create`, `write`, `truncate`, `chmod`, `chown`, `utimens`,
     /// `setxattr`, `removexattr`, `rename`, `link`, `unlink`, `mkdir`, `rmdir`,
