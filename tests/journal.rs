@@ -369,6 +369,58 @@ fn external_changes_are_recorded() {
     );
 }
 
+#[test]
+fn external_change_is_caught_at_the_next_open_and_write_with_cached_attrs() {
+    // Default TTL: the kernel does not ask for attributes again, so only the daemon's
+    // own open/write path can notice the change.
+    let m = Mount::new(&[]);
+    let f = m.mnt.join("c.jsonl");
+    std::fs::write(&f, b"{\"type\":\"session\",\"id\":\"c\"}\n").unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(m.src.join("c.jsonl"))
+        .unwrap()
+        .write_all_ok(b"{\"x\":1}\n");
+    // Open without a stat first; the read must see the backing bytes.
+    let seen = std::fs::read(&f).unwrap();
+    assert_eq!(seen, std::fs::read(m.src.join("c.jsonl")).unwrap());
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(m.src.join("c.jsonl"))
+        .unwrap()
+        .write_all_ok(b"{\"x\":2}\n");
+    // A second change, noticed by the write through a handle opened before it.
+    let mut h = std::fs::OpenOptions::new().append(true).open(&f).unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(m.src.join("c.jsonl"))
+        .unwrap()
+        .write_all_ok(b"{\"x\":3}\n");
+    use std::io::Write;
+    h.write_all(b"{\"y\":1}\n").unwrap();
+    drop(h);
+    let recs = records_of(&m, "c.jsonl");
+    let ext: Vec<&Value> = recs.iter().filter(|r| r["op"] == "external").collect();
+    assert_eq!(
+        ext.len(),
+        3,
+        "read open, append open, append write: {:?}",
+        ops(&recs)
+    );
+    assert!(ext.iter().all(|r| r["pid"].is_null()));
+    // Each external record comes before the mount's own op that noticed it.
+    let first_ext = recs.iter().position(|r| r["op"] == "external").unwrap();
+    let first_open = recs
+        .iter()
+        .position(|r| r["op"] == "open" && r["access"] == "read")
+        .unwrap();
+    assert!(first_ext < first_open, "{:?}", ops(&recs));
+    assert_eq!(
+        std::fs::read(m.src.join("c.jsonl")).unwrap(),
+        b"{\"type\":\"session\",\"id\":\"c\"}\n{\"x\":1}\n{\"x\":2}\n{\"x\":3}\n{\"y\":1}\n"
+    );
+}
+
 trait WriteAllOk {
     fn write_all_ok(self, b: &[u8]);
 }
