@@ -1,4 +1,5 @@
-//! Journal micro-benchmarks (in-process, no FUSE): cached identity cost per request,
+//! Journal micro-benchmarks (in-process, no FUSE): identity cost per request (cold,
+//! cached, cached with an exec mark pending, revalidation),
 //! record build + append cost, transcript decode cost, and `--since` seek time on a
 //! journal of N records. Run: `cargo bench --bench journal -- [--records N]`.
 
@@ -39,6 +40,34 @@ fn main() {
     per_op("identity, cached (`caller()` hit)", 1_000_000, |_| {
         std::hint::black_box(ids.caller(me, 0, 0));
     });
+    // A hit while another process's exec mark is pending (one extra locked lookup).
+    let mut other = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let marked = IdentityCache::new();
+    let _ = marked.caller(me, 0, 0);
+    marked.note_exec(other.id());
+    per_op(
+        "identity, cached, an exec mark pending elsewhere",
+        1_000_000,
+        |_| {
+            std::hint::black_box(marked.caller(me, 0, 0));
+        },
+    );
+    let _ = other.kill();
+    let _ = other.wait();
+    // What a hit costs once per revalidation interval (2 s) per tid: a stat read and
+    // an exe readlink (interval 0 makes every call a revalidation).
+    let always = IdentityCache::with_revalidate(std::time::Duration::ZERO);
+    let _ = always.caller(me, 0, 0);
+    per_op(
+        "identity, revalidation (once per tid per 2 s)",
+        20_000,
+        |_| {
+            std::hint::black_box(always.caller(me, 0, 0));
+        },
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let mut o = JournalOptions::new(dir.path().into());

@@ -4,108 +4,196 @@
 //! FUSE reports the caller's **thread** id. `/proc/<tid>/status` answers for a tid even
 //! though tids are not listed in `/proc`; its `Tgid:` is the process.
 //!
-//! Cache design (cold /proc reads cost 20–60 µs; a hit must stay under 5 µs):
-//! - `tid → TidEntry { process, thread_start, checked }`: a hit is one read-locked hash
-//!   lookup plus an `Arc` clone; no /proc access.
-//! - An entry older than [`REVALIDATE`] is re-checked by reading `/proc/<tid>/stat`
-//!   once: if the thread's own start time changed, the tid was reused and the entry is
-//!   rebuilt. The error window: a tid reused within [`REVALIDATE`] of its last check is
-//!   attributed to the previous owner. Linux hands out pids cyclically (pid_max,
-//!   4,194,304 here), so that needs ~4 M process creations within 2 s.
+//! Cache design (a cold /proc pass costs 20–200 µs; a hit must stay under 5 µs, measured
+//! by the "identity, cached" row of `cargo bench --bench journal`):
+//! - `tid → TidEntry { process, thread_start, image, checked }`: a hit is one read-locked
+//!   hash lookup, an `Arc` clone and a monotonic clock read; no /proc access. While an
+//!   exec mark is pending anywhere, a hit also does one locked lookup in the mark set.
+//! - An entry older than the revalidation interval ([`REVALIDATE`] by default) is
+//!   re-checked once: `/proc/<tid>/stat` (if the thread's own start time changed, the tid
+//!   was reused and the entry is rebuilt) and the `/proc/<tid>/exe` link. If the exe
+//!   target changed, or the address-space fingerprint in the stat line (`startcode`,
+//!   `endcode`, `startstack`, which every execve replaces, even of the same binary)
+//!   changed, the process ran an exec the mount did not see (a binary off the mount)
+//!   and comm/exe/cmdline are re-read. The error window: a tid reused within the
+//!   interval is attributed to the previous owner (Linux hands out pids cyclically up to
+//!   pid_max, 4,194,304 here, so that needs ~4 M process creations within 2 s), and an
+//!   unseen exec shows the old image for at most one interval.
 //! - `(pid, starttime) → Arc<ProcessInfo>` shares one identity between the threads of
 //!   a process, and starttime guards against pid reuse.
-//! - `note_exec(tid)` (an OPEN with `__FMODE_EXEC`) marks the process for a refresh:
-//!   comm/exe/cmdline read during an execve show the old image, so the process's next
-//!   request (which runs in the new image) re-reads them once.
-//! - Both maps are bounded ([`MAX_ENTRIES`]); when full, entries of dead threads are
-//!   dropped, then the oldest half.
+//! - [`IdentityCache::note_exec`] (called for an OPEN with `__FMODE_EXEC`, after that
+//!   open's own identity lookups) marks the process: comm/exe/cmdline read during an
+//!   execve show the old image, so the process's first request after the mark, which
+//!   arrives once the exec completed, re-reads them and clears the mark. A refresh
+//!   replaces the identity in every cached thread of the process.
+//! - All three maps are bounded ([`MAX_ENTRIES`]). When one is full at an insertion,
+//!   stale entries go first (tids not checked within the interval, processes no thread
+//!   entry refers to, expired marks), then the oldest until it is back to 3/4 of the
+//!   bound; this costs O(n) once per n/4 insertions and never runs on a hit.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs;
+use std::hash::Hash;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::journal::record::{Ancestor, Record};
 
-/// How long a tid entry is trusted before its thread start time is re-checked.
+/// Default revalidation interval (a [`Duration`], 2 s): how long a cached tid entry is
+/// trusted before its thread start time and exe link are re-checked in `/proc`.
+/// [`IdentityCache::with_revalidate`] sets another.
 pub const REVALIDATE: Duration = Duration::from_secs(2);
-/// Bound on cached tids and processes each.
+/// Bound on the number of entries of each cache map (cached tids, cached processes,
+/// pending exec marks): 16,384 entries each.
 pub const MAX_ENTRIES: usize = 16_384;
-/// Ancestors recorded (nearest first).
+/// An eviction sweep brings a full map down to this many entries (3/4 of
+/// [`MAX_ENTRIES`]), so that sweeps are rare.
+const LOW_WATER: usize = MAX_ENTRIES - MAX_ENTRIES / 4;
+/// How long (a [`Duration`], 10 s, or the revalidation interval if longer) an exec mark
+/// of [`IdentityCache::note_exec`] waits for the process's next request before it is
+/// dropped. Past that, the periodic revalidation still notices the exec (exe link or
+/// address-space fingerprint changed).
+pub const EXEC_MARK_TTL: Duration = Duration::from_secs(10);
+/// Number of ancestors recorded, nearest (the parent) first: 3.
 pub const ANCESTRY_DEPTH: usize = 3;
-/// Replacement for redacted command-line values.
+/// Replacement text for redacted command-line values: `<redacted>`.
 pub const REDACTED: &str = "<redacted>";
 
-/// Process-level identity, shared by all threads of a process (one `Arc` per (pid, starttime)).
+/// Process-level identity, shared by all threads of a process (one `Arc` per
+/// (pid, starttime)). Read from `/proc/<pid>/…` (the exe link and cmdline from
+/// `/proc/<tid>/…` first, which share the process's address space); a file that cannot
+/// be read leaves its field `None`/empty rather than failing the request.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProcessInfo {
-    /// Thread group id (`Tgid:` of `/proc/<tid>/status`).
+    /// Thread group id (`Tgid:` of `/proc/<tid>/status`), in the daemon's pid namespace.
     pub pid: u32,
-    /// Parent pid.
+    /// Parent pid (field 4 of `/proc/<pid>/stat`), in the daemon's pid namespace.
     pub ppid: u32,
-    /// `/proc/<pid>/comm`.
+    /// `/proc/<pid>/comm` (at most 15 bytes); the stat line's comm if unreadable.
     pub comm: String,
-    /// `/proc/<pid>/exe` target, `None` if unreadable.
+    /// `/proc/<tid>/exe` (else `/proc/<pid>/exe`) link target; `None` if unreadable
+    /// (EACCES without ptrace access, ENOENT for kernel threads and exited leaders).
     pub exe: Option<String>,
-    /// argv[0] + at most 2 further args, secrets redacted.
+    /// `argv[0]` + at most 2 further args from `/proc/<pid>/cmdline`, secrets redacted
+    /// (see [`parse_cmdline`]); empty if unreadable.
     pub cmdline: Vec<String>,
-    /// Field 22 of `/proc/<pid>/stat` (clock ticks after boot).
+    /// Field 22 of `/proc/<pid>/stat`: start time in clock ticks (USER_HZ) after boot.
     pub starttime: u64,
-    /// Inode of `/proc/<pid>/ns/pid`.
+    /// Inode number of the `/proc/<pid>/ns/pid` link (`pid:[N]`); `None` if unreadable.
     pub pidns: Option<u64>,
-    /// cgroup v2 path (`0::<path>` line of `/proc/<pid>/cgroup`).
+    /// cgroup v2 path (the `0::<path>` line of `/proc/<pid>/cgroup`); `None` if
+    /// unreadable or on a cgroup v1 host.
     pub cgroup: Option<String>,
-    /// Up to 3 nearest ancestors, parent first.
+    /// Up to [`ANCESTRY_DEPTH`] nearest ancestors (pid and comm from their
+    /// `/proc/<pid>/stat`), parent first; shorter where the chain ends or is unreadable.
     pub ancestry: Vec<Ancestor>,
 }
 
-/// The caller of one FUSE request.
+/// The caller of one FUSE request, as returned by [`IdentityCache::caller`].
 #[derive(Clone, Debug)]
 pub struct Caller {
-    /// Thread id from the FUSE request header.
+    /// Thread id from the FUSE request header (the kernel's tid, in the daemon's pid
+    /// namespace).
     pub tid: u32,
-    /// fs uid from the request header.
+    /// fs uid from the FUSE request header.
     pub uid: u32,
-    /// fs gid from the request header.
+    /// fs gid from the FUSE request header.
     pub gid: u32,
-    /// `None` when the process is already gone (its /proc entry vanished).
+    /// The process identity; `None` when the thread's `/proc` entry could not be read
+    /// on a cache miss (the process is already gone, or /proc denied access).
     pub process: Option<Arc<ProcessInfo>>,
 }
+
+/// Address-space fingerprint from a stat line: (startcode, endcode, startstack).
+/// Every execve builds a new address space, and with ASLR a new stack address.
+type Image = [u64; 3];
 
 #[derive(Debug, Clone)]
 struct TidEntry {
     process: Arc<ProcessInfo>,
     /// The thread's own start time (field 22 of `/proc/<tid>/stat`).
     thread_start: u64,
+    /// Fingerprint of the address space the identity was read from.
+    image: Option<Image>,
+    /// Last resolve or revalidation.
     checked: Instant,
 }
 
-/// Cache of caller identities. `&self` methods, internally synchronised.
-#[derive(Debug, Default)]
+#[derive(Debug)]
+struct ProcEntry {
+    info: Arc<ProcessInfo>,
+    image: Option<Image>,
+    /// When it was read from /proc.
+    at: Instant,
+}
+
+/// Cache of caller identities, read from `/proc` (see the module documentation).
+/// Holds at most [`MAX_ENTRIES`] tids, [`MAX_ENTRIES`] processes and [`MAX_ENTRIES`]
+/// exec marks. All methods take `&self` and are internally synchronised (parking_lot
+/// locks; no lock is held across another); none returns an error.
+#[derive(Debug)]
 pub struct IdentityCache {
     tids: RwLock<HashMap<u32, TidEntry>>,
-    procs: RwLock<HashMap<(u32, u64), Arc<ProcessInfo>>>,
-    /// pids whose comm/exe/cmdline must be re-read at their next request.
-    exec_pending: RwLock<Vec<u32>>,
+    procs: RwLock<HashMap<(u32, u64), ProcEntry>>,
+    /// pid → when marked: comm/exe/cmdline are re-read at the process's next request.
+    marks: Mutex<HashMap<u32, Instant>>,
+    /// `marks.len()`, so that a hit checks the (usually empty) mark set without a lock.
+    marks_len: AtomicUsize,
+    revalidate: Duration,
+}
+
+impl Default for IdentityCache {
+    /// Same as [`IdentityCache::new`].
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl IdentityCache {
-    /// Empty cache.
+    /// Empty cache with the default revalidation interval [`REVALIDATE`] (2 s).
+    /// Allocates nothing until the first request; cannot fail.
     pub fn new() -> Self {
-        Self::default()
+        Self::with_revalidate(REVALIDATE)
     }
 
-    /// Identity of the thread `tid`. A cache hit reads no /proc file (< 1 µs measured,
-    /// see `benches/identity.rs`); a miss costs one pass over a few /proc files.
+    /// Empty cache whose entries are re-checked in `/proc` after `interval` (a
+    /// [`Duration`]; `Duration::ZERO` re-checks on every request, which the benchmark
+    /// uses to measure a revalidation). Tests use a short interval to exercise the
+    /// exec detection. Cannot fail.
+    pub fn with_revalidate(interval: Duration) -> Self {
+        Self {
+            tids: RwLock::default(),
+            procs: RwLock::default(),
+            marks: Mutex::default(),
+            marks_len: AtomicUsize::new(0),
+            revalidate: interval,
+        }
+    }
+
+    /// Identity of the thread `tid` (from the FUSE request header), with the request's
+    /// fs `uid`/`gid` copied through.
+    ///
+    /// Cost: a cache hit reads no /proc file, about 0.1 µs (the "identity, cached" rows
+    /// of `cargo bench --bench journal`; budget 5 µs). A miss reads
+    /// `/proc/<tid>/status`, `/proc/<tid>/stat` and, for a process not cached yet, its
+    /// comm, exe, cmdline, ns/pid, cgroup and ancestors' stat (20–200 µs cold). Once per
+    /// revalidation interval per tid, and at the first request after
+    /// [`Self::note_exec`], a hit costs a revalidation instead (a stat read and an exe
+    /// readlink, about 10 µs: the "identity, revalidation" row; a full re-read of the
+    /// process when it exec'd).
+    ///
+    /// Errors: none are returned. `process` is `None` when the tid's /proc entry cannot
+    /// be read on a miss (the thread is gone); a thread found gone at revalidation keeps
+    /// its last known process identity.
     pub fn caller(&self, tid: u32, uid: u32, gid: u32) -> Caller {
         let hit = self.tids.read().get(&tid).cloned();
-        let pending = !self.exec_pending.read().is_empty();
         let process = match hit {
             Some(e)
-                if e.checked.elapsed() < REVALIDATE
-                    && !(pending && self.exec_pending.read().contains(&e.process.pid)) =>
+                if e.checked.elapsed() < self.revalidate && !self.exec_marked(e.process.pid) =>
             {
                 Some(e.process)
             }
@@ -120,8 +208,15 @@ impl IdentityCache {
         }
     }
 
-    /// `tid` opened a file for execve (`__FMODE_EXEC`): its process's comm/exe/cmdline
-    /// are re-read at its next request.
+    /// Mark the process of thread `tid` as "exec in progress": `tid` opened a file with
+    /// `__FMODE_EXEC`. Call it after that open's own identity lookups: the first
+    /// [`Self::caller`] for the process (any of its threads) after the mark re-reads
+    /// comm/exe/cmdline and clears the mark.
+    ///
+    /// Source of the pid: the cached tid entry, else `Tgid:` of `/proc/<tid>/status`
+    /// (one /proc read, 5–20 µs). Errors: none; if the tid cannot be resolved the mark is
+    /// skipped (the periodic revalidation still notices the exec). A mark not consumed
+    /// within [`EXEC_MARK_TTL`] is dropped; at most [`MAX_ENTRIES`] marks are kept.
     pub fn note_exec(&self, tid: u32) {
         let pid = self
             .tids
@@ -129,49 +224,84 @@ impl IdentityCache {
             .get(&tid)
             .map(|e| e.process.pid)
             .or_else(|| read_status(tid).map(|s| s.tgid));
-        if let Some(pid) = pid {
-            let mut p = self.exec_pending.write();
-            if !p.contains(&pid) {
-                p.push(pid);
-            }
+        let Some(pid) = pid else { return };
+        let now = Instant::now();
+        let mut marks = self.marks.lock();
+        if marks.len() >= MAX_ENTRIES && !marks.contains_key(&pid) {
+            let ttl = self.mark_ttl();
+            marks.retain(|_, at| now.duration_since(*at) < ttl);
+            evict_oldest(&mut marks, LOW_WATER, |at| *at);
         }
+        marks.insert(pid, now);
+        self.marks_len.store(marks.len(), Ordering::Release);
     }
 
-    /// Remove `pid` from the exec-pending list; true if it was there.
+    fn mark_ttl(&self) -> Duration {
+        EXEC_MARK_TTL.max(self.revalidate)
+    }
+
+    /// Is an exec mark pending for `pid`? Lock-free when no mark is pending at all.
+    #[inline]
+    fn exec_marked(&self, pid: u32) -> bool {
+        self.marks_len.load(Ordering::Acquire) != 0 && self.marks.lock().contains_key(&pid)
+    }
+
+    /// Remove `pid`'s exec mark; true if there was one.
     fn take_exec(&self, pid: u32) -> bool {
-        let mut p = self.exec_pending.write();
-        match p.iter().position(|x| *x == pid) {
-            Some(i) => {
-                p.swap_remove(i);
-                true
-            }
-            None => false,
+        if self.marks_len.load(Ordering::Acquire) == 0 {
+            return false;
         }
+        let mut marks = self.marks.lock();
+        let hit = marks.remove(&pid).is_some();
+        self.marks_len.store(marks.len(), Ordering::Release);
+        hit
+    }
+
+    /// Drop marks older than the mark TTL (their process never came back, or came back
+    /// through a path that did not consume them).
+    fn expire_marks(&self) {
+        if self.marks_len.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let ttl = self.mark_ttl();
+        let now = Instant::now();
+        let mut marks = self.marks.lock();
+        marks.retain(|_, at| now.duration_since(*at) < ttl);
+        self.marks_len.store(marks.len(), Ordering::Release);
     }
 
     fn revalidate(&self, tid: u32, e: TidEntry) -> Option<Arc<ProcessInfo>> {
-        let exec = self.take_exec(e.process.pid);
-        match read_stat(tid) {
-            Some(st) if st.starttime == e.thread_start && !exec => {
-                if let Some(t) = self.tids.write().get_mut(&tid) {
-                    t.checked = Instant::now();
-                }
-                Some(e.process)
-            }
-            Some(_) => {
-                if exec {
-                    self.procs
-                        .write()
-                        .remove(&(e.process.pid, e.process.starttime));
-                }
-                self.resolve(tid)
-            }
-            None => {
-                self.tids.write().remove(&tid);
-                // The thread is gone; the process identity we had is still the best answer.
-                Some(e.process)
-            }
+        self.expire_marks();
+        let Some(st) = read_stat(tid) else {
+            self.tids.write().remove(&tid);
+            // The thread is gone; the process identity we had is still the best answer.
+            return Some(e.process);
+        };
+        if st.starttime != e.thread_start {
+            // The tid was reused by another thread.
+            return self.resolve(tid);
         }
+        let pid = e.process.pid;
+        let exec = self.take_exec(pid);
+        if exec || image_changed(tid, st.image(), e.image, &e.process.exe) {
+            let pstat = if pid == tid {
+                Some(st.clone())
+            } else {
+                read_stat(pid)
+            };
+            return match pstat {
+                Some(pstat) if pstat.starttime == e.process.starttime => {
+                    let p = self.store_process(pid, tid, &pstat, st.image(), true);
+                    self.insert_tid(tid, p.clone(), st.starttime, st.image());
+                    Some(p)
+                }
+                _ => self.resolve(tid).or(Some(e.process)),
+            };
+        }
+        if let Some(t) = self.tids.write().get_mut(&tid) {
+            t.checked = Instant::now();
+        }
+        Some(e.process)
     }
 
     fn resolve(&self, tid: u32) -> Option<Arc<ProcessInfo>> {
@@ -184,41 +314,132 @@ impl IdentityCache {
             read_stat(pid)?
         };
         let key = (pid, pstat.starttime);
-        let cached = self.procs.read().get(&key).cloned();
+        let exec = self.take_exec(pid);
+        let cached = if exec {
+            None
+        } else {
+            self.procs
+                .read()
+                .get(&key)
+                .map(|p| (p.info.clone(), p.image))
+        };
         let process = match cached {
-            Some(p) => p,
-            None => {
-                let info = Arc::new(read_process(pid, &pstat));
-                let mut procs = self.procs.write();
-                if procs.len() >= MAX_ENTRIES {
-                    procs.retain(|(p, _), _| std::path::Path::new(&format!("/proc/{p}")).exists());
-                    if procs.len() >= MAX_ENTRIES {
-                        procs.clear();
-                    }
-                }
-                procs.entry(key).or_insert(info).clone()
+            Some((info, image)) if !image_changed(tid, thread.image(), image, &info.exe) => info,
+            // Cached, but the process exec'd since: re-read and update its threads.
+            Some(_) => self.store_process(pid, tid, &pstat, thread.image(), true),
+            None => self.store_process(pid, tid, &pstat, thread.image(), exec),
+        };
+        self.insert_tid(tid, process.clone(), thread.starttime, thread.image());
+        Some(process)
+    }
+
+    /// Read the process from /proc and cache it under (pid, starttime). With `replace`
+    /// (an exec), the new identity replaces a cached one and every cached thread entry of
+    /// the process (an O(n) pass, once per exec); otherwise a concurrent resolver's entry
+    /// wins, so that threads share one `Arc`.
+    fn store_process(
+        &self,
+        pid: u32,
+        tid: u32,
+        pstat: &Stat,
+        image: Option<Image>,
+        replace: bool,
+    ) -> Arc<ProcessInfo> {
+        let key = (pid, pstat.starttime);
+        let info = Arc::new(read_process(pid, tid, pstat));
+        let stored = {
+            let mut procs = self.procs.write();
+            if procs.len() >= MAX_ENTRIES && !procs.contains_key(&key) {
+                // Entries no thread entry (nor handle) refers to first, then the oldest.
+                procs.retain(|_, p| Arc::strong_count(&p.info) > 1);
+                evict_oldest(&mut procs, LOW_WATER, |p| p.at);
+            }
+            let entry = ProcEntry {
+                info: info.clone(),
+                image,
+                at: Instant::now(),
+            };
+            if replace {
+                procs.insert(key, entry);
+                info
+            } else {
+                procs.entry(key).or_insert(entry).info.clone()
             }
         };
+        if replace {
+            for e in self.tids.write().values_mut() {
+                if e.process.pid == pid && e.process.starttime == pstat.starttime {
+                    e.process = stored.clone();
+                    e.image = image;
+                }
+            }
+        }
+        stored
+    }
+
+    fn insert_tid(
+        &self,
+        tid: u32,
+        process: Arc<ProcessInfo>,
+        thread_start: u64,
+        image: Option<Image>,
+    ) {
+        let now = Instant::now();
         let mut tids = self.tids.write();
-        if tids.len() >= MAX_ENTRIES {
-            let cutoff = Instant::now() - REVALIDATE;
-            tids.retain(|_, e| e.checked > cutoff);
+        if tids.len() >= MAX_ENTRIES && !tids.contains_key(&tid) {
+            // Entries past their interval would need a /proc read anyway; then the
+            // least recently checked (an active tid is re-checked every interval).
+            let interval = self.revalidate;
+            tids.retain(|_, e| now.duration_since(e.checked) < interval);
+            evict_oldest(&mut tids, LOW_WATER, |e| e.checked);
         }
         tids.insert(
             tid,
             TidEntry {
-                process: process.clone(),
-                thread_start: thread.starttime,
-                checked: Instant::now(),
+                process,
+                thread_start,
+                image,
+                checked: now,
             },
         );
-        Some(process)
     }
 }
 
+/// Did the process exec since the identity was read? True if both address-space
+/// fingerprints are known and differ, or the current exe link is readable and differs
+/// from the cached one. One readlink of `/proc/<tid>/exe` (2–4 µs).
+fn image_changed(
+    tid: u32,
+    now: Option<Image>,
+    cached: Option<Image>,
+    cached_exe: &Option<String>,
+) -> bool {
+    if let (Some(a), Some(b)) = (now, cached)
+        && a != b
+    {
+        return true;
+    }
+    matches!(read_exe(tid), Some(x) if cached_exe.as_deref() != Some(x.as_str()))
+}
+
+/// Shrink `map` to at most `keep` entries by dropping the oldest (by `at`). Ties with
+/// the cut-off are dropped too, so the result is always within the bound. O(n).
+fn evict_oldest<K: Eq + Hash, V>(map: &mut HashMap<K, V>, keep: usize, at: impl Fn(&V) -> Instant) {
+    if map.len() <= keep {
+        return;
+    }
+    let drop = map.len() - keep;
+    let mut ages: Vec<Instant> = map.values().map(&at).collect();
+    let (_, cutoff, _) = ages.select_nth_unstable(drop - 1);
+    let cutoff = *cutoff;
+    map.retain(|_, v| at(v) > cutoff);
+}
+
 impl Caller {
-    /// Copy identity fields (pid, tid, ppid, uid, gid, comm, exe, cmdline, starttime,
-    /// pidns, cgroup, ancestry) into `rec`.
+    /// Copy the identity fields (pid, tid, ppid, uid, gid, comm, exe, cmdline,
+    /// starttime, pidns, cgroup, ancestry) into the journal record `rec`; the process
+    /// fields stay unset when [`Caller::process`] is `None`. No /proc access; cannot
+    /// fail.
     pub fn fill(&self, rec: &mut Record) {
         rec.tid = Some(self.tid);
         rec.uid = Some(self.uid);
@@ -239,34 +460,62 @@ impl Caller {
     }
 }
 
-/// The fields we use from `/proc/<id>/stat`.
+/// The fields we use from a `/proc/<id>/stat` line (see proc(5)), as parsed by
+/// [`parse_stat`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stat {
-    /// Field 2 without the parentheses.
+    /// Field 2 (comm) without the parentheses.
     pub comm: String,
-    /// Field 4.
+    /// Field 4: parent pid.
     pub ppid: u32,
-    /// Field 22, clock ticks after boot.
+    /// Field 22: start time in clock ticks (USER_HZ) after boot.
     pub starttime: u64,
+    /// Field 26: address above which program text can run (startcode); 0 if absent
+    /// (an older or truncated line), 1 without ptrace access, 0 for kernel threads.
+    pub startcode: u64,
+    /// Field 27: address below which program text can run (endcode); same caveats.
+    pub endcode: u64,
+    /// Field 28: address of the start (bottom) of the stack (startstack); 0 if absent,
+    /// without ptrace access, or without an address space.
+    pub startstack: u64,
 }
 
-/// Parse `/proc/<id>/stat`. comm (field 2) may contain spaces and parentheses, so the
-/// remaining fields are split after the **last** `)`.
+impl Stat {
+    /// Address-space fingerprint, `None` when unknown (startstack hidden or absent).
+    fn image(&self) -> Option<Image> {
+        (self.startstack != 0).then_some([self.startcode, self.endcode, self.startstack])
+    }
+}
+
+/// Parse the text of `/proc/<id>/stat`. comm (field 2) may contain spaces and
+/// parentheses, so the remaining fields are split after the **last** `)`.
+/// Errors: `None` if there is no `(`…`)`, or fields 4 or 22 are missing or not
+/// numbers. Fields 26–28 are optional (0 when missing).
 pub fn parse_stat(s: &str) -> Option<Stat> {
     let open = s.find('(')?;
     let close = s.rfind(')')?;
     let comm = s.get(open + 1..close)?.to_string();
     let rest: Vec<&str> = s.get(close + 1..)?.split_whitespace().collect();
     // rest[0] is field 3 (state): field N is rest[N - 3].
+    let opt = |n: usize| rest.get(n - 3).and_then(|v| v.parse().ok()).unwrap_or(0);
     Some(Stat {
         comm,
         ppid: rest.get(1)?.parse().ok()?,
         starttime: rest.get(19)?.parse().ok()?,
+        startcode: opt(26),
+        endcode: opt(27),
+        startstack: opt(28),
     })
 }
 
 fn read_stat(id: u32) -> Option<Stat> {
     parse_stat(&fs::read_to_string(format!("/proc/{id}/stat")).ok()?)
+}
+
+fn read_exe(id: u32) -> Option<String> {
+    fs::read_link(format!("/proc/{id}/exe"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
 }
 
 struct Status {
@@ -284,23 +533,22 @@ fn read_status(tid: u32) -> Option<Status> {
     Some(Status { tgid })
 }
 
-fn read_process(pid: u32, st: &Stat) -> ProcessInfo {
+fn read_process(pid: u32, tid: u32, st: &Stat) -> ProcessInfo {
     let comm = fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|c| c.trim_end_matches('\n').to_string())
         .unwrap_or_else(|_| st.comm.clone());
-    let exe = fs::read_link(format!("/proc/{pid}/exe"))
+    // The threads share the address space; the calling thread is alive even when the
+    // leader has exited (its exe link and cmdline then read as gone).
+    let exe = read_exe(tid).or_else(|| read_exe(pid));
+    let raw = fs::read(format!("/proc/{tid}/cmdline"))
         .ok()
-        .map(|p| p.to_string_lossy().into_owned());
-    let cmdline = fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|raw| {
-            let args: Vec<String> = raw
-                .split(|b| *b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            redact(&args)
-        })
+        .filter(|r| !r.is_empty())
+        .or_else(|| fs::read(format!("/proc/{pid}/cmdline")).ok())
         .unwrap_or_default();
+    let root = format!("/proc/{pid}/root");
+    let cmdline = parse_cmdline(&raw, |path| {
+        std::path::Path::new(&format!("{root}{path}")).exists()
+    });
     let pidns = fs::read_link(format!("/proc/{pid}/ns/pid"))
         .ok()
         .and_then(|l| {
@@ -339,29 +587,235 @@ fn read_process(pid: u32, st: &Stat) -> ProcessInfo {
     }
 }
 
-/// Flags whose next argument (or `=value`) is a secret.
-const SECRET_FLAGS: &[&str] = &[
-    "--token",
-    "--api-key",
-    "--apikey",
-    "--password",
-    "--secret",
-    "--key",
-    "--auth",
+/// Words that make a flag or `name=value` / `Name: value` name a secret when they are one
+/// of its words (split at `-`, `_`, `.` and lower→upper case changes).
+const SECRET_WORDS: &[&str] = &[
+    "key",
+    "apikey",
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "passphrase",
+    "pass",
+    "auth",
+    "authorization",
+    "credential",
+    "credentials",
+    "cookie",
 ];
-/// Words that make a `name=value` argument a secret when `name` contains them.
-const SECRET_WORDS: &[&str] = &["key", "token", "secret", "password", "passwd", "auth"];
+/// Name endings that make it a secret even inside one word (`PGPASSWORD`, `apikey`).
+const SECRET_SUFFIXES: &[&str] = &["key", "token", "secret", "password", "passwd", "passphrase"];
+/// A last word that names something about the secret, not the secret itself
+/// (`--token-file`, `KEY_PATH`, `--auth-url`, `--secret-name`).
+const NOT_SECRET_LAST: &[&str] = &[
+    "file", "files", "path", "dir", "url", "uri", "host", "type", "mode", "method", "name", "id",
+    "len", "length", "size",
+];
+/// Prefixes of well-known API tokens, redacted wherever they start a word.
+const TOKEN_PREFIXES: &[&str] = &[
+    "sk-",
+    "ghp_",
+    "gho_",
+    "ghs_",
+    "ghu_",
+    "github_pat_",
+    "glpat-",
+    "xoxb-",
+    "xoxp-",
+];
+/// HTTP authorization schemes whose following word is a credential.
+const AUTH_SCHEMES: &[&str] = &["bearer", "basic"];
 
-fn is_secret_flag(flag: &str) -> bool {
-    let f = flag.to_ascii_lowercase();
-    SECRET_FLAGS.contains(&f.as_str())
-        || (f.starts_with("--") && SECRET_WORDS.iter().any(|w| f.ends_with(w)))
+fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')
 }
 
-/// argv[0] plus at most two more arguments, with secrets replaced by `<redacted>`:
-/// the value after `--token`, `--api-key`, `--password`, `--secret` (and any `--*key`,
-/// `--*token`...), `--flag=value` forms of those, `sk-…` values, and `name=value`
-/// where `name` contains key/token/secret/password.
+/// Is `name` (a flag without its dashes, an assignment's or a header's name) the name of
+/// a secret?
+fn is_secret_name(name: &str) -> bool {
+    let name = name.trim_start_matches('-');
+    if name.is_empty() {
+        return false;
+    }
+    let mut words: Vec<String> = Vec::new();
+    let mut cur = String::new();
+    let mut prev_lower = false;
+    for c in name.chars() {
+        if !c.is_ascii_alphanumeric() {
+            if !cur.is_empty() {
+                words.push(std::mem::take(&mut cur));
+            }
+            prev_lower = false;
+            continue;
+        }
+        if c.is_ascii_uppercase() && prev_lower && !cur.is_empty() {
+            words.push(std::mem::take(&mut cur));
+        }
+        prev_lower = c.is_ascii_lowercase() || c.is_ascii_digit();
+        cur.push(c.to_ascii_lowercase());
+    }
+    if !cur.is_empty() {
+        words.push(cur);
+    }
+    let Some(last) = words.last() else {
+        return false;
+    };
+    if NOT_SECRET_LAST.contains(&last.as_str()) {
+        return false;
+    }
+    let lower = name.to_ascii_lowercase();
+    words.iter().any(|w| SECRET_WORDS.contains(&w.as_str()))
+        || SECRET_SUFFIXES.iter().any(|s| lower.ends_with(s))
+}
+
+/// A flag (`-x…`/`--x…`, no `=`) whose next argument is a secret: `--token`,
+/// `--api-key`, `--password`, `--secret`, `-auth`, `--gateway-token`…
+fn is_secret_flag(a: &str) -> bool {
+    a.len() > 1 && a.starts_with('-') && a.bytes().all(is_name_byte) && is_secret_name(a)
+}
+
+/// A header name alone (`Authorization:`, `X-Api-Key:`) whose next argument is a secret.
+fn is_secret_header(a: &str) -> bool {
+    a.strip_suffix(':')
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(is_name_byte) && is_secret_name(n))
+}
+
+fn is_auth_scheme(a: &str) -> bool {
+    AUTH_SCHEMES.iter().any(|s| a.eq_ignore_ascii_case(s))
+}
+
+/// End of a value embedded in text: the next blank, quote, separator or closing bracket.
+fn value_end(b: &[u8], from: usize) -> usize {
+    b[from..]
+        .iter()
+        .position(|c| {
+            c.is_ascii_whitespace()
+                || matches!(c, b'&' | b';' | b',' | b'"' | b'\'' | b')' | b']' | b'}')
+        })
+        .map_or(b.len(), |p| from + p)
+}
+
+/// Redact secrets inside one argument (or a whole process title), leaving the rest:
+/// - `name=value` and `Name: value` where `name` is a secret name (`--api-key=…`,
+///   `API_KEY=…`, `password=…`, `?token=…&`, `Authorization: …`, `"api_key": "…"`):
+///   the value becomes `<redacted>`. A value runs to the end of the argument when the
+///   name starts the argument or the separator is `:` (a header), else to the next
+///   blank, quote, `&`, `;`, `,` or closing bracket; a quoted value to its quote.
+/// - the word after `Bearer`/`Basic` (any case);
+/// - tokens starting a word with a well-known prefix (`sk-…`, `ghp_…`, `xoxb-…`…).
+fn redact_text(s: &str) -> Cow<'_, str> {
+    let b = s.as_bytes();
+    let lower = s.to_ascii_lowercase();
+    let lb = lower.as_bytes();
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    for (i, &c) in b.iter().enumerate() {
+        if c != b'=' && c != b':' {
+            continue;
+        }
+        let mut name_end = i;
+        if name_end > 0 && matches!(b[name_end - 1], b'"' | b'\'') {
+            name_end -= 1;
+        }
+        let mut start = name_end;
+        while start > 0 && is_name_byte(b[start - 1]) {
+            start -= 1;
+        }
+        if start == name_end || !is_secret_name(&s[start..name_end]) {
+            continue;
+        }
+        let mut v = i + 1;
+        while v < b.len() && b[v] == b' ' {
+            v += 1;
+        }
+        let (vs, ve) = if v < b.len() && matches!(b[v], b'"' | b'\'') {
+            let q = b[v];
+            let end = b[v + 1..]
+                .iter()
+                .position(|x| *x == q)
+                .map_or(b.len(), |p| v + 1 + p);
+            (v + 1, end)
+        } else if c == b':' || start == 0 {
+            (v, b.len())
+        } else {
+            (v, value_end(b, v))
+        };
+        if ve > vs {
+            ranges.push((vs, ve));
+        }
+    }
+    for scheme in AUTH_SCHEMES {
+        let mut from = 0;
+        while let Some(p) = lower[from..].find(scheme) {
+            let i = from + p;
+            from = i + scheme.len();
+            let after = i + scheme.len();
+            if (i > 0 && lb[i - 1].is_ascii_alphanumeric())
+                || !b.get(after).is_some_and(|c| c.is_ascii_whitespace())
+            {
+                continue;
+            }
+            let mut v = after;
+            while v < b.len() && b[v].is_ascii_whitespace() {
+                v += 1;
+            }
+            let e = value_end(b, v);
+            if e > v {
+                ranges.push((v, e));
+            }
+        }
+    }
+    for prefix in TOKEN_PREFIXES {
+        let mut from = 0;
+        while let Some(p) = lower[from..].find(prefix) {
+            let i = from + p;
+            from = i + prefix.len();
+            if i > 0 && lb[i - 1].is_ascii_alphanumeric() {
+                continue;
+            }
+            let tail = b[from..]
+                .iter()
+                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-'))
+                .count();
+            if tail > 0 {
+                ranges.push((i, from + tail));
+            }
+        }
+    }
+    if ranges.is_empty() {
+        return Cow::Borrowed(s);
+    }
+    ranges.sort_unstable();
+    let mut merged: Vec<(usize, usize)> = Vec::with_capacity(ranges.len());
+    for (rs, re) in ranges {
+        match merged.last_mut() {
+            Some(last) if rs <= last.1 => last.1 = last.1.max(re),
+            _ => merged.push((rs, re)),
+        }
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut at = 0;
+    for (rs, re) in merged {
+        out.push_str(&s[at..rs]);
+        out.push_str(REDACTED);
+        at = re;
+    }
+    out.push_str(&s[at..]);
+    Cow::Owned(out)
+}
+
+/// `argv[0]` plus at most two more arguments, with secrets replaced by `<redacted>`:
+/// - the argument after a secret flag (`--token X`, `--api-key X`, `--password X`,
+///   `--secret X`, any flag with a secret word such as `--gateway-token X`; not
+///   `--token-file X`), after a header name alone (`Authorization: X`) and after
+///   `Bearer`/`Basic` (which is kept: `Authorization: Bearer X` keeps `Bearer`);
+/// - within each argument (and anywhere in it): `--token=X`, `NAME_KEY=X`,
+///   `key=`/`token=`/`secret=`/`password=` assignments anywhere (case-insensitive
+///   name words and endings, `PGPASSWORD=`), `Authorization: …` and other secret
+///   headers, `Bearer X`, and `sk-…` (and `ghp_…`, `github_pat_…`, `glpat-…`,
+///   `xoxb-…`, `xoxp-…`) tokens anywhere in an argument.
+///
+/// Pure function, no errors; the input is argv as read from `/proc/<pid>/cmdline`.
 pub fn redact(args: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::with_capacity(3);
     let mut secret_next = false;
@@ -370,31 +824,55 @@ pub fn redact(args: &[String]) -> Vec<String> {
             break;
         }
         if secret_next {
-            out.push(REDACTED.into());
-            secret_next = false;
-            continue;
-        }
-        if a.starts_with("sk-") {
-            out.push(REDACTED.into());
-            continue;
-        }
-        if let Some((name, _)) = a.split_once('=') {
-            let lower = name.to_ascii_lowercase();
-            if is_secret_flag(name)
-                || SECRET_WORDS
-                    .iter()
-                    .any(|w| lower.trim_start_matches('-').contains(w))
-            {
-                out.push(format!("{name}={REDACTED}"));
-                continue;
+            if is_auth_scheme(a) {
+                // `Authorization: Bearer X`: the scheme is no secret, the next word is.
+                out.push(a.clone());
+            } else {
+                out.push(REDACTED.into());
+                secret_next = false;
             }
+            continue;
         }
-        if is_secret_flag(a) {
-            secret_next = true;
-        }
-        out.push(a.clone());
+        secret_next = is_secret_flag(a) || is_secret_header(a) || is_auth_scheme(a);
+        out.push(redact_text(a).into_owned());
     }
     out
+}
+
+/// Turn the raw bytes of `/proc/<pid>/cmdline` into the recorded `cmdline`: `argv[0]` plus
+/// at most two more arguments, secrets redacted (see [`redact`]).
+///
+/// Arguments are NUL-separated. A process that rewrote its title (Node's
+/// `process.title`, `setproctitle`) leaves one NUL-less string such as
+/// `openclaw-gateway --token abc`: when there is exactly one non-empty piece, it contains
+/// whitespace and `is_file(piece)` is false (the daemon passes a check of the path under
+/// `/proc/<pid>/root`, so that an `argv[0]` with a space in it stays whole), the piece is
+/// redacted as a whole and then split at whitespace. Non-UTF-8 bytes become U+FFFD.
+/// Pure apart from `is_file`; no errors (empty input gives an empty list).
+pub fn parse_cmdline(raw: &[u8], is_file: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut pieces = raw.split(|b| *b == 0).filter(|a| !a.is_empty());
+    let args: Vec<String> = match (pieces.next(), pieces.next()) {
+        (None, _) => return Vec::new(),
+        (Some(one), None) => {
+            let one = String::from_utf8_lossy(one);
+            if one.contains(|c: char| c.is_whitespace()) && !is_file(&one) {
+                redact_text(&one)
+                    .split_whitespace()
+                    .take(3)
+                    .map(str::to_string)
+                    .collect()
+            } else {
+                vec![one.into_owned()]
+            }
+        }
+        (Some(a), Some(b)) => [a, b]
+            .into_iter()
+            .chain(pieces.next())
+            .map(|x| String::from_utf8_lossy(x).into_owned())
+            .collect(),
+    };
+    // Each argument yields exactly one output, so three inputs are all `redact` needs.
+    redact(&args)
 }
 
 #[cfg(test)]
@@ -405,6 +883,10 @@ mod tests {
         v.iter().map(|x| x.to_string()).collect()
     }
 
+    fn r1(a: &str) -> String {
+        redact(&s(&["x", a])).pop().unwrap()
+    }
+
     #[test]
     fn parses_stat_with_hostile_comm() {
         let line = "1234 (a) b (c)) S 77 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 200";
@@ -412,7 +894,16 @@ mod tests {
         assert_eq!(st.comm, "a) b (c)");
         assert_eq!(st.ppid, 77);
         assert_eq!(st.starttime, 987654);
+        assert_eq!((st.startcode, st.endcode, st.startstack), (0, 0, 0));
+        assert!(st.image().is_none());
         assert!(parse_stat("garbage").is_none());
+        let full = "9 (x) S 1 9 9 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 55 1 2 3 4096 8192 140000";
+        let st = parse_stat(full).unwrap();
+        assert_eq!(
+            (st.startcode, st.endcode, st.startstack),
+            (4096, 8192, 140000)
+        );
+        assert_eq!(st.image(), Some([4096, 8192, 140000]));
     }
 
     #[test]
@@ -448,6 +939,181 @@ mod tests {
     }
 
     #[test]
+    fn redacts_sk_tokens_inside_arguments() {
+        assert_eq!(
+            r1("--header=Authorization: Bearer sk-abc"),
+            format!("--header=Authorization: {REDACTED}")
+        );
+        assert_eq!(
+            r1("--note=use sk-abc123 here"),
+            format!("--note=use {REDACTED} here")
+        );
+        assert_eq!(r1("(sk-ant-api03-x_Y)"), format!("({REDACTED})"));
+        assert_eq!(r1("x,sk-abc,y"), format!("x,{REDACTED},y"));
+        assert_eq!(r1("https://x-access-token:ghp_AbC1@github.com/o/r"), {
+            format!("https://x-access-token:{REDACTED}")
+        });
+        assert_eq!(r1("glpat-xyz"), REDACTED);
+        // Not at a word start: no token.
+        assert_eq!(r1("task-runner"), "task-runner");
+        assert_eq!(r1("disk-usage"), "disk-usage");
+        assert_eq!(r1("sk-"), "sk-");
+    }
+
+    #[test]
+    fn redacts_bearer_and_authorization() {
+        assert_eq!(r1("Bearer abc.def"), format!("Bearer {REDACTED}"));
+        assert_eq!(r1("bearer   abc rest"), format!("bearer   {REDACTED} rest"));
+        assert_eq!(
+            r1("Authorization: Basic dXNlcjpw"),
+            format!("Authorization: {REDACTED}")
+        );
+        assert_eq!(r1("x-api-key: abc"), format!("x-api-key: {REDACTED}"));
+        assert_eq!(
+            r1(r#"{"api_key":"abc","n":1}"#),
+            format!(r#"{{"api_key":"{REDACTED}","n":1}}"#)
+        );
+        // As separate arguments.
+        assert_eq!(
+            redact(&s(&["curl", "Bearer", "abc"])),
+            s(&["curl", "Bearer", REDACTED])
+        );
+        assert_eq!(
+            redact(&s(&["Authorization:", "Bearer", "abc"])),
+            s(&["Authorization:", "Bearer", REDACTED])
+        );
+        // A word merely starting with a scheme name is not one.
+        assert_eq!(r1("bearers all"), "bearers all");
+        assert_eq!(r1("Bearer"), "Bearer");
+    }
+
+    #[test]
+    fn redacts_secret_flags_both_forms() {
+        for flag in [
+            "--token",
+            "--api-key",
+            "--password",
+            "--secret",
+            "-token",
+            "--apiKey",
+        ] {
+            assert_eq!(
+                redact(&s(&["oc", flag, "v"])),
+                s(&["oc", flag, REDACTED]),
+                "{flag} X"
+            );
+            assert_eq!(
+                redact(&s(&["oc", &format!("{flag}=v w"), "y"])),
+                s(&["oc", &format!("{flag}={REDACTED}"), "y"]),
+                "{flag}=X"
+            );
+        }
+        // A value past the third argument is not recorded at all.
+        assert_eq!(
+            redact(&s(&["oc", "run", "--password", "v"])),
+            s(&["oc", "run", "--password"])
+        );
+        // Flags naming a file or URL of a secret are not secret themselves.
+        assert_eq!(
+            redact(&s(&["oc", "--token-file", "/run/t"])),
+            s(&["oc", "--token-file", "/run/t"])
+        );
+        assert_eq!(r1("--auth-url=https://h/"), "--auth-url=https://h/");
+    }
+
+    #[test]
+    fn redacts_assignments_case_insensitively() {
+        for name in [
+            "key",
+            "token",
+            "secret",
+            "password",
+            "API_KEY",
+            "api_key",
+            "Api-Key",
+            "OPENAI_API_KEY",
+            "GITHUB_TOKEN",
+            "DB_PASSWORD",
+            "PGPASSWORD",
+            "apikey",
+            "AWS_SECRET_ACCESS_KEY",
+            "SECRET_KEY_BASE",
+            "clientSecret",
+        ] {
+            assert_eq!(
+                r1(&format!("{name}=v1")),
+                format!("{name}={REDACTED}"),
+                "{name}"
+            );
+        }
+        // Embedded: only the value, up to its end.
+        assert_eq!(r1("API_KEY=abc node app.js"), format!("API_KEY={REDACTED}"));
+        assert_eq!(
+            r1("cd /x && API_KEY=abc node app.js"),
+            format!("cd /x && API_KEY={REDACTED} node app.js")
+        );
+        assert_eq!(
+            r1("https://h/p?token=abc&page=2"),
+            format!("https://h/p?token={REDACTED}&page=2")
+        );
+        // Not secrets.
+        for keep in [
+            "keyboard=us",
+            "--author=me",
+            "PWD=/home/u",
+            "LANG=C.UTF-8",
+            "KEY_FILE=/k.pem",
+            "--session=abc",
+            "a=b",
+            "password=",
+        ] {
+            assert_eq!(r1(keep), keep);
+        }
+    }
+
+    #[test]
+    fn splits_a_rewritten_title() {
+        let no_file = |_: &str| false;
+        assert_eq!(
+            parse_cmdline(b"openclaw-gateway --token abc\0\0\0\0", no_file),
+            s(&["openclaw-gateway", "--token", REDACTED])
+        );
+        assert_eq!(
+            parse_cmdline(b"node /app/openclaw.mjs gateway --port 18789", no_file),
+            s(&["node", "/app/openclaw.mjs", "gateway"])
+        );
+        assert_eq!(
+            parse_cmdline(b"curl -H Authorization: Bearer sk-abc\0", no_file),
+            s(&["curl", "-H", "Authorization:"])
+        );
+        assert_eq!(
+            parse_cmdline(b"x --header=Authorization: Bearer abc", no_file),
+            s(&["x", "--header=Authorization:", REDACTED])
+        );
+        assert_eq!(
+            parse_cmdline(b"worker API_KEY=abc", no_file),
+            s(&["worker", &format!("API_KEY={REDACTED}")])
+        );
+        // NUL-separated arguments with spaces stay whole.
+        assert_eq!(
+            parse_cmdline(b"python3\0-c\0print(1); x = 2\0", no_file),
+            s(&["python3", "-c", "print(1); x = 2"])
+        );
+        assert_eq!(
+            parse_cmdline(b"sh\0-c\0sleep 1\0extra\0", no_file),
+            s(&["sh", "-c", "sleep 1"])
+        );
+        // A lone argv[0] that is a path with a space stays whole.
+        assert_eq!(
+            parse_cmdline(b"/opt/My App/app\0", |p| p == "/opt/My App/app"),
+            s(&["/opt/My App/app"])
+        );
+        assert_eq!(parse_cmdline(b"", no_file), Vec::<String>::new());
+        assert_eq!(parse_cmdline(b"\0\0", no_file), Vec::<String>::new());
+        assert_eq!(parse_cmdline(b"sleep\0", no_file), s(&["sleep"]));
+    }
+
+    #[test]
     fn resolves_self_threads_and_children() {
         let cache = IdentityCache::new();
         let me = std::process::id();
@@ -462,10 +1128,6 @@ mod tests {
         let c2 = cache.caller(me, 0, 0);
         assert!(Arc::ptr_eq(&p, c2.process.as_ref().unwrap()));
         // Another thread of this process shares the process identity.
-        let tid = std::thread::spawn(|| nix::unistd::gettid().as_raw() as u32)
-            .join()
-            .unwrap();
-        let _ = tid; // exited: resolve a live one instead
         let (tx, rx) = std::sync::mpsc::channel();
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let h = std::thread::spawn(move || {
@@ -503,7 +1165,7 @@ mod tests {
     }
 
     fn wait_exec(pid: u32, comm: &str) {
-        for _ in 0..200 {
+        for _ in 0..400 {
             let c = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
             let args = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             if c.trim() == comm && !args.is_empty() {
@@ -514,10 +1176,17 @@ mod tests {
         panic!("{pid} never became {comm}");
     }
 
+    fn marks(cache: &IdentityCache) -> usize {
+        let n = cache.marks.lock().len();
+        assert_eq!(n, cache.marks_len.load(Ordering::Relaxed));
+        n
+    }
+
     #[test]
     fn refreshes_comm_after_exec() {
         use std::io::Write;
-        let cache = IdentityCache::new();
+        // A long interval: only the exec mark can cause the refresh.
+        let cache = IdentityCache::with_revalidate(Duration::from_secs(3600));
         let mut child = std::process::Command::new("sh")
             .args(["-c", "read x; exec sleep 5"])
             .stdin(std::process::Stdio::piped())
@@ -526,15 +1195,287 @@ mod tests {
         let pid = child.id();
         wait_exec(pid, "sh");
         assert_eq!(cache.caller(pid, 0, 0).process.unwrap().comm, "sh");
-        cache.note_exec(pid);
+        // Without a mark, a hit keeps the cached identity.
+        assert_eq!(cache.caller(pid, 0, 0).process.unwrap().comm, "sh");
         child.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
-        std::thread::sleep(Duration::from_millis(200));
+        wait_exec(pid, "sleep");
+        assert_eq!(
+            cache.caller(pid, 0, 0).process.unwrap().comm,
+            "sh",
+            "an unseen exec waits for the revalidation"
+        );
+        cache.note_exec(pid);
+        assert_eq!(marks(&cache), 1);
         let p = cache.caller(pid, 0, 0).process.unwrap();
-        assert_eq!(p.comm, "sleep", "comm refreshed after the exec");
-        assert_eq!(p.cmdline, vec!["sleep".to_string(), "5".to_string()]);
-        // Without note_exec the cached identity is kept (no /proc read on a hit).
+        assert_eq!(
+            p.comm, "sleep",
+            "comm refreshed at the first request after the mark"
+        );
+        assert_eq!(p.cmdline, s(&["sleep", "5"]));
+        assert!(p.exe.as_deref().unwrap().ends_with("sleep"));
+        assert_eq!(marks(&cache), 0, "the mark is consumed");
+        // Then plain hits on the refreshed identity.
+        let p2 = cache.caller(pid, 0, 0).process.unwrap();
+        assert!(Arc::ptr_eq(&p, &p2));
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    #[test]
+    fn exec_mark_is_honoured_on_a_tid_miss_and_updates_sibling_threads() {
+        // Our own process, with a stale identity planted in both maps (as if read
+        // during an execve) for this thread and for a second live thread.
+        let cache = IdentityCache::with_revalidate(Duration::from_secs(3600));
+        let me = std::process::id();
+        let real = cache.caller(me, 0, 0).process.unwrap();
+        let stale = Arc::new(ProcessInfo {
+            comm: "old-image".into(),
+            ..(*real).clone()
+        });
+        let key = (real.pid, real.starttime);
+        let image = cache.procs.read()[&key].image;
+        cache.procs.write().insert(
+            key,
+            ProcEntry {
+                info: stale.clone(),
+                image,
+                at: Instant::now(),
+            },
+        );
+        cache.tids.write().get_mut(&me).unwrap().process = stale.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let h = std::thread::spawn(move || {
+            tx.send(nix::unistd::gettid().as_raw() as u32).unwrap();
+            done_rx.recv().unwrap();
+        });
+        let tid = rx.recv().unwrap();
+        assert_eq!(cache.caller(me, 0, 0).process.unwrap().comm, "old-image");
+        cache.note_exec(me);
+        // The first request after the mark comes from a thread not cached yet.
+        let p = cache.caller(tid, 0, 0).process.unwrap();
+        assert_eq!(p.comm, real.comm);
+        assert_eq!(marks(&cache), 0);
+        // The main thread's cached entry now holds the refreshed identity too.
+        let pm = cache.caller(me, 0, 0).process.unwrap();
+        assert!(Arc::ptr_eq(&p, &pm), "sibling thread entries are updated");
+        done_tx.send(()).unwrap();
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn revalidation_notices_an_exec_off_the_mount() {
+        // The exec'd binary is not on any mount: no note_exec, only the periodic check.
+        let interval = Duration::from_millis(50);
+        let cache = IdentityCache::with_revalidate(interval);
+        let lazy = IdentityCache::with_revalidate(Duration::from_secs(3600));
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 0.3; exec sleep 2"])
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        wait_exec(pid, "sh");
+        let before = cache.caller(pid, 0, 0).process.unwrap();
+        assert_eq!(lazy.caller(pid, 0, 0).process.unwrap().comm, "sh");
+        assert_eq!(before.comm, "sh");
+        let sh_exe = before.exe.clone().unwrap();
+        assert!(!sh_exe.ends_with("/sleep"), "{sh_exe}");
+        wait_exec(pid, "sleep");
+        std::thread::sleep(interval * 2);
+        let after = cache.caller(pid, 0, 0).process.unwrap();
+        assert_eq!(after.comm, "sleep");
+        assert!(after.exe.as_deref().unwrap().ends_with("/sleep"));
+        assert_eq!(after.cmdline, s(&["sleep", "2"]));
+        assert_eq!(after.starttime, before.starttime, "same process");
+        // A cache whose interval has not passed still shows the old image.
+        assert_eq!(lazy.caller(pid, 0, 0).process.unwrap().comm, "sh");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn revalidation_notices_an_exec_of_the_same_binary() {
+        // Same exe and comm before and after; only the address space (and cmdline) differ.
+        let interval = Duration::from_millis(50);
+        let cache = IdentityCache::with_revalidate(interval);
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 0.3; exec sh -c 'sleep 2; true'"])
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        wait_exec(pid, "sh");
+        let before = cache.caller(pid, 0, 0).process.unwrap();
+        assert_eq!(before.cmdline[1], "-c");
+        assert!(before.cmdline[2].starts_with("sleep 0.3"));
+        let inner = "sleep 2; true";
+        for _ in 0..400 {
+            let raw = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if raw.ends_with(b"sleep 2; true\0") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(interval * 2);
+        let after = cache.caller(pid, 0, 0).process.unwrap();
+        assert_eq!(after.exe, before.exe);
+        assert_eq!(after.cmdline, s(&["sh", "-c", inner]));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    fn fake_tid(process: &Arc<ProcessInfo>, age: Duration) -> TidEntry {
+        TidEntry {
+            process: process.clone(),
+            thread_start: 1,
+            image: None,
+            checked: Instant::now() - age,
+        }
+    }
+
+    #[test]
+    fn tid_map_stays_bounded_when_all_entries_are_recent() {
+        let cache = IdentityCache::new();
+        let me = std::process::id();
+        let p = cache.caller(me, 0, 0).process.unwrap();
+        {
+            let mut tids = cache.tids.write();
+            tids.remove(&me);
+            // All recent (well within the interval); fake tids above pid_max.
+            for i in 0..MAX_ENTRIES as u32 {
+                let age = Duration::from_micros(u64::from(MAX_ENTRIES as u32 - i));
+                tids.insert(5_000_000 + i, fake_tid(&p, age));
+            }
+            assert_eq!(tids.len(), MAX_ENTRIES);
+        }
+        assert!(cache.caller(me, 0, 0).process.is_some());
+        let tids = cache.tids.read();
+        assert!(tids.len() <= MAX_ENTRIES, "{}", tids.len());
+        assert!(tids.len() <= LOW_WATER + 1, "swept to the low-water mark");
+        assert!(tids.contains_key(&me));
+        assert!(!tids.contains_key(&5_000_000), "the oldest is evicted");
+        assert!(
+            tids.contains_key(&(5_000_000 + MAX_ENTRIES as u32 - 1)),
+            "the newest kept"
+        );
+    }
+
+    #[test]
+    fn process_map_stays_bounded_and_keeps_live_entries_until_it_must() {
+        let cache = IdentityCache::new();
+        let me = std::process::id();
+        let mine = cache.caller(me, 0, 0).process.unwrap();
+        let held: Vec<Arc<ProcessInfo>>;
+        {
+            let mut procs = cache.procs.write();
+            let key = (mine.pid, mine.starttime);
+            let own = procs.remove(&key).unwrap();
+            // Half unreferenced, half referenced (by `held`): all in use for the second.
+            let mut h = Vec::new();
+            let n = MAX_ENTRIES as u32;
+            for i in 0..n {
+                let info = Arc::new(ProcessInfo {
+                    pid: 5_000_000 + i,
+                    ..Default::default()
+                });
+                if i % 2 == 0 {
+                    h.push(info.clone());
+                }
+                procs.insert(
+                    (5_000_000 + i, 1),
+                    ProcEntry {
+                        info,
+                        image: None,
+                        at: Instant::now() - Duration::from_micros(u64::from(n - i)),
+                    },
+                );
+            }
+            drop(own);
+            held = h;
+            assert_eq!(procs.len(), MAX_ENTRIES);
+        }
+        cache.tids.write().remove(&me);
+        assert!(cache.caller(me, 0, 0).process.is_some());
+        {
+            let procs = cache.procs.read();
+            // The unreferenced half went first; that was enough.
+            assert_eq!(procs.len(), MAX_ENTRIES / 2 + 1);
+            assert!(procs.contains_key(&(5_000_000, 1)));
+            assert!(!procs.contains_key(&(5_000_001, 1)));
+        }
+        // Now every entry is referenced: the oldest go.
+        let more: Vec<Arc<ProcessInfo>> = {
+            let mut procs = cache.procs.write();
+            (0..MAX_ENTRIES as u32 / 2)
+                .map(|i| {
+                    let info = Arc::new(ProcessInfo::default());
+                    procs.insert(
+                        (6_000_000 + i, 1),
+                        ProcEntry {
+                            info: info.clone(),
+                            image: None,
+                            at: Instant::now(),
+                        },
+                    );
+                    info
+                })
+                .collect()
+        };
+        let key = (mine.pid, mine.starttime);
+        cache.procs.write().remove(&key);
+        cache.tids.write().remove(&me);
+        assert!(cache.procs.read().len() >= MAX_ENTRIES);
+        assert!(cache.caller(me, 0, 0).process.is_some());
+        let procs = cache.procs.read();
+        assert!(procs.len() <= LOW_WATER + 1, "{}", procs.len());
+        assert!(procs.contains_key(&key));
+        assert!(
+            !procs.contains_key(&(5_000_000, 1)),
+            "the oldest is evicted"
+        );
+        drop((held, more));
+    }
+
+    #[test]
+    fn exec_marks_expire_and_stay_bounded() {
+        let cache = IdentityCache::with_revalidate(Duration::ZERO);
+        let me = std::process::id();
+        cache.caller(me, 0, 0);
+        {
+            let mut m = cache.marks.lock();
+            for i in 0..MAX_ENTRIES as u32 {
+                m.insert(5_000_000 + i, Instant::now());
+            }
+            cache.marks_len.store(m.len(), Ordering::Release);
+        }
+        cache.note_exec(me);
+        assert!(marks(&cache) <= LOW_WATER + 1);
+        assert!(cache.marks.lock().contains_key(&me));
+        // Old marks expire at the next revalidation.
+        {
+            let mut m = cache.marks.lock();
+            m.clear();
+            m.insert(
+                4_999_999,
+                Instant::now() - EXEC_MARK_TTL - Duration::from_secs(1),
+            );
+            cache.marks_len.store(m.len(), Ordering::Release);
+        }
+        cache.caller(me, 0, 0);
+        assert_eq!(marks(&cache), 0);
+    }
+
+    #[test]
+    fn evict_oldest_always_bounds() {
+        let now = Instant::now();
+        let mut m: HashMap<u32, Instant> = (0..100).map(|i| (i, now)).collect();
+        evict_oldest(&mut m, 10, |v| *v);
+        assert!(m.len() <= 10, "ties are dropped too");
+        let mut m: HashMap<u32, Instant> = (0..100)
+            .map(|i| (i, now - Duration::from_millis(100 - u64::from(i))))
+            .collect();
+        evict_oldest(&mut m, 10, |v| *v);
+        assert_eq!(m.len(), 10);
+        assert!((90..100).all(|i| m.contains_key(&i)));
     }
 
     #[test]
