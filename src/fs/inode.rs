@@ -51,6 +51,10 @@ pub struct Inode {
     /// Mutations of this inode in flight through us; while non-zero, a changed backing
     /// stat is ours, not `external`.
     busy: std::sync::atomic::AtomicU32,
+    /// Journal order: an operation that records a change of this inode holds it from
+    /// before the change until its record is appended. A WRITE replies to the kernel
+    /// while holding it, so the inode's next operation is recorded after the write.
+    pub order: Mutex<()>,
 }
 
 /// Marks an inode as being changed by us for the guard's lifetime.
@@ -156,6 +160,7 @@ impl InodeTable {
             read_fd: Mutex::new(None),
             writers: Default::default(),
             busy: Default::default(),
+            order: Mutex::new(()),
         });
         let mut by_id = HashMap::new();
         by_id.insert(ROOT_ID, root);
@@ -215,6 +220,7 @@ impl InodeTable {
                 read_fd: Mutex::new(None),
                 writers: Default::default(),
                 busy: Default::default(),
+                order: Mutex::new(()),
             })
         });
         inode.lookups.fetch_add(1, Ordering::AcqRel);

@@ -8,6 +8,7 @@ mod clock;
 mod handle;
 mod inode;
 mod record;
+mod replied;
 mod virt;
 
 use std::ffi::OsStr;
@@ -86,6 +87,7 @@ pub struct SessionFs {
     lanes: LaneDeclarations,
     tracker: TranscriptTracker,
     rewrites: transcript::Rewrites,
+    replied: replied::Replied,
     journal: Option<Arc<Journal>>,
     virt: VirtualFiles,
     cfg: FsConfig,
@@ -187,6 +189,7 @@ impl SessionFs {
             lanes: LaneDeclarations::new(),
             tracker: TranscriptTracker::new(cfg.tracked_files),
             rewrites: transcript::Rewrites::default(),
+            replied: replied::Replied::default(),
             journal,
             virt: VirtualFiles::new(),
             cfg,
@@ -363,6 +366,7 @@ impl fuser::Filesystem for SessionFs {
         let Ok(inode) = self.inode(ino) else {
             return reply.error(FErrno::ENOENT);
         };
+        let _order = inode.order.lock();
         let _busy = inode.busy();
         let handle = fh.and_then(|f| self.files.get(f.0));
         let res = self.do_setattr(
@@ -551,6 +555,7 @@ impl fuser::Filesystem for SessionFs {
         let (Ok(inode), Ok(np)) = (self.inode(ino), self.inode(newparent)) else {
             return reply.error(FErrno::ENOENT);
         };
+        let _order = inode.order.lock();
         let _busy = inode.busy();
         let res = sys::cname(newname).and_then(|c| {
             let src = sys::proc_fd_path(inode.fd().as_raw_fd());
@@ -594,6 +599,8 @@ impl fuser::Filesystem for SessionFs {
         let Ok(inode) = self.inode(ino) else {
             return reply.error(FErrno::ENOENT);
         };
+        let order_inode = inode.clone();
+        let _order = order_inode.order.lock();
         let truncating = flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY;
         let before = if truncating {
             let st = sys::fstat(inode.fd()).ok();
@@ -715,10 +722,7 @@ impl fuser::Filesystem for SessionFs {
         let Some(h) = self.files.get(fh.0) else {
             return reply.error(FErrno::EBADF);
         };
-        match self.do_write(req, &h, offset, data, write_flags) {
-            Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(err(e)),
-        }
+        self.do_write(req, &h, offset, data, write_flags, reply)
     }
 
     fn flush(
@@ -749,6 +753,7 @@ impl fuser::Filesystem for SessionFs {
             return reply.ok();
         }
         if let Some(h) = self.files.remove(fh.0) {
+            let _order = h.inode.order.lock();
             let mut ended = None;
             if h.writable && h.inode.writer_released() {
                 ended = self.end_rewrite(&h.inode);
@@ -762,6 +767,7 @@ impl fuser::Filesystem for SessionFs {
         let Some(h) = self.files.get(fh.0) else {
             return reply.error(FErrno::EBADF);
         };
+        let _order = h.inode.order.lock();
         let res = if datasync {
             nix::unistd::fdatasync(h.fd())
         } else {
@@ -976,6 +982,7 @@ impl fuser::Filesystem for SessionFs {
         let Ok(inode) = self.inode(ino) else {
             return reply.error(FErrno::ENOENT);
         };
+        let _order = inode.order.lock();
         if name.as_bytes() == LANE_XATTR.as_bytes() {
             // Virtual: never stored on the backing file (no ctime change).
             let caller = self.ids.caller(req.pid(), req.uid(), req.gid());
@@ -1031,6 +1038,7 @@ impl fuser::Filesystem for SessionFs {
                     .map(|l| l.as_bytes().to_vec())
                     .ok_or(FErrno::NO_XATTR)
             } else if name.as_bytes() == SEQ_XATTR.as_bytes() {
+                self.replied.wait();
                 let path = self.inodes.path_of(&inode);
                 self.journal
                     .as_ref()
@@ -1095,6 +1103,7 @@ impl fuser::Filesystem for SessionFs {
         let Ok(inode) = self.inode(ino) else {
             return reply.error(FErrno::ENOENT);
         };
+        let _order = inode.order.lock();
         if name.as_bytes() == LANE_XATTR.as_bytes() {
             let caller = self.ids.caller(req.pid(), req.uid(), req.gid());
             self.lanes.declare(&caller, inode.ino, None);
@@ -1198,6 +1207,7 @@ impl fuser::Filesystem for SessionFs {
         let Some(h) = self.files.get(fh.0) else {
             return reply.error(FErrno::EBADF);
         };
+        let _order = h.inode.order.lock();
         let _busy = h.inode.busy();
         let before = sys::fstat(h.fd()).ok();
         let res = sys::fallocate(h.fd(), mode, offset, length);
@@ -1259,12 +1269,11 @@ impl fuser::Filesystem for SessionFs {
         // Read then write through our own write path, so the journal and transcript
         // decoder see the bytes exactly as for a WRITE.
         let mut buf = vec![0u8; len.min(16 << 20) as usize];
-        let res = sys::pread(hi.fd(), &mut buf, offset_in).and_then(|n| {
-            hi.count_read(n);
-            self.do_write(req, &ho, offset_out, &buf[..n], WriteFlags::empty())
-        });
-        match res {
-            Ok(n) => reply.written(n as u32),
+        match sys::pread(hi.fd(), &mut buf, offset_in) {
+            Ok(n) => {
+                hi.count_read(n);
+                self.do_write(req, &ho, offset_out, &buf[..n], WriteFlags::empty(), reply)
+            }
             Err(e) => reply.error(err(e)),
         }
     }
@@ -1414,15 +1423,22 @@ impl SessionFs {
         offset: u64,
         data: &[u8],
         wflags: WriteFlags,
-    ) -> SysResult<usize> {
+        reply: ReplyWrite,
+    ) {
         if self.cfg.read_only {
-            return Err(Errno::EROFS);
+            return reply.error(FErrno::EROFS);
         }
+        // Held until this write's record is in the journal, so that the inode's next
+        // operation (which may arrive as soon as we reply) is recorded after it.
+        let _order = h.inode.order.lock();
         let _busy = h.inode.busy();
         let journaling = self.journal.is_some();
         let transcript = journaling && self.is_transcript(&h.inode);
         let before = if journaling {
-            let st = sys::fstat(h.fd())?;
+            let st = match sys::fstat(h.fd()) {
+                Ok(st) => st,
+                Err(e) => return reply.error(err(e)),
+            };
             // Only our own guard may be in flight: then a moved stat is not ours.
             self.check_external(req, &h.inode, &st, 1);
             Some(st)
@@ -1460,7 +1476,23 @@ impl SessionFs {
         if let Ok(n) = res {
             h.count_write(n);
         }
-        if journaling {
+        if !journaling {
+            return match res {
+                Ok(n) => reply.written(n as u32),
+                Err(e) => reply.error(err(e)),
+            };
+        }
+        // Reply before the journal work: the writer goes on at once (one round trip
+        // costs the writer a sleep and a wake-up, so latency here is throughput). The
+        // identity is taken now, while the caller is certainly alive; the ticket
+        // makes journal readers wait for this record (`Replied`).
+        let caller = self.ids.caller(req.pid(), req.uid(), req.gid());
+        let ticket = self.replied.begin();
+        match res {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(err(e)),
+        }
+        {
             // O_APPEND: the backing kernel wrote at its EOF, whatever offset said.
             let real_off = match (&res, &after) {
                 (Ok(n), Some(st)) if h.append() => (st.st_size as u64).saturating_sub(*n as u64),
@@ -1485,7 +1517,7 @@ impl SessionFs {
                 self.put_back(&h.inode, &c.entries, real_off, &data[..*n]);
             }
             let path = self.inodes.path_of(&h.inode);
-            self.record(req, "write", path, Some(h.inode.ino), |r| {
+            self.record_as(&caller, "write", path, Some(h.inode.ino), |r| {
                 r.offset = Some(real_off);
                 r.len = Some(*res.as_ref().unwrap_or(&data.len()) as u64);
                 if h.append() {
@@ -1508,7 +1540,7 @@ impl SessionFs {
                 }
             });
         }
-        res
+        drop(ticket);
     }
 
     fn do_create(
@@ -1599,6 +1631,7 @@ impl SessionFs {
         let vinode = vst
             .as_ref()
             .and_then(|st| self.inodes.get(self.inodes.id_for(st.st_dev, st.st_ino)));
+        let _order = vinode.as_ref().map(|i| i.order.lock());
         let _busy = vinode.as_ref().map(|i| i.busy());
         let flags = if dir {
             nix::unistd::UnlinkatFlags::RemoveDir
@@ -1682,6 +1715,14 @@ impl SessionFs {
             .ok()
             .and_then(|fd| sys::fstat(fd.as_fd()).ok())
             .and_then(|st| self.inodes.get(self.inodes.id_for(st.st_dev, st.st_ino)));
+        let replaced_inode = rst
+            .as_ref()
+            .and_then(|st| self.inodes.get(self.inodes.id_for(st.st_dev, st.st_ino)))
+            .filter(|r| moved.as_ref().is_none_or(|m| m.id != r.id));
+        // Both journal-order locks, in node id order (no deadlock with a crossed rename).
+        let mut locked: Vec<&Arc<Inode>> = moved.iter().chain(replaced_inode.iter()).collect();
+        locked.sort_by_key(|i| i.id);
+        let _order: Vec<_> = locked.iter().map(|i| i.order.lock()).collect();
         let _busy = moved.as_ref().map(|i| i.busy());
         let res = sys::renameat2(p.fd(), &c, np.fd(), &nc, flags);
         let path = self.child_path(p, name);

@@ -151,6 +151,8 @@ impl SessionFs {
 
     /// Attributes of a virtual node: current size, TTL 0 at the call site.
     pub(super) fn virtual_attr(&self, id: u64) -> Option<FileAttr> {
+        // Records of requests that already returned count in the size.
+        self.replied.wait();
         let nodes = self.virt.nodes.read();
         let n = nodes.get(&id)?;
         let j = self.journal.as_ref()?;
@@ -164,6 +166,7 @@ impl SessionFs {
 
     /// Bytes of a virtual node.
     pub(super) fn virtual_read(&self, id: u64, offset: u64, size: usize) -> Option<Vec<u8>> {
+        self.replied.wait();
         let kind = self.virt.nodes.read().get(&id)?.kind.clone();
         let j = self.journal.as_ref()?;
         Some(match &kind {
