@@ -119,48 +119,85 @@ fn not_on_mount(target: &Path, vf: &Path, e: &io::Error) -> String {
     }
 }
 
+/// Bytes read per probe: enough for the byte before `off`, the rest of a typical
+/// record (a few hundred bytes, a few KiB with transcript entries) and the next head.
+const PROBE: usize = 16 << 10;
+
 /// `seq` of the first complete record starting at or after `off`, and its offset.
+/// Usually one read (one FUSE round trip); records longer than [`PROBE`] take more.
 fn record_at(f: &File, off: u64, len: u64) -> io::Result<Option<(u64, u64)>> {
-    let mut pos = off;
-    let mut buf = vec![0u8; 4096];
-    // Skip to the start of the next record unless `off` is one.
-    if off > 0 {
-        let mut prev = [0u8; 1];
-        f.read_at(&mut prev, off - 1)?;
-        if prev[0] != b'\n' {
-            loop {
-                if pos >= len {
-                    return Ok(None);
-                }
-                let n = f.read_at(&mut buf, pos)?;
-                if n == 0 {
-                    return Ok(None);
-                }
-                if let Some(i) = buf[..n].iter().position(|b| *b == b'\n') {
-                    pos += i as u64 + 1;
-                    break;
-                }
-                pos += n as u64;
-            }
+    let mut buf = vec![0u8; PROBE];
+    // Read from the byte before `off`, so one read shows whether `off` starts a record.
+    let mut base = off.saturating_sub(1);
+    let mut n = f.read_at(&mut buf, base)?;
+    let mut start = if off == 0 {
+        Some(0)
+    } else {
+        buf[..n].iter().position(|b| *b == b'\n').map(|i| i + 1)
+    };
+    // A long record: keep scanning for its end.
+    while start.is_none() {
+        base += n as u64;
+        if base >= len || n == 0 {
+            return Ok(None);
         }
+        n = f.read_at(&mut buf, base)?;
+        start = buf[..n].iter().position(|b| *b == b'\n').map(|i| i + 1);
     }
+    let s = start.expect("found");
+    let pos = base + s as u64;
     if pos >= len {
         return Ok(None);
     }
-    let n = f.read_at(&mut buf, pos)?;
-    // `"seq":` is the first key of every record.
-    let head = std::str::from_utf8(&buf[..n.min(64)]).unwrap_or("");
-    let seq = head
-        .strip_prefix("{\"seq\":")
-        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|d| d.parse().ok());
-    Ok(seq.map(|s| (s, pos)))
+    if n - s < 32 {
+        n = f.read_at(&mut buf, pos)?;
+        return Ok(head_seq(&buf[..n]).map(|q| (q, pos)));
+    }
+    Ok(head_seq(&buf[s..n]).map(|q| (q, pos)))
 }
 
-/// Byte offset of the first record with seq > `since` (binary search).
+/// `seq` from the head of a record: `"seq":` is the first key of every record.
+fn head_seq(b: &[u8]) -> Option<u64> {
+    let head = std::str::from_utf8(&b[..b.len().min(64)]).ok()?;
+    head.strip_prefix("{\"seq\":")
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|d| d.parse().ok())
+}
+
+/// Byte offset of the first record with seq > `since`: interpolation steps first
+/// (records are of similar size, so a handful of probes lands close), then binary
+/// search. Each probe is about one read of the virtual file.
 pub fn seek_since(f: &File, len: u64, since: u64) -> io::Result<u64> {
     let (mut lo, mut hi) = (0u64, len);
     // Invariant: the answer is in [lo, hi]; records starting before lo have seq <= since.
+    let (mut lo_seq, mut hi_seq) = match (
+        record_at(f, 0, len)?,
+        record_at(f, len.saturating_sub(PROBE as u64 / 2), len)?,
+    ) {
+        (Some((a, _)), Some((b, _))) => (a, b),
+        _ => (0, 0),
+    };
+    if lo_seq > since {
+        return Ok(0);
+    }
+    for _ in 0..4 {
+        if hi - lo < 4 * PROBE as u64 || hi_seq <= lo_seq || since >= hi_seq {
+            break;
+        }
+        let frac = (since - lo_seq) as f64 / (hi_seq - lo_seq) as f64;
+        let mid = lo + ((hi - lo) as f64 * frac) as u64;
+        match record_at(f, mid, len)? {
+            Some((seq, pos)) if seq <= since && pos < hi => {
+                lo = pos + 1;
+                lo_seq = seq;
+            }
+            Some((seq, pos)) if pos < hi && pos > lo => {
+                hi = pos;
+                hi_seq = seq;
+            }
+            _ => break,
+        }
+    }
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
         match record_at(f, mid, len)? {

@@ -910,7 +910,14 @@ struct Writer {
     /// Writing `next_seq` is failing: logged once until it succeeds again.
     reserve_failing: bool,
     last_retain: Instant,
+    /// Last `malloc_trim`.
+    last_trim: Instant,
 }
+
+/// How often the writer gives freed heap memory back to the kernel while records flow.
+/// Record serialisation on several threads fragments the heap; without a trim, the
+/// daemon's RSS after 1,000,000 records stays ~10 MiB above what it uses.
+const TRIM_EVERY: Duration = Duration::from_secs(2);
 
 fn writer_loop(sh: Arc<Shared>, rx: Receiver<Msg>) {
     let every = sh.opts.retain_every.max(Duration::from_millis(10));
@@ -919,6 +926,7 @@ fn writer_loop(sh: Arc<Shared>, rx: Receiver<Msg>) {
         write_failing: false,
         reserve_failing: false,
         last_retain: Instant::now(),
+        last_trim: Instant::now(),
     };
     loop {
         let first = match rx.recv_timeout(every.saturating_sub(w.last_retain.elapsed())) {
@@ -968,6 +976,11 @@ fn writer_loop(sh: Arc<Shared>, rx: Receiver<Msg>) {
             retain(&mut sh.state.lock(), &sh.opts, SystemTime::now());
         }
         flush(&sh, &mut w);
+        if w.last_trim.elapsed() >= TRIM_EVERY {
+            w.last_trim = Instant::now();
+            // SAFETY: malloc_trim only returns free heap memory to the kernel.
+            unsafe { libc::malloc_trim(0) };
+        }
         for s in syncs {
             let _ = s.send(());
         }
@@ -1050,9 +1063,12 @@ fn flush(sh: &Shared, w: &mut Writer) {
         if let Some(s) = st.segments.iter_mut().find(|s| s.n == n) {
             debug_assert_eq!(s.flushed, at);
             s.tail.drain(..done);
-            // A burst can grow the tail; give the memory back once written.
-            if s.tail.capacity() > 4 << 20 && s.tail.len() < 1 << 20 {
-                s.tail.shrink_to(1 << 20);
+            // A burst can grow the tail; give the memory back once written (a
+            // capacity kept by each of dozens of segments adds up to ~100 MiB).
+            if s.tail.is_empty() {
+                s.tail = Vec::new();
+            } else if s.tail.capacity() > 4 * s.tail.len().max(64 << 10) {
+                s.tail.shrink_to(s.tail.len().max(64 << 10));
             }
             s.flushed += done as u64;
             s.modified = SystemTime::now();
