@@ -3,7 +3,9 @@
 //!
 //! Each run: a mock model on 127.0.0.1 with a 3 s delay (the window in which 5.22 has
 //! released its session lock), `openclaw onboard`, the gateway, a WebSocket client that
-//! calls `sessions.list` / `chat.history` every 50 ms, and 5 `openclaw agent` turns.
+//! calls both `sessions.list` and `chat.history` on a 50 ms tick (at most one call per
+//! method in flight, and backing off to half the gateway's time when calls take longer
+//! than the tick: see tests/e2e/ws_client.mjs), and 5 `openclaw agent` turns.
 //! Recipe: shared/OPENCLAW-E2E.md. Set-up: `tests/e2e/setup.sh` (run by tests/run.sh).
 //!
 //! Skipped only when `SESSIONFS_SKIP_E2E=1` and `CI` is not `true`; otherwise a missing
@@ -448,6 +450,23 @@ fn run_scenario(label: &str, on_mount: bool) -> Outcome {
     assert_eq!(
         ws_summary["errors"], 0,
         "read-only calls failed: {ws_summary}"
+    );
+    // Both methods were called, answered, and never failed; nothing was left
+    // unanswered at the stop.
+    for method in ["sessions.list", "chat.history"] {
+        let m = &ws_summary["methods"][method];
+        let ok = m["ok"].as_u64().unwrap_or(0);
+        assert!(ok >= 1, "no successful {method} call: {ws_summary}");
+        assert_eq!(m["err"], 0, "{method} calls failed: {ws_summary}");
+        assert_eq!(
+            m["sent"].as_u64(),
+            Some(ok),
+            "{method}: calls sent but not answered: {ws_summary}"
+        );
+    }
+    assert_eq!(
+        ws_summary["inFlightAtStop"], 0,
+        "calls unanswered 5 s after the stop: {ws_summary}"
     );
     let ws_ok = ws_summary["ok"].as_u64().unwrap_or(0);
     assert!(

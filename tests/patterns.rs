@@ -51,10 +51,15 @@ fn append_storm_16_writers_no_torn_lines() {
         let seq: u64 = it.next().unwrap().parse().expect("torn line: seq");
         let size: usize = it.next().unwrap().parse().expect("torn line: size");
         let payload = it.next().expect("torn line: payload").as_bytes();
+        // append_storm.py writes `head + letter * max(1, size - len(head) - 1) + "\n"`,
+        // i.e. exactly `size` bytes for every size it draws (100 B .. 300 KB).
+        let head = line.len() - payload.len();
+        let want = head + size.saturating_sub(head + 1).max(1) + 1;
+        assert_eq!(want, size, "writer {w} line {seq}: generator/test mismatch");
         assert_eq!(
             line.len() + 1,
-            size.max(line.len() + 1),
-            "torn line: length {} vs declared {size}",
+            want,
+            "torn line {w}/{seq}: length {} vs declared {size}",
             line.len() + 1
         );
         let letter = b'a' + (w % 26) as u8;

@@ -58,6 +58,17 @@ impl Mount {
         }
     }
 
+    /// A guard for a mount made some other way (or that must not happen): whatever is
+    /// mounted at `mnt` when it drops is unmounted.
+    pub fn adopt(mnt: &Path, src: &Path, state: &Path) -> Mount {
+        Mount {
+            mnt: mnt.to_path_buf(),
+            src: src.to_path_buf(),
+            state: state.to_path_buf(),
+            _tmp: None,
+        }
+    }
+
     /// Unmount now (also done on drop).
     pub fn unmount(&mut self) {
         unmount(&self.mnt);
@@ -91,6 +102,17 @@ pub fn is_mounted(p: &Path) -> bool {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let want = p.to_string_lossy();
     info.lines().any(|l| l.split(' ').nth(4) == Some(&*want))
+}
+
+/// Lines of /proc/mounts that mention `p` (as mountpoint or as source).
+pub fn mount_lines(p: &Path) -> Vec<String> {
+    let want = p.to_string_lossy().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&*want))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Unmount `mnt` with `sessionfs umount`, falling back to a lazy umount.

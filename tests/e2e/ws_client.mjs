@@ -1,7 +1,15 @@
 // Control-UI-style read load for the end-to-end test: connects to the gateway's
-// WebSocket on 127.0.0.1, then calls sessions.list and chat.history alternately, one
-// request in flight and 50 ms between a reply and the next request, until
-// the stop file appears (or 10 minutes pass), and prints a JSON summary.
+// WebSocket on 127.0.0.1, then on a 50 ms tick calls both sessions.list and
+// chat.history (one "round"), until the stop file appears (or 10 minutes pass); then
+// waits up to 5 s for the calls in flight and prints a JSON summary.
+//
+// Pacing: a tick starts a round only when (a) the previous round has been answered
+// (never more than one call per method in flight) and (b) the gateway has been left
+// idle by us at least as long as that round took. While rounds answer within 25 ms
+// every tick fires, i.e. each method is called every 50 ms; when the gateway is slower
+// (a loaded 2-core machine: 300-600 ms per call) we take at most half of its time.
+// Keeping both calls in flight back to back saturated the gateway there, and its
+// 16 s connect-handshake timeout then failed the `openclaw agent` CLI's connections.
 // Usage: node ws_client.mjs <port> <token> <stop-file> <openclaw node_modules dir>
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -11,7 +19,20 @@ const [port, token, stopFile, modules] = process.argv.slice(2);
 const require = createRequire(path.join(modules, "openclaw", "package.json"));
 const WebSocket = require("ws");
 
-const stats = { connected: false, sent: 0, ok: 0, errors: 0, lastError: null, methods: {} };
+const METHODS = {
+  "sessions.list": () => ({}),
+  "chat.history": () => ({ sessionKey: "agent:main:main", limit: 50 }),
+};
+const stats = {
+  connected: false, ticks: 0, rounds: 0, skippedBusy: 0, skippedIdle: 0, roundMs: {},
+  sent: 0, ok: 0, errors: 0, inFlightAtStop: 0, lastError: null, methods: {},
+};
+for (const m of Object.keys(METHODS)) stats.methods[m] = { sent: 0, ok: 0, err: 0 };
+const inFlight = new Set(); // methods with a request awaiting its reply
+const roundMs = [];
+let roundStart = 0, roundEnd = 0, lastRound = 0;
+let ticker = null;
+let stopping = false;
 let seq = 0;
 const pending = new Map();
 const ws = new WebSocket(`ws://127.0.0.1:${port}`);
@@ -20,10 +41,14 @@ function send(method, params) {
   const id = String(++seq);
   pending.set(id, method);
   ws.send(JSON.stringify({ type: "req", id, method, params }));
-  if (method !== "connect") stats.sent++;
+  if (method !== "connect") { stats.sent++; stats.methods[method].sent++; inFlight.add(method); }
 }
 
 function finish(code) {
+  if (ticker) clearInterval(ticker);
+  stats.inFlightAtStop = inFlight.size;
+  const r = [...roundMs].sort((a, b) => a - b);
+  if (r.length) stats.roundMs = { median: r[r.length >> 1], max: r[r.length - 1] };
   console.log(JSON.stringify(stats));
   try { ws.close(); } catch {}
   process.exit(code);
@@ -46,20 +71,37 @@ ws.on("message", (raw) => {
   if (method === "connect") {
     if (!msg.ok) { stats.lastError = msg.error; finish(2); }
     stats.connected = true;
-    next();
+    tick();
+    ticker = setInterval(tick, 50);
     return;
   }
-  const m = (stats.methods[method] ??= { ok: 0, err: 0 });
+  if (!method) return;
+  inFlight.delete(method);
+  const m = stats.methods[method];
   if (msg.ok) { stats.ok++; m.ok++; } else { stats.errors++; m.err++; stats.lastError = msg.error; }
-  // One request in flight, like a UI that polls: the next one 50 ms after this reply.
-  // (Firing on a timer regardless of replies floods the gateway's event loop.)
-  setTimeout(next, 50);
+  if (inFlight.size === 0) {
+    roundEnd = Date.now();
+    lastRound = roundEnd - roundStart;
+    roundMs.push(lastRound);
+  }
+  if (stopping && inFlight.size === 0) finish(0);
 });
-let turn = 0;
-function next() {
-  if (existsSync(stopFile)) { finish(0); return; }
-  if (turn++ % 2 === 0) send("sessions.list", {});
-  else send("chat.history", { sessionKey: "agent:main:main", limit: 50 });
+// Every 50 ms: a round of both methods, paced as described at the top.
+function tick() {
+  if (stopping) return;
+  if (existsSync(stopFile)) {
+    stopping = true;
+    clearInterval(ticker);
+    if (inFlight.size === 0) finish(0);
+    else setTimeout(() => finish(0), 5000);
+    return;
+  }
+  stats.ticks++;
+  if (inFlight.size > 0) { stats.skippedBusy++; return; }
+  if (Date.now() - roundEnd < lastRound) { stats.skippedIdle++; return; }
+  stats.rounds++;
+  roundStart = Date.now();
+  for (const [method, params] of Object.entries(METHODS)) send(method, params());
 }
 ws.on("error", (e) => { stats.lastError = String(e); finish(3); });
 ws.on("close", () => finish(stats.connected ? 0 : 4));
