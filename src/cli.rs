@@ -23,9 +23,10 @@ pub struct Cli {
 pub enum Command {
     /// Mount sessionfs over MOUNTPOINT (over its own contents unless --source is given).
     Mount(MountArgs),
-    /// Unmount and wait for the daemon to flush its journal and exit.
+    /// Unmount and wait (up to 30 s) for the daemon to flush its journal and exit; a
+    /// stale mount left by a killed daemon is detached lazily.
     Umount {
-        /// The mountpoint.
+        /// The mountpoint (may be relative, or a dead ENOTCONN mount).
         mountpoint: PathBuf,
     },
     /// Unpack a real OpenClaw sessions directory, mount it, run one turn's write
@@ -41,7 +42,7 @@ pub enum Command {
 /// `sessionfs mount` arguments.
 #[derive(Args, Debug)]
 pub struct MountArgs {
-    /// Directory to mount on.
+    /// Directory to mount on (must exist).
     pub mountpoint: PathBuf,
     /// Serve this directory at MOUNTPOINT instead of MOUNTPOINT's own contents.
     #[arg(long, value_name = "DIR")]
@@ -49,15 +50,15 @@ pub struct MountArgs {
     /// Stay in the foreground and log to stderr.
     #[arg(short = 'f', long)]
     pub foreground: bool,
-    /// Mount options, comma-separated: allow_other, ro, debug (default_permissions is
-    /// always on).
+    /// Mount options, comma-separated: allow_other, ro, rw, debug (default_permissions
+    /// is always on and the mount is always nodev).
     #[arg(short = 'o', value_name = "OPTS", value_delimiter = ',')]
     pub options: Vec<String>,
-    /// FUSE worker threads.
+    /// FUSE worker threads (1-64).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub threads: u16,
-    /// Journal state directory [default: $XDG_STATE_HOME/sessionfs/<mount-id>, or
-    /// /var/lib/sessionfs/<mount-id> as root].
+    /// Journal state directory, outside the mountpoint and the source [default:
+    /// $XDG_STATE_HOME/sessionfs/<mount-id>, or /var/lib/sessionfs/<mount-id> as root].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// JSON file of lane rules (see README, "Lanes").
@@ -66,10 +67,10 @@ pub struct MountArgs {
     /// Do not keep a journal (pure passthrough).
     #[arg(long)]
     pub no_journal: bool,
-    /// Journal size bound, e.g. 256MiB, 1GiB.
+    /// Journal size bound in bytes, with an optional unit: 256MiB, 1GiB.
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     pub journal_max_size: u64,
-    /// Journal age bound, e.g. 30d, 12h.
+    /// Journal age bound: a count with s, m, h or d, e.g. 30d, 12h.
     #[arg(long, default_value = "30d", value_parser = parse_age)]
     pub journal_max_age: Duration,
     /// Negotiate READDIRPLUS (cheaper cold listings, slower repeated `ls -l`).
@@ -82,7 +83,13 @@ pub struct MountArgs {
     pub ttl_ms: u64,
 }
 
-/// `256MiB`, `1G`, `4096` → bytes.
+/// Parse a byte size: a decimal count with an optional binary unit, case-insensitive:
+/// none or `B` (bytes), `K`/`KB`/`KiB` (×1024), `M`/`MB`/`MiB` (×1024²), `G`/`GB`/`GiB`
+/// (×1024³), `T`/`TB`/`TiB` (×1024⁴). `256MiB` → 268435456, `4096` → 4096.
+///
+/// # Errors
+/// A one-line message when the count is missing or not a whole number (`1.5G`), the
+/// unit is unknown, or the result does not fit in a u64.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -90,21 +97,28 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let n: u64 = n
         .parse()
         .map_err(|_| format!("'{s}' is not a size like 256MiB"))?;
-    let mul = match unit.to_ascii_lowercase().as_str() {
+    let mul: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
         _ => {
             return Err(format!(
-                "'{s}': unknown unit '{unit}' (use KiB, MiB or GiB)"
+                "'{s}': unknown unit '{unit}' (use KiB, MiB, GiB or TiB)"
             ));
         }
     };
-    Ok(n * mul)
+    n.checked_mul(mul)
+        .ok_or_else(|| format!("'{s}' is too large"))
 }
 
-/// `30d`, `12h`, `90m`, `45s` → duration.
+/// Parse an age: a decimal count with an optional unit, `s` (seconds, the default),
+/// `m` (minutes), `h` (hours) or `d` (days). `30d` → 30 × 86400 s, `90m` → 5400 s.
+///
+/// # Errors
+/// A one-line message when the count is missing or not a whole number, the unit is
+/// unknown, or the number of seconds does not fit in a u64.
 pub fn parse_age(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -112,18 +126,26 @@ pub fn parse_age(s: &str) -> Result<Duration, String> {
     let n: u64 = n
         .parse()
         .map_err(|_| format!("'{s}' is not an age like 30d"))?;
-    let secs = match unit {
+    let secs: u64 = match unit.trim() {
         "s" | "" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
         _ => return Err(format!("'{s}': unknown unit '{unit}' (use s, m, h or d)")),
     };
-    Ok(Duration::from_secs(n * secs))
+    n.checked_mul(secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("'{s}' is too large"))
 }
 
 impl MountArgs {
-    /// Validate `-o` and build the mount spec; the error is one line.
+    /// Validate `-o` and build the [`MountSpec`] (paths are passed on as given; the
+    /// mount resolves them). `-o` takes `allow_other`, `ro`, `rw`, `debug` and
+    /// `default_permissions` (always on anyway), comma-separated, the last of `ro`/`rw`
+    /// winning; `--ttl-ms` becomes `ttl` in milliseconds, `--journal-max-size` bytes.
+    ///
+    /// # Errors
+    /// One line naming the first unknown `-o` option.
     pub fn spec(&self) -> Result<MountSpec, String> {
         let mut spec = MountSpec {
             mountpoint: self.mountpoint.clone(),

@@ -1,26 +1,58 @@
 //! Mounting and unmounting: pre-flight checks with one-line errors, the overlay
-//! (O_PATH fd opened before the mount), daemonizing with a readiness pipe, clean
-//! shutdown on SIGTERM/SIGINT, and `sessionfs umount`.
+//! (O_PATH fd opened before the mount), daemonizing with a readiness pipe, the pid
+//! file, clean shutdown on SIGTERM/SIGINT/SIGHUP, and `sessionfs umount`.
+//!
+//! Every error this module returns is one line meant for the user; `main` prints it
+//! after `sessionfs: error: ` and exits 1. Whatever fails, nothing is left mounted:
+//! every check and every file we need (state dir, log, pid dir) is done or opened
+//! before the mount, and a failure after it drops the session, which unmounts.
 
+use std::ffi::OsStr;
 use std::fs;
-use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fuser::{Config, MountOption, SessionACL};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::mount::MntFlags;
 use nix::sys::signal::{SigSet, Signal};
+use nix::sys::stat::Mode;
 
 use crate::fs::{FsConfig, SessionFs};
 use crate::journal::{Journal, JournalOptions};
 use crate::lanes::LaneRules;
 
+/// How long `sessionfs umount` waits for the daemon to flush its journal and exit.
+pub const UMOUNT_WAIT: Duration = Duration::from_secs(30);
+
+/// How long a `statfs` on an existing FUSE mount may take before its daemon is
+/// considered not responding.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The daemon's own files (journal segments, salvage files, log) are private: the
+/// process umask while serving. Files created *through* the mount do not see it:
+/// each FUSE worker thread applies the caller's umask itself (`sys::as_caller`, after
+/// `unshare(CLONE_FS)` gave the thread its own umask).
+const DAEMON_UMASK: u32 = 0o077;
+
+/// Longest mount id that still gets a pid file (`<id>.pid` plus the temporary name
+/// used to write it atomically must fit in NAME_MAX = 255 bytes).
+const MAX_PID_ID_LEN: usize = 200;
+
 /// Everything `sessionfs mount` needs, parsed and validated by the CLI.
+///
+/// Paths may be relative to the caller's cwd: [`mount`] resolves them before the
+/// daemon changes its cwd to `/`.
 #[derive(Debug, Clone)]
 pub struct MountSpec {
-    /// Where to mount.
+    /// Where to mount (an existing directory).
     pub mountpoint: PathBuf,
     /// Directory to serve; `None` = the mountpoint's own contents (overlay).
     pub source: Option<PathBuf>,
@@ -32,94 +64,180 @@ pub struct MountSpec {
     pub read_only: bool,
     /// `-o debug`: log every request at debug level.
     pub debug: bool,
-    /// FUSE worker threads.
+    /// FUSE worker threads (≥ 1; 0 is treated as 1).
     pub threads: usize,
-    /// Journal state dir; `None` = default for the mount id.
+    /// Journal state dir; `None` = [`default_state_dir`] for the mount id.
     pub state_dir: Option<PathBuf>,
-    /// `--lanes` rules file.
+    /// `--lanes` rules file (JSON).
     pub lanes: Option<PathBuf>,
     /// Journal off (`--no-journal`).
     pub no_journal: bool,
     /// Journal size bound, bytes.
     pub journal_max_bytes: u64,
-    /// Journal age bound.
+    /// Journal age bound (records older than this are dropped with their segment).
     pub journal_max_age: Duration,
-    /// Attribute and entry TTL.
+    /// Attribute and entry TTL handed to the kernel.
     pub ttl: Duration,
     /// Negotiate READDIRPLUS.
     pub readdirplus: bool,
 }
 
-/// The mount id: the canonical mountpoint escaped like systemd unit names
+/// The mount id: a canonical mountpoint escaped exactly like `systemd-escape --path`
 /// (`/root/.openclaw/agents/main/sessions` → `root-.openclaw-agents-main-sessions`).
+///
+/// Shape: leading/trailing and repeated `/` and `.` components dropped, `/` → `-`;
+/// bytes other than ASCII alphanumerics, `:`, `_` and `.` → `\xNN` (lowercase hex,
+/// per byte, so non-UTF-8 names work); a leading `.` → `\x2e`; `/` → `-`. Used for the
+/// pid file name (`<id>.pid`, which the systemd unit's `PIDFile=/run/sessionfs/%i.pid`
+/// relies on) and the default state dir. Pass a canonical path: `..` is not resolved.
 pub fn mount_id(mountpoint: &Path) -> String {
-    let s = mountpoint.to_string_lossy();
-    let t = s.trim_matches('/');
-    if t.is_empty() {
+    let comps: Vec<&[u8]> = mountpoint
+        .as_os_str()
+        .as_bytes()
+        .split(|b| *b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
+        .collect();
+    if comps.is_empty() {
         return "-".into();
     }
-    let mut out = String::new();
-    for c in t.chars() {
-        match c {
-            '/' => out.push('-'),
-            c if c.is_ascii_alphanumeric() || c == '.' || c == '_' => out.push(c),
-            c => out.push_str(&format!("\\x{:02x}", c as u32)),
+    let joined = comps.join(&b'/');
+    let mut out = String::with_capacity(joined.len());
+    for (i, &b) in joined.iter().enumerate() {
+        match b {
+            b'/' => out.push('-'),
+            b'.' if i == 0 => out.push_str("\\x2e"),
+            b if b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'.') => {
+                out.push(b as char)
+            }
+            b => out.push_str(&format!("\\x{b:02x}")),
         }
     }
     out
 }
 
-/// Default state dir: `$XDG_STATE_HOME/sessionfs/<id>`, or `/var/lib/sessionfs/<id>`
-/// as root (`$HOME/.local/state` when XDG_STATE_HOME is unset).
-pub fn default_state_dir(id: &str) -> PathBuf {
+/// Default journal state dir of mount `id`: `/var/lib/sessionfs/<id>` as root, else
+/// `$XDG_STATE_HOME/sessionfs/<id>`, or `$HOME/.local/state/sessionfs/<id>` when
+/// XDG_STATE_HOME is unset or relative. Always absolute.
+///
+/// # Errors
+/// A one-line message when not root and neither XDG_STATE_HOME nor HOME is an
+/// absolute path (the fix is `--state-dir DIR`).
+pub fn default_state_dir(id: &str) -> Result<PathBuf, String> {
     if nix::unistd::geteuid().is_root() {
-        return PathBuf::from("/var/lib/sessionfs").join(id);
+        return Ok(PathBuf::from("/var/lib/sessionfs").join(id));
     }
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".local/state")
-        });
-    base.join("sessionfs").join(id)
+    let abs = |v: Option<std::ffi::OsString>| v.map(PathBuf::from).filter(|p| p.is_absolute());
+    let base = abs(std::env::var_os("XDG_STATE_HOME"))
+        .or_else(|| abs(std::env::var_os("HOME")).map(|h| h.join(".local/state")))
+        .ok_or_else(|| {
+            "no default state dir: neither XDG_STATE_HOME nor HOME is an absolute path; pass --state-dir DIR".to_string()
+        })?;
+    Ok(base.join("sessionfs").join(id))
 }
 
-/// Pid file of the daemon serving `id` (read by `sessionfs umount`).
-pub fn pid_file(id: &str) -> PathBuf {
-    let dir = if nix::unistd::geteuid().is_root() {
-        PathBuf::from("/run/sessionfs")
-    } else {
-        std::env::var_os("XDG_RUNTIME_DIR")
-            .map(|d| PathBuf::from(d).join("sessionfs"))
-            .unwrap_or_else(|| {
-                std::env::temp_dir().join(format!("sessionfs-{}", nix::unistd::geteuid()))
-            })
+/// Directory holding the pid files: `/run/sessionfs` as root, else
+/// `$XDG_RUNTIME_DIR/sessionfs`, or `$TMPDIR/sessionfs-<uid>` (`/tmp` when TMPDIR is
+/// unset or relative). Always absolute. `sessionfs mount` creates it mode 0755 and
+/// refuses it when it is a symlink or not owned by the caller; a group- or
+/// world-writable one is repaired to 0755.
+pub fn pid_dir() -> PathBuf {
+    let euid = nix::unistd::geteuid();
+    if euid.is_root() {
+        return PathBuf::from("/run/sessionfs");
+    }
+    let abs = |k: &str| {
+        std::env::var_os(k)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
     };
-    dir.join(format!("{id}.pid"))
+    abs("XDG_RUNTIME_DIR")
+        .map(|d| d.join("sessionfs"))
+        .unwrap_or_else(|| {
+            abs("TMPDIR")
+                .unwrap_or_else(|| PathBuf::from("/tmp"))
+                .join(format!("sessionfs-{euid}"))
+        })
 }
 
-/// fstype and source of the mount at exactly `path`, from `/proc/self/mountinfo`.
-pub fn mount_at(path: &Path) -> Option<(String, String)> {
+/// Pid file of the daemon serving mount `id`: `<pid_dir>/<id>.pid`, one line with the
+/// decimal pid and `\n`. Written atomically (temporary file + rename) once the mount is
+/// live, removed when the daemon exits. Read by `sessionfs umount` and by systemd
+/// (`PIDFile=`).
+pub fn pid_file(id: &str) -> PathBuf {
+    pid_dir().join(format!("{id}.pid"))
+}
+
+/// One line of `/proc/self/mountinfo`, the fields sessionfs needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    /// Mount point, unescaped (absolute, as the kernel shows it to this process).
+    pub mount_point: PathBuf,
+    /// Filesystem type (`fuse`, `fuse.sessionfs`, `ext4`, …).
+    pub fstype: String,
+    /// The source column (`sessionfs:<dir>` for our mounts).
+    pub source: String,
+    /// Device major number (0 for FUSE).
+    pub major: u32,
+    /// Device minor number (for FUSE: the connection number).
+    pub minor: u32,
+}
+
+impl MountEntry {
+    /// The device number in the kernel's internal encoding (`major << 20 | minor`), the
+    /// number `/sys/fs/fuse/connections/<n>` and `fuse_connection:` in the fdinfo of a
+    /// `/dev/fuse` fd print. For FUSE (major 0) it equals the minor.
+    pub fn kernel_dev(&self) -> u64 {
+        (u64::from(self.major) << 20) | u64::from(self.minor)
+    }
+
+    /// Is this a sessionfs mount? See [`is_sessionfs_mount`].
+    pub fn is_sessionfs(&self) -> bool {
+        is_sessionfs_mount(&self.fstype, &self.source)
+    }
+}
+
+/// The topmost mount at exactly `path` (compared byte for byte, so pass a canonical
+/// path), from `/proc/self/mountinfo`; `None` when nothing is mounted there or
+/// mountinfo cannot be read.
+pub fn mount_entry_at(path: &Path) -> Option<MountEntry> {
     let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = path.as_os_str().as_bytes();
     let mut found = None;
     for line in info.lines() {
-        let mut parts = line.split(" - ");
-        let (Some(a), Some(b)) = (parts.next(), parts.next()) else {
+        let Some((a, b)) = line.split_once(" - ") else {
             continue;
         };
-        let mp = a.split(' ').nth(4).unwrap_or("");
-        if unescape(mp).as_bytes() == want {
-            let mut bs = b.split(' ');
-            let fstype = bs.next().unwrap_or("").to_string();
-            let source = bs.next().unwrap_or("").to_string();
-            found = Some((fstype, source)); // the last one is the top of the stack
+        let fields: Vec<&str> = a.split(' ').collect();
+        let (Some(devno), Some(mp)) = (fields.get(2), fields.get(4)) else {
+            continue;
+        };
+        if unescape(mp) != want {
+            continue;
         }
+        let (major, minor) = devno
+            .split_once(':')
+            .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+            .unwrap_or((u32::MAX, u32::MAX));
+        let mut bs = b.split(' ');
+        found = Some(MountEntry {
+            mount_point: path.to_path_buf(),
+            fstype: bs.next().unwrap_or("").to_string(),
+            source: String::from_utf8_lossy(&unescape(bs.next().unwrap_or(""))).into_owned(),
+            major,
+            minor,
+        }); // the last one is the top of the stack
     }
     found
 }
 
-fn unescape(s: &str) -> String {
-    // mountinfo escapes space, tab, newline and backslash as \ooo.
+/// fstype and source of the topmost mount at exactly `path`, from
+/// `/proc/self/mountinfo` (see [`mount_entry_at`]); `None` when nothing is mounted there.
+pub fn mount_at(path: &Path) -> Option<(String, String)> {
+    mount_entry_at(path).map(|e| (e.fstype, e.source))
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(s: &str) -> Vec<u8> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -128,60 +246,412 @@ fn unescape(s: &str) -> String {
             && i + 3 < b.len()
             && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
-            out.push(u8::from_str_radix(&s[i + 1..i + 4], 8).unwrap_or(b'?'));
+            let v = b[i + 1..i + 4]
+                .iter()
+                .fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
+            out.push(v as u8);
             i += 4;
         } else {
             out.push(b[i]);
             i += 1;
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
-/// A mountinfo (fstype, source) pair of a sessionfs mount.
+/// Does a mountinfo (fstype, source) pair describe a sessionfs mount? True for an
+/// fstype starting with `fuse` whose source starts with `sessionfs:` or whose fstype is
+/// `fuse.sessionfs`.
 pub fn is_sessionfs_mount(fstype: &str, source: &str) -> bool {
     fstype.starts_with("fuse") && (source.starts_with("sessionfs:") || fstype == "fuse.sessionfs")
 }
 
-/// Checks that must pass before anything is mounted; the error is one line.
-fn preflight(spec: &MountSpec) -> Result<PathBuf, String> {
-    let mp = &spec.mountpoint;
-    let meta = fs::metadata(mp).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => format!(
-            "mountpoint {} does not exist: create it first (mkdir -p)",
-            mp.display()
-        ),
-        std::io::ErrorKind::PermissionDenied => {
-            format!("mountpoint {}: permission denied", mp.display())
+/// The absolute, canonical form of `p` without touching a mount sitting at `p` itself
+/// when possible: the parent is canonicalized and the last component joined, so that
+/// a dead (ENOTCONN) or hung FUSE mount at `p` can still be named. Falls back to full
+/// canonicalization when `p` is not a mountpoint (it may be a symlink).
+fn resolve(p: &Path) -> io::Result<PathBuf> {
+    let abs = std::path::absolute(p)?;
+    if let (Some(parent), Some(name)) = (abs.parent(), abs.file_name())
+        && let Ok(cp) = fs::canonicalize(parent)
+    {
+        let cand = cp.join(name);
+        if mount_entry_at(&cand).is_some() {
+            return Ok(cand);
         }
+        return match fs::canonicalize(&cand) {
+            Ok(c) => Ok(c),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(e),
+            Err(_) => Ok(cand),
+        };
+    }
+    fs::canonicalize(&abs)
+}
+
+/// `p` made absolute, with its longest existing prefix canonicalized (the rest is
+/// appended as given); for paths that may not exist yet, such as a state dir.
+fn absolute_path(p: &Path) -> io::Result<PathBuf> {
+    let abs = std::path::absolute(p)?;
+    let mut existing = abs.clone();
+    let mut rest: Vec<std::ffi::OsString> = Vec::new();
+    loop {
+        if let Ok(c) = fs::canonicalize(&existing) {
+            let mut out = c;
+            for comp in rest.iter().rev() {
+                out.push(comp);
+            }
+            return Ok(out);
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent.to_path_buf();
+            }
+            _ => return Ok(abs),
+        }
+    }
+}
+
+/// What a `statfs` of an existing FUSE mount says about its daemon.
+enum Probe {
+    /// It answered.
+    Live,
+    /// ENOTCONN: the daemon is gone (killed), the mount is dead.
+    Stale,
+    /// No answer within [`PROBE_TIMEOUT`] (stopped or stuck daemon).
+    Hung,
+    /// Another error.
+    Other,
+}
+
+/// `statfs(path)` (always a round trip to the daemon, never answered from a cache) in
+/// a helper thread, with a timeout so that a stuck daemon cannot hang us.
+fn probe(path: &Path) -> Probe {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = path.to_path_buf();
+    let Ok(handle) = std::thread::Builder::new()
+        .name("probe".into())
+        .spawn(move || {
+            let _ = tx.send(nix::sys::statfs::statfs(&p).map(drop));
+        })
+    else {
+        return Probe::Other;
+    };
+    let r = rx.recv_timeout(PROBE_TIMEOUT);
+    if r.is_ok() {
+        // The thread has sent its only message: joining is immediate, and the process
+        // is single-threaded again before `mount` forks.
+        let _ = handle.join();
+    }
+    match r {
+        Ok(Ok(())) => Probe::Live,
+        Ok(Err(Errno::ENOTCONN)) => Probe::Stale,
+        Ok(Err(_)) => Probe::Other,
+        Err(_) => Probe::Hung,
+    }
+}
+
+fn stale_error(mp: &Path, sessionfs: bool) -> String {
+    let d = mp.display();
+    if sessionfs {
+        format!(
+            "stale sessionfs mount at {d}: run `sessionfs umount {d}` (or `fusermount3 -uz {d}`)"
+        )
+    } else {
+        format!("stale FUSE mount at {d} (its daemon is gone): run `fusermount3 -uz {d}`")
+    }
+}
+
+/// Everything resolved and opened before anything is mounted. All paths are absolute.
+struct Plan {
+    /// Canonical mountpoint.
+    mountpoint: PathBuf,
+    /// Canonical served directory (== `mountpoint` for the overlay).
+    source: PathBuf,
+    /// Mount id ([`mount_id`] of `mountpoint`).
+    id: String,
+    /// Absolute journal state dir.
+    state_dir: PathBuf,
+    /// The pid dir, checked and held open; `None` when the id is too long for a name.
+    pid_dir: Option<PidDir>,
+    /// Background mode: `<state_dir>/sessionfs.log`, opened for appending.
+    log: Option<fs::File>,
+}
+
+/// The checked pid dir.
+struct PidDir {
+    path: PathBuf,
+    fd: OwnedFd,
+    /// The unsafe mode it had before we repaired it to 0755.
+    repaired_from: Option<u32>,
+}
+
+/// Checks that must pass before anything is mounted, and the files the daemon needs;
+/// the error is one line.
+fn prepare(spec: &MountSpec) -> Result<Plan, String> {
+    let given = &spec.mountpoint;
+    let mp = resolve(given).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => format!(
+            "mountpoint {} does not exist: create it first (mkdir -p {})",
+            given.display(),
+            given.display()
+        ),
+        io::ErrorKind::PermissionDenied => {
+            format!("mountpoint {}: permission denied", given.display())
+        }
+        _ => format!("mountpoint {}: {e}", given.display()),
+    })?;
+    if let Some(m) = mount_entry_at(&mp)
+        && m.fstype.starts_with("fuse")
+    {
+        match probe(&mp) {
+            Probe::Stale => return Err(stale_error(&mp, m.is_sessionfs())),
+            Probe::Hung => {
+                return Err(format!(
+                    "{} is already a {} mount, and its daemon is not responding",
+                    mp.display(),
+                    if m.is_sessionfs() {
+                        "sessionfs"
+                    } else {
+                        "FUSE"
+                    }
+                ));
+            }
+            _ if m.is_sessionfs() => {
+                return Err(format!(
+                    "{} is already a sessionfs mount: unmount it first (sessionfs umount {})",
+                    mp.display(),
+                    mp.display()
+                ));
+            }
+            _ => {}
+        }
+    }
+    let meta = fs::metadata(&mp).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOTCONN) => stale_error(&mp, false),
+        Some(libc::EACCES) => format!("mountpoint {}: permission denied", mp.display()),
         _ => format!("mountpoint {}: {e}", mp.display()),
     })?;
     if !meta.is_dir() {
         return Err(format!("mountpoint {} is not a directory", mp.display()));
     }
-    let canon = fs::canonicalize(mp).map_err(|e| format!("mountpoint {}: {e}", mp.display()))?;
-    if let Some((fstype, source)) = mount_at(&canon)
-        && is_sessionfs_mount(&fstype, &source)
-    {
-        return Err(format!(
-            "{} is already a sessionfs mount: unmount it first (sessionfs umount {})",
-            canon.display(),
-            canon.display()
-        ));
-    }
-    if let Some(src) = &spec.source {
-        let m = fs::metadata(src).map_err(|e| format!("source {}: {e}", src.display()))?;
-        if !m.is_dir() {
-            return Err(format!("source {} is not a directory", src.display()));
+
+    let source = match &spec.source {
+        None => mp.clone(),
+        Some(s) => {
+            let c = fs::canonicalize(s).map_err(|e| format!("source {}: {e}", s.display()))?;
+            let m = fs::metadata(&c).map_err(|e| format!("source {}: {e}", s.display()))?;
+            if !m.is_dir() {
+                return Err(format!("source {} is not a directory", s.display()));
+            }
+            if c != mp && mp.starts_with(&c) {
+                return Err(format!(
+                    "source {} contains the mountpoint {}: the daemon would recurse into its own mount; serve a directory that is not an ancestor of the mountpoint",
+                    c.display(),
+                    mp.display()
+                ));
+            }
+            c
         }
-    }
+    };
+
     if !Path::new("/dev/fuse").exists() {
         return Err("/dev/fuse is missing: load the fuse module (modprobe fuse) or install fuse3 (apt-get install fuse3)".into());
     }
     if !nix::unistd::geteuid().is_root() && which("fusermount3").is_none() {
         return Err("not permitted: run as root, or install fuse3 so that the setuid fusermount3 helper can mount for you".into());
     }
-    Ok(canon)
+
+    let id = mount_id(&mp);
+    let state_dir = match &spec.state_dir {
+        Some(d) => absolute_path(d).map_err(|e| format!("state dir {}: {e}", d.display()))?,
+        None => default_state_dir(&id)?,
+    };
+    let uses_state_dir = !spec.no_journal || !spec.foreground;
+    if uses_state_dir {
+        if state_dir.starts_with(&mp) {
+            return Err(format!(
+                "state dir {} is inside the mountpoint {}: the journal would be written through its own mount; pass a --state-dir outside it",
+                state_dir.display(),
+                mp.display()
+            ));
+        }
+        if state_dir.starts_with(&source) {
+            return Err(format!(
+                "state dir {} is inside the source tree {}: the journal's writes would show up in the served directory; pass a --state-dir outside it",
+                state_dir.display(),
+                source.display()
+            ));
+        }
+    }
+
+    let pid_dir = if id.len() <= MAX_PID_ID_LEN {
+        Some(open_pid_dir()?)
+    } else {
+        None
+    };
+
+    if uses_state_dir {
+        // Private: journal records and salvaged transcript lines are session content.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&state_dir)
+            .map_err(|e| format!("state dir {}: {e}", state_dir.display()))?;
+    }
+    let log = if spec.foreground {
+        None
+    } else {
+        let p = state_dir.join("sessionfs.log");
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&p)
+            .map_err(|e| format!("log file {}: {e}", p.display()))?;
+        Some(f)
+    };
+
+    Ok(Plan {
+        mountpoint: mp,
+        source,
+        id,
+        state_dir,
+        pid_dir,
+        log,
+    })
+}
+
+/// Create (0755) or check the pid dir and hold it open: it must not be a symlink and
+/// must belong to us; group/world write access is removed.
+fn open_pid_dir() -> Result<PidDir, String> {
+    let path = pid_dir();
+    let d = path.display();
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&path)
+    {
+        Ok(()) => {}
+        Err(e) => return Err(format!("pid dir {d}: {e}")),
+    }
+    let fd = nix::fcntl::open(
+        &path,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        Errno::ELOOP | Errno::ENOTDIR => {
+            format!("pid dir {d} is a symlink or not a directory: refusing to use it; remove it")
+        }
+        e => format!("pid dir {d}: {}", e.desc()),
+    })?;
+    let st = nix::sys::stat::fstat(&fd).map_err(|e| format!("pid dir {d}: {}", e.desc()))?;
+    let euid = nix::unistd::geteuid();
+    if st.st_uid != euid.as_raw() {
+        return Err(format!(
+            "pid dir {d} belongs to uid {}, not to us (uid {euid}): refusing to use it; remove it{}",
+            st.st_uid,
+            if euid.is_root() {
+                ""
+            } else {
+                " or set XDG_RUNTIME_DIR"
+            }
+        ));
+    }
+    let mode = st.st_mode & 0o7777;
+    let mut repaired_from = None;
+    if mode != 0o755 {
+        nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(0o755))
+            .map_err(|e| format!("pid dir {d}: chmod 0755: {}", e.desc()))?;
+        if mode & 0o022 != 0 {
+            repaired_from = Some(mode);
+        }
+    }
+    Ok(PidDir {
+        path,
+        fd,
+        repaired_from,
+    })
+}
+
+/// Write `<id>.pid` in the held pid dir: a fresh temporary file (O_CREAT|O_EXCL|
+/// O_NOFOLLOW, mode 0644) renamed over the name, so that a planted symlink is replaced,
+/// never followed, and readers never see a partial file.
+fn write_pid_file(dir: &PidDir, id: &str) -> io::Result<()> {
+    let pid = std::process::id();
+    let name = format!("{id}.pid");
+    let tmp = format!(".{id}.pid.{pid}.tmp");
+    let _ = nix::unistd::unlinkat(
+        &dir.fd,
+        tmp.as_str(),
+        nix::unistd::UnlinkatFlags::NoRemoveDir,
+    );
+    let fd = nix::fcntl::openat(
+        &dir.fd,
+        tmp.as_str(),
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o644),
+    )?;
+    let r = (|| {
+        nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(0o644))?;
+        let mut f = fs::File::from(fd);
+        f.write_all(format!("{pid}\n").as_bytes())?;
+        drop(f);
+        nix::fcntl::renameat(&dir.fd, tmp.as_str(), &dir.fd, name.as_str())?;
+        Ok(())
+    })();
+    if r.is_err() {
+        let _ = nix::unistd::unlinkat(
+            &dir.fd,
+            tmp.as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+    }
+    r
+}
+
+/// Read a pid file without following a symlink or blocking on a FIFO; `None` unless it
+/// is a regular file holding a positive decimal pid.
+fn read_pid_at(dir: impl AsFd, name: &OsStr) -> Option<i32> {
+    let fd = nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let st = nix::sys::stat::fstat(&fd).ok()?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return None;
+    }
+    let mut s = String::new();
+    fs::File::from(fd).take(32).read_to_string(&mut s).ok()?;
+    s.trim().parse::<i32>().ok().filter(|p| *p > 0)
+}
+
+/// Read the pid file at `path` (see [`read_pid_at`]).
+fn read_pid_file(path: &Path) -> Option<i32> {
+    let dir = nix::fcntl::open(
+        path.parent()?,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    read_pid_at(&dir, path.file_name()?)
+}
+
+/// Remove our pid file, unless it already names another process.
+fn remove_pid_file(dir: &PidDir, id: &str) {
+    let name = format!("{id}.pid");
+    if read_pid_at(&dir.fd, OsStr::new(&name)) == Some(std::process::id() as i32) {
+        let _ = nix::unistd::unlinkat(
+            &dir.fd,
+            name.as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+    }
 }
 
 fn which(bin: &str) -> Option<PathBuf> {
@@ -192,29 +662,49 @@ fn which(bin: &str) -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-/// `sessionfs mount`. Returns once the mount is live (background) or once it has been
-/// unmounted (foreground). Nothing is left mounted when it returns an error.
+/// `sessionfs mount`: check everything, open the served directory (O_PATH, before the
+/// mount hides it in the overlay case), mount, and serve.
+///
+/// Background (`spec.foreground == false`): forks a daemon (new session, cwd `/`,
+/// stdin/stdout on /dev/null, stderr appended to `<state-dir>/sessionfs.log`) and
+/// returns `Ok(())` only once the mount is live and the pid file ([`pid_file`]) is
+/// written; the daemon runs until the mount is unmounted. Foreground: serves in this
+/// process, logging to stderr, and returns once the mount has been unmounted
+/// (`sessionfs umount`, `umount`, `fusermount3 -u`, or SIGTERM/SIGINT/SIGHUP).
+///
+/// # Errors
+/// One line each; nothing is mounted when any is returned:
+/// - the mountpoint is missing, not a directory, unreadable, already a sessionfs mount,
+///   or a stale (ENOTCONN) FUSE mount;
+/// - `--source` is missing, not a directory, or an ancestor of the mountpoint;
+/// - the state dir is inside the mountpoint or the source tree, or cannot be created,
+///   or (non-root) no default can be derived (`HOME` unset);
+/// - `/dev/fuse` is missing; the caller may not mount (`not permitted: …`, including
+///   the first line of fusermount3's complaint);
+/// - the pid dir is a symlink or belongs to someone else;
+/// - the lanes file is invalid, the journal cannot be opened, or the daemon died before
+///   the mount was live.
+///
+/// In foreground mode a failure of the FUSE session after the mount was live is
+/// returned as `fuse session: …` (the mount is gone by then).
 pub fn mount(spec: MountSpec) -> Result<(), String> {
-    let canon = preflight(&spec)?;
+    let plan = prepare(&spec)?;
     let lane_rules = match &spec.lanes {
         Some(p) => LaneRules::load(p)?,
         None => LaneRules::empty(),
     };
-    let id = mount_id(&canon);
-    let state_dir = spec
-        .state_dir
-        .clone()
-        .unwrap_or_else(|| default_state_dir(&id));
     // The overlay: hold the directory before the mount hides it.
-    let src = spec.source.clone().unwrap_or_else(|| canon.clone());
-    let root = open_dir(&src)?;
+    let root = open_dir(&plan.source)?;
 
     if spec.foreground {
-        return serve(&spec, &canon, &id, state_dir, root, lane_rules, None);
+        return serve(&spec, plan, root, lane_rules, None);
     }
-    let (rd, wr) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
-    // SAFETY: single-threaded at this point (no FUSE or journal threads started yet);
-    // the child only continues with ordinary Rust code.
+    // O_CLOEXEC: nothing the daemon spawns (fusermount3 for a non-root mount) may
+    // inherit the write end, or our read below would wait for that helper as well.
+    let (rd, wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    // SAFETY: this process is single-threaded here (the pre-flight probe thread, if
+    // any, has been joined; no FUSE or journal thread exists yet), so the child may
+    // run arbitrary code; it continues with ordinary Rust code only.
     match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
         nix::unistd::ForkResult::Parent { .. } => {
             drop(wr);
@@ -230,40 +720,50 @@ pub fn mount(spec: MountSpec) -> Result<(), String> {
         }
         nix::unistd::ForkResult::Child => {
             drop(rd);
-            let _ = nix::unistd::setsid();
-            let r = serve(&spec, &canon, &id, state_dir, root, lane_rules, Some(wr));
+            let r = match daemonize(&plan) {
+                Ok(()) => serve(&spec, plan, root, lane_rules, Some(wr)),
+                Err(e) => {
+                    let _ = nix::unistd::write(&wr, e.as_bytes());
+                    Err(e)
+                }
+            };
             std::process::exit(if r.is_ok() { 0 } else { 1 });
         }
     }
 }
 
-fn open_dir(p: &Path) -> Result<OwnedFd, String> {
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| format!("{}: bad path", p.display()))?;
-    // SAFETY: valid C string; the fd returned is owned by us.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(format!(
-            "{}: {}",
-            p.display(),
-            std::io::Error::last_os_error()
-        ));
+/// The background child: own session, cwd `/` (so we pin no directory of the caller's,
+/// and every path we use is absolute anyway), stdio away from the terminal.
+fn daemonize(plan: &Plan) -> Result<(), String> {
+    let _ = nix::unistd::setsid();
+    nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
+    let devnull = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| format!("/dev/null: {e}"))?;
+    nix::unistd::dup2_stdin(&devnull).map_err(|e| format!("dup2: {e}"))?;
+    nix::unistd::dup2_stdout(&devnull).map_err(|e| format!("dup2: {e}"))?;
+    match &plan.log {
+        Some(log) => nix::unistd::dup2_stderr(log),
+        None => nix::unistd::dup2_stderr(&devnull),
     }
-    // SAFETY: fresh fd from open.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    .map_err(|e| format!("dup2: {e}"))?;
+    Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+fn open_dir(p: &Path) -> Result<OwnedFd, String> {
+    nix::fcntl::open(
+        p,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("{}: {}", p.display(), e.desc()))
+}
+
 fn serve(
     spec: &MountSpec,
-    canon: &Path,
-    id: &str,
-    state_dir: PathBuf,
+    plan: Plan,
     root: OwnedFd,
     lane_rules: LaneRules,
     ready: Option<OwnedFd>,
@@ -274,31 +774,29 @@ fn serve(
         }
         msg
     };
-    if ready.is_some() {
-        // Detach from the terminal; logs go to the state dir.
-        let _ = fs::create_dir_all(&state_dir);
-        if let Ok(devnull) = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/null")
-        {
-            let _ = nix::unistd::dup2_stdin(&devnull);
-            let _ = nix::unistd::dup2_stdout(&devnull);
-        }
-        if let Ok(log) = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(state_dir.join("sessionfs.log"))
-        {
-            let _ = nix::unistd::dup2_stderr(&log);
-        }
+    let Plan {
+        mountpoint: canon,
+        source,
+        id,
+        state_dir,
+        pid_dir,
+        log,
+    } = plan;
+    drop(log); // already on fd 2 in the background
+    // Block the shutdown signals before any thread starts (the journal's writer, the
+    // FUSE workers), so that only our signal thread receives them: a signal delivered
+    // to another thread would kill the process with its default action and leave a
+    // dead mount behind.
+    let mut sigs = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        sigs.add(s);
     }
+    let _ = sigs.thread_block();
     // One O_PATH fd per inode the kernel holds: lift the soft fd limit to the hard one.
-    raise_nofile();
-    // Files we create get exactly the mode the caller asked for (the kernel already
-    // applied the caller's umask).
-    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
-
+    let low_nofile = raise_nofile();
+    // Our own files are private. Files created through the mount get the caller's
+    // umask, applied per request on the worker thread (`sys::as_caller`).
+    nix::sys::stat::umask(Mode::from_bits_truncate(DAEMON_UMASK));
     let journal = if spec.no_journal {
         None
     } else {
@@ -329,14 +827,7 @@ fn serve(
     let mut opts = vec![
         // fuser's direct mount(2) path ignores subtype, so the source column
         // ("sessionfs:<dir>") is what marks a sessionfs mount in /proc/mounts and df.
-        MountOption::FSName(format!(
-            "sessionfs:{}",
-            spec.source
-                .as_ref()
-                .and_then(|s| fs::canonicalize(s).ok())
-                .unwrap_or_else(|| canon.to_path_buf())
-                .display()
-        )),
+        MountOption::FSName(format!("sessionfs:{}", source.display())),
         MountOption::Subtype("sessionfs".into()),
         MountOption::DefaultPermissions,
         MountOption::NoDev,
@@ -354,32 +845,55 @@ fn serve(
     config.n_threads = Some(spec.threads.max(1));
     config.clone_fd = true;
 
-    // Block the shutdown signals before any thread starts, so that only our
-    // signal thread receives them.
-    let mut sigs = SigSet::empty();
-    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-        sigs.add(s);
+    let session = fuser::Session::new(fs, &canon, &config)
+        .map_err(|e| fail(mount_error(&canon, &e), &ready))?;
+    // Our mount's device, to never unmount somebody else's mount stacked on top later.
+    let dev = mount_entry_at(&canon)
+        .filter(MountEntry::is_sessionfs)
+        .map(|e| e.kernel_dev());
+    if let Some(d) = &pid_dir
+        && let Err(e) = write_pid_file(d, &id)
+    {
+        drop(session); // unmounts
+        return Err(fail(
+            format!(
+                "pid file {}: {e}",
+                d.path.join(format!("{id}.pid")).display()
+            ),
+            &ready,
+        ));
     }
-    let _ = sigs.thread_block();
-
-    let mut session = fuser::Session::new(fs, canon, &config)
-        .map_err(|e| fail(mount_error(canon, &e), &ready))?;
-    let mut unmounter = session.unmount_callable();
-    let pidf = pid_file(id);
-    if let Some(d) = pidf.parent() {
-        let _ = fs::create_dir_all(d);
-    }
-    let _ = fs::write(&pidf, format!("{}\n", std::process::id()));
     tracing::info!(mountpoint = %canon.display(), state_dir = %state_dir.display(), "mounted");
-    std::thread::Builder::new()
+    if let Some(d) = &pid_dir
+        && let Some(old) = d.repaired_from
+    {
+        tracing::warn!(
+            dir = %d.path.display(),
+            old_mode = format!("{old:04o}"),
+            "pid dir was group/world-writable; repaired to 0755"
+        );
+    }
+    if pid_dir.is_none() {
+        tracing::warn!(id = %id, "mount id too long for a pid file name; no pid file");
+    }
+
+    if let Some(hard) = low_nofile {
+        tracing::warn!(
+            hard,
+            "RLIMIT_NOFILE is low: each file the kernel holds costs one fd; raise LimitNOFILE"
+        );
+    }
+    let mp = canon.clone();
+    let spawned = std::thread::Builder::new()
         .name("signals".into())
-        .spawn(move || {
-            if let Ok(sig) = sigs.wait() {
-                tracing::info!(?sig, "unmounting on signal");
-                let _ = unmounter.unmount();
-            }
-        })
-        .map_err(|e| e.to_string())?;
+        .spawn(move || signal_loop(sigs, &mp, dev));
+    if let Err(e) = spawned {
+        drop(session);
+        if let Some(d) = &pid_dir {
+            remove_pid_file(d, &id);
+        }
+        return Err(fail(format!("signal thread: {e}"), &ready));
+    }
     if let Some(w) = ready {
         let mut f = fs::File::from(w);
         let _ = f.write_all(b"ok");
@@ -389,94 +903,370 @@ fn serve(
     if let Some(j) = &journal {
         j.shutdown();
     }
-    let _ = fs::remove_file(&pidf);
+    if let Some(d) = &pid_dir {
+        remove_pid_file(d, &id);
+    }
     tracing::info!("unmounted");
     r.map_err(|e| format!("fuse session: {e}"))
 }
 
-/// Raise RLIMIT_NOFILE's soft limit to its hard limit (each inode the kernel holds
-/// costs the daemon one O_PATH fd).
-fn raise_nofile() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard {
-            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-        }
-        if hard < 65_536 {
+/// Waits for SIGTERM/SIGINT/SIGHUP and unmounts. When the unmount fails (EBUSY: a
+/// process has a file or its cwd on the mount) we log it and keep serving; the next
+/// signal detaches the mount lazily (MNT_DETACH / `fusermount3 -uz`): it disappears
+/// from the namespace at once, and the daemon keeps serving the files still open on it
+/// and exits when the last one is closed.
+fn signal_loop(sigs: SigSet, mp: &Path, dev: Option<u64>) {
+    let mut failed_once = false;
+    while let Ok(sig) = sigs.wait() {
+        let lazy = failed_once;
+        if lazy {
             tracing::warn!(
-                hard,
-                "RLIMIT_NOFILE is low: each file the kernel holds costs one fd; raise LimitNOFILE"
+                ?sig,
+                "signal after a failed unmount: detaching lazily; exiting once the last open file on the mount is closed"
             );
+        } else {
+            tracing::info!(?sig, "unmounting on signal");
+        }
+        match unmount_ours(mp, dev, lazy) {
+            Ok(()) => return,
+            Err(e) => {
+                failed_once = true;
+                tracing::error!(
+                    error = %e,
+                    "unmount failed; still serving (send the signal again to detach lazily)"
+                );
+            }
         }
     }
 }
 
-fn mount_error(mp: &Path, e: &std::io::Error) -> String {
-    match e.raw_os_error() {
-        Some(libc::EPERM) | Some(libc::EACCES) => {
-            format!(
-                "mounting on {} is not permitted: run as root or install fuse3 (fusermount3)",
-                mp.display()
-            )
+/// Unmount `mp` if the topmost mount there is still ours (device `dev`).
+fn unmount_ours(mp: &Path, dev: Option<u64>, lazy: bool) -> Result<(), String> {
+    if let Some(d) = dev {
+        match mount_entry_at(mp) {
+            Some(e) if e.kernel_dev() == d => {}
+            _ => return Ok(()), // already gone (or covered by another mount)
         }
+    }
+    unmount_path(mp, lazy)
+}
+
+/// `umount2(mp, 0 or MNT_DETACH)`; without the privilege, `fusermount3 -u [-z]`.
+fn unmount_path(mp: &Path, lazy: bool) -> Result<(), String> {
+    let flags = if lazy {
+        MntFlags::MNT_DETACH
+    } else {
+        MntFlags::empty()
+    };
+    match nix::mount::umount2(mp, flags) {
+        Ok(()) => Ok(()),
+        Err(Errno::EPERM) => fusermount_unmount(mp, lazy),
+        Err(Errno::EBUSY) => Err(busy_error(mp)),
+        Err(Errno::EINVAL) => Err(format!("{} is not a mountpoint", mp.display())),
+        Err(e) => Err(format!("unmounting {} failed: {}", mp.display(), e.desc())),
+    }
+}
+
+fn busy_error(mp: &Path) -> String {
+    let d = mp.display();
+    let lazy = if nix::unistd::geteuid().is_root() {
+        "umount -l"
+    } else {
+        "fusermount3 -uz"
+    };
+    format!(
+        "{d} is busy: a process has a file open or its cwd on it; close them and retry, or detach lazily ({lazy} {d})"
+    )
+}
+
+/// The setuid helper's unmount; its complaint, if any, becomes one line.
+fn fusermount_unmount(mp: &Path, lazy: bool) -> Result<(), String> {
+    let mut c = Command::new("fusermount3");
+    c.arg("-u");
+    if lazy {
+        c.arg("-z");
+    }
+    c.arg("--")
+        .arg(mp)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let out = c.output().map_err(|e| {
+        format!(
+            "not permitted: unmounting {} needs root or the fusermount3 helper ({e})",
+            mp.display()
+        )
+    })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let first = first_line(&stderr).unwrap_or("fusermount3 failed");
+    if first.contains("busy") {
+        Err(busy_error(mp))
+    } else {
+        Err(format!("not permitted: {first}"))
+    }
+}
+
+fn first_line(s: &str) -> Option<&str> {
+    s.lines().map(str::trim).find(|l| !l.is_empty())
+}
+
+/// Raise RLIMIT_NOFILE's soft limit to its hard limit (each inode the kernel holds
+/// costs the daemon one O_PATH fd); returns the hard limit when it is low (< 65536),
+/// for a warning once the mount is live (before that, stderr is for the error line).
+fn raise_nofile() -> Option<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+    (hard < 65_536).then_some(hard)
+}
+
+fn mount_error(mp: &Path, e: &io::Error) -> String {
+    let not_root = !nix::unistd::geteuid().is_root();
+    match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => format!(
+            "not permitted: mounting on {}: run as root or install fuse3 (fusermount3)",
+            mp.display()
+        ),
         Some(libc::ENODEV) => {
             "the kernel has no FUSE support: load the fuse module (modprobe fuse)".into()
         }
-        _ => format!("mounting on {} failed: {e}", mp.display()),
+        Some(_) => format!("mounting on {} failed: {e}", mp.display()),
+        // No errno: fusermount3's stderr, possibly several lines.
+        None if not_root => format!(
+            "not permitted: {}",
+            first_line(&e.to_string()).unwrap_or("fusermount3 failed")
+        ),
+        None => format!(
+            "mounting on {} failed: {}",
+            mp.display(),
+            first_line(&e.to_string()).unwrap_or("unknown error")
+        ),
     }
 }
 
-/// `sessionfs umount`: unmount and wait (up to 30 s) for the daemon to flush its
-/// journal and exit.
+/// `sessionfs umount`: unmount the sessionfs mount at `mountpoint` and wait (up to
+/// [`UMOUNT_WAIT`], 30 s) for its daemon to flush the journal and exit.
+///
+/// The daemon is found before unmounting, independently of the pid file: the processes
+/// holding a `/dev/fuse` fd whose fdinfo names the mount's FUSE connection (the device
+/// minor from `/proc/self/mountinfo`), plus the pid from [`pid_file`] when it names a
+/// live `sessionfs` process not known to hold another connection. After unmounting, it
+/// waits until those processes have exited (a zombie counts as exited) and
+/// `/sys/fs/fuse/connections/<dev>` is gone (when fusectl is mounted there).
+///
+/// A stale mount (the daemon was killed, the path answers ENOTCONN) is detached lazily
+/// (MNT_DETACH, or `fusermount3 -uz` without root), a note saying so goes to stderr,
+/// and its leftover pid file is removed. The path may be relative or name a dead mount:
+/// the parent is canonicalized and the last component joined.
+///
+/// # Errors
+/// One line each: the path does not exist or is not a sessionfs mount; the daemon is
+/// not responding (a stuck or stopped daemon: kill it, then retry); the mount is busy
+/// (EBUSY: open files or a cwd on it); `not permitted: …` (the first line of
+/// fusermount3's complaint, without root); the mount is gone but the daemon has not
+/// exited within 30 s.
 pub fn umount(mountpoint: &Path) -> Result<(), String> {
-    let canon = fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
-    match mount_at(&canon) {
-        Some((fstype, source)) if is_sessionfs_mount(&fstype, &source) => {}
-        _ => return Err(format!("{} is not a sessionfs mount", canon.display())),
-    }
-    let id = mount_id(&canon);
-    let pid = fs::read_to_string(pid_file(&id))
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok());
-    let c =
-        std::ffi::CString::new(canon.as_os_str().as_bytes()).map_err(|_| "bad path".to_string())?;
-    // SAFETY: valid C string.
-    let r = unsafe { libc::umount2(c.as_ptr(), 0) };
-    if r != 0 {
-        let e = std::io::Error::last_os_error();
-        let st = std::process::Command::new("fusermount3")
-            .arg("-u")
-            .arg(&canon)
-            .status();
-        if !matches!(st, Ok(s) if s.success()) {
-            return Err(format!("unmounting {} failed: {e}", canon.display()));
+    let mp = resolve(mountpoint).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => format!("{} does not exist", mountpoint.display()),
+        _ => format!("{}: {e}", mountpoint.display()),
+    })?;
+    let entry = match mount_entry_at(&mp) {
+        Some(e) if e.is_sessionfs() => e,
+        _ => return Err(format!("{} is not a sessionfs mount", mp.display())),
+    };
+    let dev = entry.kernel_dev();
+    let id = mount_id(&mp);
+    let pidf = pid_file(&id);
+    let stale = match probe(&mp) {
+        Probe::Stale => true,
+        Probe::Hung => {
+            let pids = daemon_pids(dev, &pidf);
+            let who = match pids.first() {
+                Some((p, _)) => format!(" (pid {p})"),
+                None => String::new(),
+            };
+            return Err(format!(
+                "the sessionfs daemon of {}{who} is not responding: kill it, then run `sessionfs umount {}`",
+                mp.display(),
+                mp.display()
+            ));
         }
-    }
-    if let Some(pid) = pid {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
-            && is_sessionfs(pid)
+        Probe::Live | Probe::Other => false,
+    };
+    let mut waiting = daemon_pids(dev, &pidf);
+    unmount_path(&mp, stale)?;
+    if stale {
+        if let Some(p) = read_pid_file(&pidf)
+            && !alive(p, None)
         {
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "unmounted, but daemon {pid} has not exited after 30 s"
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(10));
+            let _ = fs::remove_file(&pidf);
         }
+        eprintln!(
+            "sessionfs: {} was a stale mount (its daemon had died): detached it lazily",
+            mp.display()
+        );
     }
-    Ok(())
+    let ctl = PathBuf::from(format!("/sys/fs/fuse/connections/{dev}"));
+    let deadline = Instant::now() + UMOUNT_WAIT;
+    loop {
+        waiting.retain(|(p, start)| alive(*p, Some(*start)));
+        // The connection's control dir goes when its superblock is destroyed. Should
+        // the number already belong to a new mount, ours is gone.
+        let conn_open = ctl.exists() && !dev_mounted(dev);
+        if waiting.is_empty() && !conn_open {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(match waiting.first() {
+                Some((p, _)) => format!(
+                    "unmounted {}, but its daemon (pid {p}) has not exited after {} s",
+                    mp.display(),
+                    UMOUNT_WAIT.as_secs()
+                ),
+                None => format!(
+                    "unmounted {}, but its FUSE connection {dev} is still open after {} s",
+                    mp.display(),
+                    UMOUNT_WAIT.as_secs()
+                ),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
-fn is_sessionfs(pid: i32) -> bool {
-    // A zombie (our own child in tests) counts as exited.
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
-        Err(_) => false,
+/// Is any mount of device `dev` (kernel encoding) in our mountinfo?
+fn dev_mounted(dev: u64) -> bool {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    info.lines().any(|l| {
+        l.split(' ')
+            .nth(2)
+            .and_then(|d| d.split_once(':'))
+            .and_then(|(a, b)| Some((a.parse::<u64>().ok()? << 20) | b.parse::<u64>().ok()?))
+            == Some(dev)
+    })
+}
+
+/// The daemon(s) of FUSE connection `dev`, each with its start time (to notice pid
+/// reuse): holders of a `/dev/fuse` fd on that connection, plus the pid file's process
+/// when it is a live `sessionfs` whose fdinfo does not rule it out.
+fn daemon_pids(dev: u64, pidf: &Path) -> Vec<(i32, u64)> {
+    let mut pids = fuse_conn_holders(dev);
+    if let Some(p) = read_pid_file(pidf)
+        && !pids.contains(&p)
+        && alive(p, None)
+        && fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sessionfs")
+        && holds_conn(p, dev) != Some(false)
+    {
+        pids.push(p);
+    }
+    pids.into_iter()
+        .filter_map(|p| starttime(p).map(|t| (p, t)))
+        .collect()
+}
+
+/// Processes holding a `/dev/fuse` fd on connection `dev` (Linux ≥ 6.16 prints
+/// `fuse_connection:` in such an fd's fdinfo; older kernels yield none).
+fn fuse_conn_holders(dev: u64) -> Vec<i32> {
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| holds_conn(*p, dev) == Some(true))
+        .collect()
+}
+
+/// Does process `pid` hold a `/dev/fuse` fd on connection `dev`? `None` when none of
+/// its `/dev/fuse` fds says which connection it serves (or we may not look).
+fn holds_conn(pid: i32, dev: u64) -> Option<bool> {
+    let fds = fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    let mut known = None;
+    for fd in fds.flatten() {
+        if fs::read_link(fd.path()).ok().as_deref() != Some(Path::new("/dev/fuse")) {
+            continue;
+        }
+        let Ok(info) = fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        )) else {
+            continue;
+        };
+        for l in info.lines() {
+            if let Some(v) = l.strip_prefix("fuse_connection:") {
+                if v.trim().parse::<u64>().ok() == Some(dev) {
+                    return Some(true);
+                }
+                known = Some(false);
+            }
+        }
+    }
+    known
+}
+
+/// Field 22 of `/proc/<pid>/stat` (start time, clock ticks after boot).
+fn starttime(pid: i32) -> Option<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// Is `pid` running (not a zombie), and still the process that started at `start`?
+fn alive(pid: i32, start: Option<u64>) -> bool {
+    let Ok(s) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some((_, rest)) = s.rsplit_once(')') else {
+        return false;
+    };
+    let mut f = rest.split_whitespace();
+    // A zombie (our own child in tests, the demo) counts as exited.
+    if matches!(f.next(), Some("Z") | Some("X") | None) {
+        return false;
+    }
+    match start {
+        Some(t) => f.nth(18).and_then(|v| v.parse::<u64>().ok()) == Some(t),
+        None => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_id_matches_systemd_escape() {
+        let cases = [
+            ("/", "-"),
+            (
+                "/root/.openclaw/agents/main/sessions",
+                "root-.openclaw-agents-main-sessions",
+            ),
+            ("/.hidden/x", "\\x2ehidden-x"),
+            ("/a-b/c d", "a\\x2db-c\\x20d"),
+            ("/x:y/_z/", "x:y-_z"),
+            ("//a//b/./c", "a-b-c"),
+            ("/tmp/é", "tmp-\\xc3\\xa9"),
+            ("/a\\b", "a\\x5cb"),
+        ];
+        for (p, want) in cases {
+            assert_eq!(mount_id(Path::new(p)), want, "{p}");
+        }
+    }
+
+    #[test]
+    fn unescape_octal() {
+        assert_eq!(unescape("/a\\040b\\134c"), b"/a b\\c");
+        assert_eq!(unescape("/a\\04"), b"/a\\04");
     }
 }
