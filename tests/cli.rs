@@ -183,9 +183,6 @@ fn bad_threads_mount_nothing() {
 }
 
 #[test]
-#[ignore = "src bug: clap usage errors (e.g. --threads 0 / junk) print clap's 3-line \
-            `error: invalid value ...` text without the `sessionfs: error:` prefix \
-            (main.rs uses Cli::parse)"]
 fn bad_threads_one_line_error() {
     let s = scratch();
     let _g = s.guard();

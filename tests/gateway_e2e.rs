@@ -664,8 +664,18 @@ fn check_journal(sessions: &Path, tr: &Path, gateway_pid: u32, cli_pids: &[u32],
         let fl = r["flags"].to_string();
         assert!(fl.contains("O_EXCL"), "lock create without O_EXCL: {r}");
     }
-    let externals = all.iter().filter(|r| r["op"] == "external").count();
-    assert_eq!(externals, 0, "changes from outside the mount were recorded");
+    let externals: Vec<&Value> = all.iter().filter(|r| r["op"] == "external").collect();
+    assert!(
+        externals.is_empty(),
+        "changes from outside the mount were recorded: {externals:#?}\nprevious records of those paths: {:#?}",
+        externals
+            .iter()
+            .filter_map(|e| all
+                .iter()
+                .filter(|r| r["path"] == e["path"] && r["seq"].as_u64() < e["seq"].as_u64())
+                .next_back())
+            .collect::<Vec<_>>()
+    );
     eprintln!(
         "e2e[mount]: lock {} creates / {} unlinks",
         creates.len(),

@@ -419,6 +419,23 @@ fn external_change_is_caught_at_the_next_open_and_write_with_cached_attrs() {
         std::fs::read(m.src.join("c.jsonl")).unwrap(),
         b"{\"type\":\"session\",\"id\":\"c\"}\n{\"x\":1}\n{\"x\":2}\n{\"x\":3}\n{\"y\":1}\n"
     );
+    // Our own O_TRUNC rewrite (as OpenClaw rewrites trajectory-path.json), then a stat,
+    // an append and a read through the mount: none of it is external.
+    std::fs::write(&f, b"{\"z\":0}\n").unwrap();
+    let _ = std::fs::metadata(&f).unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .unwrap()
+        .write_all_ok(b"{\"z\":1}\n");
+    let _ = std::fs::read(&f).unwrap();
+    let recs_after = records_of(&m, "c.jsonl");
+    assert_eq!(
+        recs_after.iter().filter(|r| r["op"] == "external").count(),
+        3,
+        "{:?}",
+        ops(&recs_after)
+    );
 }
 
 trait WriteAllOk {

@@ -55,6 +55,8 @@ pub struct Inode {
     /// before the change until its record is appended. A WRITE replies to the kernel
     /// while holding it, so the inode's next operation is recorded after the write.
     pub order: Mutex<()>,
+    /// See [`Inode::changes`].
+    changes: AtomicU64,
 }
 
 /// Marks an inode as being changed by us for the guard's lifetime.
@@ -63,6 +65,7 @@ pub struct Busy<'a>(&'a Inode);
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
+        self.0.changes.fetch_add(1, Ordering::AcqRel);
         self.0.busy.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -71,7 +74,15 @@ impl Inode {
     /// Mark a mutation in flight until the guard drops.
     pub fn busy(&self) -> Busy<'_> {
         self.busy.fetch_add(1, Ordering::AcqRel);
+        self.changes.fetch_add(1, Ordering::AcqRel);
         Busy(self)
+    }
+
+    /// Counter bumped when a mutation of ours starts and ends. A stat taken when it
+    /// read `g` is current only if it still reads `g` (and nothing is busy): else
+    /// one of our own changes may have landed in between.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
     }
 
     /// A read-only fd on the backing object (opened once, shared until the last
@@ -161,6 +172,7 @@ impl InodeTable {
             writers: Default::default(),
             busy: Default::default(),
             order: Mutex::new(()),
+            changes: AtomicU64::new(0),
         });
         let mut by_id = HashMap::new();
         by_id.insert(ROOT_ID, root);
@@ -221,6 +233,7 @@ impl InodeTable {
                 writers: Default::default(),
                 busy: Default::default(),
                 order: Mutex::new(()),
+                changes: AtomicU64::new(0),
             })
         });
         inode.lookups.fetch_add(1, Ordering::AcqRel);

@@ -330,9 +330,10 @@ impl fuser::Filesystem for SessionFs {
         let Ok(inode) = self.inode(ino) else {
             return reply.error(FErrno::ENOENT);
         };
+        let gen_before = inode.changes();
         match self.stat_attr(&inode) {
             Ok((st, a)) => {
-                self.check_external(req, &inode, &st, 0);
+                self.check_external(req, &inode, &st, 0, gen_before);
                 reply.attr(&self.cfg.attr_ttl, &a)
             }
             Err(e) => reply.error(err(e)),
@@ -603,9 +604,10 @@ impl fuser::Filesystem for SessionFs {
         let _order = order_inode.order.lock();
         let truncating = flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY;
         let before = if truncating {
+            let g = inode.changes();
             let st = sys::fstat(inode.fd()).ok();
             if let Some(st) = &st {
-                self.check_external(req, &inode, st, 0);
+                self.check_external(req, &inode, st, 0, g);
             }
             st
         } else {
@@ -624,12 +626,13 @@ impl fuser::Filesystem for SessionFs {
             let _busy = truncating.then(|| inode.busy());
             sys::reopen(inode.fd(), flags & !FMODE_EXEC)
         };
+        let gen_opened = inode.changes();
         let held = cut.map(|c| self.finish_cut(inode.ino, c, res.is_ok(), true));
         match res {
             Ok(fd) => {
                 let st = sys::fstat(fd.as_fd()).ok();
                 if !truncating && let Some(st) = &st {
-                    self.check_external(req, &inode, st, 0);
+                    self.check_external(req, &inode, st, 0, gen_opened);
                 }
                 let keep = self.keep_cache(&inode, st.as_ref(), truncating);
                 self.record_open(
@@ -1435,12 +1438,13 @@ impl SessionFs {
         let journaling = self.journal.is_some();
         let transcript = journaling && self.is_transcript(&h.inode);
         let before = if journaling {
+            let g = h.inode.changes();
             let st = match sys::fstat(h.fd()) {
                 Ok(st) => st,
                 Err(e) => return reply.error(err(e)),
             };
             // Only our own guard may be in flight: then a moved stat is not ours.
-            self.check_external(req, &h.inode, &st, 1);
+            self.check_external(req, &h.inode, &st, 1, g);
             Some(st)
         } else {
             None
@@ -1907,16 +1911,15 @@ impl SessionFs {
     /// still matches what the cache was filled from (through us).
     fn keep_cache(&self, inode: &Inode, st: Option<&libc::stat>, truncating: bool) -> bool {
         let Some(st) = st else { return false };
-        if truncating || !inode.is_file() {
+        if !inode.is_file() {
             return false;
         }
-        let now = (
-            st.st_size as u64,
-            attr::fingerprint(st).mtime_ns,
-            attr::fingerprint(st).ctime_ns,
-        );
+        let f = attr::fingerprint(st);
+        let now = (f.size, f.mtime_ns, f.ctime_ns);
         let mut fp = inode.cache_fp.lock();
-        let keep = *fp == Some(now);
+        // An O_TRUNC open changed the file itself: its new state is ours (known), and
+        // the old cache is useless.
+        let keep = !truncating && *fp == Some(now);
         *fp = Some(now);
         keep
     }
@@ -1928,19 +1931,33 @@ impl SessionFs {
     }
 
     fn note_external(&self, req: &Request, inode: &Inode) {
+        let g = inode.changes();
         if inode.is_file()
             && let Ok(st) = sys::fstat(inode.fd())
         {
-            self.check_external(req, inode, &st, 0);
+            self.check_external(req, inode, &st, 0, g);
         }
     }
 
     /// A backing stat we did not cause: record an `external` change (and drop the
     /// kernel's cache for this inode at its next open). `own_busy`: mutations of ours
     /// the caller itself has in flight on `inode`; any more and the check is skipped,
-    /// since a moved stat may then be ours.
-    fn check_external(&self, _req: &Request, inode: &Inode, st: &libc::stat, own_busy: u32) {
-        if !inode.is_file() || self.journal.is_none() || inode.busy_count() > own_busy {
+    /// since a moved stat may then be ours. `seen`: [`Inode::changes`] read before `st`
+    /// was taken; if a change of ours started or ended since, `st` may predate it (a
+    /// GETATTR racing a WRITE) and proves nothing.
+    fn check_external(
+        &self,
+        _req: &Request,
+        inode: &Inode,
+        st: &libc::stat,
+        own_busy: u32,
+        seen: u64,
+    ) {
+        if !inode.is_file()
+            || self.journal.is_none()
+            || inode.busy_count() > own_busy
+            || inode.changes() != seen
+        {
             return;
         }
         let f = attr::fingerprint(st);
