@@ -672,8 +672,7 @@ fn check_journal(sessions: &Path, tr: &Path, gateway_pid: u32, cli_pids: &[u32],
             .iter()
             .filter_map(|e| all
                 .iter()
-                .filter(|r| r["path"] == e["path"] && r["seq"].as_u64() < e["seq"].as_u64())
-                .next_back())
+                .rfind(|r| r["path"] == e["path"] && r["seq"].as_u64() < e["seq"].as_u64()))
             .collect::<Vec<_>>()
     );
     eprintln!(
