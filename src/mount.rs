@@ -1018,7 +1018,20 @@ fn first_line(s: &str) -> Option<&str> {
 /// for a warning once the mount is live (before that, stderr is for the error line).
 fn raise_nofile() -> Option<u64> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    let (soft, mut hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    // Each inode the kernel holds costs the daemon one O_PATH fd (plus one per open
+    // file handle), so a low hard limit caps the files a gateway may touch: as root,
+    // raise it to the kernel's `fs.nr_open` (measured: a 20,000 hard limit gave EMFILE
+    // after `ls -l` of 10,000 files plus writes to 10,000 others).
+    if nix::unistd::geteuid().is_root() {
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(1 << 20);
+        if nr_open > hard && setrlimit(Resource::RLIMIT_NOFILE, nr_open, nr_open).is_ok() {
+            hard = nr_open;
+        }
+    }
     if soft < hard {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
