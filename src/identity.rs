@@ -696,6 +696,14 @@ fn value_end(b: &[u8], from: usize) -> usize {
         .map_or(b.len(), |p| from + p)
 }
 
+/// Offsets where `needle` occurs in `hay` at the start of a word (not right after an
+/// ASCII letter or digit).
+fn word_starts<'a>(hay: &'a str, needle: &'a str) -> impl Iterator<Item = usize> + 'a {
+    hay.match_indices(needle)
+        .map(|(i, _)| i)
+        .filter(move |&i| i == 0 || !hay.as_bytes()[i - 1].is_ascii_alphanumeric())
+}
+
 /// Redact secrets inside one argument (or a whole process title), leaving the rest:
 /// - `name=value` and `Name: value` where `name` is a secret name (`--api-key=…`,
 ///   `API_KEY=…`, `password=…`, `?token=…&`, `Authorization: …`, `"api_key": "…"`):
@@ -707,7 +715,6 @@ fn value_end(b: &[u8], from: usize) -> usize {
 fn redact_text(s: &str) -> Cow<'_, str> {
     let b = s.as_bytes();
     let lower = s.to_ascii_lowercase();
-    let lb = lower.as_bytes();
     let mut ranges: Vec<(usize, usize)> = Vec::new();
     for (i, &c) in b.iter().enumerate() {
         if c != b'=' && c != b':' {
@@ -745,14 +752,9 @@ fn redact_text(s: &str) -> Cow<'_, str> {
         }
     }
     for scheme in AUTH_SCHEMES {
-        let mut from = 0;
-        while let Some(p) = lower[from..].find(scheme) {
-            let i = from + p;
-            from = i + scheme.len();
+        for i in word_starts(&lower, scheme) {
             let after = i + scheme.len();
-            if (i > 0 && lb[i - 1].is_ascii_alphanumeric())
-                || !b.get(after).is_some_and(|c| c.is_ascii_whitespace())
-            {
+            if !b.get(after).is_some_and(|c| c.is_ascii_whitespace()) {
                 continue;
             }
             let mut v = after;
@@ -766,13 +768,8 @@ fn redact_text(s: &str) -> Cow<'_, str> {
         }
     }
     for prefix in TOKEN_PREFIXES {
-        let mut from = 0;
-        while let Some(p) = lower[from..].find(prefix) {
-            let i = from + p;
-            from = i + prefix.len();
-            if i > 0 && lb[i - 1].is_ascii_alphanumeric() {
-                continue;
-            }
+        for i in word_starts(&lower, prefix) {
+            let from = i + prefix.len();
             let tail = b[from..]
                 .iter()
                 .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-'))

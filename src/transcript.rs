@@ -537,8 +537,6 @@ pub struct Rewrite {
     /// were appended back to back; `None` when they were not (then nothing is
     /// rewound).
     pub salvage: Option<(u64, u64)>,
-    /// No cut was salvaged yet.
-    fresh: bool,
 }
 
 impl Rewrite {
@@ -569,16 +567,16 @@ impl Rewrites {
             self.open.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             Rewrite {
                 path: path.to_string(),
-                fresh: true,
                 ..Default::default()
             }
         });
-        rw.salvage = match (rw.fresh, rw.salvage, salvage) {
+        // The first cut sets the span; a later one extends it only if its bytes were
+        // appended right after (cuts always hold at least one line).
+        rw.salvage = match (rw.lines.is_empty(), rw.salvage, salvage) {
             (true, _, s) => s,
             (false, Some((a, b)), Some((c, d))) if b == c => Some((a, d)),
             _ => None,
         };
-        rw.fresh = false;
         let mut at = 0usize;
         let n = cut.removed.len() as u64;
         for e in cut.removed {

@@ -627,7 +627,7 @@ impl fuser::Filesystem for SessionFs {
             sys::reopen(inode.fd(), flags & !FMODE_EXEC)
         };
         let gen_opened = inode.changes();
-        let held = cut.map(|c| self.finish_cut(inode.ino, c, res.is_ok(), true));
+        let held = cut.map(|c| self.finish_cut(c, res.is_ok(), Some(inode.ino)));
         match res {
             Ok(fd) => {
                 let st = sys::fstat(fd.as_fd()).ok();
@@ -1363,7 +1363,7 @@ impl SessionFs {
             let after = sys::fstat(inode.fd()).ok();
             // A writable handle still open may write the cut lines back (rewrite).
             let hold = handle.is_some() || inode.writers() > 0;
-            let outcome = cut.map(|c| self.finish_cut(inode.ino, c, res.is_ok(), hold));
+            let outcome = cut.map(|c| self.finish_cut(c, res.is_ok(), hold.then_some(inode.ino)));
             self.record(req, "truncate", path.clone(), Some(inode.ino), |r| {
                 r.size_before = before.as_ref().map(|s| s.st_size as u64);
                 r.size_after = after.as_ref().map(|s| s.st_size as u64);
@@ -1469,7 +1469,7 @@ impl SessionFs {
             over = self.stage_cut(j, self.inodes.path_of(&h.inode), ch);
         }
         let res = sys::pwrite(h.fd(), data, offset);
-        let outcome = over.map(|c| self.finish_cut(h.inode.ino, c, res.is_ok(), true));
+        let outcome = over.map(|c| self.finish_cut(c, res.is_ok(), Some(h.inode.ino)));
         if res.is_ok() && wflags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
             self.kill_suid(&h.inode);
         }
@@ -1515,7 +1515,6 @@ impl SessionFs {
             }
             // Complete lines equal to lines cut by this rewrite put them back.
             if let (Some(c), Ok(n)) = (change.as_ref(), &res)
-                && !self.rewrites.is_idle()
                 && self.rewrites.is_open(h.inode.ino)
             {
                 self.put_back(&h.inode, &c.entries, real_off, &data[..*n]);
@@ -1644,7 +1643,7 @@ impl SessionFs {
         };
         let res = nix::unistd::unlinkat(p.fd(), c.as_c_str(), flags);
         // The file is gone with every line: nothing can write them back.
-        let outcome = cut.map(|c| self.finish_cut(0, c, res.is_ok(), false));
+        let outcome = cut.map(|c| self.finish_cut(c, res.is_ok(), None));
         if res.is_ok()
             && let Some(st) = &vst
         {
@@ -1838,9 +1837,9 @@ impl SessionFs {
     }
 
     /// After the change that cut the lines ran: on failure take their salvage back; on
-    /// success either hold them for the rewrite in progress (`hold`: a writable handle
-    /// of the file stays open) or report them removed now.
-    fn finish_cut(&self, ino: u64, cut: PendingCut, ok: bool, hold: bool) -> CutOutcome {
+    /// success either hold them for the rewrite in progress of backing inode `hold`
+    /// (a writable handle of the file stays open) or, with `None`, report them removed.
+    fn finish_cut(&self, cut: PendingCut, ok: bool, hold: Option<u64>) -> CutOutcome {
         let Some(j) = &self.journal else {
             return CutOutcome::default();
         };
@@ -1849,7 +1848,7 @@ impl SessionFs {
             j.salvage_rewind(&path, span.0, span.1, &[]);
             return CutOutcome::default();
         }
-        if hold {
+        if let Some(ino) = hold {
             let n = self.rewrites.cut(ino, &path, change, Some(span));
             CutOutcome {
                 held: Some(n),

@@ -91,12 +91,15 @@ impl VirtualFiles {
     }
 }
 
-/// `name` without a virtual-file suffix (`.journal`/`.salvage`), if it has one.
-fn base_of(name: &[u8]) -> Option<&[u8]> {
-    [JOURNAL_SUFFIX, SALVAGE_SUFFIX].iter().find_map(|suf| {
-        (name.len() > suf.len() && name.ends_with(suf.as_bytes()))
-            .then(|| &name[..name.len() - suf.len()])
-    })
+/// `name` without its virtual-file suffix, and whether that suffix is `.salvage`
+/// (else `.journal`); `None` for other names.
+fn base_of(name: &[u8]) -> Option<(&[u8], bool)> {
+    [(JOURNAL_SUFFIX, false), (SALVAGE_SUFFIX, true)]
+        .iter()
+        .find_map(|(suf, salvage)| {
+            (name.len() > suf.len() && name.ends_with(suf.as_bytes()))
+                .then(|| (&name[..name.len() - suf.len()], *salvage))
+        })
 }
 
 impl Default for VirtualFiles {
@@ -115,7 +118,7 @@ impl SessionFs {
         }
         let n = name.as_bytes();
         let shadows = (parent.id == ROOT_ID && n == MOUNT_JOURNAL.as_bytes())
-            || base_of(n).is_some_and(|b| {
+            || base_of(n).is_some_and(|(b, _)| {
                 sys::cname(OsStr::from_bytes(b))
                     .ok()
                     .is_some_and(|c| sys::fstatat(parent.fd(), &c).is_ok())
@@ -187,14 +190,7 @@ impl SessionFs {
                 .id(VirtualKind::All, root_st.st_uid, root_st.st_gid);
             return self.virtual_attr(id);
         }
-        let (base, salvage) =
-            if n.len() > JOURNAL_SUFFIX.len() && n.ends_with(JOURNAL_SUFFIX.as_bytes()) {
-                (&n[..n.len() - JOURNAL_SUFFIX.len()], false)
-            } else if n.len() > SALVAGE_SUFFIX.len() && n.ends_with(SALVAGE_SUFFIX.as_bytes()) {
-                (&n[..n.len() - SALVAGE_SUFFIX.len()], true)
-            } else {
-                return None;
-            };
+        let (base, salvage) = base_of(n)?;
         let base = OsStr::from_bytes(base);
         let path = self.child_path(parent, base);
         // Owner: the watched file's, else the mount root's.
