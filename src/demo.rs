@@ -12,6 +12,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::journal::cli::{JournalArgs, run_journal};
 use crate::mount::{MountSpec, mount, umount};
 
+
+/// `println!` that never panics: with stdout closed early (`sessionfs demo | head`)
+/// the demo still unmounts and cleans up instead of dying on EPIPE.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 /// Session id of the embedded fixture.
 pub const SESSION_ID: &str = "345c3d87-d783-4ad6-829e-3331739a026b";
 
@@ -134,7 +144,7 @@ pub fn run() -> Result<(), String> {
     let state = tmp.join("state");
     let result = (|| {
         unpack(&sessions).map_err(|e| format!("unpacking the sample: {e}"))?;
-        println!(
+        say!(
             "1. unpacked a real OpenClaw 2026.5.22 sessions directory (16 turns) into\n   {}",
             sessions.display()
         );
@@ -154,13 +164,14 @@ pub fn run() -> Result<(), String> {
             ttl: Duration::from_secs(10),
             readdirplus: false,
         })?;
-        println!(
+        say!(
             "2. mounted sessionfs over it (overlay: same path, journal in {})",
             state.display()
         );
+        let mounted = Mounted(Some(&sessions));
         let turn = run_turn(&sessions);
         let shown = turn.and_then(|_| show(&sessions));
-        let un = umount(&sessions);
+        let un = mounted.unmount();
         let seen = shown?;
         un?;
         let under = listing(&sessions)?;
@@ -169,7 +180,7 @@ pub fn run() -> Result<(), String> {
                 "after unmounting, the directory differs from what the mount showed: {under:?} vs {seen:?}"
             ));
         }
-        println!(
+        say!(
             "6. unmounted; the directory underneath holds exactly what the mount showed ({} files, same sizes and inodes)",
             under.len()
         );
@@ -177,17 +188,34 @@ pub fn run() -> Result<(), String> {
     })();
     let _ = fs::remove_dir_all(&tmp);
     if result.is_ok() {
-        println!("7. cleaned up {}", tmp.display());
+        say!("7. cleaned up {}", tmp.display());
     }
     result
+}
+
+/// Unmounts on drop, so that a panic between mount and unmount leaves no mount.
+struct Mounted<'a>(Option<&'a Path>);
+
+impl Mounted<'_> {
+    fn unmount(mut self) -> Result<(), String> {
+        self.0.take().map_or(Ok(()), umount)
+    }
+}
+
+impl Drop for Mounted<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = umount(p);
+        }
+    }
 }
 
 fn run_turn(sessions: &Path) -> Result<(), String> {
     let t = sessions.join(format!("{SESSION_ID}.jsonl"));
     let traj = sessions.join(format!("{SESSION_ID}.trajectory.jsonl"));
-    println!("3. one gateway turn through the mount (OpenClaw 2026.5.22 write pattern):");
+    say!("3. one gateway turn through the mount (OpenClaw 2026.5.22 write pattern):");
     let lock = take_lock(&t)?;
-    println!(
+    say!(
         "   - created {SESSION_ID}.jsonl.lock with O_CREAT|O_EXCL, JSON payload, fd held open"
     );
     let parent = last_id(&t);
@@ -198,11 +226,11 @@ fn run_turn(sessions: &Path) -> Result<(), String> {
             "timestamp":crate::fs::now_rfc3339(),
             "message":{"role":"user","content":[{"type":"text","text":"hello from sessionfs demo"}]}}),
     )?;
-    println!("   - appended the user entry {user_id} (open O_APPEND, write, close)");
+    say!("   - appended the user entry {user_id} (open O_APPEND, write, close)");
     release_lock(lock)?;
-    println!("   - released the lock (close, re-read, unlink) for the model call");
+    say!("   - released the lock (close, re-read, unlink) for the model call");
     let lock = take_lock(&t)?;
-    println!("   - re-took the lock");
+    say!("   - re-took the lock");
     let asst_id = format!("{:08x}", ((now_ms() + 1) & 0xffff_ffff) as u32);
     append_line(
         &t,
@@ -215,9 +243,9 @@ fn run_turn(sessions: &Path) -> Result<(), String> {
         &t,
         &serde_json::json!({"type":"custom","customType":"openclaw:turn-end","id":format!("{:08x}", ((now_ms() + 2) & 0xffff_ffff) as u32),"parentId":asst_id}),
     )?;
-    println!("   - appended the assistant entry {asst_id} and a custom entry");
+    say!("   - appended the assistant entry {asst_id} and a custom entry");
     release_lock(lock)?;
-    println!("   - released the lock");
+    say!("   - released the lock");
     let store = sessions.join("sessions.json");
     let tmp = sessions.join(format!(".fs-safe-replace.{}.demo.tmp", std::process::id()));
     let mut v: serde_json::Value =
@@ -237,7 +265,7 @@ fn run_turn(sessions: &Path) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     fs::rename(&tmp, &store).map_err(|e| e.to_string())?;
     fs::set_permissions(&store, fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
-    println!(
+    say!(
         "   - replaced sessions.json via {} + rename + chmod 0600",
         tmp.file_name().unwrap().to_string_lossy()
     );
@@ -245,7 +273,7 @@ fn run_turn(sessions: &Path) -> Result<(), String> {
         &traj,
         &serde_json::json!({"type":"trajectory","turn":"demo","ts":crate::fs::now_rfc3339()}),
     )?;
-    println!("   - appended the trajectory file");
+    say!("   - appended the trajectory file");
     Ok(())
 }
 
@@ -270,13 +298,13 @@ fn listing(dir: &Path) -> Result<Vec<(String, u32, u64, u64)>, String> {
 }
 
 fn show(sessions: &Path) -> Result<Vec<(String, u32, u64, u64)>, String> {
-    println!("4. the directory through the mount (and the virtual .journal):");
+    say!("4. the directory through the mount (and the virtual .journal):");
     let seen = listing(sessions)?;
     for (n, mode, size, ino) in &seen {
-        println!("   {mode:o} {size:>9} ino {ino:>9}  {n}");
+        say!("   {mode:o} {size:>9} ino {ino:>9}  {n}");
     }
     // The state dir is new, so the whole mount's journal is exactly this turn.
-    println!("5. the journal of the turn (sessionfs journal <mountpoint>):");
+    say!("5. the journal of the turn (sessionfs journal <mountpoint>):");
     let _ = std::io::stdout().flush();
     run_journal(&JournalArgs {
         target: sessions.to_path_buf(),

@@ -566,3 +566,40 @@ fn foreground_stays_in_the_foreground() {
     assert!(!is_mounted(&s.mnt));
     g.unmount();
 }
+
+/// `sessionfs demo | head -2`: the reader goes away while the demo is mounted. The
+/// demo must neither panic on EPIPE nor leave its mount or temporary tree behind.
+#[test]
+fn demo_survives_a_closed_stdout() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(bin())
+        .arg("demo")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn demo");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    let mut second = String::new();
+    out.read_line(&mut second).unwrap();
+    // "   /tmp/sessionfs-demo-<pid>/agents/main/sessions"
+    let sessions = PathBuf::from(second.trim());
+    assert!(
+        first.starts_with("1.") && sessions.ends_with("agents/main/sessions"),
+        "unexpected demo output: {first:?} {second:?}"
+    );
+    drop(out); // like `head` exiting: every later write gets EPIPE
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed: {:?} {err}", out.status);
+    assert!(!err.contains("panicked"), "demo panicked: {err}");
+    assert!(
+        mount_lines(&sessions).is_empty(),
+        "demo left a mount at {}",
+        sessions.display()
+    );
+    let tree = sessions.ancestors().nth(3).unwrap();
+    assert!(!tree.exists(), "demo left {} behind", tree.display());
+}
