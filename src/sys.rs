@@ -199,7 +199,8 @@ thread_local! {
 /// backing kernel). setfsuid/setfsgid are per-thread; the umask is made per-thread
 /// with `unshare(CLONE_FS)` on first use. With FUSE_DONT_MASK the kernel leaves the
 /// umask to us.
-pub fn as_caller<T>(uid: u32, gid: u32, umask: u32, f: impl FnOnce() -> T) -> T {
+/// `tid`: the caller's thread (FUSE request pid), for its supplementary groups.
+pub fn as_caller<T>(tid: u32, uid: u32, gid: u32, umask: u32, f: impl FnOnce() -> T) -> T {
     OWN_FS.with(|own| {
         if !own.get() {
             // SAFETY: unshare(CLONE_FS) only detaches this thread's cwd/root/umask.
@@ -213,6 +214,15 @@ pub fn as_caller<T>(uid: u32, gid: u32, umask: u32, f: impl FnOnce() -> T) -> T 
     let out = if uid == 0 && gid == 0 {
         f()
     } else {
+        // The backing kernel checks the parent directory against the fs uid/gid and
+        // the thread's supplementary groups: give it the caller's, or a caller who may
+        // write only through a supplementary group gets EACCES where ext4 allows it.
+        let own = daemon_groups();
+        let groups = caller_groups(tid);
+        let swap = groups != *own;
+        if swap {
+            set_thread_groups(&groups);
+        }
         // SAFETY: setfsgid/setfsuid only change this thread's fs credentials.
         let old_gid = unsafe { libc::syscall(libc::SYS_setfsgid, gid) } as u32;
         // SAFETY: as above.
@@ -223,11 +233,52 @@ pub fn as_caller<T>(uid: u32, gid: u32, umask: u32, f: impl FnOnce() -> T) -> T 
             libc::syscall(libc::SYS_setfsuid, old_uid);
             libc::syscall(libc::SYS_setfsgid, old_gid);
         }
+        if swap {
+            set_thread_groups(own);
+        }
         out
     };
     // SAFETY: restores this thread's mask.
     unsafe { libc::umask(old_mask) };
     out
+}
+
+/// The daemon's own supplementary groups, read once (every thread has them outside
+/// [`as_caller`]).
+fn daemon_groups() -> &'static Vec<libc::gid_t> {
+    static GROUPS: std::sync::OnceLock<Vec<libc::gid_t>> = std::sync::OnceLock::new();
+    GROUPS.get_or_init(|| {
+        nix::unistd::getgroups()
+            .map(|v| v.into_iter().map(|g| g.as_raw()).collect())
+            .unwrap_or_default()
+    })
+}
+
+/// Supplementary groups of thread `tid`: the `Groups:` line of `/proc/<tid>/status`
+/// (one /proc read, 5–20 µs). Empty when unreadable (the thread is gone): the caller
+/// then gets no group it cannot prove.
+pub fn caller_groups(tid: u32) -> Vec<libc::gid_t> {
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("Groups:").map(|g| {
+                    g.split_whitespace()
+                        .filter_map(|n| n.parse().ok())
+                        .collect()
+                })
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// Set this thread's supplementary groups. The raw syscall is per thread (glibc's
+/// `setgroups` would change every thread of the daemon). Needs CAP_SETGID; without
+/// it the groups stay as they were.
+fn set_thread_groups(groups: &[libc::gid_t]) {
+    // SAFETY: `groups` is a valid slice of gid_t for the duration of the call; the
+    // syscall only reads it and changes this thread's credentials.
+    unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
 }
 
 /// Duplicate a borrowed fd into an owned one (`F_DUPFD_CLOEXEC`).

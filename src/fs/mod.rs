@@ -417,7 +417,7 @@ impl fuser::Filesystem for SessionFs {
             return reply.error(FErrno::ENOENT);
         };
         let res = sys::cname(name).and_then(|c| {
-            sys::as_caller(req.uid(), req.gid(), umask, || {
+            sys::as_caller(req.pid(), req.uid(), req.gid(), umask, || {
                 sys::mknodat(p.fd(), &c, mode, rdev as u64)
             })
         });
@@ -444,7 +444,7 @@ impl fuser::Filesystem for SessionFs {
             return reply.error(FErrno::ENOENT);
         };
         let res = sys::cname(name).and_then(|c| {
-            sys::as_caller(req.uid(), req.gid(), umask, || {
+            sys::as_caller(req.pid(), req.uid(), req.gid(), umask, || {
                 nix::sys::stat::mkdirat(
                     p.fd(),
                     c.as_c_str(),
@@ -501,7 +501,7 @@ impl fuser::Filesystem for SessionFs {
             return reply.error(FErrno::ENOENT);
         };
         let res = sys::cname(link_name).and_then(|c| {
-            sys::as_caller(req.uid(), req.gid(), 0, || {
+            sys::as_caller(req.pid(), req.uid(), req.gid(), 0, || {
                 nix::unistd::symlinkat(target, p.fd(), c.as_c_str())
             })
         });
@@ -624,7 +624,14 @@ impl fuser::Filesystem for SessionFs {
         };
         let res = {
             let _busy = truncating.then(|| inode.busy());
-            sys::reopen(inode.fd(), flags & !FMODE_EXEC)
+            let res = sys::reopen(inode.fd(), flags & !FMODE_EXEC);
+            // HANDLE_KILLPRIV_V2: an unprivileged O_TRUNC clears suid/sgid as ext4
+            // would (the kernel's FUSE_OPEN_KILL_SUIDGID, which fuser does not pass on;
+            // our root daemon has CAP_FSETID, the caller may not).
+            if truncating && res.is_ok() && req.uid() != 0 {
+                self.kill_suid(&inode);
+            }
+            res
         };
         let gen_opened = inode.changes();
         let held = cut.map(|c| self.finish_cut(c, res.is_ok(), Some(inode.ino)));
@@ -1559,7 +1566,7 @@ impl SessionFs {
         // O_NOFOLLOW: the kernel sends CREATE only after a negative lookup, so a symlink
         // here appeared behind our back (a `--source` writer); never follow it.
         let oflags = (flags | libc::O_CREAT | libc::O_NOFOLLOW) & !FMODE_EXEC;
-        let res = sys::as_caller(req.uid(), req.gid(), umask, || {
+        let res = sys::as_caller(req.pid(), req.uid(), req.gid(), umask, || {
             sys::openat(p.fd(), &c, oflags, mode & 0o7777)
         });
         let path = self.child_path(p, name);
