@@ -12,7 +12,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::journal::cli::{JournalArgs, run_journal};
 use crate::mount::{MountSpec, mount, umount};
 
-
 /// `println!` that never panics: with stdout closed early (`sessionfs demo | head`)
 /// the demo still unmounts and cleans up instead of dying on EPIPE.
 macro_rules! say {
@@ -215,9 +214,7 @@ fn run_turn(sessions: &Path) -> Result<(), String> {
     let traj = sessions.join(format!("{SESSION_ID}.trajectory.jsonl"));
     say!("3. one gateway turn through the mount (OpenClaw 2026.5.22 write pattern):");
     let lock = take_lock(&t)?;
-    say!(
-        "   - created {SESSION_ID}.jsonl.lock with O_CREAT|O_EXCL, JSON payload, fd held open"
-    );
+    say!("   - created {SESSION_ID}.jsonl.lock with O_CREAT|O_EXCL, JSON payload, fd held open");
     let parent = last_id(&t);
     let user_id = format!("{:08x}", (now_ms() & 0xffff_ffff) as u32);
     append_line(

@@ -193,6 +193,26 @@ impl LaneDeclarations {
         }
     }
 
+    /// A rename put file `moved` where file `replaced` was: declarations made on the
+    /// replaced file follow the path to the moved one (OpenClaw replaces
+    /// `sessions.json` through a temp file and a rename; a lane declared on it must
+    /// cover its later changes). A process's own declaration on `moved` wins.
+    pub fn inherit(&self, replaced: u64, moved: u64) {
+        if replaced == moved || self.map.read().is_empty() {
+            return;
+        }
+        let mut map = self.map.write();
+        let from: Vec<_> = map
+            .iter()
+            .filter(|((_, _, ino), _)| *ino == replaced)
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        for ((pid, start, _), lane) in from {
+            map.remove(&(pid, start, replaced));
+            map.entry((pid, start, moved)).or_insert(lane);
+        }
+    }
+
     /// The caller process's current declaration for `ino`.
     pub fn get(&self, caller: &Caller, ino: u64) -> Option<Arc<str>> {
         let p = caller.process.as_ref()?;
@@ -208,6 +228,22 @@ impl LaneDeclarations {
 mod tests {
     use super::*;
     use crate::identity::ProcessInfo;
+
+    #[test]
+    fn declarations_follow_a_rename_over() {
+        let d = LaneDeclarations::new();
+        let a = caller("node", "/", 1000);
+        d.declare(&a, 7, Some("cron"));
+        // The moved file (ino 9) replaces ino 7: the lane follows the path.
+        d.inherit(7, 9);
+        assert_eq!(d.get(&a, 9).as_deref(), Some("cron"));
+        assert_eq!(d.get(&a, 7), None);
+        // A declaration of its own on the moved file wins over the replaced one's.
+        d.declare(&a, 11, Some("main"));
+        d.declare(&a, 12, Some("subagent"));
+        d.inherit(11, 12);
+        assert_eq!(d.get(&a, 12).as_deref(), Some("subagent"));
+    }
 
     fn caller(comm: &str, cgroup: &str, uid: u32) -> Caller {
         Caller {

@@ -654,3 +654,42 @@ os.close(fd)
         .concat();
     assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
 }
+
+/// A lane declared on `sessions.json` covers its replacement through a temp file and
+/// a rename (OpenClaw's pattern): the rename and the later changes of the new file
+/// carry it; another process's changes do not.
+#[test]
+fn declared_lane_follows_a_rename_over() {
+    let m = Mount::new(&[]);
+    let f = m.mnt.join("sessions.json");
+    std::fs::write(&f, b"{}\n").unwrap();
+    let code = r#"
+import os, sys
+path = sys.argv[1]; tmp = path + ".tmp"
+os.setxattr(path, "user.sessionfs.lane", b"cron")
+with open(tmp, "w") as t: t.write('{"a":1}\n')
+os.replace(tmp, path)
+assert os.getxattr(path, "user.sessionfs.lane") == b"cron"
+os.chmod(path, 0o600)
+with open(path, "a") as t: t.write('{"b":2}\n')
+"#;
+    python(code, &[f.to_str().unwrap()]);
+    // Another process: no declaration of its own.
+    std::fs::OpenOptions::new().append(true).open(&f).unwrap();
+    let recs = records_of(&m, "sessions.json");
+    let lane_of = |op: &str| -> Vec<String> {
+        recs.iter()
+            .filter(|r| r["op"] == op && r["comm"] == "python3")
+            .map(|r| r["lane"].as_str().unwrap_or("-").to_string())
+            .collect()
+    };
+    assert_eq!(lane_of("rename"), ["cron"], "{recs:?}");
+    assert_eq!(lane_of("chmod"), ["cron"], "{recs:?}");
+    assert_eq!(lane_of("write"), ["cron"], "{recs:?}");
+    let others: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["comm"] != "python3" && r["op"] == "open")
+        .collect();
+    assert!(!others.is_empty(), "the second opener's record: {recs:?}");
+    assert!(others.iter().all(|r| r.get("lane").is_none()), "{others:?}");
+}

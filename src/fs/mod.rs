@@ -1764,6 +1764,11 @@ impl SessionFs {
             }
             if let Some(st) = &rst {
                 self.tracker.forget(st.st_ino);
+                if flags & libc::RENAME_EXCHANGE == 0
+                    && let Some(m) = &moved_st
+                {
+                    self.lanes.inherit(st.st_ino, m.st_ino);
+                }
             }
         }
         // Salvage keeps only what the rename removed (all of it if the diff failed).
@@ -1788,7 +1793,10 @@ impl SessionFs {
         if flags & libc::RENAME_WHITEOUT != 0 {
             fl.push("RENAME_WHITEOUT".to_string());
         }
-        self.record(req, "rename", path, None, |r| {
+        // The lane: the renamer's declaration on the moved file (or, just inherited,
+        // on the file it replaced).
+        let lane_ino = moved_st.as_ref().map(|m| m.st_ino);
+        self.record(req, "rename", path, lane_ino, |r| {
             r.to = Some(to);
             if !fl.is_empty() {
                 r.flags = Some(fl);
