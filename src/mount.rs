@@ -845,8 +845,15 @@ fn serve(
     config.n_threads = Some(spec.threads.max(1));
     config.clone_fd = true;
 
-    let session = fuser::Session::new(fs, &canon, &config)
-        .map_err(|e| fail(mount_error(&canon, &e), &ready))?;
+    // As root we mount(2) ourselves and give fuser only the /dev/fuse fd, so fuser
+    // owns no mount and never unmounts by path (see `mount_direct`); otherwise fuser
+    // goes through fusermount3.
+    let session = match mount_direct(&canon, &source, spec.read_only, spec.allow_other) {
+        Ok(Some(fd)) => fuser::Session::from_fd(fs, fd, config.acl, config),
+        Ok(None) => fuser::Session::new(fs, &canon, &config),
+        Err(e) => Err(e),
+    }
+    .map_err(|e| fail(mount_error(&canon, &e), &ready))?;
     // Our mount's device, to never unmount somebody else's mount stacked on top later.
     let dev = mount_entry_at(&canon)
         .filter(MountEntry::is_sessionfs)
@@ -908,6 +915,63 @@ fn serve(
     }
     tracing::info!("unmounted");
     r.map_err(|e| format!("fuse session: {e}"))
+}
+
+/// Mount the FUSE connection at `mp` with mount(2) and return its `/dev/fuse` fd, for
+/// [`fuser::Session::from_fd`]. Why: a session fuser mounted itself ends by unmounting
+/// its mountpoint *by path*, and fuser 0.18's "still mounted?" check (a poll of the
+/// device) reads a connection the kernel already ended as mounted, so a daemon shutting
+/// down after `umount` could unmount a new mount made at the same path meanwhile.
+/// Our own unmounts check the mount's device first (`unmount_ours`).
+///
+/// Options as fuser's own mount(2) path sets them: `nosuid,nodev` (+`ro`), type
+/// `fuse.sessionfs`, source `sessionfs:<source>`, data
+/// `fd=N,rootmode=…,user_id=…,group_id=…,default_permissions[,allow_other]`.
+///
+/// # Errors
+/// `Ok(None)` on EPERM (not root: use fusermount3); the error of opening `/dev/fuse`
+/// (ENOENT when the module is missing) or of mount(2) otherwise.
+fn mount_direct(
+    mp: &Path,
+    source: &Path,
+    read_only: bool,
+    allow_other: bool,
+) -> io::Result<Option<std::os::fd::OwnedFd>> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    let rootmode = fs::metadata(mp)?.permissions().mode();
+    let dev = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")?;
+    let mut data = format!(
+        "fd={},rootmode={rootmode:o},user_id={},group_id={},default_permissions",
+        dev.as_raw_fd(),
+        nix::unistd::getuid(),
+        nix::unistd::getgid()
+    );
+    if allow_other {
+        data.push_str(",allow_other");
+    }
+    let mut flags = nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV;
+    if read_only {
+        flags |= nix::mount::MsFlags::MS_RDONLY;
+    }
+    let fsname = format!("sessionfs:{}", source.display());
+    match nix::mount::mount(
+        Some(fsname.as_str()),
+        mp,
+        Some("fuse.sessionfs"),
+        flags,
+        Some(data.as_str()),
+    ) {
+        Ok(()) => Ok(Some(dev.into())),
+        Err(nix::errno::Errno::EPERM) => Ok(None),
+        Err(e) => Err(io::Error::from(e)),
+    }
 }
 
 /// Waits for SIGTERM/SIGINT/SIGHUP and unmounts. When the unmount fails (EBUSY: a

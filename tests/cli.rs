@@ -603,3 +603,54 @@ fn demo_survives_a_closed_stdout() {
     let tree = sessions.ancestors().nth(3).unwrap();
     assert!(!tree.exists(), "demo left {} behind", tree.display());
 }
+
+/// A daemon whose mount was detached lazily (`umount -l`) keeps serving the files still
+/// open on it; a new mount may meanwhile be made at the same path. When the old
+/// daemon finally ends, it must not unmount the new mount (fuser, left to itself,
+/// unmounts its mountpoint by path). And two daemons never share one state dir.
+#[test]
+fn old_daemon_leaves_a_new_mount_at_its_path_alone() {
+    let s = scratch();
+    let _guard = s.guard();
+    let out = s.mount_cmd(&[], &s.mnt).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let (_, old_pid) = daemon_pid(&s.mnt);
+    let held = std::fs::File::create(s.mnt.join("held")).unwrap();
+    nix::mount::umount2(&s.mnt, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    assert!(!is_mounted(&s.mnt));
+    assert!(!exited(old_pid), "the detached daemon serves the open file");
+
+    // A second daemon on the same state dir is refused with one line.
+    let other = s.tmp.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let err = must_fail(&mut s.mount_cmd(&[], &other), &other, "in use");
+    assert!(err.contains(&format!("pid {old_pid}")), "{err}");
+
+    // The new mount: its own source and state dir.
+    let src2 = s.tmp.path().join("src2");
+    std::fs::create_dir(&src2).unwrap();
+    let out = Command::new(bin())
+        .arg("mount")
+        .arg("--source")
+        .arg(&src2)
+        .arg("--state-dir")
+        .arg(s.tmp.path().join("state2"))
+        .arg(&s.mnt)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    drop(held); // the old connection's last file: the old daemon ends now
+    let t = Instant::now();
+    while !exited(old_pid) && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(exited(old_pid), "old daemon {old_pid} still running");
+    std::thread::sleep(Duration::from_millis(200));
+    let lines = mount_lines(&s.mnt);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("sessionfs:{} ", src2.display()))),
+        "the new mount is gone: {lines:?}"
+    );
+}

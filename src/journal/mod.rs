@@ -205,6 +205,8 @@ pub struct Journal {
     salvage_lock: Mutex<()>,
     tx: Sender<Msg>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Exclusive `flock` on `<state-dir>/lock`, held until [`Journal::shutdown`].
+    lock: Mutex<Option<nix::fcntl::Flock<fs::File>>>,
 }
 
 impl std::fmt::Debug for Msg {
@@ -217,6 +219,44 @@ impl std::fmt::Debug for Msg {
             Msg::Crash => "Crash",
         })
     }
+}
+
+/// Take the state dir's exclusive lock: `flock(LOCK_EX|LOCK_NB)` on `<dir>/lock`
+/// (mode 0600, holding the owner's pid in decimal). Two daemons on one state dir
+/// would hand out the same `seq`s and write the same segments; the second one is
+/// refused. The lock goes with the process (a `kill -9` frees it).
+///
+/// # Errors
+/// `WouldBlock` ("in use by another sessionfs daemon (pid N)") when another process
+/// holds it; the error of creating or locking the file otherwise.
+fn lock_state_dir(dir: &Path) -> io::Result<nix::fcntl::Flock<fs::File>> {
+    use std::io::{Read, Seek, Write};
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir.join("lock"))?;
+    let mut lock = match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err((mut f, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut pid = String::new();
+            let _ = f.read_to_string(&mut pid);
+            let pid = pid.trim();
+            let who = if pid.is_empty() { "?" } else { pid };
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("in use by another sessionfs daemon (pid {who})"),
+            ));
+        }
+        Err((_, e)) => return Err(e.into()),
+    };
+    lock.set_len(0)?;
+    lock.seek(io::SeekFrom::Start(0))?;
+    write!(lock, "{}", std::process::id())?;
+    Ok(lock)
 }
 
 /// The fields read back from a segment when rebuilding the index.
@@ -358,6 +398,7 @@ impl Journal {
             .recursive(true)
             .mode(DIR_MODE)
             .create(&opts.state_dir)?;
+        let lock = lock_state_dir(&opts.state_dir)?;
         let segdir = opts.state_dir.join("segments");
         let salvdir = opts.state_dir.join("salvage");
         private_dir(&segdir)?;
@@ -433,6 +474,7 @@ impl Journal {
             salvage_lock: Mutex::new(()),
             tx,
             writer: Mutex::new(Some(writer)),
+            lock: Mutex::new(Some(lock)),
         })
     }
 
@@ -776,6 +818,8 @@ impl Journal {
                 Err(e) => tracing::error!(error = %e, "journal: cannot write next_seq at shutdown"),
             }
         }
+        // Flushed and stopped: another daemon may take the state dir now.
+        self.lock.lock().take();
     }
 
     /// Tests: stop the writer thread without writing anything more, as a `kill -9`
@@ -1271,6 +1315,26 @@ mod tests {
         // seq continues even past dropped segments.
         let j = Journal::open(JournalOptions::new(d.path().into())).unwrap();
         assert_eq!(j.append(rec("p")), 501);
+    }
+
+    #[test]
+    fn a_state_dir_serves_one_journal_at_a_time() {
+        let d = tempfile::tempdir().unwrap();
+        let j = Journal::open(JournalOptions::new(d.path().into())).unwrap();
+        let e = Journal::open(JournalOptions::new(d.path().into())).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
+        let mode = fs::metadata(d.path().join("lock")).unwrap().permissions();
+        assert_eq!(mode.mode() & 0o777, 0o600);
+        j.append(rec("p"));
+        j.shutdown();
+        // Flushed and stopped: the next daemon takes over and continues the seqs.
+        let j2 = Journal::open(JournalOptions::new(d.path().into())).unwrap();
+        assert_eq!(j2.append(rec("p")), 2);
     }
 
     #[test]
