@@ -36,7 +36,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::hash::Hash;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
@@ -47,6 +47,13 @@ use crate::journal::record::{Ancestor, Record};
 /// trusted before its thread start time and exe link are re-checked in `/proc`.
 /// [`IdentityCache::with_revalidate`] sets another.
 pub const REVALIDATE: Duration = Duration::from_secs(2);
+/// Idle gap (a [`Duration`], 1 ms) after which a thread's next request re-checks its
+/// cached identity, whatever the revalidation interval: an exec stops the thread's
+/// requests for longer than this (execve plus the new image's start-up), so the first
+/// request of a new image off the mount (`sh -c 'exec python3 … >> file'` opens as
+/// `sh` and writes as `python3`) is attributed to the new image. Requests in a burst
+/// (appends 40 µs apart) stay cache hits.
+pub const IDLE_RECHECK: Duration = Duration::from_millis(1);
 /// Bound on the number of entries of each cache map (cached tids, cached processes,
 /// pending exec marks): 16,384 entries each.
 pub const MAX_ENTRIES: usize = 16_384;
@@ -112,7 +119,7 @@ pub struct Caller {
 /// Every execve builds a new address space, and with ASLR a new stack address.
 type Image = [u64; 3];
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct TidEntry {
     process: Arc<ProcessInfo>,
     /// The thread's own start time (field 22 of `/proc/<tid>/stat`).
@@ -121,6 +128,20 @@ struct TidEntry {
     image: Option<Image>,
     /// Last resolve or revalidation.
     checked: Instant,
+    /// Last request of the thread, ns after the cache's `epoch` (see [`IDLE_RECHECK`]).
+    used: AtomicU64,
+}
+
+impl Clone for TidEntry {
+    fn clone(&self) -> Self {
+        Self {
+            process: self.process.clone(),
+            thread_start: self.thread_start,
+            image: self.image,
+            checked: self.checked,
+            used: AtomicU64::new(self.used.load(Ordering::Relaxed)),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -144,6 +165,10 @@ pub struct IdentityCache {
     /// `marks.len()`, so that a hit checks the (usually empty) mark set without a lock.
     marks_len: AtomicUsize,
     revalidate: Duration,
+    /// Origin of the `used` stamps of tid entries.
+    epoch: Instant,
+    /// [`IDLE_RECHECK`] in ns (tests lengthen it).
+    idle_ns: u64,
 }
 
 impl Default for IdentityCache {
@@ -171,7 +196,14 @@ impl IdentityCache {
             marks: Mutex::default(),
             marks_len: AtomicUsize::new(0),
             revalidate: interval,
+            epoch: Instant::now(),
+            idle_ns: IDLE_RECHECK.as_nanos() as u64,
         }
+    }
+
+    /// `now` as ns after the cache's epoch.
+    fn stamp(&self, now: Instant) -> u64 {
+        now.duration_since(self.epoch).as_nanos() as u64
     }
 
     /// Identity of the thread `tid` (from the FUSE request header), with the request's
@@ -190,14 +222,33 @@ impl IdentityCache {
     /// be read on a miss (the thread is gone); a thread found gone at revalidation keeps
     /// its last known process identity.
     pub fn caller(&self, tid: u32, uid: u32, gid: u32) -> Caller {
-        let hit = self.tids.read().get(&tid).cloned();
+        let now = Instant::now();
+        let stamp = self.stamp(now);
+        let hit = self.tids.read().get(&tid).map(|e| {
+            let idle = stamp.saturating_sub(e.used.swap(stamp, Ordering::Relaxed));
+            let fresh = now.duration_since(e.checked) < self.revalidate && idle < self.idle_ns;
+            (
+                fresh,
+                e.process.clone(),
+                fresh
+                    .then_some(())
+                    .map_or_else(|| Some(e.clone()), |_| None),
+            )
+        });
         let process = match hit {
-            Some(e)
-                if e.checked.elapsed() < self.revalidate && !self.exec_marked(e.process.pid) =>
-            {
-                Some(e.process)
+            Some((true, p, _)) if !self.exec_marked(p.pid) => Some(p),
+            Some((_, p, Some(e))) => {
+                let _ = p;
+                self.revalidate(tid, e)
             }
-            Some(e) => self.revalidate(tid, e),
+            Some((_, _, None)) => {
+                // Fresh but an exec mark is pending: the slow path takes the mark.
+                let e = self.tids.read().get(&tid).cloned();
+                match e {
+                    Some(e) => self.revalidate(tid, e),
+                    None => self.resolve(tid),
+                }
+            }
             None => self.resolve(tid),
         };
         Caller {
@@ -400,6 +451,7 @@ impl IdentityCache {
                 thread_start,
                 image,
                 checked: now,
+                used: AtomicU64::new(self.stamp(now)),
             },
         );
     }
@@ -1196,10 +1248,12 @@ mod tests {
         assert_eq!(cache.caller(pid, 0, 0).process.unwrap().comm, "sh");
         child.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
         wait_exec(pid, "sleep");
+        // The thread was idle for longer than IDLE_RECHECK: its next request re-checks
+        // and sees the new image even without a mark.
         assert_eq!(
             cache.caller(pid, 0, 0).process.unwrap().comm,
-            "sh",
-            "an unseen exec waits for the revalidation"
+            "sleep",
+            "an exec off the mount is noticed after an idle gap"
         );
         cache.note_exec(pid);
         assert_eq!(marks(&cache), 1);
@@ -1284,8 +1338,8 @@ mod tests {
         assert!(after.exe.as_deref().unwrap().ends_with("/sleep"));
         assert_eq!(after.cmdline, s(&["sleep", "2"]));
         assert_eq!(after.starttime, before.starttime, "same process");
-        // A cache whose interval has not passed still shows the old image.
-        assert_eq!(lazy.caller(pid, 0, 0).process.unwrap().comm, "sh");
+        // A cache whose interval has not passed notices it too, after the idle gap.
+        assert_eq!(lazy.caller(pid, 0, 0).process.unwrap().comm, "sleep");
         child.kill().unwrap();
         child.wait().unwrap();
     }
@@ -1320,12 +1374,43 @@ mod tests {
         child.wait().unwrap();
     }
 
+    #[test]
+    fn a_burst_stays_cached_and_an_idle_gap_rechecks() {
+        let mut cache = IdentityCache::with_revalidate(Duration::from_secs(3600));
+        // Long enough that a loaded CI machine does not make the burst look idle.
+        let idle = Duration::from_millis(500);
+        cache.idle_ns = idle.as_nanos() as u64;
+        let me = std::process::id();
+        let p = cache.caller(me, 0, 0).process.unwrap();
+        // A tid that does not exist: a re-check would find it gone and drop it.
+        let ghost = 4_000_000_000;
+        cache.tids.write().insert(
+            ghost,
+            TidEntry {
+                used: AtomicU64::new(cache.stamp(Instant::now())),
+                ..fake_tid(&p, Duration::ZERO)
+            },
+        );
+        for _ in 0..100 {
+            assert!(Arc::ptr_eq(&cache.caller(ghost, 0, 0).process.unwrap(), &p));
+        }
+        assert!(cache.tids.read().contains_key(&ghost), "hits read no /proc");
+        std::thread::sleep(idle + Duration::from_millis(50));
+        // Re-checked: the thread is gone, its last identity still answers.
+        assert!(Arc::ptr_eq(&cache.caller(ghost, 0, 0).process.unwrap(), &p));
+        assert!(
+            !cache.tids.read().contains_key(&ghost),
+            "re-checked after the gap"
+        );
+    }
+
     fn fake_tid(process: &Arc<ProcessInfo>, age: Duration) -> TidEntry {
         TidEntry {
             process: process.clone(),
             thread_start: 1,
             image: None,
             checked: Instant::now() - age,
+            used: AtomicU64::new(0),
         }
     }
 

@@ -693,3 +693,43 @@ with open(path, "a") as t: t.write('{"b":2}\n')
     assert!(!others.is_empty(), "the second opener's record: {recs:?}");
     assert!(others.iter().all(|r| r.get("lane").is_none()), "{others:?}");
 }
+
+/// `sh -c 'exec python3 … >> file'`: the shell opens (creates) the file, then execs a
+/// binary that is not on the mount, which writes and closes. The write and the
+/// release name the new image; the create names the shell and only the flags it
+/// passed.
+#[test]
+fn exec_off_the_mount_after_a_redirect_names_the_new_image() {
+    let m = Mount::new(&[]);
+    let f = m.mnt.join("e.jsonl");
+    let script = r#"exec python3 -c 'import os; os.write(1, b"{\"type\":\"x\"}\n")' >> "$1""#;
+    let st = Command::new("sh")
+        .args(["-c", script, "sh"])
+        .arg(&f)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let recs = records_of(&m, "e.jsonl");
+    let one = |op: &str| -> &Value {
+        let v: Vec<&Value> = recs.iter().filter(|r| r["op"] == op).collect();
+        assert_eq!(v.len(), 1, "{op}: {recs:?}");
+        v[0]
+    };
+    let create = one("create");
+    assert_eq!(create["comm"], "sh", "{create}");
+    let flags: Vec<&str> = create["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(flags.contains(&"O_APPEND"), "{create}");
+    assert!(
+        !flags.contains(&"O_NOFOLLOW"),
+        "flags the caller never passed: {create}"
+    );
+    let write = one("write");
+    assert_eq!(write["comm"], "python3", "{write}");
+    assert_eq!(write["pid"], create["pid"], "same process, new image");
+    assert_eq!(one("release")["comm"], "python3", "{recs:?}");
+}

@@ -33,6 +33,10 @@ pub struct FileHandle {
     /// Who opened it: RELEASE comes from the kernel (pid 0) after the last close, so
     /// its record carries the opener's identity.
     pub opener: Option<crate::identity::Caller>,
+    /// The process that last wrote through it, when not the opener (`sh -c 'exec
+    /// python3 … >> f'`: `sh` opens, `python3` writes and closes); the `release`
+    /// record names it.
+    pub last_writer: Mutex<Option<crate::identity::Caller>>,
 }
 
 impl FileHandle {
@@ -48,6 +52,19 @@ impl FileHandle {
     pub fn count_read(&self, n: usize) {
         self.reads.fetch_add(1, Ordering::Relaxed);
         self.read_bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    /// Remember `caller` as the last writer if it is another process than the one
+    /// remembered (or the opener).
+    pub fn note_writer(&self, caller: &crate::identity::Caller) {
+        let same = |c: &crate::identity::Caller| match (&c.process, &caller.process) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        let mut last = self.last_writer.lock();
+        let known = last.as_ref().or(self.opener.as_ref());
+        if !known.is_some_and(same) {
+            *last = Some(caller.clone());
+        }
     }
     /// Count one write of `n` bytes.
     pub fn count_write(&self, n: usize) {

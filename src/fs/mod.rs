@@ -668,6 +668,7 @@ impl fuser::Filesystem for SessionFs {
                         .journal
                         .as_ref()
                         .map(|_| self.ids.caller(req.pid(), req.uid(), req.gid())),
+                    last_writer: Default::default(),
                 });
                 // After this open's own records: the next request of the process
                 // comes from the new image, and refreshes comm/exe.
@@ -1021,6 +1022,15 @@ impl fuser::Filesystem for SessionFs {
         self.record(req, "setxattr", path, Some(inode.ino), |r| {
             r.name = Some(xname);
             r.len = Some(value.len() as u64);
+            let fl: Vec<String> = [
+                (libc::XATTR_CREATE, "XATTR_CREATE"),
+                (libc::XATTR_REPLACE, "XATTR_REPLACE"),
+            ]
+            .iter()
+            .filter(|(bit, _)| flags & bit != 0)
+            .map(|(_, n)| n.to_string())
+            .collect();
+            r.flags = Some(fl).filter(|v| !v.is_empty());
             r.result = record::result(&res);
         });
         if res.is_ok()
@@ -1498,6 +1508,7 @@ impl SessionFs {
         // identity is taken now, while the caller is certainly alive; the ticket
         // makes journal readers wait for this record (`Replied`).
         let caller = self.ids.caller(req.pid(), req.uid(), req.gid());
+        h.note_writer(&caller);
         let ticket = self.replied.begin();
         match res {
             Ok(n) => reply.written(n as u32),
@@ -1575,7 +1586,7 @@ impl SessionFs {
             Err(e) => {
                 self.record(req, "create", path, None, |r| {
                     r.access = Some(access_name(flags).into());
-                    r.flags = Some(flag_names(oflags));
+                    r.flags = Some(flag_names((flags | libc::O_CREAT) & !FMODE_EXEC));
                     r.mode = Some(mode & 0o7777);
                     r.result = record::result::<()>(&Err(e));
                 });
@@ -1588,7 +1599,7 @@ impl SessionFs {
         self.mark_known(&inode, &st);
         self.record(req, "create", path, Some(inode.ino), |r| {
             r.access = Some(access_name(flags).into());
-            r.flags = Some(flag_names(oflags));
+            r.flags = Some(flag_names((flags | libc::O_CREAT) & !FMODE_EXEC));
             r.mode = Some(mode & 0o7777);
             r.size_after = Some(st.st_size as u64);
             r.after = Some(attr::fingerprint(&st));
@@ -1611,6 +1622,7 @@ impl SessionFs {
                 .journal
                 .as_ref()
                 .map(|_| self.ids.caller(req.pid(), req.uid(), req.gid())),
+            last_writer: Default::default(),
         });
         Ok((fh, a))
     }

@@ -146,8 +146,11 @@ impl SessionFs {
             return;
         }
         let path = self.inodes.path_of(&h.inode);
-        let caller = match (&h.opener, req.pid()) {
-            (Some(o), 0) => o.clone(),
+        // RELEASE comes from the kernel (pid 0) after the last close: name the process
+        // that last wrote through the handle, else the opener.
+        let last = h.last_writer.lock().clone();
+        let caller = match (last.or_else(|| h.opener.clone()), req.pid()) {
+            (Some(o), 0) => o,
             _ => self.ids.caller(req.pid(), req.uid(), req.gid()),
         };
         self.record_as(&caller, "release", path, Some(h.inode.ino), |r| {

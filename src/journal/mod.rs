@@ -73,7 +73,9 @@ pub struct JournalOptions {
     pub max_bytes: u64,
     /// Segments whose last write is older than this are dropped whole. Default 30 days.
     pub max_age: Duration,
-    /// Size at which a segment is closed and a new one started. Default 16 MiB.
+    /// Size at which a segment is closed and a new one started. Default 16 MiB;
+    /// [`Journal::open`] lowers it to `max_bytes / 8` (at least
+    /// [`MIN_SEGMENT_BYTES`]), so that a small bound is kept within 1/8.
     pub segment_bytes: u64,
     /// Longest a record waits in memory before the writer writes it. Default 50 ms.
     pub batch_window: Duration,
@@ -81,6 +83,9 @@ pub struct JournalOptions {
     /// (they are also applied at every segment rollover). Default 60 s; at least 10 ms.
     pub retain_every: Duration,
 }
+
+/// Smallest segment size, bytes (64 KiB), whatever `max_bytes` says.
+pub const MIN_SEGMENT_BYTES: u64 = 64 << 10;
 
 impl JournalOptions {
     /// Defaults: 256 MiB, 30 days, 16 MiB segments, 50 ms batches, retention every 60 s.
@@ -391,7 +396,12 @@ impl Journal {
     }
 
     /// [`Journal::open`] with `block` seqs per reservation (tests use small blocks).
-    fn open_with_block(opts: JournalOptions, block: u64) -> io::Result<Journal> {
+    fn open_with_block(mut opts: JournalOptions, block: u64) -> io::Result<Journal> {
+        // Retention never drops the segment being written: with segments of at most
+        // an eighth of the bound, the journal overshoots it by at most that much.
+        opts.segment_bytes = opts
+            .segment_bytes
+            .min((opts.max_bytes / 8).max(MIN_SEGMENT_BYTES));
         // The state dir may be shared with other files (the daemon's log): only created
         // 0700 when missing, never chmod-ed. Its subdirectories are the journal's own.
         fs::DirBuilder::new()
@@ -1315,6 +1325,24 @@ mod tests {
         // seq continues even past dropped segments.
         let j = Journal::open(JournalOptions::new(d.path().into())).unwrap();
         assert_eq!(j.append(rec("p")), 501);
+    }
+
+    #[test]
+    fn a_small_size_bound_holds_within_an_eighth() {
+        let d = tempfile::tempdir().unwrap();
+        let mut o = JournalOptions::new(d.path().into());
+        o.max_bytes = 1 << 20; // 1 MiB with the default 16 MiB segments
+        let j = Journal::open(o).unwrap();
+        for _ in 0..20_000 {
+            j.append(rec("p")); // ~200 B each: ~4 MB in all
+        }
+        j.sync();
+        let total: u64 = fs::read_dir(d.path().join("segments"))
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        assert!(total <= (1 << 20) + (1 << 17), "kept {total} bytes");
+        assert!(total > 1 << 19, "kept only {total} bytes");
     }
 
     #[test]
