@@ -161,6 +161,41 @@ pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> SysResult<usize> {
     nix::sys::uio::pwrite(fd, buf, offset as libc::off_t)
 }
 
+/// One WRITE on a backing fd that may have been opened `O_APPEND`, with the append
+/// mode of *this* write (the caller's current file flags, which `fcntl(F_SETFL)` may
+/// have changed since the open): `append` writes at the real end of file whatever
+/// `offset` says (`RWF_APPEND`); otherwise the write lands at `offset` even on an
+/// `O_APPEND` fd (`RWF_NOAPPEND`, Linux ≥ 6.9). Returns the bytes written.
+///
+/// # Errors
+/// The errno of `pwritev2`. On a kernel without `RWF_NOAPPEND` (EINVAL/EOPNOTSUPP) a
+/// non-append write to an `O_APPEND` fd falls back to plain `pwrite`, which appends.
+pub fn pwrite_mode(
+    fd: BorrowedFd<'_>,
+    buf: &[u8],
+    offset: u64,
+    append: bool,
+    fd_append: bool,
+) -> SysResult<usize> {
+    let flags = if append {
+        libc::RWF_APPEND
+    } else if fd_append {
+        libc::RWF_NOAPPEND
+    } else {
+        return pwrite(fd, buf, offset);
+    };
+    let iov = libc::iovec {
+        iov_base: buf.as_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: one iovec describing `buf`, valid for the call; the kernel only reads it.
+    let r = unsafe { libc::pwritev2(fd.as_raw_fd(), &iov, 1, offset as libc::off_t, flags) };
+    match check_size(r) {
+        Err(Errno::EINVAL | Errno::EOPNOTSUPP) if !append => pwrite(fd, buf, offset),
+        r => r,
+    }
+}
+
 /// `lseek(fd, offset, whence)` with any whence (SEEK_DATA/SEEK_HOLE included).
 pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: i32) -> SysResult<i64> {
     // SAFETY: plain syscall on a live fd.

@@ -25,6 +25,10 @@ use nix::unistd::{AccessFlags, Gid, Uid, UnlinkatFlags, Whence};
 
 use common::Mount;
 
+/// A 4 KiB buffer aligned for O_DIRECT.
+#[repr(C, align(4096))]
+struct AlignedBlock([u8; 4096]);
+
 /// One step's outcome as text: `ok <detail>` or the errno name.
 type Out = String;
 
@@ -344,11 +348,73 @@ fn script(r: &mut Run) {
     r.step("append", &[&a], || {
         nres(nix::sys::uio::pwrite(&afd, b"APP", 0))
     });
+    // fcntl(F_SETFL) clears O_APPEND: the next pwrite lands at its offset; setting it
+    // again appends, on this fd and on one opened without O_APPEND.
+    r.step("setfl clear append", &[&a], || {
+        let fl = nix::fcntl::fcntl(&afd, nix::fcntl::F_GETFL).unwrap();
+        nres(nix::fcntl::fcntl(
+            &afd,
+            nix::fcntl::F_SETFL(OFlag::from_bits_retain(fl & !libc::O_APPEND)),
+        ))
+    });
+    r.step("pwrite after clearing append", &[&a], || {
+        nval(nix::sys::uio::pwrite(&afd, b"XY", 1))
+    });
+    r.ro("read after clearing append", &[&a], || {
+        format!(
+            "{:?}",
+            std::fs::read(&a).map(|v| (v.len(), v[..4].to_vec()))
+        )
+    });
     r.step("close append", &[&a], || {
         drop(afd);
         "ok".into()
     });
+    let mut pfd = None;
+    r.step("open rdwr", &[&a], || {
+        let o = open(&a, libc::O_RDWR, 0);
+        let out = res(o.as_ref().map(|_| ()).map_err(|e| e.clone()));
+        pfd = o.ok();
+        out
+    });
+    let pfd = pfd.unwrap();
+    r.step("setfl set append", &[&a], || {
+        nres(nix::fcntl::fcntl(
+            &pfd,
+            nix::fcntl::F_SETFL(OFlag::O_APPEND),
+        ))
+    });
+    r.step("pwrite after setting append", &[&a], || {
+        nval(nix::sys::uio::pwrite(&pfd, b"END", 0))
+    });
+    r.ro("read after setting append", &[&a], || {
+        format!(
+            "{:?}",
+            std::fs::read(&a).map(|v| (v.len(), v[v.len() - 3..].to_vec()))
+        )
+    });
+    r.step("close rdwr", &[&a], || {
+        drop(pfd);
+        "ok".into()
+    });
     r.ro("size after append", &[&a], || st(&a));
+    // O_DIRECT: block-aligned reads and writes behave as on the plain directory.
+    let dpath = p("direct");
+    r.step("o_direct write", &[&dpath], || {
+        let o = open(&dpath, libc::O_CREAT | libc::O_RDWR | libc::O_DIRECT, 0o644);
+        match o {
+            Err(e) => e,
+            Ok(fd) => {
+                let mut buf = AlignedBlock([0u8; 4096]);
+                buf.0[..5].copy_from_slice(b"dio!\n");
+                let w = nval(nix::sys::uio::pwrite(&fd, &buf.0, 0));
+                let mut back = AlignedBlock([0u8; 4096]);
+                let rd = nval(nix::sys::uio::pread(&fd, &mut back.0, 0));
+                format!("{w} {rd} {:?}", &back.0[..5])
+            }
+        }
+    });
+    r.ro("o_direct stat", &[&dpath], || st(&dpath));
     r.step("open creat existing", &[&a], || {
         res(open(&a, libc::O_CREAT | libc::O_WRONLY, 0o600))
     });

@@ -99,6 +99,15 @@ fn err(e: Errno) -> FErrno {
     FErrno::from_i32(e as i32)
 }
 
+/// The flags of our backing open for a caller's open `flags`. Without `__FMODE_EXEC`
+/// (the kernel's, not an open flag) and `O_DIRECT`: the kernel already bypasses its
+/// page cache for an `O_DIRECT` caller and sends us READ/WRITE requests, whose buffers
+/// (ours, fuser's) are not block-aligned, so an `O_DIRECT` backing fd would fail them
+/// with EINVAL.
+fn backing_flags(flags: i32) -> i32 {
+    flags & !(FMODE_EXEC | libc::O_DIRECT)
+}
+
 /// Open flag names for the journal (`["O_WRONLY","O_APPEND"]`).
 fn flag_names(flags: i32) -> Vec<String> {
     let mut v = Vec::new();
@@ -624,7 +633,7 @@ impl fuser::Filesystem for SessionFs {
         };
         let res = {
             let _busy = truncating.then(|| inode.busy());
-            let res = sys::reopen(inode.fd(), flags & !FMODE_EXEC);
+            let res = sys::reopen(inode.fd(), backing_flags(flags));
             // HANDLE_KILLPRIV_V2: an unprivileged O_TRUNC clears suid/sgid as ext4
             // would (the kernel's FUSE_OPEN_KILL_SUIDGID, which fuser does not pass on;
             // our root daemon has CAP_FSETID, the caller may not).
@@ -726,14 +735,18 @@ impl fuser::Filesystem for SessionFs {
         offset: u64,
         data: &[u8],
         write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let Some(h) = self.files.get(fh.0) else {
             return reply.error(FErrno::EBADF);
         };
-        self.do_write(req, &h, offset, data, write_flags, reply)
+        // The caller's file flags now (F_SETFL may have set or cleared O_APPEND since
+        // the open); page-cache writeback (FUSE_WRITE_CACHE) is always positional.
+        let append =
+            flags.0 & libc::O_APPEND != 0 && !write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
+        self.do_write(req, &h, offset, data, write_flags, append, reply)
     }
 
     fn flush(
@@ -1292,7 +1305,15 @@ impl fuser::Filesystem for SessionFs {
         match sys::pread(hi.fd(), &mut buf, offset_in) {
             Ok(n) => {
                 hi.count_read(n);
-                self.do_write(req, &ho, offset_out, &buf[..n], WriteFlags::empty(), reply)
+                self.do_write(
+                    req,
+                    &ho,
+                    offset_out,
+                    &buf[..n],
+                    WriteFlags::empty(),
+                    false,
+                    reply,
+                )
             }
             Err(e) => reply.error(err(e)),
         }
@@ -1443,6 +1464,7 @@ impl SessionFs {
         offset: u64,
         data: &[u8],
         wflags: WriteFlags,
+        append: bool,
         reply: ReplyWrite,
     ) {
         if self.cfg.read_only {
@@ -1471,7 +1493,7 @@ impl SessionFs {
         // for this handle's rewrite (lines written back are not removed).
         let mut over = None;
         if transcript
-            && !h.append()
+            && !append
             && offset < size_before
             && let Ok(rfd) = h.inode.read_fd()
             && let Some(j) = &self.journal
@@ -1485,7 +1507,7 @@ impl SessionFs {
             );
             over = self.stage_cut(j, self.inodes.path_of(&h.inode), ch);
         }
-        let res = sys::pwrite(h.fd(), data, offset);
+        let res = sys::pwrite_mode(h.fd(), data, offset, append, h.append());
         let outcome = over.map(|c| self.finish_cut(c, res.is_ok(), Some(h.inode.ino)));
         if res.is_ok() && wflags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
             self.kill_suid(&h.inode);
@@ -1517,7 +1539,7 @@ impl SessionFs {
         {
             // O_APPEND: the backing kernel wrote at its EOF, whatever offset said.
             let real_off = match (&res, &after) {
-                (Ok(n), Some(st)) if h.append() => (st.st_size as u64).saturating_sub(*n as u64),
+                (Ok(n), Some(st)) if append => (st.st_size as u64).saturating_sub(*n as u64),
                 _ => offset,
             };
             let mut change = None;
@@ -1541,7 +1563,7 @@ impl SessionFs {
             self.record_as(&caller, "write", path, Some(h.inode.ino), |r| {
                 r.offset = Some(real_off);
                 r.len = Some(*res.as_ref().unwrap_or(&data.len()) as u64);
-                if h.append() {
+                if append {
                     r.append = Some(true);
                 }
                 r.size_before = Some(size_before);
@@ -1576,7 +1598,7 @@ impl SessionFs {
         let c = sys::cname(name)?;
         // O_NOFOLLOW: the kernel sends CREATE only after a negative lookup, so a symlink
         // here appeared behind our back (a `--source` writer); never follow it.
-        let oflags = (flags | libc::O_CREAT | libc::O_NOFOLLOW) & !FMODE_EXEC;
+        let oflags = backing_flags(flags | libc::O_CREAT | libc::O_NOFOLLOW);
         let res = sys::as_caller(req.pid(), req.uid(), req.gid(), umask, || {
             sys::openat(p.fd(), &c, oflags, mode & 0o7777)
         });
