@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::io::Write as _;
 use std::path::Path;
 use std::process::Command;
 
@@ -732,4 +733,81 @@ fn exec_off_the_mount_after_a_redirect_names_the_new_image() {
     assert_eq!(write["comm"], "python3", "{write}");
     assert_eq!(write["pid"], create["pid"], "same process, new image");
     assert_eq!(one("release")["comm"], "python3", "{recs:?}");
+}
+
+/// `sessionfs journal` on a file: `--pid`, `--lane` and `--op` select exactly the
+/// matching records (compared with the virtual file), and the default table shows one
+/// row per record with its op, process, lane and entries.
+#[test]
+fn journal_cli_filters_and_table() {
+    let m = Mount::new(&[]);
+    let f = m.mnt.join("t.jsonl");
+    // A declared-lane writer, then a second process without a lane.
+    let code = r#"
+import os, sys
+path = sys.argv[1]
+fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+os.setxattr(path, "user.sessionfs.lane", b"cron")
+os.write(fd, b'{"type":"message","id":"aaaa1111","message":{"role":"user"}}\n')
+os.close(fd)
+print(os.getpid())
+"#;
+    let pid: u64 = python(code, &[f.to_str().unwrap()]).trim().parse().unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .unwrap()
+        .write_all(
+            b"{\"type\":\"message\",\"id\":\"bbbb2222\",\"message\":{\"role\":\"assistant\"}}\n",
+        )
+        .unwrap();
+    let all = records_of(&m, "t.jsonl");
+    let cli = |args: &[&str]| -> String {
+        let out = Command::new(common::bin())
+            .arg("journal")
+            .args(args)
+            .arg(&f)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let seqs = |text: &str| -> Vec<u64> {
+        text.lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let want = |pred: &dyn Fn(&Value) -> bool| -> Vec<u64> {
+        all.iter()
+            .filter(|r| pred(r))
+            .map(|r| r["seq"].as_u64().unwrap())
+            .collect()
+    };
+    let by_pid = seqs(&cli(&["--json", "--pid", &pid.to_string()]));
+    assert!(!by_pid.is_empty());
+    assert_eq!(by_pid, want(&|r| r["pid"].as_u64() == Some(pid)));
+    let by_lane = seqs(&cli(&["--json", "--lane", "cron"]));
+    assert!(!by_lane.is_empty());
+    assert_eq!(by_lane, want(&|r| r["lane"] == "cron"));
+    let writes = seqs(&cli(&["--json", "--op", "write", "--op", "release"]));
+    assert_eq!(
+        writes,
+        want(&|r| r["op"] == "write" || r["op"] == "release")
+    );
+    let table = cli(&["--op", "write"]);
+    let rows: Vec<&str> = table.lines().filter(|l| l.contains(" write ")).collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    assert!(
+        rows[0].contains("cron") && rows[0].contains("+user:aaaa1111"),
+        "{table}"
+    );
+    assert!(rows[1].contains("+assistant:bbbb2222"), "{table}");
 }
