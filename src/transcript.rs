@@ -286,13 +286,21 @@ impl TranscriptTracker {
     /// After `data` landed at `offset` (the real offset, O_APPEND resolved): the
     /// complete lines it produced. `fd` must be readable.
     pub fn after_write(&self, key: u64, fd: BorrowedFd<'_>, offset: u64, data: &[u8]) -> Change {
-        let mut t = self.files.lock();
         let end = offset + data.len() as u64;
-        let appended = t.map.get(&key).is_some_and(|s| s.size == offset);
+        let appended = {
+            let mut t = self.files.lock();
+            let hit = t.map.get(&key).is_some_and(|s| s.size == offset);
+            if !hit {
+                t.remove(key);
+            }
+            hit
+        };
         if !appended {
             // Not a plain append to the EOF we know: rebuild from the file as it is
-            // now and report the complete lines the written range touches.
-            t.remove(key);
+            // now and report the complete lines the written range touches. The file is
+            // read without the tracker's lock (a large transcript takes milliseconds),
+            // so writes to other transcripts go on; the caller holds this inode's
+            // journal-order lock, so nothing else changes this key meanwhile.
             let size = file_size(fd);
             let st = FileState::rebuild(fd, size);
             let first = st.line_at(offset);
@@ -308,6 +316,8 @@ impl TranscriptTracker {
                 Vec::new()
             };
             let partial = st.size - st.partial_start;
+            let mut t = self.files.lock();
+            t.remove(key);
             t.lines += st.starts.len();
             t.map.insert(key, st);
             t.touch(key);
@@ -318,7 +328,12 @@ impl TranscriptTracker {
                 ..Default::default()
             };
         }
-        let st = t.map.get_mut(&key).expect("checked above");
+        let mut t = self.files.lock();
+        let Some(st) = t.map.get_mut(&key) else {
+            // Evicted since the check (other files filled the LRU): rebuild next time.
+            drop(t);
+            return self.after_write(key, fd, offset, data);
+        };
         let mut entries = Vec::new();
         let mut seg_start = 0usize; // start in `data` of the line being completed
         let mut added = 0usize;
