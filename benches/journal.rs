@@ -62,7 +62,7 @@ fn main() {
     let always = IdentityCache::with_revalidate(std::time::Duration::ZERO);
     let _ = always.caller(me, 0, 0);
     per_op(
-        "identity, revalidation (once per tid per 2 s)",
+        "identity, revalidation (after a 1 ms idle gap, or every 2 s)",
         20_000,
         |_| {
             std::hint::black_box(always.caller(me, 0, 0));
