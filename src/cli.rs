@@ -76,6 +76,10 @@ pub struct MountArgs {
     /// Negotiate READDIRPLUS (cheaper cold listings, slower repeated `ls -l`).
     #[arg(long)]
     pub readdirplus: bool,
+    /// Most inodes the daemon holds (one fd each) before it asks the kernel to drop
+    /// idle ones [default: RLIMIT_NOFILE minus a reserve of max(1024, 10%)].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(16..))]
+    pub max_inodes: Option<u64>,
     /// Attribute/entry cache TTL in milliseconds. Every change through the mount keeps
     /// the kernel cache coherent whatever the TTL; it bounds how long a change made
     /// around the mount (a pre-mount fd, the --source directory) stays unseen.
@@ -162,6 +166,7 @@ impl MountArgs {
             journal_max_age: self.journal_max_age,
             ttl: Duration::from_millis(self.ttl_ms),
             readdirplus: self.readdirplus,
+            max_inodes: self.max_inodes.map(|n| n as usize),
         };
         for o in self
             .options

@@ -162,6 +162,7 @@ pub fn run() -> Result<(), String> {
             journal_max_age: Duration::from_secs(30 * 86_400),
             ttl: Duration::from_secs(10),
             readdirplus: false,
+            max_inodes: None,
         })?;
         say!(
             "2. mounted sessionfs over it (overlay: same path, journal in {})",

@@ -80,6 +80,8 @@ pub struct MountSpec {
     pub ttl: Duration,
     /// Negotiate READDIRPLUS.
     pub readdirplus: bool,
+    /// Inode table bound (`--max-inodes`); `None`: from RLIMIT_NOFILE.
+    pub max_inodes: Option<usize>,
 }
 
 /// The mount id: a canonical mountpoint escaped exactly like `systemd-escape --path`
@@ -813,11 +815,14 @@ fn serve(
             }
         }
     };
+    let notifier = Arc::new(std::sync::OnceLock::new());
     let cfg = FsConfig {
+        notifier: notifier.clone(),
         attr_ttl: spec.ttl,
         entry_ttl: spec.ttl,
         read_only: spec.read_only,
         readdirplus: spec.readdirplus,
+        max_inodes: spec.max_inodes,
         lane_rules,
         ..FsConfig::default()
     };
@@ -854,6 +859,7 @@ fn serve(
         Err(e) => Err(e),
     }
     .map_err(|e| fail(mount_error(&canon, &e), &ready))?;
+    let _ = notifier.set(session.notifier());
     // Our mount's device, to never unmount somebody else's mount stacked on top later.
     let dev = mount_entry_at(&canon)
         .filter(MountEntry::is_sessionfs)

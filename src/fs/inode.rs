@@ -57,6 +57,8 @@ pub struct Inode {
     pub order: Mutex<()>,
     /// See [`Inode::changes`].
     changes: AtomicU64,
+    /// Table tick of the last lookup, getattr or open (LRU order for inode pressure).
+    used: AtomicU64,
 }
 
 /// Marks an inode as being changed by us for the guard's lifetime.
@@ -154,6 +156,10 @@ pub struct InodeTable {
     foreign: Mutex<HashMap<(u64, u64), u64>>,
     root_dev: u64,
     root_ino: u64,
+    /// Use clock for [`Inode`]'s LRU stamp.
+    tick: AtomicU64,
+    /// Set by [`super::SessionFs::new`]: wakes eviction when the table grows too big.
+    pub pressure: std::sync::OnceLock<super::pressure::Pressure>,
 }
 
 impl InodeTable {
@@ -173,6 +179,7 @@ impl InodeTable {
             busy: Default::default(),
             order: Mutex::new(()),
             changes: AtomicU64::new(0),
+            used: AtomicU64::new(0),
         });
         let mut by_id = HashMap::new();
         by_id.insert(ROOT_ID, root);
@@ -182,7 +189,36 @@ impl InodeTable {
             foreign: Mutex::new(HashMap::new()),
             root_dev: st.st_dev,
             root_ino: st.st_ino,
+            tick: AtomicU64::new(0),
+            pressure: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Stamp `inode` as used now (LRU order for inode pressure).
+    pub fn touch(&self, inode: &Inode) {
+        let t = self.tick.fetch_add(1, Ordering::Relaxed);
+        inode.used.store(t, Ordering::Relaxed);
+    }
+
+    /// Up to `n` (parent id, name) pairs of the least recently used inodes that the
+    /// kernel may drop: not the root, not directories, no open handle (the table holds
+    /// the only reference).
+    pub fn idle_lru(&self, n: usize) -> Vec<(u64, Arc<OsStr>)> {
+        let mut idle: Vec<(u64, u64, Arc<OsStr>)> = self
+            .by_id
+            .read()
+            .values()
+            .filter(|i| i.id != ROOT_ID && i.kind != libc::S_IFDIR && Arc::strong_count(i) == 1)
+            .map(|i| {
+                let (parent, name) = i.name();
+                (i.used.load(Ordering::Relaxed), parent, name)
+            })
+            .collect();
+        idle.sort_unstable_by_key(|(used, _, _)| *used);
+        idle.into_iter()
+            .take(n)
+            .map(|(_, parent, name)| (parent, name))
+            .collect()
     }
 
     /// Node id under which a backing (dev, ino) is served.
@@ -216,6 +252,7 @@ impl InodeTable {
         if let Some(inode) = self.by_id.read().get(&id) {
             inode.lookups.fetch_add(1, Ordering::AcqRel);
             inode.set_name(parent, name);
+            self.touch(inode);
             return inode.clone();
         }
         let mut map = self.by_id.write();
@@ -234,11 +271,19 @@ impl InodeTable {
                 busy: Default::default(),
                 order: Mutex::new(()),
                 changes: AtomicU64::new(0),
+                used: AtomicU64::new(0),
             })
         });
         inode.lookups.fetch_add(1, Ordering::AcqRel);
         inode.set_name(parent, name);
-        inode.clone()
+        let inode = inode.clone();
+        let len = map.len();
+        drop(map);
+        self.touch(&inode);
+        if let Some(p) = self.pressure.get() {
+            p.check(len);
+        }
+        inode
     }
 
     /// Add one lookup to an inode already in the table (link, readdirplus of a known entry).

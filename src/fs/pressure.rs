@@ -1,0 +1,143 @@
+//! Inode pressure: keep the daemon's fds under its limit.
+//!
+//! Every inode the kernel holds costs the daemon one O_PATH fd (the inode table's
+//! model, libfuse `passthrough_hp.cc`). The kernel forgets an inode only when its
+//! dentries go, which without memory pressure may be never, so a tree with more files
+//! than `RLIMIT_NOFILE` allows would end in EMFILE on lookups. When the table passes
+//! its high-water mark, a background thread asks the kernel to drop the dentries of
+//! the least recently used idle inodes (`FUSE_NOTIFY_INVAL_ENTRY`); the kernel then
+//! sends FORGET for them, and the table (and its fds) shrinks to the low-water mark.
+//! A dropped dentry costs one LOOKUP when the name is used again, nothing else.
+//!
+//! Only regular files, symlinks and special files with no open handle are dropped:
+//! a directory's dentry pins its subtree, and dropping it would unhash children in
+//! use. The notification is sent from this thread, never from a request handler: the
+//! kernel takes the parent directory's lock for it, which a request in that directory
+//! may hold while it waits for our reply.
+
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use fuser::{INodeNo, Notifier};
+
+use super::inode::InodeTable;
+
+/// fds kept free for everything else the daemon opens (file handles, directory
+/// streams, journal files, /proc reads): 1,024, or a tenth of the limit if more.
+pub const FD_RESERVE_MIN: u64 = 1024;
+
+/// Bounds of the inode table: `high` triggers eviction down to `low` (3/4 of `high`).
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Inodes (root included) above which idle ones are dropped.
+    pub high: usize,
+    /// Inodes left after a round of eviction.
+    pub low: usize,
+}
+
+impl Bounds {
+    /// Bounds for at most `max_inodes` inodes.
+    pub fn new(max_inodes: usize) -> Self {
+        let high = max_inodes.max(16);
+        Self {
+            high,
+            low: high - high / 4,
+        }
+    }
+
+    /// Bounds from the fd limit `nofile`: all but a reserve of
+    /// max([`FD_RESERVE_MIN`], nofile / 10) fds may hold inodes.
+    pub fn from_nofile(nofile: u64) -> Self {
+        let reserve = FD_RESERVE_MIN.max(nofile / 10);
+        Self::new(nofile.saturating_sub(reserve).min(usize::MAX as u64) as usize)
+    }
+}
+
+/// The pressure valve: [`Pressure::check`] after an insertion, a thread that evicts.
+#[derive(Debug)]
+pub struct Pressure {
+    bounds: Bounds,
+    wake: Sender<()>,
+}
+
+impl Pressure {
+    /// Start the eviction thread for `table` (weak: the thread ends with the table,
+    /// whose drop drops this valve and its sender). `notifier` is filled in by the
+    /// mount once the session exists; until then eviction waits.
+    ///
+    /// # Errors
+    /// The thread could not be spawned.
+    pub fn start(
+        table: Weak<InodeTable>,
+        bounds: Bounds,
+        notifier: Arc<OnceLock<Notifier>>,
+    ) -> std::io::Result<Self> {
+        let (wake, rx) = crossbeam_channel::bounded(1);
+        std::thread::Builder::new()
+            .name("inode-pressure".into())
+            .spawn(move || evict_loop(&table, bounds, &notifier, &rx))?;
+        Ok(Self { bounds, wake })
+    }
+
+    /// The table now holds `len` inodes: wake the thread if that is above the
+    /// high-water mark. Never blocks.
+    pub fn check(&self, len: usize) {
+        if len > self.bounds.high {
+            // Full: a wake-up is already pending. Disconnected: the thread is gone.
+            let _ = self.wake.try_send(());
+        }
+    }
+}
+
+fn evict_loop(
+    table: &Weak<InodeTable>,
+    b: Bounds,
+    notifier: &OnceLock<Notifier>,
+    rx: &Receiver<()>,
+) {
+    while rx.recv().is_ok() {
+        let Some(n) = notifier.get() else { continue };
+        let Some(table) = table.upgrade() else { return };
+        // The kernel sends FORGETs asynchronously: give them time to arrive before
+        // deciding again, or a second round would drop more than needed.
+        let len = table.len();
+        if len <= b.high {
+            continue;
+        }
+        let victims = table.idle_lru(len - b.low);
+        drop(table);
+        let mut sent = 0usize;
+        for (parent, name) in &victims {
+            if n.inval_entry(INodeNo(*parent), name).is_ok() {
+                sent += 1;
+            }
+        }
+        tracing::info!(
+            inodes = len,
+            high = b.high,
+            low = b.low,
+            dropped = sent,
+            "inode table above its high-water mark: asked the kernel to drop idle dentries"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        // Drain wake-ups that came in meanwhile; the next insertion re-checks.
+        while rx.try_recv().is_ok() {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_keep_a_reserve() {
+        let b = Bounds::from_nofile(20_000);
+        assert_eq!(b.high, 18_000);
+        assert_eq!(b.low, 13_500);
+        let small = Bounds::from_nofile(1024);
+        assert_eq!(small.high, 16, "never below 16");
+        let big = Bounds::from_nofile(1 << 20);
+        assert_eq!(big.high, (1 << 20) - (1 << 20) / 10);
+    }
+}
