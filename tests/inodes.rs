@@ -69,8 +69,9 @@ fn inode_pressure_keeps_fds_bounded() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     let end = fds();
     println!("daemon fds: {base} at start, peak {peak}, {end} at the end");
-    // 300 inodes + the daemon's own fds, with slack for FORGETs still in flight.
-    assert!(peak < base + 300 + 200, "peak {peak} fds (base {base})");
+    // 300 inodes + the daemon's own fds, with slack for the insertions made while a
+    // round's FORGETs are in flight (tens of ms); unbounded it would be 3,000+.
+    assert!(peak < base + 1000, "peak {peak} fds (base {base})");
     assert!(end < base + 300 + 50, "{end} fds at the end (base {base})");
     let log = std::fs::read_to_string(m.state.join("sessionfs.log")).unwrap();
     assert!(

@@ -97,32 +97,38 @@ fn evict_loop(
     rx: &Receiver<()>,
 ) {
     while rx.recv().is_ok() {
-        let Some(n) = notifier.get() else { continue };
-        let Some(table) = table.upgrade() else { return };
-        // The kernel sends FORGETs asynchronously: give them time to arrive before
-        // deciding again, or a second round would drop more than needed.
-        let len = table.len();
-        if len <= b.high {
-            continue;
-        }
-        let victims = table.idle_lru(len - b.low);
-        drop(table);
-        let mut sent = 0usize;
-        for (parent, name) in &victims {
-            if n.inval_entry(INodeNo(*parent), name).is_ok() {
-                sent += 1;
+        // Rounds until the table is back under the high-water mark: insertions go on
+        // while the kernel's FORGETs arrive.
+        loop {
+            let Some(n) = notifier.get() else { break };
+            let Some(table) = table.upgrade() else { return };
+            let len = table.len();
+            if len <= b.high {
+                break;
             }
+            let victims = table.idle_lru(len - b.low);
+            drop(table);
+            let sent = victims
+                .iter()
+                .filter(|(parent, name)| n.inval_entry(INodeNo(*parent), name).is_ok())
+                .count();
+            tracing::info!(
+                inodes = len,
+                high = b.high,
+                low = b.low,
+                dropped = sent,
+                "inode table above its high-water mark: asked the kernel to drop idle dentries"
+            );
+            if sent == 0 {
+                // Nothing idle to drop (every inode open or a directory): wait for the
+                // next insertion rather than spin.
+                break;
+            }
+            // The kernel sends FORGETs asynchronously: let them land before the next
+            // round looks at the table again.
+            std::thread::sleep(Duration::from_millis(50));
+            while rx.try_recv().is_ok() {}
         }
-        tracing::info!(
-            inodes = len,
-            high = b.high,
-            low = b.low,
-            dropped = sent,
-            "inode table above its high-water mark: asked the kernel to drop idle dentries"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-        // Drain wake-ups that came in meanwhile; the next insertion re-checks.
-        while rx.try_recv().is_ok() {}
     }
 }
 
