@@ -99,8 +99,7 @@ fn evict_loop(
     while rx.recv().is_ok() {
         // Rounds until the table is back under the high-water mark: insertions go on
         // while the kernel's FORGETs arrive.
-        loop {
-            let Some(n) = notifier.get() else { break };
+        while let Some(n) = notifier.get() {
             let Some(table) = table.upgrade() else { return };
             let len = table.len();
             if len <= b.high {
