@@ -4,8 +4,7 @@
 //! Each run: a mock model on 127.0.0.1 with a 3 s delay (the window in which 5.22 has
 //! released its session lock), `openclaw onboard`, the gateway, a WebSocket client that
 //! calls both `sessions.list` and `chat.history` on a 50 ms tick (at most one call per
-//! method in flight, and backing off to half the gateway's time when calls take longer
-//! than the tick: see tests/e2e/ws_client.mjs), and 5 `openclaw agent` turns.
+//! method in flight: see tests/e2e/ws_client.mjs), and 5 `openclaw agent` turns.
 //! Recipe: shared/OPENCLAW-E2E.md. Set-up: `tests/e2e/setup.sh` (run by tests/run.sh).
 //!
 //! Skipped only when `SESSIONFS_SKIP_E2E=1` and `CI` is not `true`; otherwise a missing
