@@ -9,8 +9,9 @@
 //! - `tid → TidEntry { process, thread_start, image, checked }`: a hit is one read-locked
 //!   hash lookup, an `Arc` clone and a monotonic clock read; no /proc access. While an
 //!   exec mark is pending anywhere, a hit also does one locked lookup in the mark set.
-//! - An entry older than the revalidation interval ([`REVALIDATE`] by default) is
-//!   re-checked once: `/proc/<tid>/stat` (if the thread's own start time changed, the tid
+//! - An entry older than the revalidation interval ([`REVALIDATE`] by default), or
+//!   whose thread made no request for [`IDLE_RECHECK`] (1 ms; an exec off the mount
+//!   always leaves such a gap), is re-checked once: `/proc/<tid>/stat` (if the thread's own start time changed, the tid
 //!   was reused and the entry is rebuilt) and the `/proc/<tid>/exe` link. If the exe
 //!   target changed, or the address-space fingerprint in the stat line (`startcode`,
 //!   `endcode`, `startstack`, which every execve replaces, even of the same binary)
@@ -126,8 +127,11 @@ struct TidEntry {
     thread_start: u64,
     /// Fingerprint of the address space the identity was read from.
     image: Option<Image>,
-    /// Last resolve or revalidation.
+    /// Last resolve (a re-read from /proc).
     checked: Instant,
+    /// Last revalidation that found nothing changed, as a stamp (see `used`); kept
+    /// apart so that it is set under the map's read lock.
+    rechecked: AtomicU64,
     /// Last request of the thread, ns after the cache's `epoch` (see [`IDLE_RECHECK`]).
     used: AtomicU64,
 }
@@ -139,6 +143,7 @@ impl Clone for TidEntry {
             thread_start: self.thread_start,
             image: self.image,
             checked: self.checked,
+            rechecked: AtomicU64::new(self.rechecked.load(Ordering::Relaxed)),
             used: AtomicU64::new(self.used.load(Ordering::Relaxed)),
         }
     }
@@ -203,7 +208,13 @@ impl IdentityCache {
 
     /// `now` as ns after the cache's epoch.
     fn stamp(&self, now: Instant) -> u64 {
-        now.duration_since(self.epoch).as_nanos() as u64
+        now.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    /// Stamp of `e`'s last resolve or revalidation.
+    fn checked_at(&self, e: &TidEntry) -> u64 {
+        self.stamp(e.checked)
+            .max(e.rechecked.load(Ordering::Relaxed))
     }
 
     /// Identity of the thread `tid` (from the FUSE request header), with the request's
@@ -226,7 +237,8 @@ impl IdentityCache {
         let stamp = self.stamp(now);
         let hit = self.tids.read().get(&tid).map(|e| {
             let idle = stamp.saturating_sub(e.used.swap(stamp, Ordering::Relaxed));
-            let fresh = now.duration_since(e.checked) < self.revalidate && idle < self.idle_ns;
+            let age = stamp.saturating_sub(self.checked_at(e));
+            let fresh = age < self.revalidate.as_nanos() as u64 && idle < self.idle_ns;
             (
                 fresh,
                 e.process.clone(),
@@ -349,8 +361,9 @@ impl IdentityCache {
                 _ => self.resolve(tid).or(Some(e.process)),
             };
         }
-        if let Some(t) = self.tids.write().get_mut(&tid) {
-            t.checked = Instant::now();
+        if let Some(t) = self.tids.read().get(&tid) {
+            t.rechecked
+                .store(self.stamp(Instant::now()), Ordering::Relaxed);
         }
         Some(e.process)
     }
@@ -440,9 +453,10 @@ impl IdentityCache {
         if tids.len() >= MAX_ENTRIES && !tids.contains_key(&tid) {
             // Entries past their interval would need a /proc read anyway; then the
             // least recently checked (an active tid is re-checked every interval).
-            let interval = self.revalidate;
-            tids.retain(|_, e| now.duration_since(e.checked) < interval);
-            evict_oldest(&mut tids, LOW_WATER, |e| e.checked);
+            let interval = self.revalidate.as_nanos() as u64;
+            let now_stamp = self.stamp(now);
+            tids.retain(|_, e| now_stamp.saturating_sub(self.checked_at(e)) < interval);
+            evict_oldest(&mut tids, LOW_WATER, |e| self.checked_at(e));
         }
         tids.insert(
             tid,
@@ -451,6 +465,7 @@ impl IdentityCache {
                 thread_start,
                 image,
                 checked: now,
+                rechecked: AtomicU64::new(0),
                 used: AtomicU64::new(self.stamp(now)),
             },
         );
@@ -476,12 +491,16 @@ fn image_changed(
 
 /// Shrink `map` to at most `keep` entries by dropping the oldest (by `at`). Ties with
 /// the cut-off are dropped too, so the result is always within the bound. O(n).
-fn evict_oldest<K: Eq + Hash, V>(map: &mut HashMap<K, V>, keep: usize, at: impl Fn(&V) -> Instant) {
+fn evict_oldest<K: Eq + Hash, V, T: Ord + Copy>(
+    map: &mut HashMap<K, V>,
+    keep: usize,
+    at: impl Fn(&V) -> T,
+) {
     if map.len() <= keep {
         return;
     }
     let drop = map.len() - keep;
-    let mut ages: Vec<Instant> = map.values().map(&at).collect();
+    let mut ages: Vec<T> = map.values().map(&at).collect();
     let (_, cutoff, _) = ages.select_nth_unstable(drop - 1);
     let cutoff = *cutoff;
     map.retain(|_, v| at(v) > cutoff);
@@ -1410,6 +1429,7 @@ mod tests {
             thread_start: 1,
             image: None,
             checked: Instant::now() - age,
+            rechecked: AtomicU64::new(0),
             used: AtomicU64::new(0),
         }
     }

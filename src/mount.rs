@@ -853,21 +853,43 @@ fn serve(
     // As root we mount(2) ourselves and give fuser only the /dev/fuse fd, so fuser
     // owns no mount and never unmounts by path (see `mount_direct`); otherwise fuser
     // goes through fusermount3.
+    // A direct mount is ours to undo: fuser will not unmount it when the session
+    // drops, so every exit path below detaches it (`undo`), and only if the mount at
+    // the path is still ours (its device), never a newer one.
+    let mut direct = false;
     let session = match mount_direct(&canon, &source, spec.read_only, spec.allow_other) {
-        Ok(Some(fd)) => fuser::Session::from_fd(fs, fd, config.acl, config),
+        Ok(Some(fd)) => {
+            direct = true;
+            fuser::Session::from_fd(fs, fd, config.acl, config)
+        }
         Ok(None) => fuser::Session::new(fs, &canon, &config),
         Err(e) => Err(e),
-    }
-    .map_err(|e| fail(mount_error(&canon, &e), &ready))?;
-    let _ = notifier.set(session.notifier());
+    };
     // Our mount's device, to never unmount somebody else's mount stacked on top later.
     let dev = mount_entry_at(&canon)
         .filter(MountEntry::is_sessionfs)
         .map(|e| e.kernel_dev());
+    let undo = |why: &str| {
+        if direct
+            && dev.is_some()
+            && let Err(e) = unmount_ours(&canon, dev, true)
+        {
+            tracing::error!(error = %e, "could not detach the mount after: {why}");
+        }
+    };
+    let session = match session {
+        Ok(s) => s,
+        Err(e) => {
+            undo("the FUSE handshake failed");
+            return Err(fail(mount_error(&canon, &e), &ready));
+        }
+    };
+    let _ = notifier.set(session.notifier());
     if let Some(d) = &pid_dir
         && let Err(e) = write_pid_file(d, &id)
     {
-        drop(session); // unmounts
+        undo("the pid file failed");
+        drop(session); // fusermount3 mounts: fuser unmounts
         return Err(fail(
             format!(
                 "pid file {}: {e}",
@@ -901,6 +923,7 @@ fn serve(
         .name("signals".into())
         .spawn(move || signal_loop(sigs, &mp, dev));
     if let Err(e) = spawned {
+        undo("the signal thread failed");
         drop(session);
         if let Some(d) = &pid_dir {
             remove_pid_file(d, &id);
@@ -912,6 +935,8 @@ fn serve(
         let _ = f.write_all(b"ok");
     }
     let r = session.run();
+    // Normally the loop ends because the mount is gone; after an error it may not be.
+    undo("the FUSE session ended");
     // `destroy` flushed the journal when the kernel sent DESTROY; make sure anyway.
     if let Some(j) = &journal {
         j.shutdown();

@@ -56,6 +56,10 @@ impl FileHandle {
     /// Remember `caller` as the last writer if it is another process than the one
     /// remembered (or the opener).
     pub fn note_writer(&self, caller: &crate::identity::Caller) {
+        // Page-cache writeback (mmap) comes from the kernel, with no process.
+        if caller.process.is_none() {
+            return;
+        }
         let same = |c: &crate::identity::Caller| match (&c.process, &caller.process) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
             _ => false,

@@ -61,6 +61,13 @@ pub struct Inode {
     used: AtomicU64,
 }
 
+/// Droppable by inode pressure: not the root, not a directory, and referenced only
+/// `refs` times (the table's entry, plus the caller's own clone if any): no open file
+/// or directory handle, no request in flight holds it.
+fn is_idle(i: &Arc<Inode>, refs: usize) -> bool {
+    i.id != ROOT_ID && i.kind != libc::S_IFDIR && Arc::strong_count(i) == refs
+}
+
 /// Marks an inode as being changed by us for the guard's lifetime.
 #[derive(Debug)]
 pub struct Busy<'a>(&'a Inode);
@@ -200,25 +207,28 @@ impl InodeTable {
         inode.used.store(t, Ordering::Relaxed);
     }
 
-    /// Up to `n` (parent id, name) pairs of the least recently used inodes that the
-    /// kernel may drop: not the root, not directories, no open handle (the table holds
-    /// the only reference).
-    pub fn idle_lru(&self, n: usize) -> Vec<(u64, Arc<OsStr>)> {
-        let mut idle: Vec<(u64, u64, Arc<OsStr>)> = self
+    /// Up to `n` node ids of the least recently used inodes that the kernel may drop:
+    /// not the root, not directories, no open handle (the table holds the only
+    /// reference).
+    pub fn idle_lru(&self, n: usize) -> Vec<u64> {
+        let mut idle: Vec<(u64, u64)> = self
             .by_id
             .read()
             .values()
-            .filter(|i| i.id != ROOT_ID && i.kind != libc::S_IFDIR && Arc::strong_count(i) == 1)
-            .map(|i| {
-                let (parent, name) = i.name();
-                (i.used.load(Ordering::Relaxed), parent, name)
-            })
+            .filter(|i| is_idle(i, 1))
+            .map(|i| (i.used.load(Ordering::Relaxed), i.id))
             .collect();
-        idle.sort_unstable_by_key(|(used, _, _)| *used);
-        idle.into_iter()
-            .take(n)
-            .map(|(_, parent, name)| (parent, name))
-            .collect()
+        idle.sort_unstable_by_key(|(used, _)| *used);
+        idle.into_iter().take(n).map(|(_, id)| id).collect()
+    }
+
+    /// (parent id, name) of inode `id` if it is still idle right now (see
+    /// [`Self::idle_lru`]): re-checked just before its dentry is dropped, so that a
+    /// file opened meanwhile keeps its name.
+    pub fn still_idle(&self, id: u64) -> Option<(u64, Arc<OsStr>)> {
+        let inode = self.get(id)?;
+        // The map's reference and ours.
+        is_idle(&inode, 2).then(|| inode.name())
     }
 
     /// Node id under which a backing (dev, ino) is served.

@@ -1823,7 +1823,10 @@ impl SessionFs {
             }
             if let Some(st) = &rst {
                 self.tracker.forget(st.st_ino);
+                // Only when the replaced file is gone (its last link): a file still
+                // reachable through another link keeps its declarations.
                 if flags & libc::RENAME_EXCHANGE == 0
+                    && st.st_nlink == 1
                     && let Some(m) = &moved_st
                 {
                     self.lanes.inherit(st.st_ino, m.st_ino);

@@ -16,7 +16,7 @@
 //! may hold while it waits for our reply.
 
 use std::sync::{Arc, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use fuser::{INodeNo, Notifier};
@@ -26,6 +26,10 @@ use super::inode::InodeTable;
 /// fds kept free for everything else the daemon opens (file handles, directory
 /// streams, journal files, /proc reads): 1,024, or a tenth of the limit if more.
 pub const FD_RESERVE_MIN: u64 = 1024;
+
+/// Rounds in a row without the table shrinking after which eviction waits for the
+/// next insertion (5 rounds, ~250 ms).
+const MAX_STALLS: u32 = 5;
 
 /// Bounds of the inode table: `high` triggers eviction down to `low` (3/4 of `high`).
 #[derive(Debug, Clone, Copy)]
@@ -96,31 +100,50 @@ fn evict_loop(
     notifier: &OnceLock<Notifier>,
     rx: &Receiver<()>,
 ) {
+    let mut last_log: Option<Instant> = None;
     while rx.recv().is_ok() {
-        // Rounds until the table is back under the high-water mark: insertions go on
-        // while the kernel's FORGETs arrive.
+        // Rounds until the table is back under the high-water mark (insertions go on
+        // while the kernel's FORGETs arrive), or until it has not shrunk for
+        // `MAX_STALLS` rounds in a row: then the rest is held (open, directories,
+        // dentries in use) and we wait for the next insertion instead of spinning.
+        let mut before = usize::MAX;
+        let mut stalls = 0;
         while let Some(n) = notifier.get() {
             let Some(table) = table.upgrade() else { return };
             let len = table.len();
             if len <= b.high {
                 break;
             }
-            let victims = table.idle_lru(len - b.low);
+            if len >= before {
+                stalls += 1;
+                if stalls >= MAX_STALLS {
+                    break;
+                }
+            } else {
+                stalls = 0;
+            }
+            before = len;
+            let mut sent = 0usize;
+            for id in table.idle_lru(len - b.low) {
+                if let Some((parent, name)) = table.still_idle(id)
+                    && n.inval_entry(INodeNo(parent), &name).is_ok()
+                {
+                    sent += 1;
+                }
+            }
             drop(table);
-            let sent = victims
-                .iter()
-                .filter(|(parent, name)| n.inval_entry(INodeNo(*parent), name).is_ok())
-                .count();
-            tracing::info!(
-                inodes = len,
-                high = b.high,
-                low = b.low,
-                dropped = sent,
-                "inode table above its high-water mark: asked the kernel to drop idle dentries"
-            );
+            // One line per 10 s at most: a table that stays full would log every round.
+            if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                last_log = Some(Instant::now());
+                tracing::info!(
+                    inodes = len,
+                    high = b.high,
+                    low = b.low,
+                    dropped = sent,
+                    "inode table above its high-water mark: asked the kernel to drop idle dentries"
+                );
+            }
             if sent == 0 {
-                // Nothing idle to drop (every inode open or a directory): wait for the
-                // next insertion rather than spin.
                 break;
             }
             // The kernel sends FORGETs asynchronously: let them land before the next
