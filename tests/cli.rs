@@ -654,3 +654,26 @@ fn old_daemon_leaves_a_new_mount_at_its_path_alone() {
         "the new mount is gone: {lines:?}"
     );
 }
+
+/// A failure after the mount(2) call (here: the pid file cannot be written, because a
+/// directory sits at its path) gives one error line and leaves nothing mounted, not a
+/// dead (ENOTCONN) mount over the directory.
+#[test]
+fn failure_after_mounting_leaves_no_mount() {
+    let s = scratch();
+    let _guard = s.guard();
+    let canon = std::fs::canonicalize(&s.mnt).unwrap();
+    let pf = sessionfs::mount::pid_file(&sessionfs::mount::mount_id(&canon));
+    std::fs::create_dir_all(&pf).unwrap();
+    struct Rm(PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _rm = Rm(pf.clone());
+    let err = must_fail(&mut s.mount_cmd(&[], &s.mnt), &s.mnt, "pid file");
+    assert!(!is_mounted(&s.mnt), "{err}");
+    // The directory itself is usable again.
+    std::fs::write(s.mnt.join("after"), b"x").unwrap();
+}
