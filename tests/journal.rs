@@ -15,6 +15,20 @@ fn records_of(m: &Mount, name: &str) -> Vec<Value> {
     read_jsonl(&m.mnt.join(format!("{name}.journal")))
 }
 
+/// [`records_of`] once `ready` holds (up to 10 s): RELEASE reaches the daemon
+/// asynchronously after the last close, so a test that checks release records waits
+/// for them.
+fn records_when(m: &Mount, name: &str, ready: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let t = std::time::Instant::now();
+    loop {
+        let recs = records_of(m, name);
+        if ready(&recs) || t.elapsed() > std::time::Duration::from_secs(10) {
+            return recs;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 fn ops(recs: &[Value]) -> Vec<&str> {
     recs.iter().map(|r| r["op"].as_str().unwrap()).collect()
 }
@@ -351,7 +365,7 @@ fn external_changes_are_recorded() {
         .unwrap()
         .write_all_ok(b"{\"x\":1}\n");
     let _ = std::fs::metadata(&f).unwrap();
-    let recs = records_of(&m, "e.jsonl");
+    let recs = records_when(&m, "e.jsonl", |r| r.iter().any(|x| x["op"] == "release"));
     let ext = recs
         .iter()
         .find(|r| r["op"] == "external")
@@ -761,7 +775,10 @@ print(os.getpid())
             b"{\"type\":\"message\",\"id\":\"bbbb2222\",\"message\":{\"role\":\"assistant\"}}\n",
         )
         .unwrap();
-    let all = records_of(&m, "t.jsonl");
+    // Both releases in, so that this snapshot and the CLI's reads see the same records.
+    let all = records_when(&m, "t.jsonl", |r| {
+        r.iter().filter(|x| x["op"] == "release").count() >= 2
+    });
     let cli = |args: &[&str]| -> String {
         let out = Command::new(common::bin())
             .arg("journal")
