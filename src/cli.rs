@@ -57,8 +57,8 @@ pub struct MountArgs {
     /// FUSE worker threads (1-64).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub threads: u16,
-    /// Journal state directory, outside the mountpoint and the source [default:
-    /// $XDG_STATE_HOME/sessionfs/<mount-id>, or /var/lib/sessionfs/<mount-id> as root].
+    /// Journal state directory, outside the mountpoint and the source (default:
+    /// `$XDG_STATE_HOME/sessionfs/<mount-id>`, or `/var/lib/sessionfs/<mount-id>` as root).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// JSON file of lane rules (see README, "Lanes").

@@ -64,7 +64,7 @@ pub struct FsConfig {
     /// 10k files, against 0.8× with plain READDIR and cached entries).
     pub readdirplus: bool,
     /// Most inodes (so O_PATH fds) the daemon holds before it asks the kernel to drop
-    /// idle ones; `None`: from `RLIMIT_NOFILE` (see [`pressure::Bounds::from_nofile`]).
+    /// idle ones; `None`: from `RLIMIT_NOFILE` (all but max(1,024, 10%) of the fds).
     pub max_inodes: Option<usize>,
     /// Filled in by the mount once the FUSE session exists (inode pressure sends its
     /// notifications through it).

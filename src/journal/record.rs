@@ -107,7 +107,7 @@ pub struct Record {
     /// `/proc/<pid>/exe` link target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exe: Option<String>,
-    /// argv[0] plus at most two more arguments, secrets redacted as `<redacted>`.
+    /// `argv[0]` plus at most two more arguments, secrets redacted as `<redacted>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmdline: Option<Vec<String>>,
     /// Field 22 of `/proc/<pid>/stat` (clock ticks after boot); guards against pid reuse.
