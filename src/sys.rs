@@ -307,6 +307,18 @@ pub fn caller_groups(tid: u32) -> Vec<libc::gid_t> {
         .unwrap_or_default()
 }
 
+/// Whether thread `tid` has CAP_FSETID in its effective set (`CapEff:` of
+/// `/proc/<tid>/status`, one /proc read). The kernel clears suid/sgid on a truncate or
+/// write by a caller without it. `None` when unreadable (the thread is gone).
+pub fn caller_has_fsetid(tid: u32) -> Option<bool> {
+    let s = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    let hex = s.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+    let caps = u64::from_str_radix(hex, 16).ok()?;
+    // Capability number 4 (linux/capability.h).
+    const CAP_FSETID: u32 = 4;
+    Some(caps & (1 << CAP_FSETID) != 0)
+}
+
 /// Set this thread's supplementary groups. The raw syscall is per thread (glibc's
 /// `setgroups` would change every thread of the daemon). Needs CAP_SETGID; without
 /// it the groups stay as they were.

@@ -112,3 +112,52 @@ fn nobody_with_a_supplementary_group() {
     }
     assert_eq!(native, mounted, "plain directory and mount differ");
 }
+
+/// uid 0 without CAP_FSETID (dropped from the bounding set, as `docker run
+/// --cap-drop FSETID` does): an `O_TRUNC` open and a `truncate` clear suid/sgid, as
+/// on ext4, although the caller is root.
+#[test]
+fn root_without_cap_fsetid_loses_suid_on_truncate() {
+    let prepare = |dir: &Path| {
+        for (name, mode) in [("suid", 0o4755), ("sgid", 0o2775)] {
+            let p = dir.join(name);
+            std::fs::write(&p, b"data\n").unwrap();
+            std::fs::set_permissions(&p, PermissionsExt::from_mode(mode)).unwrap();
+        }
+    };
+    let act = r#"
+import os, sys
+os.chdir(sys.argv[1])
+caps = int([l for l in open("/proc/self/status") if l.startswith("CapEff:")][0].split()[1], 16)
+print("uid", os.getuid(), "fsetid", bool(caps & (1 << 4)))
+os.close(os.open("suid", os.O_WRONLY | os.O_TRUNC))
+os.truncate("sgid", 1)
+for n in ("suid", "sgid"):
+    print(n, "%o" % os.stat(n).st_mode)
+"#;
+    let run = |dir: &Path| -> String {
+        prepare(dir);
+        let out = Command::new("setpriv")
+            .args(["--bounding-set", "-fsetid", "python3", "-c", act])
+            .arg(dir)
+            .output()
+            .expect("setpriv");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let plain = tempfile::tempdir().unwrap();
+    let native = run(plain.path());
+    let m = Mount::new(&[]);
+    let mounted = run(&m.mnt);
+    println!("plain:\n{native}\nmount:\n{mounted}");
+    assert!(native.contains("uid 0 fsetid False"), "{native}");
+    assert!(
+        native.contains("suid 100755") && native.contains("sgid 100775"),
+        "{native}"
+    );
+    assert_eq!(native, mounted, "plain directory and mount differ");
+}

@@ -660,7 +660,7 @@ impl fuser::Filesystem for SessionFs {
             // HANDLE_KILLPRIV_V2: an unprivileged O_TRUNC clears suid/sgid as ext4
             // would (the kernel's FUSE_OPEN_KILL_SUIDGID, which fuser does not pass on;
             // our root daemon has CAP_FSETID, the caller may not).
-            if truncating && res.is_ok() && req.uid() != 0 {
+            if truncating && res.is_ok() && self.lacks_fsetid(req) {
                 self.kill_suid(&inode);
             }
             res
@@ -1418,7 +1418,7 @@ impl SessionFs {
             };
             // HANDLE_KILLPRIV_V2: an unprivileged truncate clears suid/sgid, as the
             // kernel would have (our root daemon has CAP_FSETID, the caller may not).
-            if res.is_ok() && req.uid() != 0 {
+            if res.is_ok() && self.lacks_fsetid(req) {
                 self.kill_suid(inode);
             }
             let after = sys::fstat(inode.fd()).ok();
@@ -1456,6 +1456,13 @@ impl SessionFs {
             res?;
         }
         Ok(())
+    }
+
+    /// Does the caller lack CAP_FSETID (so a truncate must clear its file's suid/sgid,
+    /// as the kernel would; fuser does not pass the kernel's own KILL_SUIDGID flags for
+    /// OPEN and SETATTR)? From `/proc/<tid>/status`; if that is gone, "not root".
+    fn lacks_fsetid(&self, req: &Request) -> bool {
+        sys::caller_has_fsetid(req.pid()).map_or(req.uid() != 0, |has| !has)
     }
 
     /// Clear S_ISUID (and S_ISGID when group-executable), as the VFS does on write or
