@@ -583,9 +583,11 @@ fn check_journal(sessions: &Path, tr: &Path, gateway_pid: u32, cli_pids: &[u32],
     for (e, r) in &entries {
         let role = e["role"].as_str().unwrap_or("");
         if role == "user" || role == "assistant" {
-            assert!(
-                by_gateway(r, gateway_pid),
-                "{role} entry not attributed to the gateway (pid {gateway_pid}): {r}"
+            // The gateway's own pid, as the issue asks (its Node process appends them).
+            assert_eq!(
+                r["pid"],
+                Value::from(gateway_pid),
+                "{role} entry not written by the gateway (pid {gateway_pid}): {r}"
             );
             let pid = r["pid"].as_u64().unwrap_or(0) as u32;
             assert!(!cli_pids.contains(&pid), "entry written by the CLI: {r}");
