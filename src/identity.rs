@@ -116,6 +116,29 @@ pub struct Caller {
     pub process: Option<Arc<ProcessInfo>>,
 }
 
+/// Credentials of a thread that the FUSE request header does not carry, from
+/// `/proc/<tid>/status`: its supplementary groups (`Groups:`) and effective
+/// capabilities (`CapEff:`). Cached per thread by [`IdentityCache::creds`] together
+/// with the fs uid/gid they were read under.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Creds {
+    /// Supplementary group ids; empty when unreadable.
+    pub groups: Vec<u32>,
+    /// Effective capability bits; `None` when unreadable.
+    pub cap_eff: Option<u64>,
+    /// fs uid/gid of the request they were read for: a change (setuid/setgid) means
+    /// the groups and capabilities may have changed too.
+    fsids: (u32, u32),
+}
+
+impl Creds {
+    /// Whether the thread has capability number `cap` (linux/capability.h);
+    /// `None` when its capabilities could not be read.
+    pub fn has_cap(&self, cap: u32) -> Option<bool> {
+        self.cap_eff.map(|c| c & (1 << cap) != 0)
+    }
+}
+
 /// Address-space fingerprint from a stat line: (startcode, endcode, startstack).
 /// Every execve builds a new address space, and with ASLR a new stack address.
 type Image = [u64; 3];
@@ -127,6 +150,8 @@ struct TidEntry {
     thread_start: u64,
     /// Fingerprint of the address space the identity was read from.
     image: Option<Image>,
+    /// Groups and capabilities, read on first need ([`IdentityCache::creds`]).
+    creds: Option<Arc<Creds>>,
     /// Last resolve (a re-read from /proc).
     checked: Instant,
     /// Last revalidation that found nothing changed, as a stamp (see `used`); kept
@@ -142,6 +167,7 @@ impl Clone for TidEntry {
             process: self.process.clone(),
             thread_start: self.thread_start,
             image: self.image,
+            creds: self.creds.clone(),
             checked: self.checked,
             rechecked: AtomicU64::new(self.rechecked.load(Ordering::Relaxed)),
             used: AtomicU64::new(self.used.load(Ordering::Relaxed)),
@@ -235,32 +261,28 @@ impl IdentityCache {
     pub fn caller(&self, tid: u32, uid: u32, gid: u32) -> Caller {
         let now = Instant::now();
         let stamp = self.stamp(now);
+        // Fresh: the process identity; stale: the entry, for a revalidation.
         let hit = self.tids.read().get(&tid).map(|e| {
             let idle = stamp.saturating_sub(e.used.swap(stamp, Ordering::Relaxed));
             let age = stamp.saturating_sub(self.checked_at(e));
-            let fresh = age < self.revalidate.as_nanos() as u64 && idle < self.idle_ns;
-            (
-                fresh,
-                e.process.clone(),
-                fresh
-                    .then_some(())
-                    .map_or_else(|| Some(e.clone()), |_| None),
-            )
+            if age < self.revalidate.as_nanos() as u64 && idle < self.idle_ns {
+                Ok(e.process.clone())
+            } else {
+                Err(e.clone())
+            }
         });
         let process = match hit {
-            Some((true, p, _)) if !self.exec_marked(p.pid) => Some(p),
-            Some((_, p, Some(e))) => {
-                let _ = p;
-                self.revalidate(tid, e)
-            }
-            Some((_, _, None)) => {
-                // Fresh but an exec mark is pending: the slow path takes the mark.
+            Some(Ok(p)) if !self.exec_marked(p.pid) => Some(p),
+            // Fresh, but an exec mark is pending: the revalidation takes the mark. (The
+            // read guard must be gone before it: `revalidate` may take the write lock.)
+            Some(Ok(_)) => {
                 let e = self.tids.read().get(&tid).cloned();
                 match e {
                     Some(e) => self.revalidate(tid, e),
                     None => self.resolve(tid),
                 }
             }
+            Some(Err(e)) => self.revalidate(tid, e),
             None => self.resolve(tid),
         };
         Caller {
@@ -269,6 +291,32 @@ impl IdentityCache {
             gid,
             process,
         }
+    }
+
+    /// Supplementary groups and capabilities of thread `tid`, whose request carries fs
+    /// `uid`/`gid`. Cached in the thread's entry (set up by [`Self::caller`]) until its
+    /// fs ids change or the thread is re-resolved (an exec); without an entry (no
+    /// journal), read each time. One `/proc/<tid>/status` read on a miss; `None` when
+    /// the thread is gone.
+    pub fn creds(&self, tid: u32, uid: u32, gid: u32) -> Option<Arc<Creds>> {
+        let cached = self.tids.read().get(&tid).map(|e| e.creds.clone());
+        if let Some(Some(c)) = &cached
+            && c.fsids == (uid, gid)
+        {
+            return Some(c.clone());
+        }
+        let st = read_status(tid)?;
+        let c = Arc::new(Creds {
+            groups: st.groups,
+            cap_eff: st.cap_eff,
+            fsids: (uid, gid),
+        });
+        if cached.is_some()
+            && let Some(e) = self.tids.write().get_mut(&tid)
+        {
+            e.creds = Some(c.clone());
+        }
+        Some(c)
     }
 
     /// Mark the process of thread `tid` as "exec in progress": `tid` opened a file with
@@ -464,6 +512,7 @@ impl IdentityCache {
                 process,
                 thread_start,
                 image,
+                creds: None,
                 checked: now,
                 rechecked: AtomicU64::new(0),
                 used: AtomicU64::new(self.stamp(now)),
@@ -589,19 +638,29 @@ fn read_exe(id: u32) -> Option<String> {
         .map(|p| p.to_string_lossy().into_owned())
 }
 
+/// The fields of `/proc/<tid>/status` sessionfs uses.
 struct Status {
     tgid: u32,
+    /// `Groups:`, empty if absent.
+    groups: Vec<u32>,
+    /// `CapEff:` (hex), if present and well formed.
+    cap_eff: Option<u64>,
 }
 
 fn read_status(tid: u32) -> Option<Status> {
     let s = fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    let tgid = s
-        .lines()
-        .find_map(|l| l.strip_prefix("Tgid:"))?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(Status { tgid })
+    let field = |name: &str| s.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+    Some(Status {
+        tgid: field("Tgid:")?.parse().ok()?,
+        groups: field("Groups:")
+            .map(|g| {
+                g.split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        cap_eff: field("CapEff:").and_then(|h| u64::from_str_radix(h, 16).ok()),
+    })
 }
 
 fn read_process(pid: u32, tid: u32, st: &Stat) -> ProcessInfo {
@@ -1428,6 +1487,7 @@ mod tests {
             process: process.clone(),
             thread_start: 1,
             image: None,
+            creds: None,
             checked: Instant::now() - age,
             rechecked: AtomicU64::new(0),
             used: AtomicU64::new(0),

@@ -234,8 +234,8 @@ thread_local! {
 /// backing kernel). setfsuid/setfsgid are per-thread; the umask is made per-thread
 /// with `unshare(CLONE_FS)` on first use. With FUSE_DONT_MASK the kernel leaves the
 /// umask to us.
-/// `tid`: the caller's thread (FUSE request pid), for its supplementary groups.
-pub fn as_caller<T>(tid: u32, uid: u32, gid: u32, umask: u32, f: impl FnOnce() -> T) -> T {
+/// `groups`: the caller's supplementary groups (see [`crate::identity::Creds`]).
+pub fn as_caller<T>(groups: &[u32], uid: u32, gid: u32, umask: u32, f: impl FnOnce() -> T) -> T {
     OWN_FS.with(|own| {
         if !own.get() {
             // SAFETY: unshare(CLONE_FS) only detaches this thread's cwd/root/umask.
@@ -253,10 +253,9 @@ pub fn as_caller<T>(tid: u32, uid: u32, gid: u32, umask: u32, f: impl FnOnce() -
         // the thread's supplementary groups: give it the caller's, or a caller who may
         // write only through a supplementary group gets EACCES where ext4 allows it.
         let own = daemon_groups();
-        let groups = caller_groups(tid);
-        let swap = groups != *own;
+        let swap = groups != own.as_slice();
         if swap {
-            set_thread_groups(&groups);
+            set_thread_groups(groups);
         }
         // SAFETY: setfsgid/setfsuid only change this thread's fs credentials.
         let old_gid = unsafe { libc::syscall(libc::SYS_setfsgid, gid) } as u32;
@@ -287,36 +286,6 @@ fn daemon_groups() -> &'static Vec<libc::gid_t> {
             .map(|v| v.into_iter().map(|g| g.as_raw()).collect())
             .unwrap_or_default()
     })
-}
-
-/// Supplementary groups of thread `tid`: the `Groups:` line of `/proc/<tid>/status`
-/// (one /proc read, 5–20 µs). Empty when unreadable (the thread is gone): the caller
-/// then gets no group it cannot prove.
-pub fn caller_groups(tid: u32) -> Vec<libc::gid_t> {
-    std::fs::read_to_string(format!("/proc/{tid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("Groups:").map(|g| {
-                    g.split_whitespace()
-                        .filter_map(|n| n.parse().ok())
-                        .collect()
-                })
-            })
-        })
-        .unwrap_or_default()
-}
-
-/// Whether thread `tid` has CAP_FSETID in its effective set (`CapEff:` of
-/// `/proc/<tid>/status`, one /proc read). The kernel clears suid/sgid on a truncate or
-/// write by a caller without it. `None` when unreadable (the thread is gone).
-pub fn caller_has_fsetid(tid: u32) -> Option<bool> {
-    let s = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    let hex = s.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
-    let caps = u64::from_str_radix(hex, 16).ok()?;
-    // Capability number 4 (linux/capability.h).
-    const CAP_FSETID: u32 = 4;
-    Some(caps & (1 << CAP_FSETID) != 0)
 }
 
 /// Set this thread's supplementary groups. The raw syscall is per thread (glibc's

@@ -448,7 +448,7 @@ impl fuser::Filesystem for SessionFs {
             return reply.error(FErrno::ENOENT);
         };
         let res = sys::cname(name).and_then(|c| {
-            sys::as_caller(req.pid(), req.uid(), req.gid(), umask, || {
+            sys::as_caller(&self.groups(req), req.uid(), req.gid(), umask, || {
                 sys::mknodat(p.fd(), &c, mode, rdev as u64)
             })
         });
@@ -475,7 +475,7 @@ impl fuser::Filesystem for SessionFs {
             return reply.error(FErrno::ENOENT);
         };
         let res = sys::cname(name).and_then(|c| {
-            sys::as_caller(req.pid(), req.uid(), req.gid(), umask, || {
+            sys::as_caller(&self.groups(req), req.uid(), req.gid(), umask, || {
                 nix::sys::stat::mkdirat(
                     p.fd(),
                     c.as_c_str(),
@@ -532,7 +532,7 @@ impl fuser::Filesystem for SessionFs {
             return reply.error(FErrno::ENOENT);
         };
         let res = sys::cname(link_name).and_then(|c| {
-            sys::as_caller(req.pid(), req.uid(), req.gid(), 0, || {
+            sys::as_caller(&self.groups(req), req.uid(), req.gid(), 0, || {
                 nix::unistd::symlinkat(target, p.fd(), c.as_c_str())
             })
         });
@@ -1462,7 +1462,24 @@ impl SessionFs {
     /// as the kernel would; fuser does not pass the kernel's own KILL_SUIDGID flags for
     /// OPEN and SETATTR)? From `/proc/<tid>/status`; if that is gone, "not root".
     fn lacks_fsetid(&self, req: &Request) -> bool {
-        sys::caller_has_fsetid(req.pid()).map_or(req.uid() != 0, |has| !has)
+        /// linux/capability.h.
+        const CAP_FSETID: u32 = 4;
+        self.ids
+            .creds(req.pid(), req.uid(), req.gid())
+            .and_then(|c| c.has_cap(CAP_FSETID))
+            .map_or(req.uid() != 0, |has| !has)
+    }
+
+    /// The caller's supplementary groups, for [`sys::as_caller`] (cached per thread;
+    /// none for root, whose creates skip the switch, or when the thread is gone).
+    fn groups(&self, req: &Request) -> Vec<u32> {
+        if req.uid() == 0 && req.gid() == 0 {
+            return Vec::new();
+        }
+        self.ids
+            .creds(req.pid(), req.uid(), req.gid())
+            .map(|c| c.groups.clone())
+            .unwrap_or_default()
     }
 
     /// Clear S_ISUID (and S_ISGID when group-executable), as the VFS does on write or
@@ -1631,7 +1648,7 @@ impl SessionFs {
         // O_NOFOLLOW: the kernel sends CREATE only after a negative lookup, so a symlink
         // here appeared behind our back (a `--source` writer); never follow it.
         let oflags = backing_flags(flags | libc::O_CREAT | libc::O_NOFOLLOW);
-        let res = sys::as_caller(req.pid(), req.uid(), req.gid(), umask, || {
+        let res = sys::as_caller(&self.groups(req), req.uid(), req.gid(), umask, || {
             sys::openat(p.fd(), &c, oflags, mode & 0o7777)
         });
         let path = self.child_path(p, name);

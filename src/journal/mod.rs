@@ -1525,7 +1525,7 @@ mod tests {
         let fresh = d.path().join("fresh").join("state");
         // The daemon runs with umask 0. This thread gets a private umask (unshare
         // CLONE_FS), inherited by the writer thread it spawns; other tests keep theirs.
-        crate::sys::as_caller(0, 0, 0, 0, || {
+        crate::sys::as_caller(&[], 0, 0, 0, || {
             let mut o = JournalOptions::new(state.clone());
             o.segment_bytes = 64;
             let j = Journal::open(o).unwrap();
