@@ -287,52 +287,12 @@ impl TranscriptTracker {
     /// complete lines it produced. `fd` must be readable.
     pub fn after_write(&self, key: u64, fd: BorrowedFd<'_>, offset: u64, data: &[u8]) -> Change {
         let end = offset + data.len() as u64;
-        let appended = {
-            let mut t = self.files.lock();
-            let hit = t.map.get(&key).is_some_and(|s| s.size == offset);
-            if !hit {
-                t.remove(key);
-            }
-            hit
-        };
-        if !appended {
-            // Not a plain append to the EOF we know: rebuild from the file as it is
-            // now and report the complete lines the written range touches. The file is
-            // read without the tracker's lock (a large transcript takes milliseconds),
-            // so writes to other transcripts go on; the caller holds this inode's
-            // journal-order lock, so nothing else changes this key meanwhile.
-            let size = file_size(fd);
-            let st = FileState::rebuild(fd, size);
-            let first = st.line_at(offset);
-            let start = if first as usize <= st.starts.len() {
-                st.starts[first as usize - 1]
-            } else {
-                st.partial_start
-            };
-            let stop = end.min(st.partial_start);
-            let entries = if start < stop {
-                decode_lines(&read_range(fd, start, stop), start, first).0
-            } else {
-                Vec::new()
-            };
-            let partial = st.size - st.partial_start;
-            let mut t = self.files.lock();
-            t.remove(key);
-            t.lines += st.starts.len();
-            t.map.insert(key, st);
-            t.touch(key);
-            t.evict(self.max_files);
-            return Change {
-                entries,
-                partial,
-                ..Default::default()
-            };
-        }
         let mut t = self.files.lock();
-        let Some(st) = t.map.get_mut(&key) else {
-            // Evicted since the check (other files filled the LRU): rebuild next time.
+        let Some(st) = t.map.get_mut(&key).filter(|s| s.size == offset) else {
+            // Not a plain append to the EOF we know: rebuild, without the lock.
+            t.remove(key);
             drop(t);
-            return self.after_write(key, fd, offset, data);
+            return self.rebuild_after_write(key, fd, offset, end);
         };
         let mut entries = Vec::new();
         let mut seg_start = 0usize; // start in `data` of the line being completed
@@ -388,6 +348,40 @@ impl TranscriptTracker {
         }
     }
 
+    /// [`Self::after_write`] for a write that was not a plain append to the EOF we
+    /// know: rebuild the index from the file as it is now and report the complete
+    /// lines the written range `[offset, end)` touches. The file is read without the
+    /// tracker's lock (a large transcript takes milliseconds), so writes to other
+    /// transcripts go on; the caller holds this inode's journal-order lock, so nothing
+    /// else changes this key meanwhile.
+    fn rebuild_after_write(&self, key: u64, fd: BorrowedFd<'_>, offset: u64, end: u64) -> Change {
+        let size = file_size(fd);
+        let st = FileState::rebuild(fd, size);
+        let first = st.line_at(offset);
+        let start = if first as usize <= st.starts.len() {
+            st.starts[first as usize - 1]
+        } else {
+            st.partial_start
+        };
+        let stop = end.min(st.partial_start);
+        let entries = if start < stop {
+            decode_lines(&read_range(fd, start, stop), start, first).0
+        } else {
+            Vec::new()
+        };
+        let partial = st.size - st.partial_start;
+        let mut t = self.files.lock();
+        t.remove(key);
+        t.lines += st.starts.len();
+        t.map.insert(key, st);
+        t.touch(key);
+        t.evict(self.max_files);
+        Change {
+            entries,
+            partial,
+            ..Default::default()
+        }
+    }
     /// Before a truncate from `old_size` to `new_size`: every line with a byte at or
     /// past `new_size` (a line the truncate cuts counts as removed), with its bytes.
     pub fn before_truncate(

@@ -1460,7 +1460,7 @@ impl SessionFs {
 
     /// Does the caller lack CAP_FSETID (so a truncate must clear its file's suid/sgid,
     /// as the kernel would; fuser does not pass the kernel's own KILL_SUIDGID flags for
-    /// OPEN and SETATTR)? From `/proc/<tid>/status`; if that is gone, "not root".
+    /// OPEN and SETATTR)? From its cached `CapEff`; if the thread is gone, "not root".
     fn lacks_fsetid(&self, req: &Request) -> bool {
         /// linux/capability.h.
         const CAP_FSETID: u32 = 4;
