@@ -856,12 +856,10 @@ fn serve(
     // A direct mount is ours to undo: fuser will not unmount it when the session
     // drops, so every exit path below detaches it (`undo`), and only if the mount at
     // the path is still ours (its device), never a newer one.
-    let mut direct = false;
-    let session = match mount_direct(&canon, &source, spec.read_only, spec.allow_other) {
-        Ok(Some(fd)) => {
-            direct = true;
-            fuser::Session::from_fd(fs, fd, config.acl, config)
-        }
+    let mounted = mount_direct(&canon, &source, spec.read_only, spec.allow_other);
+    let direct = matches!(mounted, Ok(Some(_)));
+    let session = match mounted {
+        Ok(Some(fd)) => fuser::Session::from_fd(fs, fd, config.acl, config),
         Ok(None) => fuser::Session::new(fs, &canon, &config),
         Err(e) => Err(e),
     };
