@@ -19,14 +19,25 @@ fn records_of(m: &Mount, name: &str) -> Vec<Value> {
 /// asynchronously after the last close, so a test that checks release records waits
 /// for them.
 fn records_when(m: &Mount, name: &str, ready: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    journal_when(&m.mnt.join(format!("{name}.journal")), ready)
+}
+
+/// The records of the journal file `journal` once `ready` holds (up to 10 s).
+fn journal_when(journal: &Path, ready: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     let t = std::time::Instant::now();
     loop {
-        let recs = records_of(m, name);
+        let recs = read_jsonl(journal);
         if ready(&recs) || t.elapsed() > std::time::Duration::from_secs(10) {
             return recs;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// Whether `recs` hold the release of `path`.
+fn released(recs: &[Value], path: &str) -> bool {
+    recs.iter()
+        .any(|r| r["path"] == path && r["op"] == "release")
 }
 
 fn ops(recs: &[Value]) -> Vec<&str> {
@@ -91,7 +102,8 @@ print(os.getpid())
         xattr_names(&m.src.join("t.jsonl")).is_empty(),
         "lane xattr leaked to the backing file"
     );
-    let recs = records_of(&m, "t.jsonl");
+    // With the release in, the file's journal is complete (user.sessionfs.seq below).
+    let recs = records_when(&m, "t.jsonl", |r| released(r, "t.jsonl"));
     let writes: Vec<&Value> = recs.iter().filter(|r| r["op"] == "write").collect();
     // One record per WRITE request; the kernel may split a write() that crosses a
     // page boundary into two requests, so count entries and bytes, not records.
@@ -275,7 +287,10 @@ os.write(fd, b'{"type":"compaction","id":"comp0001","parentId":"id000007"}\n')
 os.close(fd)
 "#;
     python(code, &[t.to_str().unwrap(), &keep.to_string()]);
-    let recs = records_of(&m, "r.jsonl");
+    let recs = records_when(&m, "r.jsonl", |r| {
+        r.iter()
+            .any(|x| x["op"] == "release" && x["removed"].is_array())
+    });
     let trunc = recs
         .iter()
         .find(|r| r["op"] == "truncate")
@@ -487,7 +502,8 @@ fn journal_files_are_virtual_listed_and_private() {
     let md = std::fs::metadata(m.mnt.join("a.jsonl.journal")).unwrap();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(md.permissions().mode() & 0o777, 0o400);
-    let all = read_jsonl(&m.mnt.join(".journal"));
+    // Wait for a.jsonl's asynchronous release, so the cursor below is past all of a's records.
+    let all = journal_when(&m.mnt.join(".journal"), |r| released(r, "a.jsonl"));
     assert!(
         all.iter()
             .any(|r| r["path"] == "a.jsonl" && r["op"] == "create")
@@ -549,7 +565,9 @@ fn seq_continues_after_restart_and_cli_reads_since() {
         b"{\"type\":\"session\",\"id\":\"z\"}\n",
     )
     .unwrap();
-    let all = read_jsonl(&mnt.join(".journal"));
+    // RELEASE arrives after close returns: wait for it, so that this snapshot and the
+    // CLI's read below see the same records.
+    let all = journal_when(&mnt.join(".journal"), |r| released(r, "after.jsonl"));
     let after: Vec<&Value> = all.iter().filter(|r| r["path"] == "after.jsonl").collect();
     assert!(
         after[0]["seq"].as_u64().unwrap() > first,
@@ -625,7 +643,10 @@ os.close(fd)
 "#;
     python(code, &[t.to_str().unwrap(), &text]);
     assert_eq!(std::fs::read_to_string(&t).unwrap(), text);
-    let recs = records_of(&m, "w.jsonl");
+    let recs = records_when(&m, "w.jsonl", |r| {
+        r.iter()
+            .any(|x| x["op"] == "release" && x["access"] == "write")
+    });
     let open = recs
         .iter()
         .find(|r| r["op"] == "open" && r["flags"].to_string().contains("O_TRUNC"))
@@ -724,7 +745,7 @@ fn exec_off_the_mount_after_a_redirect_names_the_new_image() {
         .status()
         .unwrap();
     assert!(st.success());
-    let recs = records_of(&m, "e.jsonl");
+    let recs = records_when(&m, "e.jsonl", |r| released(r, "e.jsonl"));
     let one = |op: &str| -> &Value {
         let v: Vec<&Value> = recs.iter().filter(|r| r["op"] == op).collect();
         assert_eq!(v.len(), 1, "{op}: {recs:?}");
