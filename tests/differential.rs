@@ -32,9 +32,18 @@ struct AlignedBlock([u8; 4096]);
 /// One step's outcome as text: `ok <detail>` or the errno name.
 type Out = String;
 
-/// Pause before each step, longer than one tick of the kernel's coarse clock, so that a
-/// change made by the step always lands on a timestamp different from the previous one.
-const GAP: Duration = Duration::from_millis(12);
+/// Wait until the kernel's coarse clock (which file timestamps come from) has moved
+/// past its value now, so that a change made next lands on a timestamp different from
+/// every earlier one. Polled rather than slept: a tick may stall for several jiffies on
+/// a VM whose timekeeping vCPU is preempted.
+fn next_tick() {
+    use nix::time::{ClockId, clock_gettime};
+    let now = || clock_gettime(ClockId::CLOCK_REALTIME_COARSE).unwrap();
+    let t0 = now();
+    while now() <= t0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
 
 fn c(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap()
@@ -190,7 +199,7 @@ impl Run {
     fn run(&mut self, name: &str, targets: &[&Path], read_only: bool, f: impl FnOnce() -> Out) {
         let watch = self.watched(targets);
         let back: Vec<PathBuf> = watch.iter().map(|p| self.backing_of(p)).collect();
-        std::thread::sleep(GAP);
+        next_tick();
         let v0: Vec<Stamp> = watch.iter().map(|p| stamp(p)).collect();
         let b0: Vec<Stamp> = back.iter().map(|p| stamp(p)).collect();
         let out = f();
@@ -223,7 +232,7 @@ impl Run {
     fn read_virtual(&mut self, name: &str, file: &Path, watch: &[&Path]) -> Vec<u8> {
         let watch = self.watched(watch);
         let back: Vec<PathBuf> = watch.iter().map(|p| self.backing_of(p)).collect();
-        std::thread::sleep(GAP);
+        next_tick();
         let v0: Vec<Stamp> = watch.iter().map(|p| stamp(p)).collect();
         let b0: Vec<Stamp> = back.iter().map(|p| stamp(p)).collect();
         let data = std::fs::read(file);

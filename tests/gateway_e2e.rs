@@ -110,20 +110,26 @@ impl Drop for Proc {
 }
 
 /// A loopback port `p` with `p..p+4` free (the gateway also takes port+2 for the
-/// browser sidecar).
+/// browser sidecar). Taken below the ephemeral range (32768–60999 here), so the
+/// outgoing connections and `bind(0)` listeners made before the gateway binds it
+/// (mock model, onboarding, clients) cannot take one of these ports meanwhile.
 fn free_port() -> u16 {
-    for _ in 0..200 {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
-        drop(l);
-        if p > 60000 {
-            continue;
-        }
+    let mut x = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        ^ std::process::id();
+    for _ in 0..500 {
+        // xorshift: a different start per run, so parallel runs rarely collide.
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        let p = 20000 + (x % 12000) as u16;
         if (0..5).all(|i| TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
             return p;
         }
     }
-    panic!("no free loopback port range");
+    panic!("no free loopback port range in 20000-32004");
 }
 
 fn strip_ansi(s: &str) -> String {

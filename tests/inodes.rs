@@ -8,13 +8,22 @@ use common::Mount;
 #[test]
 fn forget_releases_inodes() {
     let mut m = Mount::new(&[]);
+    let pid = common::daemon_pid(&m.mnt).expect("daemon pid");
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let base = fds();
     for i in 0..2000 {
         std::fs::write(m.mnt.join(format!("f{i}")), b"x").unwrap();
         let _ = std::fs::metadata(m.mnt.join(format!("f{i}"))).unwrap();
     }
     // Evict dentries and inodes: the kernel sends FORGET for each.
     std::fs::write("/proc/sys/vm/drop_caches", b"2").unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // FORGETs (and the RELEASEs that pin inodes) arrive asynchronously: wait until the
+    // daemon's fds (one per inode) are back near the start, then end the session.
+    common::wait_for(10, || fds() < base + 50);
     m.unmount();
     let log = std::fs::read_to_string(m.state.join("sessionfs.log")).unwrap();
     let line = log
@@ -41,11 +50,7 @@ fn forget_releases_inodes() {
 #[test]
 fn inode_pressure_keeps_fds_bounded() {
     let m = Mount::new(&["--max-inodes", "300"]);
-    let pid: i32 = {
-        let canon = std::fs::canonicalize(&m.mnt).unwrap();
-        let pf = sessionfs::mount::pid_file(&sessionfs::mount::mount_id(&canon));
-        std::fs::read_to_string(pf).unwrap().trim().parse().unwrap()
-    };
+    let pid = common::daemon_pid(&m.mnt).expect("daemon pid");
     let fds = || {
         std::fs::read_dir(format!("/proc/{pid}/fd"))
             .unwrap()
@@ -66,7 +71,8 @@ fn inode_pressure_keeps_fds_bounded() {
         let s = std::fs::read_to_string(m.mnt.join(format!("f{i}"))).unwrap();
         assert_eq!(s, format!("{i}\n"));
     }
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The last eviction round's FORGETs arrive asynchronously.
+    common::wait_for(10, || fds() < base + 300 + 50);
     let end = fds();
     println!("daemon fds: {base} at start, peak {peak}, {end} at the end");
     // 300 inodes + the daemon's own fds, with slack for the insertions made while a

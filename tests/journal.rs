@@ -643,9 +643,11 @@ os.close(fd)
 "#;
     python(code, &[t.to_str().unwrap(), &text]);
     assert_eq!(std::fs::read_to_string(&t).unwrap(), text);
+    // The rewriting handle's release (the one reporting `removed`); the first write's
+    // release also has access "write", so wait for this one specifically.
     let recs = records_when(&m, "w.jsonl", |r| {
         r.iter()
-            .any(|x| x["op"] == "release" && x["access"] == "write")
+            .any(|x| x["op"] == "release" && x["removed"].is_array())
     });
     let open = recs
         .iter()

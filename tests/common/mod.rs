@@ -115,11 +115,43 @@ pub fn mount_lines(p: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Unmount `mnt` with `sessionfs umount`, falling back to a lazy umount.
+/// Pid of the daemon serving the mount at `mnt`, from its pid file.
+pub fn daemon_pid(mnt: &Path) -> Option<i32> {
+    let canon = std::fs::canonicalize(mnt).ok()?;
+    let pf = sessionfs::mount::pid_file(&sessionfs::mount::mount_id(&canon));
+    std::fs::read_to_string(pf).ok()?.trim().parse().ok()
+}
+
+/// Whether `pid` is running (a zombie counts as exited).
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().to_string()))
+        .is_some_and(|r| !r.starts_with('Z') && !r.starts_with('X'))
+}
+
+/// Poll `ready` every 20 ms for up to `secs` seconds; its last answer.
+pub fn wait_for(secs: u64, mut ready: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    loop {
+        if ready() {
+            return true;
+        }
+        if t.elapsed() > Duration::from_secs(secs) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Unmount `mnt` with `sessionfs umount` (which waits for the daemon to exit),
+/// falling back to a lazy umount and then waiting for the daemon ourselves, so a
+/// remount on the same state dir never meets the old daemon's lock.
 pub fn unmount(mnt: &Path) {
     if !is_mounted(mnt) {
         return;
     }
+    let pid = daemon_pid(mnt);
     let ok = Command::new(bin())
         .arg("umount")
         .arg(mnt)
@@ -129,9 +161,9 @@ pub fn unmount(mnt: &Path) {
     if !ok || is_mounted(mnt) {
         let _ = Command::new("umount").arg("-l").arg(mnt).status();
     }
-    let t = Instant::now();
-    while is_mounted(mnt) && t.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(20));
+    wait_for(5, || !is_mounted(mnt));
+    if let Some(pid) = pid {
+        wait_for(30, || !running(pid));
     }
 }
 
