@@ -964,3 +964,44 @@ fn same_results_on_plain_dir_and_mount() {
     // The backing tree holds exactly what the mount showed.
     assert_eq!(listing(&m.src.join("w")), listing(&plain.path().join("w")));
 }
+
+/// `open(O_RDONLY|O_TRUNC)` of a binary that is running: ETXTBSY, and the file stays
+/// whole, on both sides. (With FUSE_ATOMIC_O_TRUNC the daemon emptied the file at
+/// OPEN, before the kernel's ETXTBSY check, so the caller got the error and the running
+/// program lost its text; it then often crashed, which made pjdfstest's open::etxtbsy
+/// flaky.) An `O_RDONLY|O_TRUNC` open of a file nobody runs truncates it, as on ext4.
+#[test]
+fn rdonly_trunc_of_a_running_binary_gives_etxtbsy_and_keeps_it() {
+    let sleep = std::fs::read("/bin/sleep").expect("/bin/sleep");
+    let run = |dir: &Path| -> Vec<String> {
+        let mut out = Vec::new();
+        for i in 0..3 {
+            let p = dir.join(format!("sleep{i}"));
+            std::fs::write(&p, &sleep).unwrap();
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+            let mut child = std::process::Command::new(&p).arg("10").spawn().unwrap();
+            out.push(res(open(&p, libc::O_RDONLY | libc::O_TRUNC, 0)));
+            let alive = child.try_wait().unwrap().is_none();
+            let whole = std::fs::read(&p).unwrap() == sleep;
+            out.push(format!("alive={alive} whole={whole}"));
+            child.kill().unwrap();
+            child.wait().unwrap();
+            // Nobody runs it now: the same open truncates.
+            out.push(res(open(&p, libc::O_RDONLY | libc::O_TRUNC, 0)));
+            out.push(format!("len={}", std::fs::metadata(&p).unwrap().len()));
+        }
+        out
+    };
+    let plain = tempfile::tempdir().unwrap();
+    let m = Mount::new(&[]);
+    let want = run(plain.path());
+    assert_eq!(want[0], "ETXTBSY", "plain directory: {want:?}");
+    assert_eq!(
+        want[1], "alive=true whole=true",
+        "plain directory: {want:?}"
+    );
+    assert_eq!(run(&m.mnt), want);
+    // Backing file of the last copy: emptied by the second open only.
+    assert_eq!(std::fs::metadata(m.src.join("sleep2")).unwrap().len(), 0);
+}

@@ -649,11 +649,18 @@ os.close(fd)
         r.iter()
             .any(|x| x["op"] == "release" && x["removed"].is_array())
     });
+    // The O_TRUNC reaches the daemon as the open's truncate (a SETATTR on the new
+    // handle, after the kernel's own checks): all 10 lines cut, held for the rewrite.
     let open = recs
         .iter()
-        .find(|r| r["op"] == "open" && r["flags"].to_string().contains("O_TRUNC"))
-        .expect("truncating open");
-    assert_eq!(open["cut"].as_u64(), Some(10), "{open}");
+        .rfind(|r| r["op"] == "open" && r["access"] == "write")
+        .expect("the rewriting open");
+    let trunc = recs
+        .iter()
+        .find(|r| r["op"] == "truncate" && r["seq"].as_u64() > open["seq"].as_u64())
+        .expect("the open's truncate");
+    assert_eq!(trunc["size_after"].as_u64(), Some(0), "{trunc}");
+    assert_eq!(trunc["cut"].as_u64(), Some(10), "{trunc}");
     assert!(
         recs.iter()
             .filter(|r| r["op"] == "write")
@@ -850,4 +857,46 @@ print(os.getpid())
         "{table}"
     );
     assert!(rows[1].contains("+assistant:bbbb2222"), "{table}");
+}
+
+/// `open(O_RDONLY|O_TRUNC)` of a transcript (Linux truncates): the truncate arrives
+/// with a read-only handle, which never ends a rewrite, so its removed entries are on
+/// the truncate record itself, and salvaged.
+#[test]
+fn rdonly_trunc_open_reports_removed_entries_at_once() {
+    let m = Mount::new(&[]);
+    let t = m.mnt.join("o.jsonl");
+    let lines: Vec<String> = (1..=3)
+        .map(|i| format!("{{\"type\":\"message\",\"id\":\"o{i:07}\",\"parentId\":null}}\n"))
+        .collect();
+    std::fs::write(&t, lines.concat()).unwrap();
+    let fd = nix::fcntl::open(
+        &t,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_TRUNC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap();
+    assert_eq!(std::fs::metadata(&t).unwrap().len(), 0);
+    // Checked while the read-only handle is still open: nothing waits for its release.
+    let recs = records_of(&m, "o.jsonl");
+    drop(fd);
+    let trunc = recs
+        .iter()
+        .find(|r| r["op"] == "truncate")
+        .unwrap_or_else(|| panic!("truncate record: {recs:?}"));
+    assert!(trunc["cut"].is_null(), "{trunc}");
+    let ids: Vec<&str> = trunc["removed"]
+        .as_array()
+        .unwrap_or_else(|| panic!("removed on the truncate: {trunc}"))
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["o0000001", "o0000002", "o0000003"]);
+    let out = Command::new(common::bin())
+        .arg("salvage")
+        .arg(&t)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), lines.concat());
 }

@@ -36,13 +36,6 @@ const MOUNT_SKIPS_ALLOWED: &[(&str, &str, &str)] = &[(
     "glibc's pathconf(_PC_LINK_MAX) has no value for FUSE's f_type",
 )];
 
-/// Cases that fail on the mount in about 4% of runs (6/150 and 5/150 measured, with
-/// the journal on and off; 0/150 on the plain directory): `open` of the `sleep` copy
-/// that pjdfstest has just spawned succeeds instead of giving ETXTBSY. Not explained
-/// yet (it vanishes under strace); see the README's known gaps. Such a case is re-run
-/// alone, up to twice, and passes only if a re-run passes; the retry is printed.
-const MOUNT_RETRY_FLAKY: &[&str] = &["open::etxtbsy", "truncate::etxtbsy"];
-
 /// One case's result as pjdfstest printed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Status {
@@ -376,24 +369,7 @@ fn pjdfstest_passes_on_the_mount_wherever_it_passes_natively() {
     chmod(mount.mnt.parent().unwrap(), 0o755);
     let mnt_path = mount.mnt.clone();
     assert!(common::is_mounted(&mnt_path), "sessionfs mount is not live");
-    let mut mounted = run_pjdfstest("mount", &mount.mnt, shm.as_ref().map(|t| t.path()));
-    for case in MOUNT_RETRY_FLAKY {
-        for attempt in 1..=2 {
-            if mounted.status(case) != Some(Status::Fail) {
-                break;
-            }
-            let again =
-                run_pjdfstest_cases("mount", &mount.mnt, shm.as_ref().map(|t| t.path()), &[case]);
-            println!(
-                "  retry {attempt}: {case} failed on the mount ({}); re-run alone: {:?}",
-                mounted.cases[*case].detail.trim().replace('\n', " | "),
-                again.status(case)
-            );
-            if let Some(o) = again.cases.get(*case) {
-                mounted.cases.insert(case.to_string(), o.clone());
-            }
-        }
-    }
+    let mounted = run_pjdfstest("mount", &mount.mnt, shm.as_ref().map(|t| t.path()));
     drop(mount);
     assert!(
         !common::is_mounted(&mnt_path),

@@ -297,10 +297,13 @@ impl fuser::Filesystem for SessionFs {
         // as on ext4. No EXPORT_SUPPORT: nothing needs NFS export, and it would bring
         // LOOKUPs of "." and "..".
         // No WRITEBACK_CACHE: it would invent mtimes and hide the writer's identity.
+        // No ATOMIC_O_TRUNC: with it the daemon truncates at OPEN, before the kernel
+        // checks write access, so `open(O_RDONLY|O_TRUNC)` of a running binary got
+        // ETXTBSY after its file was already emptied (pjdfstest open::etxtbsy). Without
+        // it an O_TRUNC open costs one SETATTR more, sent only once the checks passed.
         let mut wanted = InitFlags::FUSE_HANDLE_KILLPRIV_V2
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_DONT_MASK
-            | InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_POSIX_ACL;
         if self.cfg.readdirplus {
             wanted |= InitFlags::FUSE_DO_READDIRPLUS;
@@ -623,7 +626,7 @@ impl fuser::Filesystem for SessionFs {
             }
             return reply.opened(Fh(ino.0), FopenFlags::FOPEN_DIRECT_IO);
         }
-        if (flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0)
+        if flags & libc::O_ACCMODE != libc::O_RDONLY
             && let Err(e) = self.ro()
         {
             return reply.error(e);
@@ -634,55 +637,19 @@ impl fuser::Filesystem for SessionFs {
         self.inodes.touch(&inode);
         let order_inode = inode.clone();
         let _order = order_inode.order.lock();
-        let truncating = flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY;
-        let before = if truncating {
-            let g = inode.changes();
-            let st = sys::fstat(inode.fd()).ok();
-            if let Some(st) = &st {
-                self.check_external(req, &inode, st, 0, g);
-            }
-            st
-        } else {
-            None
-        };
-        // O_TRUNC on a transcript: salvage the lines first; the new handle's rewrite
-        // decides which of them are removed (see `Rewrites`).
-        let cut = match &before {
-            Some(st) if self.is_transcript(&inode) => {
-                let _busy = inode.busy();
-                self.prepare_cut(&inode, st.st_size as u64, 0)
-            }
-            _ => None,
-        };
-        let res = {
-            let _busy = truncating.then(|| inode.busy());
-            let res = sys::reopen(inode.fd(), backing_flags(flags));
-            // HANDLE_KILLPRIV_V2: an unprivileged O_TRUNC clears suid/sgid as ext4
-            // would (the kernel's FUSE_OPEN_KILL_SUIDGID, which fuser does not pass on;
-            // our root daemon has CAP_FSETID, the caller may not).
-            if truncating && res.is_ok() && self.lacks_fsetid(req) {
-                self.kill_suid(&inode);
-            }
-            res
-        };
+        // No FUSE_ATOMIC_O_TRUNC: the kernel strips O_TRUNC from OPEN and truncates
+        // with a SETATTR once its own checks (ETXTBSY) have passed. Stripped here too,
+        // so that no OPEN can ever truncate the backing file.
+        let res = sys::reopen(inode.fd(), backing_flags(flags) & !libc::O_TRUNC);
         let gen_opened = inode.changes();
-        let held = cut.map(|c| self.finish_cut(c, res.is_ok(), Some(inode.ino)));
         match res {
             Ok(fd) => {
                 let st = sys::fstat(fd.as_fd()).ok();
-                if !truncating && let Some(st) = &st {
+                if let Some(st) = &st {
                     self.check_external(req, &inode, st, 0, gen_opened);
                 }
-                let keep = self.keep_cache(&inode, st.as_ref(), truncating);
-                self.record_open(
-                    req,
-                    &inode,
-                    flags,
-                    before.as_ref(),
-                    st.as_ref(),
-                    held,
-                    &Ok(()),
-                );
+                let keep = self.keep_cache(&inode, st.as_ref());
+                self.record_open(req, &inode, flags, st.as_ref(), &Ok(()));
                 let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
                 if writable {
                     inode.writer_opened();
@@ -714,7 +681,7 @@ impl fuser::Filesystem for SessionFs {
                 reply.opened(Fh(fh), of)
             }
             Err(e) => {
-                self.record_open(req, &inode, flags, before.as_ref(), None, None, &Err(e));
+                self.record_open(req, &inode, flags, None, &Err(e));
                 reply.error(err(e))
             }
         }
@@ -1422,8 +1389,10 @@ impl SessionFs {
                 self.kill_suid(inode);
             }
             let after = sys::fstat(inode.fd()).ok();
-            // A writable handle still open may write the cut lines back (rewrite).
-            let hold = handle.is_some() || inode.writers() > 0;
+            // A writable handle still open may write the cut lines back (rewrite); an
+            // `O_RDONLY|O_TRUNC` open's truncate comes with a read-only handle, which
+            // never ends a rewrite.
+            let hold = handle.is_some_and(|h| h.writable) || inode.writers() > 0;
             let outcome = cut.map(|c| self.finish_cut(c, res.is_ok(), hold.then_some(inode.ino)));
             self.record(req, "truncate", path.clone(), Some(inode.ino), |r| {
                 r.size_before = before.as_ref().map(|s| s.st_size as u64);
@@ -2009,7 +1978,7 @@ impl SessionFs {
 
     /// Whether the kernel may keep its page cache for this open: only while the backing
     /// still matches what the cache was filled from (through us).
-    fn keep_cache(&self, inode: &Inode, st: Option<&libc::stat>, truncating: bool) -> bool {
+    fn keep_cache(&self, inode: &Inode, st: Option<&libc::stat>) -> bool {
         let Some(st) = st else { return false };
         if !inode.is_file() {
             return false;
@@ -2017,9 +1986,7 @@ impl SessionFs {
         let f = attr::fingerprint(st);
         let now = (f.size, f.mtime_ns, f.ctime_ns);
         let mut fp = inode.cache_fp.lock();
-        // An O_TRUNC open changed the file itself: its new state is ours (known), and
-        // the old cache is useless.
-        let keep = !truncating && *fp == Some(now);
+        let keep = *fp == Some(now);
         *fp = Some(now);
         keep
     }

@@ -103,16 +103,14 @@ impl SessionFs {
         });
     }
 
-    /// Record an `open` with its access mode and flags.
-    #[allow(clippy::too_many_arguments)]
+    /// Record an `open` with its access mode, its flags (as the kernel sent them: an
+    /// `O_TRUNC` reaches us as the `truncate` that follows, see `init`) and the size.
     pub(super) fn record_open(
         &self,
         req: &Request,
         inode: &Inode,
         flags: i32,
-        before: Option<&libc::stat>,
         after: Option<&libc::stat>,
-        cut: Option<super::CutOutcome>,
         res: &SysResult<()>,
     ) {
         if self.journal.is_none() {
@@ -122,14 +120,7 @@ impl SessionFs {
         self.record(req, "open", path, Some(inode.ino), |r| {
             r.access = Some(access_name(flags).into());
             r.flags = Some(flag_names(flags));
-            if before.is_some() {
-                fingerprints(r, before, after);
-            } else {
-                r.size_after = after.map(|s| s.st_size as u64);
-            }
-            if let Some(c) = cut {
-                c.apply(r);
-            }
+            r.size_after = after.map(|s| s.st_size as u64);
             r.result = result(res);
         });
     }
