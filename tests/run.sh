@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, set-up included: the README's test command, run by .ci/run.
 # Installs what a bare machine of this kind lacks (fuse3, pjdfstest, Node 24 and
-# openclaw@2026.5.22 into a cache), then runs every test: differential, patterns,
-# journal, pjdfstest and the real gateway end to end.
+# openclaw@2026.5.22 into a cache, stress-ng), then runs every test: differential,
+# patterns, journal, pjdfstest, stress-ng and the real gateway end to end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +13,11 @@ if ! command -v fusermount3 >/dev/null 2>&1; then
   echo "== installing fuse3"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 >/dev/null 2>&1 \
     || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3; }
+fi
+if ! command -v stress-ng >/dev/null 2>&1; then
+  echo "== installing stress-ng"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stress-ng >/dev/null 2>&1 \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stress-ng; }
 fi
 command -v python3 >/dev/null || { echo "tests/run.sh: python3 is required" >&2; exit 2; }
 
