@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, set-up included: the README's test command, run by .ci/run.
-# Installs what a bare machine of this kind lacks (fuse3, pjdfstest, Node 24 and
-# openclaw@2026.5.22 into a cache, stress-ng), then runs every test: differential,
-# patterns, journal, pjdfstest, stress-ng and the real gateway end to end.
+# Installs what a bare machine of this kind lacks (fuse3, stress-ng; pjdfstest, fsx,
+# Node 24 and openclaw@2026.5.22 into a cache), then runs every test: differential,
+# patterns, journal, pjdfstest, fsx, stress-ng and the real gateway end to end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +25,7 @@ export SESSIONFS_CACHE="${SESSIONFS_CACHE:-$HOME/.cache/sessionfs-tests}"
 if [ -x tests/pjdfstest/setup.sh ] || [ -f tests/pjdfstest/setup.sh ]; then
   echo "== pjdfstest set-up"; bash tests/pjdfstest/setup.sh
 fi
+echo "== fsx set-up"; bash tests/fsx/setup.sh
 if [ -f tests/e2e/setup.sh ] && [ "${SESSIONFS_SKIP_E2E:-0}" != 1 -o "${CI:-}" = true ]; then
   echo "== OpenClaw gateway set-up (Node 24, openclaw@2026.5.22)"; bash tests/e2e/setup.sh
 fi
