@@ -6,16 +6,61 @@ use clap::Parser;
 use sessionfs::cli::{Cli, Command};
 
 fn init_logging(debug: bool, ansi: bool) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{EnvFilter, Layer as _};
     // fuser's own info lines ("Mounting …") would precede a one-line error in the
     // foreground; its warnings and errors still show.
     let default = if debug { "debug" } else { "info,fuser=warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SESSIONFS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let filter =
+        EnvFilter::try_from_env("SESSIONFS_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
-        .try_init();
+        .with_filter(LateInterruptReplies)
+        .with_filter(filter);
+    let _ = tracing_subscriber::registry().with(layer).try_init();
+}
+
+/// Drops fuser's `Failed to send FUSE reply: No such file or directory` error. fuser
+/// answers every FUSE_INTERRUPT with ENOSYS (it does not implement interrupts); when
+/// the interrupted request has already been answered, the kernel has no request left
+/// to match that answer and returns ENOENT. Nothing is lost (the request was served
+/// and journaled), but fuser logs it as an error, once per signal that races a reply
+/// (stress-ng: ~20 in 2 minutes). Every other reply failure still shows.
+struct LateInterruptReplies;
+
+impl<S> tracing_subscriber::layer::Filter<S> for LateInterruptReplies {
+    fn enabled(
+        &self,
+        _: &tracing::Metadata<'_>,
+        _: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        true
+    }
+
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        struct IsLate(bool);
+        impl tracing::field::Visit for IsLate {
+            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                if f.name() == "message" {
+                    let m = format!("{v:?}");
+                    self.0 =
+                        m.starts_with("Failed to send FUSE reply") && m.ends_with("(os error 2)");
+                }
+            }
+        }
+        if !event.metadata().target().starts_with("fuser") {
+            return true;
+        }
+        let mut late = IsLate(false);
+        event.record(&mut late);
+        !late.0
+    }
 }
 
 fn main() {
@@ -81,5 +126,48 @@ fn main() {
             .join("; ");
         eprintln!("sessionfs: error: {msg}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn late_interrupt_replies_are_dropped_other_reply_errors_kept() {
+        let buf = Buf::default();
+        let w = buf.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .with_writer(move || w.clone())
+            .with_ansi(false)
+            .with_filter(super::LateInterruptReplies);
+        let sub = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(sub, || {
+            let enoent = io::Error::from_raw_os_error(libc::ENOENT);
+            let einval = io::Error::from_raw_os_error(libc::EINVAL);
+            tracing::error!(target: "fuser::reply", "Failed to send FUSE reply: {}", enoent);
+            tracing::error!(target: "fuser::reply", "Failed to send FUSE reply: {}", einval);
+            tracing::error!(target: "sessionfs", "salvage write failed: {}", enoent);
+        });
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(out.matches("Failed to send FUSE reply").count(), 1, "{out}");
+        assert!(out.contains("Invalid argument (os error 22)"), "{out}");
+        assert!(out.contains("salvage write failed"), "{out}");
     }
 }

@@ -2,9 +2,9 @@
 //! `tests/run.sh`) with `--verify` on a sessionfs mount, journal on.
 //!
 //! What it asserts: stress-ng exits 0 (no stressor failed or found bad data) and
-//! reports no failure, the daemon neither panics nor logs an error other than the
-//! kernel refusing a reply to a request it no longer waits for, and the journal's last
-//! records are whole JSON lines.
+//! reports no failure, the daemon neither panics nor logs an error, and the journal's
+//! last records are whole JSON lines. (stress-ng signals its workers a lot, which is how
+//! fuser's benign late-INTERRUPT reply error was found; `main.rs` now drops it.)
 //!
 //! Needs root, `/dev/fuse` and `stress-ng` on the PATH.
 
@@ -121,13 +121,7 @@ fn stress_ng_filesystem_class_verifies_on_the_mount() {
     let log = std::fs::read_to_string(state.join("sessionfs.log")).unwrap_or_default();
     let bad: Vec<&str> = log
         .lines()
-        .filter(|l| {
-            (l.contains("panicked") || l.contains(" ERROR "))
-                // The kernel answers ENOENT to a reply whose request it has dropped
-                // (its caller was killed meanwhile); the operation itself was done and
-                // journaled.
-                && !l.contains("Failed to send FUSE reply: No such file or directory")
-        })
+        .filter(|l| l.contains("panicked") || l.contains(" ERROR "))
         .collect();
     assert!(bad.is_empty(), "daemon log: {bad:#?}");
 }
