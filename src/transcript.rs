@@ -8,9 +8,12 @@
 //! the file and reported as `unparsed`.
 //!
 //! Per file (key = backing inode) the tracker keeps the state at EOF: bytes known,
-//! complete-line count, line start offsets, and the pending partial line. The state is
-//! bounded by an LRU over files and a cap on indexed lines; a file that fell out is
-//! rebuilt from its bytes on its next write (one sequential read).
+//! the line index (each complete line's start offset, entry id and type), and the
+//! pending partial line. The state is bounded by an LRU over files and a cap on
+//! indexed lines; a file that fell out is rebuilt from its bytes on its next write (one
+//! sequential read). Lines a change through the mount removes are named from their
+//! bytes, read (and salvaged) before the change; the index's ids name what an outside
+//! change removed, whose bytes are gone ([`TranscriptTracker::external_change`]).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -170,6 +173,80 @@ const MAX_PARTIAL_IN_MEMORY: usize = 64 << 20;
 /// Total line starts indexed across files before the least recently used file goes.
 const MAX_INDEXED_LINES: usize = 1 << 20;
 
+/// Entry types of OpenClaw 2026.5.22 transcripts (BRIEF "Transcript lines"), stored
+/// in the line index as 1-based codes; any other type is kept by line in
+/// [`LineIds::other`].
+const KINDS: &[&str] = &[
+    "session",
+    "message",
+    "thinking_level_change",
+    "model_change",
+    "compaction",
+    "branch_summary",
+    "custom",
+    "custom_message",
+    "label",
+    "session_info",
+    "leaf",
+    UNPARSED,
+];
+/// Code of a line without a `type`.
+const KIND_NONE: u8 = 0;
+/// Code of a line whose `type` is not in [`KINDS`].
+const KIND_OTHER: u8 = u8::MAX;
+
+/// The entry id and type of every complete line of one file (index = line − 1), the
+/// line index's "offset → entry id" half: what an outside change removed can be
+/// named from it after the bytes are gone. Compact, since it is kept per line of every
+/// recently written transcript: ids concatenated in one buffer (an OpenClaw id is 8
+/// bytes), types as one-byte codes. ~13 bytes per line besides its start offset.
+#[derive(Debug, Default)]
+struct LineIds {
+    /// Id bytes of every line, concatenated (a line without an id adds none).
+    ids: Vec<u8>,
+    /// End of line i's id in `ids`.
+    ends: Vec<u32>,
+    /// Type code of line i ([`KINDS`], [`KIND_NONE`], [`KIND_OTHER`]).
+    kinds: Vec<u8>,
+    /// Types outside [`KINDS`], by line index.
+    other: HashMap<u32, Box<str>>,
+}
+
+impl LineIds {
+    fn push(&mut self, e: &Entry) {
+        let i = self.kinds.len() as u32;
+        let code = match e.kind.as_deref() {
+            None => KIND_NONE,
+            Some(k) => match KINDS.iter().position(|x| *x == k) {
+                Some(p) => p as u8 + 1,
+                None => {
+                    self.other.insert(i, k.into());
+                    KIND_OTHER
+                }
+            },
+        };
+        self.kinds.push(code);
+        if let Some(id) = &e.id {
+            self.ids.extend_from_slice(id.as_bytes());
+        }
+        self.ends.push(self.ids.len() as u32);
+    }
+
+    /// Id and type of line index `i`.
+    fn get(&self, i: usize) -> (Option<&str>, Option<&str>) {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        let id = &self.ids[start..self.ends[i] as usize];
+        // Ids come from `String`s, and each is stored whole.
+        let id = std::str::from_utf8(id).ok().filter(|s| !s.is_empty());
+        let kind = match self.kinds[i] {
+            KIND_NONE => None,
+            KIND_OTHER => self.other.get(&(i as u32)).map(|b| &**b),
+            c => Some(KINDS[c as usize - 1]),
+        };
+        (kind, id)
+    }
+}
+
 /// EOF state of one transcript.
 #[derive(Debug)]
 struct FileState {
@@ -181,17 +258,30 @@ struct FileState {
     partial: Option<Vec<u8>>,
     /// Start offset of every complete line (index = line number - 1).
     starts: Vec<u64>,
+    /// Entry id and type of every complete line, when indexed (`None`: only the
+    /// starts, for a state about to be dropped).
+    ids: Option<LineIds>,
     /// LRU clock.
     used: u64,
 }
 
 impl FileState {
-    fn rebuild(fd: BorrowedFd<'_>, size: u64) -> FileState {
-        let buf = read_range(fd, 0, size);
+    /// The state of the file `fd` (`size` bytes) read from its bytes; with the entry
+    /// ids of its lines when `with_ids` (every line decoded).
+    fn rebuild(fd: BorrowedFd<'_>, size: u64, with_ids: bool) -> FileState {
+        Self::from_bytes(&read_range(fd, 0, size), with_ids)
+    }
+
+    fn from_bytes(buf: &[u8], with_ids: bool) -> FileState {
         let mut starts = Vec::new();
+        let mut ids = with_ids.then(LineIds::default);
         let mut s = 0u64;
-        for nl in memchr_iter(&buf) {
+        for (n, nl) in (1..).zip(memchr_iter(buf)) {
             starts.push(s);
+            if let Some(ids) = &mut ids {
+                let line = &buf[s as usize..nl];
+                ids.push(&decode(line, n, s, line.len() as u64 + 1));
+            }
             s = nl as u64 + 1;
         }
         let partial = &buf[s as usize..];
@@ -200,7 +290,26 @@ impl FileState {
             partial_start: s,
             partial: (partial.len() <= MAX_PARTIAL_IN_MEMORY).then(|| partial.to_vec()),
             starts,
+            ids,
             used: 0,
+        }
+    }
+
+    /// Line index `i` as a removed entry known only from the index (its bytes are gone).
+    fn indexed_entry(&self, i: usize) -> Entry {
+        let (kind, id) = self.ids.as_ref().map_or((None, None), |ids| ids.get(i));
+        let end = self
+            .starts
+            .get(i + 1)
+            .copied()
+            .unwrap_or(self.partial_start);
+        Entry {
+            line: i as u64 + 1,
+            offset: self.starts[i],
+            bytes: end - self.starts[i],
+            kind: kind.map(str::to_string),
+            id: id.map(str::to_string),
+            ..Default::default()
         }
     }
 
@@ -320,6 +429,9 @@ impl TranscriptTracker {
                     (nl + 1 - seg_start) as u64,
                 )
             };
+            if let Some(ids) = &mut st.ids {
+                ids.push(&e);
+            }
             entries.push(e);
             st.starts.push(line_start);
             added += 1;
@@ -356,7 +468,7 @@ impl TranscriptTracker {
     /// else changes this key meanwhile.
     fn rebuild_after_write(&self, key: u64, fd: BorrowedFd<'_>, offset: u64, end: u64) -> Change {
         let size = file_size(fd);
-        let st = FileState::rebuild(fd, size);
+        let st = FileState::rebuild(fd, size, true);
         let first = st.line_at(offset);
         let start = if first as usize <= st.starts.len() {
             st.starts[first as usize - 1]
@@ -411,7 +523,8 @@ impl TranscriptTracker {
         let mut t = self.files.lock();
         if t.map.get(&key).is_none_or(|s| s.size != size) {
             t.remove(key);
-            let st = FileState::rebuild(fd, size);
+            // Only the starts: the state is dropped at the end of this change.
+            let st = FileState::rebuild(fd, size, false);
             t.lines += st.starts.len();
             t.map.insert(key, st);
         }
@@ -512,6 +625,61 @@ impl TranscriptTracker {
     /// Drop state for `key` (file unlinked, truncated or inode forgotten).
     pub fn forget(&self, key: u64) {
         self.files.lock().remove(key);
+    }
+
+    /// A change to the transcript `key` that did not come through the mount (a backing
+    /// stat we did not cause): compare the line index with the file as it is now
+    /// (`fd`, read whole) as multisets of (type, id). `removed`: indexed lines no
+    /// longer there, named from the index (their bytes were never seen, so they are
+    /// not in salvage); `entries`: lines that were not there before, decoded. `None`
+    /// when the file is not indexed (not written through the mount recently), as then
+    /// there is nothing to compare with. The index is rebuilt from the new bytes.
+    pub fn external_change(&self, key: u64, fd: BorrowedFd<'_>) -> Option<Change> {
+        let old = {
+            let mut t = self.files.lock();
+            let old = t.map.remove(&key)?;
+            t.lines -= old.starts.len();
+            old
+        };
+        let ids = old.ids.as_ref()?;
+        let buf = read_range(fd, 0, file_size(fd));
+        let (now, _) = decode_lines(&buf, 0, 1);
+        let mut count: HashMap<(Option<&str>, Option<&str>), i64> = HashMap::new();
+        for i in 0..old.starts.len() {
+            *count.entry(ids.get(i)).or_default() += 1;
+        }
+        let mut entries = Vec::new();
+        for e in &now {
+            match count.get_mut(&(e.kind.as_deref(), e.id.as_deref())) {
+                Some(n) if *n > 0 => *n -= 1,
+                _ => entries.push(e.clone()),
+            }
+        }
+        let mut removed = Vec::new();
+        for i in 0..old.starts.len() {
+            if let Some(n) = count.get_mut(&ids.get(i))
+                && *n > 0
+            {
+                *n -= 1;
+                removed.push(old.indexed_entry(i));
+            }
+        }
+        let st = FileState::from_bytes(&buf, true);
+        let partial = st.size - st.partial_start;
+        let mut t = self.files.lock();
+        // A write through the mount may have indexed the file meanwhile: keep its state.
+        if !t.map.contains_key(&key) {
+            t.lines += st.starts.len();
+            t.map.insert(key, st);
+            t.touch(key);
+            t.evict(self.max_files);
+        }
+        Some(Change {
+            entries,
+            removed,
+            salvage: Vec::new(),
+            partial,
+        })
     }
 }
 
@@ -645,6 +813,7 @@ mod tests {
     use super::*;
     use std::io::Write;
     use std::os::fd::AsFd;
+    use std::os::unix::fs::FileExt;
 
     fn line(id: &str) -> String {
         format!(
@@ -804,6 +973,56 @@ mod tests {
         assert_eq!(ch.entries.len(), 1);
         assert_eq!(ch.entries[0].id.as_deref(), Some("new00001"));
         assert_eq!(ch.entries[0].line, 5);
+    }
+
+    /// An outside rewrite of an indexed transcript: removed entries named from the
+    /// index, new ones decoded; a type outside the known list and an unparsed line
+    /// keep their types; a file never indexed gives `None`.
+    #[test]
+    fn external_change_diffs_the_index_with_the_file() {
+        let t = TranscriptTracker::new(8);
+        let mut lines: Vec<String> = (1..=4).map(|i| line(&format!("ext0000{i}"))).collect();
+        lines.push("{\"type\":\"odd_type\",\"id\":\"odd00001\"}\n".into());
+        lines.push("not json\n".into());
+        let mut f = tmpfile(b"");
+        let mut at = 0u64;
+        for l in &lines {
+            f.write_all(l.as_bytes()).unwrap();
+            t.after_write(7, f.as_fd(), at, l.as_bytes());
+            at += l.len() as u64;
+        }
+        // Outside: lines 2, 5 and 6 dropped, line 3 kept, a new line appended.
+        let now = [&lines[0], &lines[2], &lines[3], &line("ext00009")]
+            .map(|s| s.as_str())
+            .concat();
+        f.set_len(0).unwrap();
+        f.write_all_at(now.as_bytes(), 0).unwrap();
+        let ch = t.external_change(7, f.as_fd()).expect("indexed");
+        let removed: Vec<(u64, Option<&str>, Option<&str>)> = ch
+            .removed
+            .iter()
+            .map(|e| (e.line, e.kind.as_deref(), e.id.as_deref()))
+            .collect();
+        assert_eq!(
+            removed,
+            [
+                (2, Some("message"), Some("ext00002")),
+                (5, Some("odd_type"), Some("odd00001")),
+                (6, Some(UNPARSED), None),
+            ]
+        );
+        assert_eq!(ch.removed[0].offset, lines[0].len() as u64);
+        assert_eq!(ch.removed[0].bytes, lines[1].len() as u64);
+        assert!(ch.salvage.is_empty());
+        assert_eq!(ch.entries.len(), 1);
+        assert_eq!(ch.entries[0].id.as_deref(), Some("ext00009"));
+        assert_eq!(ch.entries[0].line, 4);
+        // Re-indexed from the new bytes: an append goes on from there.
+        let next = line("ext00010");
+        f.write_all_at(next.as_bytes(), now.len() as u64).unwrap();
+        let c = t.after_write(7, f.as_fd(), now.len() as u64, next.as_bytes());
+        assert_eq!(c.entries[0].line, 5);
+        assert!(t.external_change(99, f.as_fd()).is_none());
     }
 
     #[test]

@@ -900,3 +900,46 @@ fn rdonly_trunc_open_reports_removed_entries_at_once() {
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), lines.concat());
 }
+
+/// An outside rewrite of a transcript written through the mount (a writer on the bare
+/// backing directory): the `external` record names the entries it removed, from the
+/// line index, and decodes the ones it added.
+#[test]
+fn external_rewrite_of_an_indexed_transcript_names_its_entries() {
+    let m = Mount::new(&[]);
+    let t = m.mnt.join("x.jsonl");
+    let line = |id: &str| format!("{{\"type\":\"message\",\"id\":\"{id}\",\"parentId\":null}}\n");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&t)
+        .unwrap();
+    for id in ["x0000001", "x0000002", "x0000003"] {
+        f.write_all(line(id).as_bytes()).unwrap();
+    }
+    drop(f);
+    // Outside the mount: drop the middle entry and append a new one.
+    std::fs::write(
+        m.src.join("x.jsonl"),
+        [line("x0000001"), line("x0000003"), line("x0000004")].concat(),
+    )
+    .unwrap();
+    let _ = std::fs::metadata(&t); // a getattr past the cached attrs notices it
+    let _ = std::fs::read(&t).unwrap(); // and so does an open
+    let recs = records_of(&m, "x.jsonl");
+    let ext: Vec<&Value> = recs.iter().filter(|r| r["op"] == "external").collect();
+    assert_eq!(ext.len(), 1, "{:?}", ops(&recs));
+    let ids = |k: &str| -> Vec<String> {
+        ext[0][k]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {k}: {}", ext[0]))
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids("removed"), ["x0000002"]);
+    assert_eq!(ids("entries"), ["x0000004"]);
+    assert_eq!(ext[0]["removed"][0]["line"], 2);
+    assert_eq!(ext[0]["removed"][0]["type"], "message");
+    assert!(ext[0]["pid"].is_null());
+}

@@ -2041,7 +2041,16 @@ impl SessionFs {
             && p != now
         {
             let path = self.inodes.path_of(inode);
-            let rec = crate::journal::record::Record {
+            // A transcript we indexed: which entries the outside change removed and
+            // added (by the line index; the removed bytes were never seen).
+            let change = if self.is_transcript(inode)
+                && let Ok(rfd) = inode.read_fd()
+            {
+                self.tracker.external_change(inode.ino, rfd.as_fd())
+            } else {
+                None
+            };
+            let mut rec = crate::journal::record::Record {
                 op: "external".into(),
                 path,
                 ts: String::new(), // stamped by the journal, in seq order
@@ -2057,6 +2066,11 @@ impl SessionFs {
                 after: Some(f),
                 ..Default::default()
             };
+            if let Some(c) = change {
+                rec.entries = Some(c.entries).filter(|v| !v.is_empty());
+                rec.removed = Some(c.removed).filter(|v| !v.is_empty());
+                rec.partial = Some(c.partial).filter(|n| *n > 0);
+            }
             if let Some(j) = &self.journal {
                 j.append(rec);
             }
