@@ -54,7 +54,14 @@ impl<S> tracing_subscriber::layer::Filter<S> for LateInterruptReplies {
                 }
             }
         }
-        if !event.metadata().target().starts_with("fuser") {
+        // fuser logs through the `log` crate: its events come over tracing-log's
+        // bridge with target "log" and the real target in a field.
+        use tracing_log::NormalizeEvent as _;
+        let from_fuser = match event.normalized_metadata() {
+            Some(m) => m.target().starts_with("fuser"),
+            None => event.metadata().target().starts_with("fuser"),
+        };
+        if !from_fuser {
             return true;
         }
         let mut late = IsLate(false);
@@ -161,8 +168,20 @@ mod tests {
         tracing::subscriber::with_default(sub, || {
             let enoent = io::Error::from_raw_os_error(libc::ENOENT);
             let einval = io::Error::from_raw_os_error(libc::EINVAL);
+            // As fuser logs: `log::error!` in fuser::reply, through tracing-log.
+            let via_log = |e: &io::Error| {
+                tracing_log::format_trace(
+                    &log::Record::builder()
+                        .level(log::Level::Error)
+                        .target("fuser::reply")
+                        .args(format_args!("Failed to send FUSE reply: {e}"))
+                        .build(),
+                )
+                .unwrap();
+            };
+            via_log(&enoent);
+            via_log(&einval);
             tracing::error!(target: "fuser::reply", "Failed to send FUSE reply: {}", enoent);
-            tracing::error!(target: "fuser::reply", "Failed to send FUSE reply: {}", einval);
             tracing::error!(target: "sessionfs", "salvage write failed: {}", enoent);
         });
         let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();

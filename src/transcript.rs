@@ -212,10 +212,25 @@ struct LineIds {
     other: HashMap<u32, Box<str>>,
 }
 
+/// Longest entry id the line index stores (bytes); a longer one is indexed as no id.
+const MAX_INDEXED_ID: usize = 255;
+/// Longest entry type the line index stores (bytes); a longer one is indexed as none.
+const MAX_INDEXED_KIND: usize = 64;
+
+/// The (type, id) by which the line index knows an entry: empty and over-long values
+/// count as absent, on both sides of a comparison.
+fn index_key<'a>(kind: Option<&'a str>, id: Option<&'a str>) -> (Option<&'a str>, Option<&'a str>) {
+    (
+        kind.filter(|k| k.len() <= MAX_INDEXED_KIND),
+        id.filter(|i| !i.is_empty() && i.len() <= MAX_INDEXED_ID),
+    )
+}
+
 impl LineIds {
     fn push(&mut self, e: &Entry) {
         let i = self.kinds.len() as u32;
-        let code = match e.kind.as_deref() {
+        let (kind, id) = index_key(e.kind.as_deref(), e.id.as_deref());
+        let code = match kind {
             None => KIND_NONE,
             Some(k) => match KINDS.iter().position(|x| *x == k) {
                 Some(p) => p as u8 + 1,
@@ -226,7 +241,10 @@ impl LineIds {
             },
         };
         self.kinds.push(code);
-        if let Some(id) = &e.id {
+        // `ends` are u32: past 4 GiB of ids in one file, further lines get none.
+        if let Some(id) = id
+            && self.ids.len() + id.len() <= u32::MAX as usize
+        {
             self.ids.extend_from_slice(id.as_bytes());
         }
         self.ends.push(self.ids.len() as u32);
@@ -643,14 +661,14 @@ impl TranscriptTracker {
         };
         let ids = old.ids.as_ref()?;
         let buf = read_range(fd, 0, file_size(fd));
-        let (now, _) = decode_lines(&buf, 0, 1);
+        let (now, tail) = decode_lines(&buf, 0, 1);
         let mut count: HashMap<(Option<&str>, Option<&str>), i64> = HashMap::new();
         for i in 0..old.starts.len() {
             *count.entry(ids.get(i)).or_default() += 1;
         }
         let mut entries = Vec::new();
         for e in &now {
-            match count.get_mut(&(e.kind.as_deref(), e.id.as_deref())) {
+            match count.get_mut(&index_key(e.kind.as_deref(), e.id.as_deref())) {
                 Some(n) if *n > 0 => *n -= 1,
                 _ => entries.push(e.clone()),
             }
@@ -664,7 +682,18 @@ impl TranscriptTracker {
                 removed.push(old.indexed_entry(i));
             }
         }
-        let st = FileState::from_bytes(&buf, true);
+        // The new state from the lines just decoded (no second parse).
+        let mut line_ids = LineIds::default();
+        now.iter().for_each(|e| line_ids.push(e));
+        let rest = &buf[tail as usize..];
+        let st = FileState {
+            size: buf.len() as u64,
+            partial_start: tail,
+            partial: (rest.len() <= MAX_PARTIAL_IN_MEMORY).then(|| rest.to_vec()),
+            starts: now.iter().map(|e| e.offset).collect(),
+            ids: Some(line_ids),
+            used: 0,
+        };
         let partial = st.size - st.partial_start;
         let mut t = self.files.lock();
         // A write through the mount may have indexed the file meanwhile: keep its state.

@@ -980,13 +980,12 @@ fn rdonly_trunc_of_a_running_binary_gives_etxtbsy_and_keeps_it() {
             std::fs::write(&p, &sleep).unwrap();
             std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
                 .unwrap();
-            let mut child = std::process::Command::new(&p).arg("10").spawn().unwrap();
+            let mut child = Killed(spawn_fresh(&p));
             out.push(res(open(&p, libc::O_RDONLY | libc::O_TRUNC, 0)));
-            let alive = child.try_wait().unwrap().is_none();
+            let alive = child.0.try_wait().unwrap().is_none();
             let whole = std::fs::read(&p).unwrap() == sleep;
             out.push(format!("alive={alive} whole={whole}"));
-            child.kill().unwrap();
-            child.wait().unwrap();
+            drop(child);
             // Nobody runs it now: the same open truncates.
             out.push(res(open(&p, libc::O_RDONLY | libc::O_TRUNC, 0)));
             out.push(format!("len={}", std::fs::metadata(&p).unwrap().len()));
@@ -1004,4 +1003,28 @@ fn rdonly_trunc_of_a_running_binary_gives_etxtbsy_and_keeps_it() {
     assert_eq!(run(&m.mnt), want);
     // Backing file of the last copy: emptied by the second open only.
     assert_eq!(std::fs::metadata(m.src.join("sleep2")).unwrap().len(), 0);
+}
+
+/// A child killed and reaped on drop, so that a failing test leaves no process
+/// running from the mount.
+struct Killed(std::process::Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `p 10`, run right after `p` was written: retried on ETXTBSY, which a fork by
+/// another test thread (inheriting the write fd until its exec) can cause.
+fn spawn_fresh(p: &Path) -> std::process::Child {
+    for _ in 0..50 {
+        match std::process::Command::new(p).arg("10").spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            r => return r.unwrap(),
+        }
+    }
+    panic!("{} stayed ETXTBSY", p.display());
 }

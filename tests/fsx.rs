@@ -53,10 +53,13 @@ fn fsx_all_operations_on_the_mount() {
     let artifacts = tempfile::tempdir().unwrap();
     let start = Instant::now();
     // Fixed seeds: a failure is reproducible with the same command line.
-    let mut runs: Vec<(String, std::process::Child)> =
+    // Output to files, not pipes: nothing can block on a full pipe.
+    let mut runs: Vec<(String, PathBuf, std::process::Child)> =
         [("data.bin", 1), ("a.jsonl", 2), ("b.jsonl", 3)]
             .into_iter()
             .map(|(name, seed)| {
+                let out = artifacts.path().join(format!("{name}.out"));
+                let f = std::fs::File::create(&out).unwrap();
                 let child = Command::new(&bin)
                     .arg("-f")
                     .arg(&config)
@@ -64,30 +67,26 @@ fn fsx_all_operations_on_the_mount() {
                     .arg(artifacts.path())
                     .arg(m.mnt.join(name))
                     .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
+                    .stdout(f.try_clone().unwrap())
+                    .stderr(f)
                     .spawn()
                     .expect("spawn fsx");
-                (format!("{name} (seed {seed})"), child)
+                (format!("{name} (seed {seed})"), out, child)
             })
             .collect();
     let mut failures = Vec::new();
-    for (what, child) in runs.iter_mut() {
-        let out = loop {
-            if child.try_wait().unwrap().is_some() {
-                break child;
+    for (what, out, child) in runs.iter_mut() {
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
             }
             if start.elapsed() > RUN_TIMEOUT {
                 let _ = child.kill();
-                break child;
+                break child.wait().unwrap();
             }
             std::thread::sleep(Duration::from_millis(200));
         };
-        let mut log = String::new();
-        use std::io::Read;
-        out.stdout.take().unwrap().read_to_string(&mut log).unwrap();
-        out.stderr.take().unwrap().read_to_string(&mut log).unwrap();
-        let status = out.wait().unwrap();
+        let log = std::fs::read_to_string(out).unwrap_or_default();
         println!("fsx {what}: {status} after {:.0?}", start.elapsed());
         if !status.success() || !log.contains("All operations completed A-OK!") {
             let tail: Vec<&str> = log.lines().rev().take(40).collect();

@@ -870,6 +870,8 @@ fn rdonly_trunc_open_reports_removed_entries_at_once() {
         .map(|i| format!("{{\"type\":\"message\",\"id\":\"o{i:07}\",\"parentId\":null}}\n"))
         .collect();
     std::fs::write(&t, lines.concat()).unwrap();
+    // The writer's release first: while a writable handle is open, the cut is held.
+    journal_when(&m.mnt.join("o.jsonl.journal"), |r| released(r, "o.jsonl"));
     let fd = nix::fcntl::open(
         &t,
         nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_TRUNC,
@@ -942,4 +944,46 @@ fn external_rewrite_of_an_indexed_transcript_names_its_entries() {
     assert_eq!(ext[0]["removed"][0]["line"], 2);
     assert_eq!(ext[0]["removed"][0]["type"], "message");
     assert!(ext[0]["pid"].is_null());
+}
+
+/// Punching a hole into a transcript destroys the lines it touches: they are salvaged
+/// first and reported removed on the `fallocate` record.
+#[test]
+fn punch_hole_in_a_transcript_salvages_the_lines_it_touches() {
+    let m = Mount::new(&[]);
+    let t = m.mnt.join("p.jsonl");
+    let lines: Vec<String> = (1..=3)
+        .map(|i| format!("{{\"type\":\"message\",\"id\":\"p{i:07}\",\"parentId\":null}}\n"))
+        .collect();
+    std::fs::write(&t, lines.concat()).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&t).unwrap();
+    // Inside line 2 only.
+    let at = lines[0].len() as i64 + 5;
+    nix::fcntl::fallocate(
+        &f,
+        nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+            | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        at,
+        10,
+    )
+    .unwrap();
+    drop(f);
+    let recs = records_of(&m, "p.jsonl");
+    let fa = recs
+        .iter()
+        .find(|r| r["op"] == "fallocate")
+        .unwrap_or_else(|| panic!("{recs:?}"));
+    let ids: Vec<&str> = fa["removed"]
+        .as_array()
+        .unwrap_or_else(|| panic!("removed: {fa}"))
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["p0000002"]);
+    let out = Command::new(common::bin())
+        .arg("salvage")
+        .arg(&t)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), lines[1]);
 }

@@ -11,6 +11,7 @@
 mod common;
 
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -38,6 +39,10 @@ fn stress_ng_filesystem_class_verifies_on_the_mount() {
     let work = m.mnt.join("stress");
     std::fs::create_dir(&work).unwrap();
     let start = Instant::now();
+    // Output to a file, not a pipe: nothing can block on a full pipe. Its own process
+    // group, so a timeout kills the workers too (they run inside the mount).
+    let log_path = m.state.join("stress-ng.out");
+    let log_file = std::fs::File::create(&log_path).unwrap();
     let mut child = Command::new("stress-ng")
         .args(["--class", "filesystem", "--sequential", "1", "--timeout"])
         .arg(PER_STRESSOR)
@@ -45,34 +50,24 @@ fn stress_ng_filesystem_class_verifies_on_the_mount() {
         .arg(&work)
         .current_dir(&work)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
+        .process_group(0)
         .spawn()
         .expect("spawn stress-ng");
-    let mut out = String::new();
-    let reader = {
-        let mut so = child.stdout.take().unwrap();
-        let mut se = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            let mut a = String::new();
-            let mut b = String::new();
-            let _ = so.read_to_string(&mut a);
-            let _ = se.read_to_string(&mut b);
-            a + &b
-        })
-    };
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
         if start.elapsed() > RUN_TIMEOUT {
-            let _ = child.kill();
+            // SAFETY: kill(2) of the child's own process group.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
             let _ = child.wait();
             panic!("stress-ng ran longer than {RUN_TIMEOUT:?} on the mount");
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    out.push_str(&reader.join().unwrap());
+    let out = std::fs::read_to_string(&log_path).unwrap_or_default();
     let summary: Vec<&str> = out
         .lines()
         .filter(|l| !l.contains("metrc:") && !l.contains("dispatching hogs"))

@@ -1233,18 +1233,50 @@ impl fuser::Filesystem for SessionFs {
         let _order = h.inode.order.lock();
         let _busy = h.inode.busy();
         let before = sys::fstat(h.fd()).ok();
+        let path = self.inodes.path_of(&h.inode);
+        let transcript = self.is_transcript(&h.inode);
+        // Punching, zeroing or collapsing a range of a transcript destroys the lines it
+        // touches: salvage them first and report them removed, as for an overwrite.
+        let destroys = mode
+            & (libc::FALLOC_FL_PUNCH_HOLE
+                | libc::FALLOC_FL_ZERO_RANGE
+                | libc::FALLOC_FL_COLLAPSE_RANGE)
+            != 0;
+        let mut cut = None;
+        if transcript
+            && destroys
+            && let Some(st) = &before
+            && let Ok(rfd) = h.inode.read_fd()
+            && let Some(j) = &self.journal
+        {
+            let size = st.st_size as u64;
+            let end = offset.saturating_add(length).min(size);
+            if offset < end {
+                let ch =
+                    self.tracker
+                        .before_write(h.inode.ino, rfd.as_fd(), offset, end - offset, size);
+                cut = self.stage_cut(j, path.clone(), ch);
+            }
+        }
         let res = sys::fallocate(h.fd(), mode, offset, length);
+        let outcome = cut.map(|c| self.finish_cut(c, res.is_ok(), None));
+        if transcript {
+            // Lines moved or changed under the line index: rebuilt at the next write.
+            self.tracker.forget(h.inode.ino);
+        }
         let after = sys::fstat(h.fd()).ok();
         if let Some(st) = &after {
             self.mark_known(&h.inode, st);
         }
-        let path = self.inodes.path_of(&h.inode);
         self.record(req, "fallocate", path, Some(h.inode.ino), |r| {
             r.offset = Some(offset);
             r.len = Some(length);
             r.mode = Some(mode as u32);
             record::fingerprints(r, before.as_ref(), after.as_ref());
             r.result = record::result(&res);
+            if let Some(o) = outcome {
+                o.apply(r);
+            }
         });
         match res {
             Ok(()) => reply.ok(),
@@ -2043,13 +2075,20 @@ impl SessionFs {
             let path = self.inodes.path_of(inode);
             // A transcript we indexed: which entries the outside change removed and
             // added (by the line index; the removed bytes were never seen).
-            let change = if self.is_transcript(inode)
+            let mut change = if self.is_transcript(inode)
                 && let Ok(rfd) = inode.read_fd()
             {
                 self.tracker.external_change(inode.ino, rfd.as_fd())
             } else {
                 None
             };
+            // Lookup and getattr come here without the inode's order lock: if a change
+            // of ours began while the file was read, the comparison may hold its lines
+            // too. Name nothing then, and let the index be rebuilt.
+            if change.is_some() && (inode.busy_count() > own_busy || inode.changes() != seen) {
+                change = None;
+                self.tracker.forget(inode.ino);
+            }
             let mut rec = crate::journal::record::Record {
                 op: "external".into(),
                 path,
