@@ -12,7 +12,7 @@
 //! What it asserts: every fsx run ends "All operations completed A-OK!" with exit 0,
 //! and the daemon neither panics nor logs an error.
 //!
-//! Needs root, `/dev/fuse`, and the fsx binary that `tests/fsx/setup.sh` installs under
+//! Needs root, `/dev/fuse`, and the fsx binary that `tests/install-crate.sh fsx 0.2.0` installs under
 //! `${SESSIONFS_CACHE:-$HOME/.cache/sessionfs-tests}/cargo/bin` (or the path in `$FSX`).
 
 mod common;
@@ -27,25 +27,12 @@ const OPS: &str = "20000";
 /// Longest a run may take (~30–60 s here) before it is killed and the test fails.
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 
-fn fsx_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("FSX") {
-        return PathBuf::from(p);
-    }
-    let cache = std::env::var_os("SESSIONFS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").expect("HOME is not set");
-            Path::new(&home).join(".cache/sessionfs-tests")
-        });
-    cache.join("cargo/bin/fsx")
-}
-
 #[test]
 fn fsx_all_operations_on_the_mount() {
-    let bin = fsx_bin();
+    let bin = common::cached_tool("fsx", "FSX");
     assert!(
         bin.exists(),
-        "{} is missing: run `bash tests/fsx/setup.sh` (tests/run.sh does)",
+        "{} is missing: run `bash tests/install-crate.sh fsx 0.2.0` (tests/run.sh does)",
         bin.display()
     );
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fsx/fsx.toml");
@@ -107,10 +94,5 @@ fn fsx_all_operations_on_the_mount() {
     let state = m.state.clone();
     drop(m);
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
-    let log = std::fs::read_to_string(state.join("sessionfs.log")).unwrap_or_default();
-    let bad: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("panicked") || l.contains(" ERROR "))
-        .collect();
-    assert!(bad.is_empty(), "daemon log: {bad:#?}");
+    common::assert_daemon_log_clean(&state);
 }

@@ -5,15 +5,20 @@ mod common;
 
 use common::Mount;
 
-#[test]
-fn forget_releases_inodes() {
-    let mut m = Mount::new(&[]);
+/// A counter of the open fds of the daemon serving `m`.
+fn daemon_fds(m: &Mount) -> impl Fn() -> usize + use<> {
     let pid = common::daemon_pid(&m.mnt).expect("daemon pid");
-    let fds = || {
+    move || {
         std::fs::read_dir(format!("/proc/{pid}/fd"))
             .unwrap()
             .count()
-    };
+    }
+}
+
+#[test]
+fn forget_releases_inodes() {
+    let mut m = Mount::new(&[]);
+    let fds = daemon_fds(&m);
     let base = fds();
     for i in 0..2000 {
         std::fs::write(m.mnt.join(format!("f{i}")), b"x").unwrap();
@@ -50,12 +55,7 @@ fn forget_releases_inodes() {
 #[test]
 fn inode_pressure_keeps_fds_bounded() {
     let m = Mount::new(&["--max-inodes", "300"]);
-    let pid = common::daemon_pid(&m.mnt).expect("daemon pid");
-    let fds = || {
-        std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .count()
-    };
+    let fds = daemon_fds(&m);
     let base = fds();
     let mut peak = 0;
     for i in 0..3000 {

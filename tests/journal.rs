@@ -40,6 +40,30 @@ fn released(recs: &[Value], path: &str) -> bool {
         .any(|r| r["path"] == path && r["op"] == "release")
 }
 
+/// `sessionfs salvage <t>`: the salvaged lines of `t`, as printed (must succeed).
+fn salvage_of(t: &Path) -> String {
+    let out = Command::new(common::bin())
+        .arg("salvage")
+        .arg(t)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sessionfs salvage: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The ids of the entries in `list` (a record's `entries` or `removed`).
+fn ids_in(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("not a list: {list}"))
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect()
+}
+
 fn ops(recs: &[Value]) -> Vec<&str> {
     recs.iter().map(|r| r["op"].as_str().unwrap()).collect()
 }
@@ -349,22 +373,13 @@ os.close(fd)
     assert_eq!(removed(&recs).len(), 6);
 
     // `sessionfs salvage` prints them byte for byte, in removal order.
-    let out = Command::new(common::bin())
-        .arg("salvage")
-        .arg(&t)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let salvaged = salvage_of(&t);
     let expected = [
         &lines[7], &lines[8], &lines[9], &lines[1], &lines[3], &lines[5],
     ]
     .map(|s| s.as_str())
     .concat();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
+    assert_eq!(salvaged, expected);
 }
 
 #[test]
@@ -688,16 +703,10 @@ os.close(fd)
         .cloned()
         .collect();
     assert_eq!(entries(&after_open).len(), kept.len());
-    let out = Command::new(common::bin())
-        .arg("salvage")
-        .arg(&t)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
     let expected = [&lines[1], &lines[4], &lines[6], &lines[8]]
         .map(|s| s.as_str())
         .concat();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
+    assert_eq!(salvage_of(&t), expected);
 }
 
 /// A lane declared on `sessions.json` covers its replacement through a temp file and
@@ -887,20 +896,11 @@ fn rdonly_trunc_open_reports_removed_entries_at_once() {
         .find(|r| r["op"] == "truncate")
         .unwrap_or_else(|| panic!("truncate record: {recs:?}"));
     assert!(trunc["cut"].is_null(), "{trunc}");
-    let ids: Vec<&str> = trunc["removed"]
-        .as_array()
-        .unwrap_or_else(|| panic!("removed on the truncate: {trunc}"))
-        .iter()
-        .map(|e| e["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, ["o0000001", "o0000002", "o0000003"]);
-    let out = Command::new(common::bin())
-        .arg("salvage")
-        .arg(&t)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout), lines.concat());
+    assert_eq!(
+        ids_in(&trunc["removed"]),
+        ["o0000001", "o0000002", "o0000003"]
+    );
+    assert_eq!(salvage_of(&t), lines.concat());
 }
 
 /// An outside rewrite of a transcript written through the mount (a writer on the bare
@@ -931,16 +931,8 @@ fn external_rewrite_of_an_indexed_transcript_names_its_entries() {
     let recs = records_of(&m, "x.jsonl");
     let ext: Vec<&Value> = recs.iter().filter(|r| r["op"] == "external").collect();
     assert_eq!(ext.len(), 1, "{:?}", ops(&recs));
-    let ids = |k: &str| -> Vec<String> {
-        ext[0][k]
-            .as_array()
-            .unwrap_or_else(|| panic!("no {k}: {}", ext[0]))
-            .iter()
-            .map(|e| e["id"].as_str().unwrap().to_string())
-            .collect()
-    };
-    assert_eq!(ids("removed"), ["x0000002"]);
-    assert_eq!(ids("entries"), ["x0000004"]);
+    assert_eq!(ids_in(&ext[0]["removed"]), ["x0000002"]);
+    assert_eq!(ids_in(&ext[0]["entries"]), ["x0000004"]);
     assert_eq!(ext[0]["removed"][0]["line"], 2);
     assert_eq!(ext[0]["removed"][0]["type"], "message");
     assert!(ext[0]["pid"].is_null());
@@ -973,17 +965,6 @@ fn punch_hole_in_a_transcript_salvages_the_lines_it_touches() {
         .iter()
         .find(|r| r["op"] == "fallocate")
         .unwrap_or_else(|| panic!("{recs:?}"));
-    let ids: Vec<&str> = fa["removed"]
-        .as_array()
-        .unwrap_or_else(|| panic!("removed: {fa}"))
-        .iter()
-        .map(|e| e["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, ["p0000002"]);
-    let out = Command::new(common::bin())
-        .arg("salvage")
-        .arg(&t)
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), lines[1]);
+    assert_eq!(ids_in(&fa["removed"]), ["p0000002"]);
+    assert_eq!(salvage_of(&t), lines[1]);
 }

@@ -8,7 +8,7 @@
 //! - the cases that fail on the plain directory are all listed, with a reason, in
 //!   `tests/pjdfstest/native-failures.txt`.
 //!
-//! Needs root, `/dev/fuse`, and the pjdfstest binary that `tests/pjdfstest/setup.sh`
+//! Needs root, `/dev/fuse`, and the pjdfstest binary that `tests/install-crate.sh`
 //! installs under `${SESSIONFS_CACHE:-$HOME/.cache/sessionfs-tests}/cargo/bin` (or the
 //! path in `$PJDFSTEST`). The configuration is `tests/pjdfstest/pjdfstest.toml`.
 
@@ -84,18 +84,9 @@ fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The pjdfstest binary: `$PJDFSTEST`, else where `tests/pjdfstest/setup.sh` puts it.
+/// The pjdfstest binary: `$PJDFSTEST`, else where `tests/install-crate.sh` puts it.
 fn pjdfstest_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("PJDFSTEST") {
-        return PathBuf::from(p);
-    }
-    let cache = std::env::var_os("SESSIONFS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").expect("HOME is not set");
-            Path::new(&home).join(".cache/sessionfs-tests")
-        });
-    cache.join("cargo/bin/pjdfstest")
+    common::cached_tool("pjdfstest", "PJDFSTEST")
 }
 
 /// Strip ANSI colour sequences (ESC '[' ... letter), in case colours are forced on.
@@ -348,7 +339,7 @@ fn pjdfstest_passes_on_the_mount_wherever_it_passes_natively() {
     let bin = pjdfstest_bin();
     assert!(
         bin.is_file(),
-        "pjdfstest is not installed at {}: run tests/pjdfstest/setup.sh (tests/run.sh does)",
+        "pjdfstest is not installed at {}: run `bash tests/install-crate.sh pjdfstest 0.2.2` (tests/run.sh does)",
         bin.display()
     );
 

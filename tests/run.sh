@@ -22,10 +22,9 @@ fi
 command -v python3 >/dev/null || { echo "tests/run.sh: python3 is required" >&2; exit 2; }
 
 export SESSIONFS_CACHE="${SESSIONFS_CACHE:-$HOME/.cache/sessionfs-tests}"
-if [ -x tests/pjdfstest/setup.sh ] || [ -f tests/pjdfstest/setup.sh ]; then
-  echo "== pjdfstest set-up"; bash tests/pjdfstest/setup.sh
-fi
-echo "== fsx set-up"; bash tests/fsx/setup.sh
+echo "== pjdfstest and fsx set-up"
+bash tests/install-crate.sh pjdfstest 0.2.2
+bash tests/install-crate.sh fsx 0.2.0
 if [ -f tests/e2e/setup.sh ] && [ "${SESSIONFS_SKIP_E2E:-0}" != 1 -o "${CI:-}" = true ]; then
   echo "== OpenClaw gateway set-up (Node 24, openclaw@2026.5.22)"; bash tests/e2e/setup.sh
 fi

@@ -113,10 +113,5 @@ fn stress_ng_filesystem_class_verifies_on_the_mount() {
 
     let state = m.state.clone();
     drop(m);
-    let log = std::fs::read_to_string(state.join("sessionfs.log")).unwrap_or_default();
-    let bad: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("panicked") || l.contains(" ERROR "))
-        .collect();
-    assert!(bad.is_empty(), "daemon log: {bad:#?}");
+    common::assert_daemon_log_clean(&state);
 }

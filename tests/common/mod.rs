@@ -184,3 +184,28 @@ pub fn read_jsonl(p: &Path) -> Vec<serde_json::Value> {
         })
         .collect()
 }
+
+/// A tool installed by `tests/install-crate.sh` into the test cache: `$<env>` if set,
+/// else `${SESSIONFS_CACHE:-$HOME/.cache/sessionfs-tests}/cargo/bin/<name>`.
+pub fn cached_tool(name: &str, env: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
+        return PathBuf::from(p);
+    }
+    let cache = std::env::var_os("SESSIONFS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").expect("HOME is not set");
+            Path::new(&home).join(".cache/sessionfs-tests")
+        });
+    cache.join("cargo/bin").join(name)
+}
+
+/// Panics with the lines of the daemon log in `state` that show a panic or an error.
+pub fn assert_daemon_log_clean(state: &Path) {
+    let log = std::fs::read_to_string(state.join("sessionfs.log")).unwrap_or_default();
+    let bad: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("panicked") || l.contains(" ERROR "))
+        .collect();
+    assert!(bad.is_empty(), "daemon log: {bad:#?}");
+}
