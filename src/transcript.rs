@@ -44,26 +44,122 @@ pub struct Change {
 }
 
 /// A string field that may also hold another JSON type (then it is not reported).
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// Deserialized by hand rather than as an untagged enum, which would first buffer the
+/// whole value (serde's `Content`): other values are skipped without allocating.
 enum MaybeStr<'a> {
-    Str(#[serde(borrow)] Cow<'a, str>),
-    Other(IgnoredAny),
+    Str(Cow<'a, str>),
+    Other,
 }
 
 impl MaybeStr<'_> {
     fn into_string(self) -> Option<String> {
         match self {
             MaybeStr::Str(s) => Some(s.into_owned()),
-            MaybeStr::Other(_) => None,
+            MaybeStr::Other => None,
         }
     }
 }
 
-#[derive(Deserialize)]
-struct Message<'a> {
-    #[serde(borrow)]
-    role: Option<MaybeStr<'a>>,
+/// Visits any JSON value: strings are kept (borrowed when unescaped), anything else is
+/// skipped, and a map's `role` key is reported as well when `want_role` (for
+/// `message`).
+struct Skim {
+    want_role: bool,
+}
+
+/// What [`Skim`] saw: the string, or for a map with `want_role`, its `role` string.
+enum Skimmed<'a> {
+    Str(Cow<'a, str>),
+    Role(Option<Cow<'a, str>>),
+    Other,
+}
+
+impl<'de> serde::de::Visitor<'de> for Skim {
+    type Value = Skimmed<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Skimmed::Str(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Skimmed::Str(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Skimmed::Str(Cow::Owned(v)))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Skimmed::Other)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Skimmed::Other)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Skimmed::Other)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Skimmed::Other)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Skimmed::Other)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+        while a.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Skimmed::Other)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+        let mut role = None;
+        while let Some(k) = a.next_key::<MaybeStr<'de>>()? {
+            match k {
+                MaybeStr::Str(k) if self.want_role && k == "role" && role.is_none() => {
+                    role = match a.next_value::<MaybeStr<'de>>()? {
+                        MaybeStr::Str(r) => Some(r),
+                        MaybeStr::Other => None,
+                    };
+                }
+                _ => {
+                    a.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(if self.want_role {
+            Skimmed::Role(role)
+        } else {
+            Skimmed::Other
+        })
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for MaybeStr<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match d.deserialize_any(Skim { want_role: false })? {
+            Skimmed::Str(s) => MaybeStr::Str(s),
+            _ => MaybeStr::Other,
+        })
+    }
+}
+
+/// `message.role` when `message` is an object with a string `role`.
+struct MessageRole<'a>(Option<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for MessageRole<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match d.deserialize_any(Skim { want_role: true })? {
+            Skimmed::Role(r) => MessageRole(r),
+            _ => MessageRole(None),
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -77,47 +173,7 @@ struct Line<'a> {
     #[serde(rename = "customType", borrow)]
     custom_type: Option<MaybeStr<'a>>,
     #[serde(borrow)]
-    message: Option<MessageField<'a>>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum MessageField<'a> {
-    Obj(#[serde(borrow)] Message<'a>),
-    Other(IgnoredAny),
-}
-
-/// Only what the line index keeps of a line. Decoding `message` (an untagged enum,
-/// buffered whole by serde) is most of [`decode`]'s cost on real transcripts, so
-/// indexing a file uses this instead: ~3× faster on OpenClaw lines.
-#[derive(Deserialize)]
-struct KeyOnly<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Option<MaybeStr<'a>>,
-    #[serde(borrow)]
-    id: Option<MaybeStr<'a>>,
-}
-
-/// The (type, id) [`decode`] would give `line`, without decoding the rest.
-fn decode_key(line: &[u8]) -> (Option<Cow<'_, str>>, Option<Cow<'_, str>>) {
-    fn as_str(m: MaybeStr<'_>) -> Option<Cow<'_, str>> {
-        match m {
-            MaybeStr::Str(s) => Some(s),
-            MaybeStr::Other(_) => None,
-        }
-    }
-    let unparsed = (Some(Cow::Borrowed(UNPARSED)), None);
-    let Ok(text) = std::str::from_utf8(line) else {
-        return unparsed;
-    };
-    let text = text.trim_end_matches('\r');
-    if !is_object(text) {
-        return unparsed;
-    }
-    match serde_json::from_str::<KeyOnly<'_>>(text) {
-        Ok(k) => (k.kind.and_then(as_str), k.id.and_then(as_str)),
-        Err(_) => unparsed,
-    }
+    message: Option<MessageRole<'a>>,
 }
 
 /// Whether `text` starts (after JSON whitespace) like an object.
@@ -157,10 +213,7 @@ pub fn decode(line: &[u8], line_no: u64, offset: u64, bytes: u64) -> Entry {
             e.id = l.id.and_then(MaybeStr::into_string);
             e.parent_id = l.parent_id.and_then(MaybeStr::into_string);
             e.custom_type = l.custom_type.and_then(MaybeStr::into_string);
-            e.role = match l.message {
-                Some(MessageField::Obj(m)) => m.role.and_then(MaybeStr::into_string),
-                _ => None,
-            };
+            e.role = l.message.and_then(|m| m.0).map(Cow::into_owned);
         }
         None => {
             e.kind = Some(UNPARSED.into());
@@ -273,12 +326,8 @@ fn index_key<'a>(kind: Option<&'a str>, id: Option<&'a str>) -> (Option<&'a str>
 
 impl LineIds {
     fn push(&mut self, e: &Entry) {
-        self.push_key(e.kind.as_deref(), e.id.as_deref());
-    }
-
-    fn push_key(&mut self, kind: Option<&str>, id: Option<&str>) {
         let i = self.kinds.len() as u32;
-        let (kind, id) = index_key(kind, id);
+        let (kind, id) = index_key(e.kind.as_deref(), e.id.as_deref());
         let code = match kind {
             None => KIND_NONE,
             Some(k) => match KINDS.iter().position(|x| *x == k) {
@@ -346,8 +395,8 @@ impl FileState {
         for nl in memchr_iter(buf) {
             starts.push(s);
             if let Some(ids) = &mut ids {
-                let (kind, id) = decode_key(&buf[s as usize..nl]);
-                ids.push_key(kind.as_deref(), id.as_deref());
+                let line = &buf[s as usize..nl];
+                ids.push(&decode(line, 0, s, line.len() as u64 + 1));
             }
             s = nl as u64 + 1;
         }
@@ -1053,34 +1102,60 @@ mod tests {
         assert_eq!(ch.entries[0].line, 5);
     }
 
-    /// The index's fast key decoder gives what the full decoder gives.
+    /// The decoder on odd lines: non-string fields, values skipped without being
+    /// buffered (nested `id`/`type` ignored), escapes, arrays, whitespace, CR.
     #[test]
-    fn decode_key_agrees_with_decode() {
-        let lines: &[&[u8]] = &[
-            br#"{"type":"message","id":"a1b2c3d4","parentId":"x","message":{"role":"user","content":[{"type":"text","id":"inner"}]}}"#,
-            br#"{"message":{"id":"inner","type":"t"},"id":"late0001","type":"custom"}"#,
-            br#"{"type":7,"id":["not","a","string"]}"#,
-            br#"{"other":1}"#,
-            br#"{"type":"session","id":"u","message":"not an object"}"#,
-            b"not json",
-            b"[1,2]",
-            b"[1,2,3,4,5]",
-            b"  {\"type\":\"leaf\",\"id\":\"sp000001\"}",
-            b"{\"type\":\"message\",\"id\":\"\xff\xfe\"}",
-            br#"{"type":"message","id":"x1"}  "#,
-            b"{\"type\":\"message\",\"id\":\"cr000001\"}\r",
-        ];
-        // An array is no entry, even one as long as the decoder's struct.
-        assert_eq!(
-            decode(b"[1,2,3,4,5]", 1, 0, 12).kind.as_deref(),
-            Some(UNPARSED)
+    fn decoder_reads_only_top_level_strings_of_objects() {
+        type Want = (
+            Option<&'static str>,
+            Option<&'static str>,
+            Option<&'static str>,
         );
-        for l in lines {
+        let cases: &[(&[u8], Want)] = &[
+            (
+                br#"{"type":"message","id":"a1b2c3d4","parentId":"x","message":{"content":[{"type":"text","id":"inner"}],"role":"user"}}"#,
+                (Some("message"), Some("a1b2c3d4"), Some("user")),
+            ),
+            (
+                br#"{"message":{"id":"inner","type":"t"},"id":"late0001","type":"custom"}"#,
+                (Some("custom"), Some("late0001"), None),
+            ),
+            (br#"{"type":7,"id":["not","a","string"]}"#, (None, None, None)),
+            (br#"{"other":1}"#, (None, None, None)),
+            (
+                br#"{"type":"session","id":"u","message":"not an object"}"#,
+                (Some("session"), Some("u"), None),
+            ),
+            (
+                br#"{"type":"mess\u0061ge","id":"e\"1","message":{"role":"assist\u0061nt"}}"#,
+                (Some("message"), Some("e\"1"), Some("assistant")),
+            ),
+            (b"not json", (Some(UNPARSED), None, None)),
+            (b"[1,2]", (Some(UNPARSED), None, None)),
+            // An array is no entry, even one as long as the decoder's struct.
+            (b"[1,2,3,4,5]", (Some(UNPARSED), None, None)),
+            (
+                b"  {\"type\":\"leaf\",\"id\":\"sp000001\"}",
+                (Some("leaf"), Some("sp000001"), None),
+            ),
+            (
+                b"{\"type\":\"message\",\"id\":\"\xff\xfe\"}",
+                (Some(UNPARSED), None, None),
+            ),
+            (
+                br#"{"type":"message","id":"x1"}  "#,
+                (Some("message"), Some("x1"), None),
+            ),
+            (
+                b"{\"type\":\"message\",\"id\":\"cr000001\"}\r",
+                (Some("message"), Some("cr000001"), None),
+            ),
+        ];
+        for (l, want) in cases {
             let e = decode(l, 1, 0, l.len() as u64 + 1);
-            let (k, i) = decode_key(l);
             assert_eq!(
-                (k.as_deref(), i.as_deref()),
-                (e.kind.as_deref(), e.id.as_deref()),
+                (e.kind.as_deref(), e.id.as_deref(), e.role.as_deref()),
+                *want,
                 "{}",
                 String::from_utf8_lossy(l)
             );
