@@ -374,38 +374,24 @@ struct FileState {
     partial: Option<Vec<u8>>,
     /// Start offset of every complete line (index = line number - 1).
     starts: Vec<u64>,
-    /// Entry id and type of every complete line, when indexed (`None`: only the
-    /// starts, for a state about to be dropped).
-    ids: Option<LineIds>,
+    /// Entry id and type of every complete line.
+    ids: LineIds,
     /// LRU clock.
     used: u64,
 }
 
 impl FileState {
-    /// The state of the file `fd` (`size` bytes) read from its bytes; with the entry
-    /// ids of its lines when `with_ids` (every line decoded).
-    fn rebuild(fd: BorrowedFd<'_>, size: u64, with_ids: bool) -> FileState {
-        Self::from_bytes(&read_range(fd, 0, size), with_ids)
-    }
-
-    fn from_bytes(buf: &[u8], with_ids: bool) -> FileState {
-        let mut starts = Vec::new();
-        let mut ids = with_ids.then(LineIds::default);
-        let mut s = 0u64;
-        for nl in memchr_iter(buf) {
-            starts.push(s);
-            if let Some(ids) = &mut ids {
-                let line = &buf[s as usize..nl];
-                ids.push(&decode(line, 0, s, line.len() as u64 + 1));
-            }
-            s = nl as u64 + 1;
-        }
-        let partial = &buf[s as usize..];
+    /// The state of a file whose bytes are `buf` and whose complete lines, decoded, are
+    /// `lines` (ending at `tail`).
+    fn from_decoded(buf: &[u8], lines: &[Entry], tail: u64) -> FileState {
+        let mut ids = LineIds::default();
+        lines.iter().for_each(|e| ids.push(e));
+        let partial = &buf[tail as usize..];
         FileState {
             size: buf.len() as u64,
-            partial_start: s,
+            partial_start: tail,
             partial: (partial.len() <= MAX_PARTIAL_IN_MEMORY).then(|| partial.to_vec()),
-            starts,
+            starts: lines.iter().map(|e| e.offset).collect(),
             ids,
             used: 0,
         }
@@ -413,7 +399,7 @@ impl FileState {
 
     /// Line index `i` as a removed entry known only from the index (its bytes are gone).
     fn indexed_entry(&self, i: usize) -> Entry {
-        let (kind, id) = self.ids.as_ref().map_or((None, None), |ids| ids.get(i));
+        let (kind, id) = self.ids.get(i);
         let end = self
             .starts
             .get(i + 1)
@@ -429,15 +415,54 @@ impl FileState {
         }
     }
 
-    /// 1-based line number of the line containing `offset` (or starting there).
-    /// The pending partial line counts as line `starts.len() + 1`.
-    fn line_at(&self, offset: u64) -> u64 {
-        match self.starts.binary_search(&offset) {
-            Ok(i) => i as u64 + 1,
-            Err(i) if i == self.starts.len() && offset >= self.partial_start => i as u64 + 1,
-            Err(i) => (i as u64).max(1), // inside line i (1-based)
-        }
+    /// See [`span`].
+    fn span(&self, from: u64, to: u64) -> (u64, u64, u64) {
+        span(&self.starts, self.partial_start, self.size, from, to)
     }
+}
+
+/// Start offsets of the complete lines of `buf`, and the offset just past its last
+/// newline.
+fn line_starts(buf: &[u8]) -> (Vec<u64>, u64) {
+    let mut starts = Vec::new();
+    let mut s = 0u64;
+    for nl in memchr_iter(buf) {
+        starts.push(s);
+        s = nl as u64 + 1;
+    }
+    (starts, s)
+}
+
+/// 1-based line number of the line containing `offset` (or starting there), for lines
+/// starting at `starts` and a pending partial line at `partial_start` (which counts as
+/// line `starts.len() + 1`).
+fn line_at(starts: &[u64], partial_start: u64, offset: u64) -> u64 {
+    match starts.binary_search(&offset) {
+        Ok(i) => i as u64 + 1,
+        Err(i) if i == starts.len() && offset >= partial_start => i as u64 + 1,
+        Err(i) => (i as u64).max(1), // inside line i (1-based)
+    }
+}
+
+/// The whole lines overlapping `[from, to)` of a file of `size` bytes (lines as for
+/// [`line_at`]): (first line number, start offset, end offset); a trailing partial line
+/// counts, up to `size`.
+fn span(starts: &[u64], partial_start: u64, size: u64, from: u64, to: u64) -> (u64, u64, u64) {
+    let first = line_at(starts, partial_start, from);
+    let n = starts.len();
+    let start = if (first as usize) <= n && starts[first as usize - 1] <= from {
+        starts[first as usize - 1]
+    } else {
+        partial_start
+    };
+    // End: the end of the line holding byte `to - 1`.
+    let last = line_at(starts, partial_start, to.saturating_sub(1).max(from));
+    let stop = match last as usize {
+        l if l < n => starts[l],
+        l if l == n => partial_start,
+        _ => size,
+    };
+    (first, start, stop)
 }
 
 /// Per-file line state (line index, pending partial line), bounded by an LRU.
@@ -478,6 +503,15 @@ impl Tracked {
         if let Some(s) = self.map.remove(&key) {
             self.lines -= s.starts.len();
         }
+    }
+
+    /// Make `st` the state of `key` (the most recently used), within the bounds.
+    fn put(&mut self, key: u64, st: FileState, max_files: usize) {
+        self.remove(key);
+        self.lines += st.starts.len();
+        self.map.insert(key, st);
+        self.touch(key);
+        self.evict(max_files);
     }
 }
 
@@ -545,9 +579,7 @@ impl TranscriptTracker {
                     (nl + 1 - seg_start) as u64,
                 )
             };
-            if let Some(ids) = &mut st.ids {
-                ids.push(&e);
-            }
+            st.ids.push(&e);
             entries.push(e);
             st.starts.push(line_start);
             added += 1;
@@ -583,33 +615,23 @@ impl TranscriptTracker {
     /// transcripts go on; the caller holds this inode's journal-order lock, so nothing
     /// else changes this key meanwhile.
     fn rebuild_after_write(&self, key: u64, fd: BorrowedFd<'_>, offset: u64, end: u64) -> Change {
-        let size = file_size(fd);
-        let st = FileState::rebuild(fd, size, true);
-        let first = st.line_at(offset);
-        let start = if first as usize <= st.starts.len() {
-            st.starts[first as usize - 1]
-        } else {
-            st.partial_start
-        };
-        let stop = end.min(st.partial_start);
-        let entries = if start < stop {
-            decode_lines(&read_range(fd, start, stop), start, first).0
-        } else {
-            Vec::new()
-        };
+        let buf = read_range(fd, 0, file_size(fd));
+        let (lines, tail) = decode_lines(&buf, 0, 1);
+        let st = FileState::from_decoded(&buf, &lines, tail);
         let partial = st.size - st.partial_start;
-        let mut t = self.files.lock();
-        t.remove(key);
-        t.lines += st.starts.len();
-        t.map.insert(key, st);
-        t.touch(key);
-        t.evict(self.max_files);
+        // The complete lines that the written range touches.
+        let entries = lines
+            .into_iter()
+            .filter(|e| e.offset < end && e.offset + e.bytes > offset)
+            .collect();
+        self.files.lock().put(key, st, self.max_files);
         Change {
             entries,
             partial,
             ..Default::default()
         }
     }
+
     /// Before a truncate from `old_size` to `new_size`: every line with a byte at or
     /// past `new_size` (a line the truncate cuts counts as removed), with its bytes.
     pub fn before_truncate(
@@ -636,32 +658,20 @@ impl TranscriptTracker {
         to: u64,
         size: u64,
     ) -> Change {
-        let mut t = self.files.lock();
-        if t.map.get(&key).is_none_or(|s| s.size != size) {
-            t.remove(key);
-            // Only the starts: the state is dropped at the end of this change.
-            let st = FileState::rebuild(fd, size, false);
-            t.lines += st.starts.len();
-            t.map.insert(key, st);
-        }
-        t.touch(key);
-        let st = &t.map[&key];
-        let first = st.line_at(from);
-        let start = if (first as usize) <= st.starts.len() && st.starts[first as usize - 1] <= from
-        {
-            st.starts[first as usize - 1]
-        } else {
-            st.partial_start
+        // The cached line starts when they describe this size, else the file's own
+        // (read without the tracker's lock, and not kept: the change drops the state).
+        let cached = {
+            let t = self.files.lock();
+            t.map
+                .get(&key)
+                .filter(|st| st.size == size)
+                .map(|st| st.span(from, to))
         };
-        // End: the end of the line holding byte `to - 1`.
-        let last = st.line_at(to.saturating_sub(1).max(from));
-        let n = st.starts.len();
-        let stop = match last as usize {
-            l if l < n => st.starts[l],
-            l if l == n => st.partial_start,
-            _ => size,
-        };
-        drop(t);
+        let (first, start, stop) = cached.unwrap_or_else(|| {
+            let buf = read_range(fd, 0, size);
+            let (starts, tail) = line_starts(&buf);
+            span(&starts, tail, buf.len() as u64, from, to)
+        });
         let bytes = read_range(fd, start, stop);
         let (mut removed, tail) = decode_lines(&bytes, start, first);
         if tail < start + bytes.len() as u64 {
@@ -757,7 +767,7 @@ impl TranscriptTracker {
             t.lines -= old.starts.len();
             old
         };
-        let ids = old.ids.as_ref()?;
+        let ids = &old.ids;
         let buf = read_range(fd, 0, file_size(fd));
         let (now, tail) = decode_lines(&buf, 0, 1);
         let mut count: HashMap<(Option<&str>, Option<&str>), i64> = HashMap::new();
@@ -781,25 +791,12 @@ impl TranscriptTracker {
             }
         }
         // The new state from the lines just decoded (no second parse).
-        let mut line_ids = LineIds::default();
-        now.iter().for_each(|e| line_ids.push(e));
-        let rest = &buf[tail as usize..];
-        let st = FileState {
-            size: buf.len() as u64,
-            partial_start: tail,
-            partial: (rest.len() <= MAX_PARTIAL_IN_MEMORY).then(|| rest.to_vec()),
-            starts: now.iter().map(|e| e.offset).collect(),
-            ids: Some(line_ids),
-            used: 0,
-        };
+        let st = FileState::from_decoded(&buf, &now, tail);
         let partial = st.size - st.partial_start;
         let mut t = self.files.lock();
         // A write through the mount may have indexed the file meanwhile: keep its state.
         if !t.map.contains_key(&key) {
-            t.lines += st.starts.len();
-            t.map.insert(key, st);
-            t.touch(key);
-            t.evict(self.max_files);
+            t.put(key, st, self.max_files);
         }
         Some(Change {
             entries,
