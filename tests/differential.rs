@@ -82,6 +82,13 @@ fn ino(p: &Path) -> u64 {
     nix::sys::stat::lstat(p).map(|s| s.st_ino).unwrap_or(0)
 }
 
+/// [`res`] of an open, keeping the fd (if any) in `slot` for later steps.
+fn keep(o: Result<OwnedFd, String>, slot: &mut Option<OwnedFd>) -> Out {
+    let out = res(o.as_ref().map(|_| ()).map_err(Clone::clone));
+    *slot = o.ok();
+    out
+}
+
 fn res<T>(r: Result<T, String>) -> Out {
     match r {
         Ok(_) => "ok".into(),
@@ -274,10 +281,10 @@ fn script(r: &mut Run) {
     // --- create / open flags ---
     let mut f = None;
     r.step("create excl", &[&a], || {
-        let o = open(&a, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o640);
-        let out = res(o.as_ref().map(|_| ()).map_err(|e| e.clone()));
-        f = o.ok();
-        out
+        keep(
+            open(&a, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o640),
+            &mut f,
+        )
     });
     r.step("create excl again", &[&a], || {
         res(open(
@@ -303,10 +310,7 @@ fn script(r: &mut Run) {
     r.ro("stat after hole", &[&a], || st(&a));
     let mut rfd = None;
     r.ro("open rdonly", &[&a], || {
-        let o = open(&a, libc::O_RDONLY, 0);
-        let out = res(o.as_ref().map(|_| ()).map_err(|e| e.clone()));
-        rfd = o.ok();
-        out
+        keep(open(&a, libc::O_RDONLY, 0), &mut rfd)
     });
     let rfd = rfd.unwrap();
     // lseek SEEK_DATA / SEEK_HOLE; past EOF must give ENXIO.
@@ -348,10 +352,7 @@ fn script(r: &mut Run) {
     // O_APPEND writes go to EOF whatever the offset
     let mut afd = None;
     r.step("open append", &[&a], || {
-        let o = open(&a, libc::O_WRONLY | libc::O_APPEND, 0);
-        let out = res(o.as_ref().map(|_| ()).map_err(|e| e.clone()));
-        afd = o.ok();
-        out
+        keep(open(&a, libc::O_WRONLY | libc::O_APPEND, 0), &mut afd)
     });
     let afd = afd.unwrap();
     r.step("append", &[&a], || {
@@ -381,10 +382,7 @@ fn script(r: &mut Run) {
     });
     let mut pfd = None;
     r.step("open rdwr", &[&a], || {
-        let o = open(&a, libc::O_RDWR, 0);
-        let out = res(o.as_ref().map(|_| ()).map_err(|e| e.clone()));
-        pfd = o.ok();
-        out
+        keep(open(&a, libc::O_RDWR, 0), &mut pfd)
     });
     let pfd = pfd.unwrap();
     r.step("setfl set append", &[&a], || {
@@ -508,10 +506,7 @@ fn script(r: &mut Run) {
     r.ro("stat truncate", &[&a], || st(&a));
     let mut tfd = None;
     r.step("open rdwr", &[&a], || {
-        let o = open(&a, libc::O_RDWR, 0);
-        let out = res(o.as_ref().map(|_| ()).map_err(|e| e.clone()));
-        tfd = o.ok();
-        out
+        keep(open(&a, libc::O_RDWR, 0), &mut tfd)
     });
     let tfd = tfd.unwrap();
     r.step("ftruncate", &[&a], || nres(nix::unistd::ftruncate(&tfd, 7)));
@@ -823,10 +818,7 @@ fn script(r: &mut Run) {
     let s_fd = open(&src, libc::O_RDONLY, 0).unwrap();
     let mut d_fd = None;
     r.step("create dst", &[&dst], || {
-        let o = open(&dst, libc::O_CREAT | libc::O_WRONLY, 0o644);
-        let out = res(o.as_ref().map(|_| ()).map_err(|e| e.clone()));
-        d_fd = o.ok();
-        out
+        keep(open(&dst, libc::O_CREAT | libc::O_WRONLY, 0o644), &mut d_fd)
     });
     let d_fd = d_fd.unwrap();
     r.step("copy_file_range", &[&dst, &src], || {

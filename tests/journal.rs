@@ -42,17 +42,7 @@ fn released(recs: &[Value], path: &str) -> bool {
 
 /// `sessionfs salvage <t>`: the salvaged lines of `t`, as printed (must succeed).
 fn salvage_of(t: &Path) -> String {
-    let out = Command::new(common::bin())
-        .arg("salvage")
-        .arg(t)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "sessionfs salvage: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::run_ok(Command::new(common::bin()).arg("salvage").arg(t))
 }
 
 /// The ids of the entries in `list` (a record's `entries` or `removed`).
@@ -86,18 +76,7 @@ fn removed(recs: &[Value]) -> Vec<Value> {
 }
 
 fn python(code: &str, args: &[&str]) -> String {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(code)
-        .args(args)
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::run_ok(Command::new("python3").arg("-c").arg(code).args(args))
 }
 
 #[test]

@@ -66,19 +66,7 @@ fn run(dir: &Path) -> String {
         chown(&p, Some(NOBODY), Some(NOBODY)).unwrap();
         std::fs::set_permissions(&p, PermissionsExt::from_mode(mode)).unwrap();
     }
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(SCRIPT)
-        .arg(dir)
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "script failed in {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    common::run_ok(Command::new("python3").arg("-c").arg(SCRIPT).arg(dir))
 }
 
 /// A temp dir `nobody` can traverse.
@@ -137,17 +125,11 @@ for n in ("suid", "sgid"):
 "#;
     let run = |dir: &Path| -> String {
         prepare(dir);
-        let out = Command::new("setpriv")
-            .args(["--bounding-set", "-fsetid", "python3", "-c", act])
-            .arg(dir)
-            .output()
-            .expect("setpriv");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        common::run_ok(
+            Command::new("setpriv")
+                .args(["--bounding-set", "-fsetid", "python3", "-c", act])
+                .arg(dir),
+        )
     };
     let plain = tempfile::tempdir().unwrap();
     let native = run(plain.path());

@@ -108,16 +108,11 @@ fn openclaw_write_patterns_match_plain_dir() {
     let sid = "345c3d87-d783-4ad6-829e-3331739a026b";
     let plain = tempfile::tempdir().unwrap();
     let run = |d: &Path| {
-        let out = Command::new("python3")
-            .arg(script("openclaw_turn.py"))
-            .arg(d)
-            .arg(sid)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        common::run_ok(
+            Command::new("python3")
+                .arg(script("openclaw_turn.py"))
+                .arg(d)
+                .arg(sid),
         );
     };
     run(plain.path());

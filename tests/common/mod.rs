@@ -87,14 +87,16 @@ pub fn mount_at(src: &Path, mnt: &Path, state: &Path, extra: &[&str]) {
     run_ok(&mut c);
 }
 
-fn run_ok(c: &mut Command) {
-    let out = c.output().expect("spawn sessionfs");
+/// Run `c` to its end; panics (with its output) unless it exits 0. Its stdout.
+pub fn run_ok(c: &mut Command) -> String {
+    let out = c.output().unwrap_or_else(|e| panic!("spawn {c:?}: {e}"));
     assert!(
         out.status.success(),
         "{c:?} failed: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Is `p` a mountpoint right now?
