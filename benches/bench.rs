@@ -830,8 +830,8 @@ fn print_requests(counts: &[(Workload, BTreeMap<String, f64>)]) {
 
 /// Pid of the daemon serving `mnt`, from the pid file `sessionfs mount` writes.
 fn daemon_pid(mnt: &Path) -> Option<u32> {
-    let id = sessionfs::mount::mount_id(&std::fs::canonicalize(mnt).ok()?);
-    std::fs::read_to_string(sessionfs::mount::pid_file(&id))
+    let id = sessionfs::mount_id(&std::fs::canonicalize(mnt).ok()?);
+    std::fs::read_to_string(sessionfs::pid_file(&id))
         .ok()?
         .trim()
         .parse()

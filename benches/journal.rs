@@ -5,9 +5,9 @@
 
 use std::time::Instant;
 
-use sessionfs::identity::IdentityCache;
-use sessionfs::journal::record::Record;
-use sessionfs::journal::{Journal, JournalOptions, View};
+use sessionfs::IdentityCache;
+use sessionfs::Record;
+use sessionfs::{Journal, JournalOptions, View};
 
 fn per_op(label: &str, n: u64, f: impl FnMut(u64)) -> f64 {
     let mut f = f;
@@ -79,8 +79,8 @@ fn main() {
         .collect();
     per_op("record build + append (identity filled)", records, |i| {
         let mut r = Record {
-            ts: sessionfs::fs::now_rfc3339(),
-            op: "write".into(),
+            ts: sessionfs::now_rfc3339(),
+            op: sessionfs::Op::Write,
             path: paths[(i % 10_000) as usize].clone(),
             result: "ok".into(),
             offset: Some(i * 2048),

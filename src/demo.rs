@@ -97,7 +97,7 @@ fn take_lock(transcript: &Path) -> Result<Lock, String> {
         .map_err(|e| format!("lock {}: {e}", path.display()))?;
     let payload = serde_json::json!({
         "pid": std::process::id(),
-        "createdAt": crate::fs::now_rfc3339(),
+        "createdAt": crate::clock::now_rfc3339(),
         "maxHoldMs": 300_000,
         "starttime": starttime(),
     });
@@ -221,7 +221,7 @@ fn run_turn(sessions: &Path) -> Result<(), String> {
     append_line(
         &t,
         &serde_json::json!({"type":"message","id":user_id,"parentId":parent,
-            "timestamp":crate::fs::now_rfc3339(),
+            "timestamp":crate::clock::now_rfc3339(),
             "message":{"role":"user","content":[{"type":"text","text":"hello from sessionfs demo"}]}}),
     )?;
     say!("   - appended the user entry {user_id} (open O_APPEND, write, close)");
@@ -233,7 +233,7 @@ fn run_turn(sessions: &Path) -> Result<(), String> {
     append_line(
         &t,
         &serde_json::json!({"type":"message","id":asst_id,"parentId":user_id,
-            "timestamp":crate::fs::now_rfc3339(),
+            "timestamp":crate::clock::now_rfc3339(),
             "message":{"role":"assistant","content":[{"type":"text","text":"hi!"}],
                 "provider":"mock","model":"mock-model","stopReason":"stop"}}),
     )?;
@@ -269,7 +269,7 @@ fn run_turn(sessions: &Path) -> Result<(), String> {
     );
     append_line(
         &traj,
-        &serde_json::json!({"type":"trajectory","turn":"demo","ts":crate::fs::now_rfc3339()}),
+        &serde_json::json!({"type":"trajectory","turn":"demo","ts":crate::clock::now_rfc3339()}),
     )?;
     say!("   - appended the trajectory file");
     Ok(())

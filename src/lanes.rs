@@ -32,6 +32,7 @@ use parking_lot::RwLock;
 use serde::Deserialize;
 
 use crate::identity::Caller;
+use crate::sys::FileKey;
 
 /// Name of the virtual extended attribute a process sets to declare its lane.
 pub const LANE_XATTR: &str = "user.sessionfs.lane";
@@ -150,22 +151,12 @@ impl LaneRules {
             .find(|(r, _)| r.matches(caller))
             .map(|(_, l)| l.clone())
     }
-
-    /// Number of rules.
-    pub fn len(&self) -> usize {
-        self.rules.len()
-    }
-
-    /// No rules?
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
-    }
 }
 
-/// Declared lanes, keyed by (pid, starttime, backing ino).
+/// Declared lanes, keyed by (pid, starttime, backing (dev, ino)).
 #[derive(Debug, Default)]
 pub struct LaneDeclarations {
-    map: RwLock<HashMap<(u32, u64, u64), Arc<str>>>,
+    map: RwLock<HashMap<(u32, u64, FileKey), Arc<str>>>,
 }
 
 impl LaneDeclarations {
@@ -174,11 +165,11 @@ impl LaneDeclarations {
         Self::default()
     }
 
-    /// Declare (Some) or clear (None) the lane of `caller`'s process for file `ino`.
+    /// Declare (Some) or clear (None) the lane of `caller`'s process for `file`.
     /// A caller whose process is unknown (already gone) declares nothing.
-    pub fn declare(&self, caller: &Caller, ino: u64, lane: Option<&str>) {
+    pub fn declare(&self, caller: &Caller, file: FileKey, lane: Option<&str>) {
         let Some(p) = &caller.process else { return };
-        let key = (p.pid, p.starttime, ino);
+        let key = (p.pid, p.starttime, file);
         let mut map = self.map.write();
         match lane {
             Some(l) => {
@@ -197,14 +188,14 @@ impl LaneDeclarations {
     /// replaced file follow the path to the moved one (OpenClaw replaces
     /// `sessions.json` through a temp file and a rename; a lane declared on it must
     /// cover its later changes). A process's own declaration on `moved` wins.
-    pub fn inherit(&self, replaced: u64, moved: u64) {
+    pub fn inherit(&self, replaced: FileKey, moved: FileKey) {
         if replaced == moved || self.map.read().is_empty() {
             return;
         }
         let mut map = self.map.write();
         let from: Vec<_> = map
             .iter()
-            .filter(|((_, _, ino), _)| *ino == replaced)
+            .filter(|((_, _, f), _)| *f == replaced)
             .map(|(k, v)| (*k, v.clone()))
             .collect();
         for ((pid, start, _), lane) in from {
@@ -213,14 +204,14 @@ impl LaneDeclarations {
         }
     }
 
-    /// The caller process's current declaration for `ino`.
-    pub fn get(&self, caller: &Caller, ino: u64) -> Option<Arc<str>> {
+    /// The caller process's current declaration for `file`.
+    pub fn get(&self, caller: &Caller, file: FileKey) -> Option<Arc<str>> {
         let p = caller.process.as_ref()?;
         let map = self.map.read();
         if map.is_empty() {
             return None;
         }
-        map.get(&(p.pid, p.starttime, ino)).cloned()
+        map.get(&(p.pid, p.starttime, file)).cloned()
     }
 }
 
@@ -229,20 +220,25 @@ mod tests {
     use super::*;
     use crate::identity::ProcessInfo;
 
+    /// A file key on device 0.
+    fn k(ino: u64) -> FileKey {
+        FileKey { dev: 0, ino }
+    }
+
     #[test]
     fn declarations_follow_a_rename_over() {
         let d = LaneDeclarations::new();
         let a = caller("node", "/", 1000);
-        d.declare(&a, 7, Some("cron"));
+        d.declare(&a, k(7), Some("cron"));
         // The moved file (ino 9) replaces ino 7: the lane follows the path.
-        d.inherit(7, 9);
-        assert_eq!(d.get(&a, 9).as_deref(), Some("cron"));
-        assert_eq!(d.get(&a, 7), None);
+        d.inherit(k(7), k(9));
+        assert_eq!(d.get(&a, k(9)).as_deref(), Some("cron"));
+        assert_eq!(d.get(&a, k(7)), None);
         // A declaration of its own on the moved file wins over the replaced one's.
-        d.declare(&a, 11, Some("main"));
-        d.declare(&a, 12, Some("subagent"));
-        d.inherit(11, 12);
-        assert_eq!(d.get(&a, 12).as_deref(), Some("subagent"));
+        d.declare(&a, k(11), Some("main"));
+        d.declare(&a, k(12), Some("subagent"));
+        d.inherit(k(11), k(12));
+        assert_eq!(d.get(&a, k(12)).as_deref(), Some("subagent"));
     }
 
     fn caller(comm: &str, cgroup: &str, uid: u32) -> Caller {
@@ -314,13 +310,13 @@ mod tests {
     fn declarations_are_per_process_and_file() {
         let d = LaneDeclarations::new();
         let c = caller("node", "/", 0);
-        d.declare(&c, 5, Some("cron"));
-        assert_eq!(d.get(&c, 5).as_deref(), Some("cron"));
-        assert_eq!(d.get(&c, 6), None);
+        d.declare(&c, k(5), Some("cron"));
+        assert_eq!(d.get(&c, k(5)).as_deref(), Some("cron"));
+        assert_eq!(d.get(&c, k(6)), None);
         let mut other = caller("node", "/", 0);
         Arc::make_mut(other.process.as_mut().unwrap()).starttime = 100; // pid reused
-        assert_eq!(d.get(&other, 5), None);
-        d.declare(&c, 5, None);
-        assert_eq!(d.get(&c, 5), None);
+        assert_eq!(d.get(&other, k(5)), None);
+        d.declare(&c, k(5), None);
+        assert_eq!(d.get(&c, k(5)), None);
     }
 }

@@ -1,17 +1,30 @@
 //! sessionfs: a FUSE passthrough filesystem for OpenClaw session directories that
 //! journals every change with the process (and lane) that made it.
 //!
-//! Data flow of one request: [`fs`] resolves the inode → does the operation on the
-//! backing fd ([`sys`]) → hands a [`journal::record::Record`] built with [`identity`]
-//! and [`lanes`] (and, for `*.jsonl`, [`transcript`]) to the [`journal`].
-//! [`mount`] and [`cli`] are the command line around it; [`demo`] shows it working.
+//! Data flow of one request: `fs` resolves the inode → does the operation on the
+//! backing fd (`sys`) → hands a [`Record`] built with `identity` and `lanes` (and, for
+//! `*.jsonl`, `transcript`) to the [`Journal`]. `mount` and `cli` are the command
+//! line around it; `demo` shows it working.
+//!
+//! Every module is internal; the crate exports only what the binary, the tests and
+//! the benches use, below.
 
-pub mod cli;
-pub mod demo;
-pub mod fs;
-pub mod identity;
-pub mod journal;
-pub mod lanes;
-pub mod mount;
-pub mod sys;
-pub mod transcript;
+pub(crate) mod cli;
+pub(crate) mod clock;
+pub(crate) mod demo;
+pub(crate) mod fs;
+pub(crate) mod identity;
+pub(crate) mod journal;
+pub(crate) mod lanes;
+pub(crate) mod mount;
+pub(crate) mod sys;
+pub(crate) mod transcript;
+
+pub use cli::{Cli, Command};
+pub use clock::now_rfc3339;
+pub use demo::run as run_demo;
+pub use identity::IdentityCache;
+pub use journal::cli::{run_journal, run_salvage};
+pub use journal::record::{Op, Record};
+pub use journal::{Journal, JournalOptions, View};
+pub use mount::{mount, mount_id, pid_file, umount};

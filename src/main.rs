@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 
 use clap::Parser;
-use sessionfs::cli::{Cli, Command};
+use sessionfs::{Cli, Command};
 
 fn init_logging(debug: bool, ansi: bool) {
     use tracing_subscriber::layer::SubscriberExt as _;
@@ -113,15 +113,15 @@ fn main() {
                 spec.debug,
                 spec.foreground && std::io::stderr().is_terminal(),
             );
-            sessionfs::mount::mount(spec)
+            sessionfs::mount(spec)
         }),
-        Command::Umount { mountpoint } => sessionfs::mount::umount(mountpoint),
+        Command::Umount { mountpoint } => sessionfs::umount(mountpoint),
         Command::Demo => {
             init_logging(false, std::io::stderr().is_terminal());
-            sessionfs::demo::run()
+            sessionfs::run_demo()
         }
-        Command::Journal(args) => sessionfs::journal::cli::run_journal(args),
-        Command::Salvage(args) => sessionfs::journal::cli::run_salvage(args),
+        Command::Journal(args) => sessionfs::run_journal(args),
+        Command::Salvage(args) => sessionfs::run_salvage(args),
     };
     if let Err(msg) = result {
         // Errors are one line: fold anything multi-line a lower layer let through.

@@ -232,12 +232,6 @@ pub fn mount_entry_at(path: &Path) -> Option<MountEntry> {
     found
 }
 
-/// fstype and source of the topmost mount at exactly `path`, from
-/// `/proc/self/mountinfo` (see [`mount_entry_at`]); `None` when nothing is mounted there.
-pub fn mount_at(path: &Path) -> Option<(String, String)> {
-    mount_entry_at(path).map(|e| (e.fstype, e.source))
-}
-
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
 fn unescape(s: &str) -> Vec<u8> {
     let b = s.as_bytes();

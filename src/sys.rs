@@ -5,7 +5,7 @@
 //! replies carry exactly what ext4 would have said.
 
 use std::ffi::{CStr, CString, OsStr};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
 use nix::errno::Errno;
@@ -100,9 +100,9 @@ pub fn renameat2(
     .map(drop)
 }
 
-/// Which xattr call path reaches an object: a regular file/dir can be opened, anything
-/// else (symlink, device, fifo) is reached through the `/proc/self/fd` magic link with
-/// the `l*` variant so that nothing is followed or opened.
+/// The path xattr calls take to the object behind an O_PATH fd: its `/proc/self/fd`
+/// magic link, which resolves to the object itself (a symlink included) without
+/// opening it, so special files need no open and nothing further is followed.
 fn xattr_path(fd: BorrowedFd<'_>) -> CString {
     proc_fd_path(fd.as_raw_fd())
 }
@@ -297,18 +297,28 @@ fn set_thread_groups(groups: &[libc::gid_t]) {
     unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
 }
 
-/// Duplicate a borrowed fd into an owned one (`F_DUPFD_CLOEXEC`).
-pub fn dup(fd: BorrowedFd<'_>) -> SysResult<OwnedFd> {
-    fd.try_clone_to_owned()
-        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
-}
-
 /// Is this fd's object a directory? (for choosing open paths)
 pub fn is_dir(st: &libc::stat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFDIR
 }
 
-/// Borrow helper for code that holds `OwnedFd`s.
-pub fn b(fd: &OwnedFd) -> BorrowedFd<'_> {
-    fd.as_fd()
+/// A backing file's identity, `(st_dev, st_ino)`: the key of every per-file state
+/// (transcript line index, rewrites, lane declarations). The inode number alone is
+/// not unique: a bind mount or a subvolume inside the tree has its own numbering.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileKey {
+    /// `st_dev` of the backing object.
+    pub dev: u64,
+    /// `st_ino` of the backing object.
+    pub ino: u64,
+}
+
+impl FileKey {
+    /// The key of a backing stat.
+    pub fn of(st: &libc::stat) -> Self {
+        Self {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        }
+    }
 }

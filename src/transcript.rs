@@ -7,7 +7,7 @@
 //! is skipped. Lines that are not UTF-8 or not a JSON object are kept byte for byte in
 //! the file and reported as `unparsed`.
 //!
-//! Per file (key = backing inode) the tracker keeps the state at EOF: bytes known,
+//! Per file (key = backing (dev, ino)) the tracker keeps the state at EOF: bytes known,
 //! the line index (each complete line's start offset, entry id and type), and the
 //! pending partial line. The state is bounded by an LRU over files and a cap on
 //! indexed lines; a file that fell out is rebuilt from its bytes on its next write (one
@@ -24,6 +24,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use crate::journal::record::Entry;
+use crate::sys::FileKey;
 
 /// True for names the decoder applies to (`*.jsonl`).
 pub fn is_transcript(name: &[u8]) -> bool {
@@ -474,13 +475,13 @@ pub struct TranscriptTracker {
 
 #[derive(Debug, Default)]
 struct Tracked {
-    map: HashMap<u64, FileState>,
+    map: HashMap<FileKey, FileState>,
     clock: u64,
     lines: usize,
 }
 
 impl Tracked {
-    fn touch(&mut self, key: u64) {
+    fn touch(&mut self, key: FileKey) {
         self.clock += 1;
         let c = self.clock;
         if let Some(s) = self.map.get_mut(&key) {
@@ -499,14 +500,14 @@ impl Tracked {
         }
     }
 
-    fn remove(&mut self, key: u64) {
+    fn remove(&mut self, key: FileKey) {
         if let Some(s) = self.map.remove(&key) {
             self.lines -= s.starts.len();
         }
     }
 
     /// Make `st` the state of `key` (the most recently used), within the bounds.
-    fn put(&mut self, key: u64, st: FileState, max_files: usize) {
+    fn put(&mut self, key: FileKey, st: FileState, max_files: usize) {
         self.remove(key);
         self.lines += st.starts.len();
         self.map.insert(key, st);
@@ -529,7 +530,7 @@ impl TranscriptTracker {
     /// bytes. `fd` must be readable.
     pub fn before_write(
         &self,
-        key: u64,
+        key: FileKey,
         fd: BorrowedFd<'_>,
         offset: u64,
         len: u64,
@@ -544,7 +545,13 @@ impl TranscriptTracker {
 
     /// After `data` landed at `offset` (the real offset, O_APPEND resolved): the
     /// complete lines it produced. `fd` must be readable.
-    pub fn after_write(&self, key: u64, fd: BorrowedFd<'_>, offset: u64, data: &[u8]) -> Change {
+    pub fn after_write(
+        &self,
+        key: FileKey,
+        fd: BorrowedFd<'_>,
+        offset: u64,
+        data: &[u8],
+    ) -> Change {
         let end = offset + data.len() as u64;
         let mut t = self.files.lock();
         let Some(st) = t.map.get_mut(&key).filter(|s| s.size == offset) else {
@@ -614,7 +621,13 @@ impl TranscriptTracker {
     /// tracker's lock (a large transcript takes milliseconds), so writes to other
     /// transcripts go on; the caller holds this inode's journal-order lock, so nothing
     /// else changes this key meanwhile.
-    fn rebuild_after_write(&self, key: u64, fd: BorrowedFd<'_>, offset: u64, end: u64) -> Change {
+    fn rebuild_after_write(
+        &self,
+        key: FileKey,
+        fd: BorrowedFd<'_>,
+        offset: u64,
+        end: u64,
+    ) -> Change {
         let buf = read_range(fd, 0, file_size(fd));
         let (lines, tail) = decode_lines(&buf, 0, 1);
         let st = FileState::from_decoded(&buf, &lines, tail);
@@ -636,7 +649,7 @@ impl TranscriptTracker {
     /// past `new_size` (a line the truncate cuts counts as removed), with its bytes.
     pub fn before_truncate(
         &self,
-        key: u64,
+        key: FileKey,
         fd: BorrowedFd<'_>,
         old_size: u64,
         new_size: u64,
@@ -652,7 +665,7 @@ impl TranscriptTracker {
     /// Lines overlapping `[from, to)` of the file as it is now (size `size`).
     fn removed_region(
         &self,
-        key: u64,
+        key: FileKey,
         fd: BorrowedFd<'_>,
         from: u64,
         to: u64,
@@ -749,7 +762,7 @@ impl TranscriptTracker {
     }
 
     /// Drop state for `key` (file unlinked, truncated or inode forgotten).
-    pub fn forget(&self, key: u64) {
+    pub fn forget(&self, key: FileKey) {
         self.files.lock().remove(key);
     }
 
@@ -760,7 +773,7 @@ impl TranscriptTracker {
     /// not in salvage); `entries`: lines that were not there before, decoded. `None`
     /// when the file is not indexed (not written through the mount recently), as then
     /// there is nothing to compare with. The index is rebuilt from the new bytes.
-    pub fn external_change(&self, key: u64, fd: BorrowedFd<'_>) -> Option<Change> {
+    pub fn external_change(&self, key: FileKey, fd: BorrowedFd<'_>) -> Option<Change> {
         let old = {
             let mut t = self.files.lock();
             let old = t.map.remove(&key)?;
@@ -818,7 +831,7 @@ impl TranscriptTracker {
 /// the last writable handle is released, what is left is what the rewrite removed.
 #[derive(Debug, Default)]
 pub struct Rewrites {
-    map: Mutex<HashMap<u64, Rewrite>>,
+    map: Mutex<HashMap<FileKey, Rewrite>>,
     /// Number of open rewrites: lets writes skip the lock when there are none.
     open: std::sync::atomic::AtomicUsize,
 }
@@ -862,7 +875,7 @@ impl Rewrites {
     /// Hold the lines `cut` removed from file `key` (at journal path `path`) until the
     /// rewrite ends. `salvage` is the span of the salvage store their bytes were just
     /// appended to, if they were. Returns the number of lines held by this call.
-    pub fn cut(&self, key: u64, path: &str, cut: Change, salvage: Option<(u64, u64)>) -> u64 {
+    pub fn cut(&self, key: FileKey, path: &str, cut: Change, salvage: Option<(u64, u64)>) -> u64 {
         let mut map = self.map.lock();
         let rw = map.entry(key).or_insert_with(|| {
             self.open.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -895,7 +908,7 @@ impl Rewrites {
 
     /// Complete lines `lines` (exact bytes, newline included) were written to file
     /// `key`: each one equal to a held cut line puts it back. Returns how many did.
-    pub fn put_back<'a>(&self, key: u64, lines: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+    pub fn put_back<'a>(&self, key: FileKey, lines: impl IntoIterator<Item = &'a [u8]>) -> u64 {
         if self.is_idle() {
             return 0;
         }
@@ -917,12 +930,12 @@ impl Rewrites {
     }
 
     /// Is a rewrite of file `key` in progress?
-    pub fn is_open(&self, key: u64) -> bool {
+    pub fn is_open(&self, key: FileKey) -> bool {
         !self.is_idle() && self.map.lock().contains_key(&key)
     }
 
     /// End the rewrite of file `key` (its last writable handle was released).
-    pub fn close(&self, key: u64) -> Option<Rewrite> {
+    pub fn close(&self, key: FileKey) -> Option<Rewrite> {
         if self.is_idle() {
             return None;
         }
@@ -935,6 +948,11 @@ impl Rewrites {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file key on device 0.
+    fn k(ino: u64) -> FileKey {
+        FileKey { dev: 0, ino }
+    }
     use std::io::Write;
     use std::os::fd::AsFd;
     use std::os::unix::fs::FileExt;
@@ -996,11 +1014,11 @@ mod tests {
         let l = line("aaaa0001");
         let (a, b) = l.as_bytes().split_at(10);
         f.write_all(a).unwrap();
-        let c1 = t.after_write(1, f.as_fd(), 0, a);
+        let c1 = t.after_write(k(1), f.as_fd(), 0, a);
         assert!(c1.entries.is_empty());
         assert_eq!(c1.partial, 10);
         f.write_all(b).unwrap();
-        let c2 = t.after_write(1, f.as_fd(), 10, b);
+        let c2 = t.after_write(k(1), f.as_fd(), 10, b);
         assert_eq!(c2.entries.len(), 1);
         assert_eq!(c2.entries[0].id.as_deref(), Some("aaaa0001"));
         assert_eq!(
@@ -1016,7 +1034,7 @@ mod tests {
         let l2 = line("aaaa0002");
         f.write_all(l2.as_bytes()).unwrap();
         let fresh = TranscriptTracker::new(8);
-        let c3 = fresh.after_write(1, f.as_fd(), l.len() as u64, l2.as_bytes());
+        let c3 = fresh.after_write(k(1), f.as_fd(), l.len() as u64, l2.as_bytes());
         assert_eq!(c3.entries[0].line, 2);
     }
 
@@ -1031,7 +1049,7 @@ mod tests {
         let mut got = Vec::new();
         for chunk in big.chunks(1 << 20) {
             f.write_all(chunk).unwrap();
-            got.extend(t.after_write(7, f.as_fd(), off, chunk).entries);
+            got.extend(t.after_write(k(7), f.as_fd(), off, chunk).entries);
             off += chunk.len() as u64;
         }
         assert_eq!(got.len(), 1);
@@ -1046,13 +1064,13 @@ mod tests {
         let all = lines.concat();
         let f = tmpfile(all.as_bytes());
         let keep: u64 = lines[..7].iter().map(|l| l.len() as u64).sum();
-        let ch = t.before_truncate(3, f.as_fd(), all.len() as u64, keep);
+        let ch = t.before_truncate(k(3), f.as_fd(), all.len() as u64, keep);
         let ids: Vec<_> = ch.removed.iter().map(|e| e.id.clone().unwrap()).collect();
         assert_eq!(ids, ["id000008", "id000009", "id000010"]);
         assert_eq!(ch.removed[0].line, 8);
         assert_eq!(ch.salvage, lines[7..].concat().as_bytes());
         // Cutting mid-line removes that line too.
-        let ch = t.before_truncate(3, f.as_fd(), all.len() as u64, keep - 5);
+        let ch = t.before_truncate(k(3), f.as_fd(), all.len() as u64, keep - 5);
         assert_eq!(ch.removed.len(), 4);
         assert_eq!(ch.removed[0].id.as_deref(), Some("id000007"));
     }
@@ -1064,7 +1082,7 @@ mod tests {
         let all = lines.concat();
         let f = tmpfile(all.as_bytes());
         let at = lines[0].len() as u64 + 3; // inside line 2
-        let ch = t.before_write(9, f.as_fd(), at, lines[1].len() as u64, all.len() as u64);
+        let ch = t.before_write(k(9), f.as_fd(), at, lines[1].len() as u64, all.len() as u64);
         let ids: Vec<_> = ch.removed.iter().map(|e| e.id.clone().unwrap()).collect();
         assert_eq!(ids, ["id000002", "id000003"]);
         assert_eq!(
@@ -1172,7 +1190,7 @@ mod tests {
         let mut at = 0u64;
         for l in &lines {
             f.write_all(l.as_bytes()).unwrap();
-            t.after_write(7, f.as_fd(), at, l.as_bytes());
+            t.after_write(k(7), f.as_fd(), at, l.as_bytes());
             at += l.len() as u64;
         }
         // Outside: lines 2, 5 and 6 dropped, line 3 kept, a new line appended.
@@ -1181,7 +1199,7 @@ mod tests {
             .concat();
         f.set_len(0).unwrap();
         f.write_all_at(now.as_bytes(), 0).unwrap();
-        let ch = t.external_change(7, f.as_fd()).expect("indexed");
+        let ch = t.external_change(k(7), f.as_fd()).expect("indexed");
         let removed: Vec<(u64, Option<&str>, Option<&str>)> = ch
             .removed
             .iter()
@@ -1204,9 +1222,9 @@ mod tests {
         // Re-indexed from the new bytes: an append goes on from there.
         let next = line("ext00010");
         f.write_all_at(next.as_bytes(), now.len() as u64).unwrap();
-        let c = t.after_write(7, f.as_fd(), now.len() as u64, next.as_bytes());
+        let c = t.after_write(k(7), f.as_fd(), now.len() as u64, next.as_bytes());
         assert_eq!(c.entries[0].line, 5);
-        assert!(t.external_change(99, f.as_fd()).is_none());
+        assert!(t.external_change(k(99), f.as_fd()).is_none());
     }
 
     #[test]
@@ -1214,7 +1232,7 @@ mod tests {
         let t = TranscriptTracker::new(2);
         let f = tmpfile(b"");
         for k in 0..5 {
-            t.after_write(k, f.as_fd(), 0, b"");
+            t.after_write(self::k(k), f.as_fd(), 0, b"");
         }
         assert!(t.files.lock().map.len() <= 2);
     }
@@ -1234,12 +1252,12 @@ mod tests {
             ..Default::default()
         };
         let total = (a.len() + b.len() + c.len()) as u64;
-        assert_eq!(rw.cut(7, "t.jsonl", cut, Some((100, 100 + total))), 3);
-        assert!(rw.is_open(7) && !rw.is_open(8));
+        assert_eq!(rw.cut(k(7), "t.jsonl", cut, Some((100, 100 + total))), 3);
+        assert!(rw.is_open(k(7)) && !rw.is_open(k(8)));
         // Written back: c and a (in another order), plus a new line and a second `a`.
         assert_eq!(
             rw.put_back(
-                7,
+                k(7),
                 [
                     c.as_bytes(),
                     b"new\n".as_slice(),
@@ -1249,7 +1267,7 @@ mod tests {
             ),
             2
         );
-        let done = rw.close(7).expect("open rewrite");
+        let done = rw.close(k(7)).expect("open rewrite");
         assert!(rw.is_idle());
         assert_eq!((done.restored, done.salvage), (2, Some((100, 100 + total))));
         let (removed, bytes) = done.net();
@@ -1269,11 +1287,11 @@ mod tests {
                 ..Default::default()
             }
         };
-        rw.cut(1, "x.jsonl", one("a"), Some((0, 10)));
-        rw.cut(1, "x.jsonl", one("b"), Some((10, 20)));
-        assert_eq!(rw.close(1).unwrap().salvage, Some((0, 20)));
-        rw.cut(1, "x.jsonl", one("a"), Some((0, 10)));
-        rw.cut(1, "x.jsonl", one("b"), Some((15, 25)));
-        assert_eq!(rw.close(1).unwrap().salvage, None);
+        rw.cut(k(1), "x.jsonl", one("a"), Some((0, 10)));
+        rw.cut(k(1), "x.jsonl", one("b"), Some((10, 20)));
+        assert_eq!(rw.close(k(1)).unwrap().salvage, Some((0, 20)));
+        rw.cut(k(1), "x.jsonl", one("a"), Some((0, 10)));
+        rw.cut(k(1), "x.jsonl", one("b"), Some((15, 25)));
+        assert_eq!(rw.close(k(1)).unwrap().salvage, None);
     }
 }

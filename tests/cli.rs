@@ -295,7 +295,7 @@ fn exited(pid: i32) -> bool {
 
 fn daemon_pid(mnt: &Path) -> (PathBuf, i32) {
     let canon = std::fs::canonicalize(mnt).unwrap();
-    let pf = sessionfs::mount::pid_file(&sessionfs::mount::mount_id(&canon));
+    let pf = sessionfs::pid_file(&sessionfs::mount_id(&canon));
     let pid: i32 = std::fs::read_to_string(&pf)
         .unwrap_or_else(|e| panic!("pid file {}: {e}", pf.display()))
         .trim()
@@ -664,7 +664,7 @@ fn failure_after_mounting_leaves_no_mount() {
     let s = scratch();
     let _guard = s.guard();
     let canon = std::fs::canonicalize(&s.mnt).unwrap();
-    let pf = sessionfs::mount::pid_file(&sessionfs::mount::mount_id(&canon));
+    let pf = sessionfs::pid_file(&sessionfs::mount_id(&canon));
     std::fs::create_dir_all(&pf).unwrap();
     struct Rm(PathBuf);
     impl Drop for Rm {

@@ -18,6 +18,9 @@ pub struct FileHandle {
     pub fd: OwnedFd,
     /// The inode it was opened on.
     pub inode: Arc<Inode>,
+    /// The (parent id, name) the inode was reached by when it was opened: records of
+    /// this handle name the file by it while it still leads there (hard links).
+    pub via: (u64, Arc<std::ffi::OsStr>),
     /// Open flags as the kernel sent them.
     pub flags: i32,
     /// Whether writes are journaled (write access).
@@ -140,14 +143,24 @@ impl<T> Handles<T> {
 /// One directory entry of a snapshot.
 #[derive(Debug, Clone)]
 pub struct DirEntry {
-    /// Backing `d_ino` (or 0 for virtual entries).
+    /// Backing `d_ino`; for a virtual entry, its node id (as `virtual_id`).
     pub ino: u64,
-    /// `S_IFMT` bits from `d_type` (regular file when unknown).
+    /// `S_IFMT` bits, from `d_type`, or from a stat of the entry when the backing
+    /// filesystem reports `DT_UNKNOWN` (as `ls` does); 0 if that stat fails (the
+    /// entry vanished meanwhile).
     pub kind: u32,
     /// Entry name.
     pub name: std::ffi::OsString,
     /// Node id of a virtual entry (`.journal`), 0 for backing entries.
     pub virtual_id: u64,
+}
+
+/// `S_IFMT` bits of entry `name` in directory `dir`, by `fstatat` (no follow); 0 when
+/// it cannot be stated.
+fn kind_by_stat(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> u32 {
+    crate::sys::cname(name)
+        .and_then(|c| crate::sys::fstatat(dir, &c))
+        .map_or(0, |st| st.st_mode & libc::S_IFMT)
 }
 
 impl DirHandle {
@@ -211,7 +224,9 @@ impl DirHandle {
                     libc::DT_SOCK => libc::S_IFSOCK,
                     libc::DT_CHR => libc::S_IFCHR,
                     libc::DT_BLK => libc::S_IFBLK,
-                    _ => libc::S_IFREG,
+                    libc::DT_REG => libc::S_IFREG,
+                    // DT_UNKNOWN (xfs without ftype, isofs, some network filesystems).
+                    _ => kind_by_stat(self.inode.fd(), &name),
                 };
                 out.push(DirEntry {
                     ino,

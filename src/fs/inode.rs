@@ -2,10 +2,16 @@
 //! exact kernel lookup count (model: libfuse `passthrough_hp.cc`).
 //!
 //! Node ids: FUSE ties the node id to `st_ino` (fuser sends `attr.ino` as nodeid), so
-//! a backing inode on the root's device is served under its own `st_ino`, the root
-//! under 1, and an inode of any other device under a synthetic id with bit 62 set.
-//! Holding the O_PATH fd pins the backing inode, so its number cannot be reused while
-//! the kernel still knows the node id.
+//! a backing inode on the root's device whose number is in `[2, 2^62)` is served under
+//! its own `st_ino`, and the root under 1. Every other inode (another device, or a
+//! number outside that range: 0, 1, or ≥ 2^62 as overlayfs with `xino` makes them)
+//! gets a synthetic id in `[2^62, 2^63)`. Ids at and above 2^63 are virtual files. So
+//! no backing number can reach a reserved range. Holding the O_PATH fd pins the
+//! backing inode, so its number cannot be reused while the kernel still knows the id.
+//!
+//! Changes go through [`Inode::mutate`]: the journal-order lock and the busy mark are
+//! taken together and released together, so no handler can take one and forget the
+//! other.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -14,12 +20,17 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, MutexGuard, RwLock};
+
+use crate::sys::FileKey;
+
+/// Most names remembered per inode (hard links reached through the mount).
+const MAX_NAMES: usize = 8;
 
 /// FUSE node id of the mount root.
 pub const ROOT_ID: u64 = 1;
-/// Synthetic node ids for inodes of foreign devices.
-const FOREIGN_BIT: u64 = 1 << 62;
+/// First synthetic node id (foreign devices, out-of-range inode numbers).
+const SYNTHETIC_BASE: u64 = 1 << 62;
 /// Node ids at and above this are virtual files (journals), never backing inodes.
 pub const VIRTUAL_BASE: u64 = 1 << 63;
 
@@ -38,8 +49,10 @@ pub struct Inode {
     pub fd: OwnedFd,
     /// Kernel lookup count; the entry is dropped when it reaches 0.
     lookups: AtomicU64,
-    /// Last known (parent id, name), for journal paths only; never used to resolve.
-    name: Mutex<(u64, Arc<OsStr>)>,
+    /// Names (parent id, name) the inode is known by, the one it was last reached by
+    /// first; for journal paths only, never used to resolve. Several when hard links
+    /// were reached through the mount.
+    names: Mutex<Vec<(u64, Arc<OsStr>)>>,
     /// Backing fingerprint (size, mtime_ns, ctime_ns) the kernel's page cache is known
     /// to match; `FOPEN_KEEP_CACHE` is given only while the backing still matches it.
     pub cache_fp: Mutex<Option<(u64, i64, i64)>>,
@@ -51,10 +64,10 @@ pub struct Inode {
     /// Mutations of this inode in flight through us; while non-zero, a changed backing
     /// stat is ours, not `external`.
     busy: std::sync::atomic::AtomicU32,
-    /// Journal order: an operation that records a change of this inode holds it from
-    /// before the change until its record is appended. A WRITE replies to the kernel
-    /// while holding it, so the inode's next operation is recorded after the write.
-    pub order: Mutex<()>,
+    /// Journal order: an operation that records something about this inode holds it
+    /// from before the change until its record is appended. A WRITE replies to the
+    /// kernel while holding it, so the inode's next operation is recorded after it.
+    order: Mutex<()>,
     /// See [`Inode::changes`].
     changes: AtomicU64,
     /// Table tick of the last lookup, getattr or open (LRU order for inode pressure).
@@ -70,7 +83,7 @@ fn is_idle(i: &Arc<Inode>, refs: usize) -> bool {
 
 /// Marks an inode as being changed by us for the guard's lifetime.
 #[derive(Debug)]
-pub struct Busy<'a>(&'a Inode);
+struct Busy<'a>(&'a Inode);
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
@@ -79,12 +92,62 @@ impl Drop for Busy<'_> {
     }
 }
 
+/// One change of ours to an inode, from before the backing call until its journal
+/// record is appended: the inode's journal-order lock (its records keep the order of
+/// its changes) and its busy mark (a stat taken meanwhile by a GETATTR may show our
+/// change half done, so it is not taken for an `external` one). Both are released
+/// together when the guard drops (model: fuse-backend-rs's RAII credential guards).
+#[derive(Debug)]
+#[must_use = "the change is guarded only while the Mutation lives"]
+pub struct Mutation<'a> {
+    inode: &'a Inode,
+    // Field order is drop order: the busy mark ends before the order lock is released.
+    _busy: Busy<'a>,
+    _order: MutexGuard<'a, ()>,
+}
+
+impl<'a> Mutation<'a> {
+    /// The inode being changed.
+    pub fn inode(&self) -> &'a Inode {
+        self.inode
+    }
+
+    /// Guards for a change of several inodes at once (rename, unlink): taken in node
+    /// id order, so two crossed renames cannot deadlock; each inode once.
+    pub fn many(inodes: &[&'a Inode]) -> Vec<Mutation<'a>> {
+        let mut v: Vec<&Inode> = inodes.to_vec();
+        v.sort_by_key(|i| i.id);
+        v.dedup_by_key(|i| i.id);
+        v.into_iter().map(Inode::mutate).collect()
+    }
+}
+
 impl Inode {
-    /// Mark a mutation in flight until the guard drops.
-    pub fn busy(&self) -> Busy<'_> {
+    /// Begin a change of ours to this inode: see [`Mutation`]. Blocks while another
+    /// change (or an ordered record) of this inode is in flight.
+    pub fn mutate(&self) -> Mutation<'_> {
+        let order = self.order.lock();
         self.busy.fetch_add(1, Ordering::AcqRel);
         self.changes.fetch_add(1, Ordering::AcqRel);
-        Busy(self)
+        Mutation {
+            inode: self,
+            _busy: Busy(self),
+            _order: order,
+        }
+    }
+
+    /// The journal-order lock alone, for records that change nothing on the backing
+    /// (open, release, fsync): they keep their place among the inode's changes.
+    pub fn ordered(&self) -> MutexGuard<'_, ()> {
+        self.order.lock()
+    }
+
+    /// The backing file's (dev, ino).
+    pub fn key(&self) -> FileKey {
+        FileKey {
+            dev: self.dev,
+            ino: self.ino,
+        }
     }
 
     /// Counter bumped when a mutation of ours starts and ends. A stat taken when it
@@ -141,15 +204,54 @@ impl Inode {
     pub fn is_file(&self) -> bool {
         self.kind == libc::S_IFREG
     }
-    /// Last known (parent, name).
+    /// The (parent, name) the inode was last reached by.
     pub fn name(&self) -> (u64, Arc<OsStr>) {
-        self.name.lock().clone()
+        self.names.lock()[0].clone()
     }
-    /// Remember a new (parent, name) after lookup/create/rename.
+    /// Is (parent, name) one of the names the inode is known by?
+    pub fn has_name(&self, parent: u64, name: &OsStr) -> bool {
+        self.names
+            .lock()
+            .iter()
+            .any(|(p, n)| *p == parent && &**n == name)
+    }
+    /// The inode was reached as (parent, name) (lookup, create): that name first.
     pub fn set_name(&self, parent: u64, name: &OsStr) {
-        let mut n = self.name.lock();
-        if n.0 != parent || &*n.1 != name {
-            *n = (parent, Arc::from(name));
+        let mut names = self.names.lock();
+        if names[0].0 == parent && &*names[0].1 == name {
+            return;
+        }
+        match names.iter().position(|(p, n)| *p == parent && &**n == name) {
+            Some(i) => names[..=i].rotate_right(1),
+            None => {
+                names.insert(0, (parent, Arc::from(name)));
+                names.truncate(MAX_NAMES);
+            }
+        }
+    }
+    /// A new hard link (parent, name) was made: known by it too, but the name the
+    /// inode was reached by stays first until a lookup reaches it by the new one.
+    pub fn add_name(&self, parent: u64, name: &OsStr) {
+        let mut names = self.names.lock();
+        if !names.iter().any(|(p, n)| *p == parent && &**n == name) && names.len() < MAX_NAMES {
+            names.push((parent, Arc::from(name)));
+        }
+    }
+    /// The name (parent, name) no longer leads to this inode (unlinked, or replaced by
+    /// a rename). The last name is kept: a file still open is journaled under it.
+    pub fn drop_name(&self, parent: u64, name: &OsStr) {
+        let mut names = self.names.lock();
+        if names.len() > 1 {
+            names.retain(|(p, n)| !(*p == parent && &**n == name));
+        }
+    }
+    /// Renamed from (from_parent, from) to (parent, name): the old name goes, the new
+    /// one is first.
+    pub fn rename_name(&self, from_parent: u64, from: &OsStr, parent: u64, name: &OsStr) {
+        self.set_name(parent, name);
+        let mut names = self.names.lock();
+        if names.len() > 1 && !(from_parent == parent && from == name) {
+            names.retain(|(p, n)| !(*p == from_parent && &**n == from));
         }
     }
 }
@@ -158,9 +260,9 @@ impl Inode {
 #[derive(Debug)]
 pub struct InodeTable {
     by_id: RwLock<HashMap<u64, Arc<Inode>>>,
-    /// Synthetic id allocator for foreign-device inodes.
-    next_foreign: AtomicU64,
-    foreign: Mutex<HashMap<(u64, u64), u64>>,
+    /// Synthetic id allocator (see the module doc).
+    next_synthetic: AtomicU64,
+    synthetic: Mutex<HashMap<FileKey, u64>>,
     root_dev: u64,
     root_ino: u64,
     /// Use clock for [`Inode`]'s LRU stamp.
@@ -179,7 +281,7 @@ impl InodeTable {
             kind: st.st_mode & libc::S_IFMT,
             fd: root_fd,
             lookups: AtomicU64::new(1 << 40), // never forgotten
-            name: Mutex::new((ROOT_ID, Arc::from(OsStr::from_bytes(b"")))),
+            names: Mutex::new(vec![(ROOT_ID, Arc::from(OsStr::from_bytes(b"")))]),
             cache_fp: Mutex::new(None),
             read_fd: Mutex::new(None),
             writers: Default::default(),
@@ -192,8 +294,8 @@ impl InodeTable {
         by_id.insert(ROOT_ID, root);
         Self {
             by_id: RwLock::new(by_id),
-            next_foreign: AtomicU64::new(FOREIGN_BIT),
-            foreign: Mutex::new(HashMap::new()),
+            next_synthetic: AtomicU64::new(SYNTHETIC_BASE),
+            synthetic: Mutex::new(HashMap::new()),
             root_dev: st.st_dev,
             root_ino: st.st_ino,
             tick: AtomicU64::new(0),
@@ -231,17 +333,41 @@ impl InodeTable {
         is_idle(&inode, 2).then(|| inode.name())
     }
 
-    /// Node id under which a backing (dev, ino) is served.
+    /// Node id under which a backing (dev, ino) is served: its own number when
+    /// [`Self::direct_id`] allows, else a synthetic id (allocated on first use, kept
+    /// until the inode is forgotten).
     pub fn id_for(&self, dev: u64, ino: u64) -> u64 {
-        if dev == self.root_dev {
-            if ino == self.root_ino { ROOT_ID } else { ino }
-        } else {
-            *self
-                .foreign
-                .lock()
-                .entry((dev, ino))
-                .or_insert_with(|| self.next_foreign.fetch_add(1, Ordering::Relaxed))
+        if dev == self.root_dev && ino == self.root_ino {
+            return ROOT_ID;
         }
+        if let Some(id) = self.direct_id(dev, ino) {
+            return id;
+        }
+        let mut map = self.synthetic.lock();
+        *map.entry(FileKey { dev, ino }).or_insert_with(|| {
+            let id = self.next_synthetic.fetch_add(1, Ordering::Relaxed);
+            assert!(id < VIRTUAL_BASE, "synthetic node ids exhausted");
+            id
+        })
+    }
+
+    /// The node id of a backing inode served under its own number: on the root's
+    /// device and in `[2, 2^62)`, so it can be neither the root's id (1), nor 0, nor
+    /// in the synthetic or virtual ranges.
+    fn direct_id(&self, dev: u64, ino: u64) -> Option<u64> {
+        (dev == self.root_dev && (ROOT_ID + 1..SYNTHETIC_BASE).contains(&ino)).then_some(ino)
+    }
+
+    /// The inode of backing file `key`, if the kernel holds it (allocates no id).
+    pub fn find(&self, key: FileKey) -> Option<Arc<Inode>> {
+        let id = if key.dev == self.root_dev && key.ino == self.root_ino {
+            ROOT_ID
+        } else if let Some(id) = self.direct_id(key.dev, key.ino) {
+            id
+        } else {
+            *self.synthetic.lock().get(&key)?
+        };
+        self.get(id).filter(|i| i.key() == key)
     }
 
     /// The inode with node id `id`, if the kernel holds it. ENOENT-worthy when `None`.
@@ -274,7 +400,7 @@ impl InodeTable {
                 kind: st.st_mode & libc::S_IFMT,
                 fd,
                 lookups: AtomicU64::new(0),
-                name: Mutex::new((parent, Arc::from(name))),
+                names: Mutex::new(vec![(parent, Arc::from(name))]),
                 cache_fp: Mutex::new(None),
                 read_fd: Mutex::new(None),
                 writers: Default::default(),
@@ -319,9 +445,9 @@ impl InodeTable {
         };
         if gone
             && let Some(inode) = map.remove(&id)
-            && inode.dev != self.root_dev
+            && self.direct_id(inode.dev, inode.ino).is_none()
         {
-            self.foreign.lock().remove(&(inode.dev, inode.ino));
+            self.synthetic.lock().remove(&inode.key());
         }
     }
 
@@ -333,12 +459,28 @@ impl InodeTable {
     /// Path of an inode relative to the root, from remembered names (journal use only;
     /// may be stale after a rename outside our sight). Empty for the root.
     pub fn path_of(&self, inode: &Inode) -> String {
-        let mut parts: Vec<Arc<OsStr>> = Vec::new();
-        let (mut parent, name) = inode.name();
         if inode.id == ROOT_ID {
             return String::new();
         }
-        parts.push(name);
+        self.path_from(inode.name())
+    }
+
+    /// [`Self::path_of`], through the name `via` (parent, name) while it still leads
+    /// to `inode` (the name a handle was opened by), else through its current name.
+    pub fn path_via(&self, inode: &Inode, via: &(u64, Arc<OsStr>)) -> String {
+        if inode.id == ROOT_ID {
+            return String::new();
+        }
+        if inode.has_name(via.0, &via.1) {
+            self.path_from(via.clone())
+        } else {
+            self.path_from(inode.name())
+        }
+    }
+
+    /// Path of the entry `name` in directory `parent`, up the remembered names.
+    fn path_from(&self, (mut parent, name): (u64, Arc<OsStr>)) -> String {
+        let mut parts: Vec<Arc<OsStr>> = vec![name];
         let mut guard = 0;
         while parent != ROOT_ID && guard < 64 {
             match self.get(parent) {

@@ -3,16 +3,14 @@
 use std::ffi::OsStr;
 use std::sync::atomic::Ordering;
 
-use fuser::Request;
-
 use super::handle::FileHandle;
 use super::inode::Inode;
-use super::{SessionFs, access_name, attr, flag_names};
-use crate::journal::record::{Entry, Record};
-use crate::sys::SysResult;
+use super::{Ctx, FMODE_EXEC, SessionFs, attr};
+use crate::journal::record::{Entry, Op, Record};
+use crate::sys::{FileKey, SysResult};
 
 /// `"ok"` or the errno name (`"ENOENT"`).
-pub fn result<T>(r: &SysResult<T>) -> String {
+pub(super) fn result<T>(r: &SysResult<T>) -> String {
     match r {
         Ok(_) => "ok".into(),
         Err(e) => format!("{e:?}"),
@@ -20,7 +18,11 @@ pub fn result<T>(r: &SysResult<T>) -> String {
 }
 
 /// Fill `before`/`after` fingerprints and sizes from backing stats.
-pub fn fingerprints(r: &mut Record, before: Option<&libc::stat>, after: Option<&libc::stat>) {
+pub(super) fn fingerprints(
+    r: &mut Record,
+    before: Option<&libc::stat>,
+    after: Option<&libc::stat>,
+) {
     r.before = before.map(attr::fingerprint);
     r.after = after.map(attr::fingerprint);
     if r.size_before.is_none() {
@@ -31,44 +33,86 @@ pub fn fingerprints(r: &mut Record, before: Option<&libc::stat>, after: Option<&
     }
 }
 
+/// Open flag names for the journal (`["O_WRONLY","O_APPEND"]`).
+pub(super) fn flag_names(flags: i32) -> Vec<String> {
+    let mut v = vec![
+        match flags & libc::O_ACCMODE {
+            libc::O_RDONLY => "O_RDONLY",
+            libc::O_WRONLY => "O_WRONLY",
+            _ => "O_RDWR",
+        }
+        .to_string(),
+    ];
+    for (bit, name) in [
+        (libc::O_CREAT, "O_CREAT"),
+        (libc::O_EXCL, "O_EXCL"),
+        (libc::O_TRUNC, "O_TRUNC"),
+        (libc::O_APPEND, "O_APPEND"),
+        (libc::O_NOFOLLOW, "O_NOFOLLOW"),
+        (libc::O_DIRECT, "O_DIRECT"),
+        (libc::O_SYNC, "O_SYNC"),
+        (libc::O_DSYNC, "O_DSYNC"),
+        (libc::O_NONBLOCK, "O_NONBLOCK"),
+        (libc::O_NOATIME, "O_NOATIME"),
+        (FMODE_EXEC, "FMODE_EXEC"),
+    ] {
+        // O_SYNC includes the O_DSYNC bit: name O_DSYNC only when it is alone.
+        if flags & bit == bit && bit != libc::O_DSYNC
+            || (bit == libc::O_DSYNC && flags & libc::O_SYNC == libc::O_DSYNC)
+        {
+            v.push(name.to_string());
+        }
+    }
+    v
+}
+
+/// `"read"`, `"write"` or `"readwrite"` for open flags.
+pub(super) fn access_name(flags: i32) -> &'static str {
+    match flags & libc::O_ACCMODE {
+        libc::O_RDONLY => "read",
+        libc::O_WRONLY => "write",
+        _ => "readwrite",
+    }
+}
+
 impl SessionFs {
-    /// Build a record for `op` on `path` by the caller of `req`, let `f` fill the
-    /// op-specific fields, and hand it to the journal. `ino` (backing inode) selects the
-    /// caller's declared lane. No-op without a journal.
+    /// Build a record for `op` on `path` by the caller `ctx`, let `f` fill the
+    /// op-specific fields, and hand it to the journal. `file` (backing (dev, ino))
+    /// selects the caller's declared lane. No-op without a journal.
     pub(super) fn record(
         &self,
-        req: &Request,
-        op: &str,
+        ctx: &Ctx,
+        op: Op,
         path: String,
-        ino: Option<u64>,
+        file: Option<FileKey>,
         f: impl FnOnce(&mut Record),
     ) {
         if self.journal.is_none() {
             return;
         }
-        let caller = self.ids.caller(req.pid(), req.uid(), req.gid());
-        self.record_as(&caller, op, path, ino, f)
+        let caller = self.ids.caller(ctx.pid, ctx.uid, ctx.gid);
+        self.record_as(&caller, op, path, file, f)
     }
 
     /// [`Self::record`] with an identity already resolved.
     pub(super) fn record_as(
         &self,
         caller: &crate::identity::Caller,
-        op: &str,
+        op: Op,
         path: String,
-        ino: Option<u64>,
+        file: Option<FileKey>,
         f: impl FnOnce(&mut Record),
     ) {
         let Some(j) = &self.journal else { return };
         let mut r = Record {
             ts: String::new(), // stamped by the journal, in seq order
-            op: op.to_string(),
+            op,
             path,
             result: "ok".into(),
             ..Default::default()
         };
         caller.fill(&mut r);
-        let declared = ino.and_then(|i| self.lanes.get(caller, i));
+        let declared = file.and_then(|k| self.lanes.get(caller, k));
         if let Some(l) = declared {
             r.lane = Some(l.to_string());
             r.lane_source = Some("declared".into());
@@ -84,8 +128,8 @@ impl SessionFs {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn record_dirop(
         &self,
-        req: &Request,
-        op: &str,
+        ctx: &Ctx,
+        op: Op,
         parent: &Inode,
         name: &OsStr,
         to: Option<String>,
@@ -96,7 +140,7 @@ impl SessionFs {
             return;
         }
         let path = self.child_path(parent, name);
-        self.record(req, op, path, None, |r| {
+        self.record(ctx, op, path, None, |r| {
             r.to = to;
             r.mode = mode.map(|m| m & 0o7777);
             r.result = result(res);
@@ -107,7 +151,7 @@ impl SessionFs {
     /// `O_TRUNC` reaches us as the `truncate` that follows, see `init`) and the size.
     pub(super) fn record_open(
         &self,
-        req: &Request,
+        ctx: &Ctx,
         inode: &Inode,
         flags: i32,
         after: Option<&libc::stat>,
@@ -117,7 +161,7 @@ impl SessionFs {
             return;
         }
         let path = self.inodes.path_of(inode);
-        self.record(req, "open", path, Some(inode.ino), |r| {
+        self.record(ctx, Op::Open, path, Some(inode.key()), |r| {
             r.access = Some(access_name(flags).into());
             r.flags = Some(flag_names(flags));
             r.size_after = after.map(|s| s.st_size as u64);
@@ -129,22 +173,22 @@ impl SessionFs {
     /// rewrite, the entries the rewrite removed and how many cut lines it restored.
     pub(super) fn record_release(
         &self,
-        req: &Request,
+        ctx: &Ctx,
         h: &FileHandle,
         ended: Option<(Vec<Entry>, u64)>,
     ) {
         if self.journal.is_none() {
             return;
         }
-        let path = self.inodes.path_of(&h.inode);
+        let path = self.handle_path(h);
         // RELEASE comes from the kernel (pid 0) after the last close: name the process
         // that last wrote through the handle, else the opener.
         let last = h.last_writer.lock().clone();
-        let caller = match (last.or_else(|| h.opener.clone()), req.pid()) {
+        let caller = match (last.or_else(|| h.opener.clone()), ctx.pid) {
             (Some(o), 0) => o,
-            _ => self.ids.caller(req.pid(), req.uid(), req.gid()),
+            _ => self.ids.caller(ctx.pid, ctx.uid, ctx.gid),
         };
-        self.record_as(&caller, "release", path, Some(h.inode.ino), |r| {
+        self.record_as(&caller, Op::Release, path, Some(h.inode.key()), |r| {
             r.access = Some(access_name(h.flags).into());
             r.reads = Some(h.reads.load(Ordering::Relaxed));
             r.read_bytes = Some(h.read_bytes.load(Ordering::Relaxed));
@@ -157,5 +201,11 @@ impl SessionFs {
                 r.restored = Some(restored).filter(|n| *n > 0);
             }
         });
+    }
+
+    /// Journal path of an open file: the name it was opened by while that name still
+    /// leads to it (a file with several links), else its current name.
+    pub(super) fn handle_path(&self, h: &FileHandle) -> String {
+        self.inodes.path_via(&h.inode, &h.via)
     }
 }

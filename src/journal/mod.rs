@@ -508,7 +508,7 @@ impl Journal {
         // Stamped under the lock, so `ts` never goes backwards as `seq` goes up
         // (unless the wall clock itself is stepped back).
         if rec.ts.is_empty() {
-            rec.ts = crate::fs::now_rfc3339();
+            rec.ts = crate::clock::now_rfc3339();
         }
         let pi = st.paths.entry(rec.path.clone()).or_default();
         pi.fseq += 1;
@@ -545,7 +545,7 @@ impl Journal {
         if let Some(to) = rec
             .to
             .as_deref()
-            .filter(|t| *t != rec.path && rec.op != "symlink")
+            .filter(|t| *t != rec.path && rec.op != record::Op::Symlink)
         {
             touch(&mut st, to);
         }
@@ -1192,7 +1192,7 @@ mod tests {
 
     fn rec(path: &str) -> Record {
         Record {
-            op: "write".into(),
+            op: record::Op::Write,
             path: path.into(),
             ts: "t".into(),
             result: "ok".into(),
@@ -1215,7 +1215,7 @@ mod tests {
             j.append(rec(if i % 2 == 0 { "a" } else { "b" }));
         }
         let mut r = rec("a");
-        r.op = "rename".into();
+        r.op = record::Op::Rename;
         r.to = Some("c".into());
         j.append(r);
         let all = j.read(View::All, 0, 1 << 20);

@@ -20,6 +20,87 @@ pub struct Fingerprint {
     pub ctime_ns: i64,
 }
 
+/// What a journal record is about; serialized as the `op` key's string (the name in
+/// parentheses). The README's "Journal records" table documents each.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Op {
+    /// (`open`) A file opened through the mount.
+    Open,
+    /// (`create`) A file created (and opened) through the mount.
+    Create,
+    /// (`write`) Bytes written through an open handle.
+    Write,
+    /// (`truncate`) Size set (truncate, ftruncate, or an `O_TRUNC` open).
+    Truncate,
+    /// (`fallocate`) Space allocated, punched, zeroed or collapsed.
+    Fallocate,
+    /// (`chmod`) Permission bits set.
+    Chmod,
+    /// (`chown`) Owner and/or group set.
+    Chown,
+    /// (`utimens`) Access and/or modification time set.
+    Utimens,
+    /// (`setxattr`) Extended attribute set.
+    Setxattr,
+    /// (`removexattr`) Extended attribute removed.
+    Removexattr,
+    /// (`rename`) Entry renamed (the record's `path` is the old name, `to` the new).
+    Rename,
+    /// (`link`) Hard link made (`to` is the new name).
+    Link,
+    /// (`unlink`) File removed.
+    Unlink,
+    /// (`mkdir`) Directory made.
+    Mkdir,
+    /// (`rmdir`) Directory removed.
+    Rmdir,
+    /// (`symlink`) Symbolic link made (`to` is its target).
+    Symlink,
+    /// (`mknod`) Special file made.
+    Mknod,
+    /// (`fsync`) File or directory synced.
+    Fsync,
+    /// (`release`) Last close of an open handle.
+    Release,
+    /// (`external`) A change made around the mount, seen at the next lookup,
+    /// getattr, open or change.
+    External,
+    /// (`unknown`) Never written by sessionfs: the op of an unfilled
+    /// [`Record::default`].
+    #[default]
+    Unknown,
+}
+
+impl Op {
+    /// The `op` string (`"write"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Open => "open",
+            Op::Create => "create",
+            Op::Write => "write",
+            Op::Truncate => "truncate",
+            Op::Fallocate => "fallocate",
+            Op::Chmod => "chmod",
+            Op::Chown => "chown",
+            Op::Utimens => "utimens",
+            Op::Setxattr => "setxattr",
+            Op::Removexattr => "removexattr",
+            Op::Rename => "rename",
+            Op::Link => "link",
+            Op::Unlink => "unlink",
+            Op::Mkdir => "mkdir",
+            Op::Rmdir => "rmdir",
+            Op::Symlink => "symlink",
+            Op::Mknod => "mknod",
+            Op::Fsync => "fsync",
+            Op::Release => "release",
+            Op::External => "external",
+            Op::Unknown => "unknown",
+        }
+    }
+}
+
 /// One ancestor of the acting process (nearest first).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ancestor {
@@ -78,10 +159,8 @@ pub struct Record {
     /// RFC 3339 UTC timestamp with nanoseconds, e.g. `2026-11-22T14:40:30.123456789Z`;
     /// stamped by [`crate::journal::Journal::append`] when empty, so it follows `seq`.
     pub ts: String,
-    /// Operation: `open`, `create`, `write`, `truncate`, `chmod`, `chown`, `utimens`,
-    /// `setxattr`, `removexattr`, `rename`, `link`, `unlink`, `mkdir`, `rmdir`,
-    /// `symlink`, `mknod`, `fsync`, `release`, `external`.
-    pub op: String,
+    /// Operation (see [`Op`]).
+    pub op: Op,
     /// Path relative to the mount root, no leading slash (`sessions.json`).
     pub path: String,
 

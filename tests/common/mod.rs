@@ -120,7 +120,7 @@ pub fn mount_lines(p: &Path) -> Vec<String> {
 /// Pid of the daemon serving the mount at `mnt`, from its pid file.
 pub fn daemon_pid(mnt: &Path) -> Option<i32> {
     let canon = std::fs::canonicalize(mnt).ok()?;
-    let pf = sessionfs::mount::pid_file(&sessionfs::mount::mount_id(&canon));
+    let pf = sessionfs::pid_file(&sessionfs::mount_id(&canon));
     std::fs::read_to_string(pf).ok()?.trim().parse().ok()
 }
 

@@ -1,0 +1,158 @@
+//! The transcript cut/salvage protocol: no line is ever lost.
+//!
+//! Before a change removes lines of a transcript (truncate, overwrite, unlink of the
+//! last link, rename over it, fallocate punch/zero/collapse), their bytes go to the
+//! salvage store ([`SessionFs::stage_cut`]). After it ([`SessionFs::finish_cut`]):
+//! on failure the salvage is taken back; on success the lines are either reported
+//! `removed` at once, or held while a writable handle stays open (an in-place
+//! rewrite), where complete lines written back byte for byte restore them
+//! ([`SessionFs::put_back`]) until the last writable handle's release ends the
+//! rewrite ([`SessionFs::end_rewrite`]).
+
+use std::os::fd::AsFd;
+
+use super::SessionFs;
+use super::inode::Inode;
+use crate::journal::Journal;
+use crate::journal::record::{Entry, Record};
+use crate::sys::{self, FileKey};
+use crate::transcript;
+
+/// Lines a truncate or an overwrite is about to cut, their bytes already salvaged.
+#[derive(Debug)]
+pub(super) struct PendingCut {
+    /// Journal path the salvage is stored under.
+    path: String,
+    change: transcript::Change,
+    /// Salvage store span `[start, end)` of the cut bytes.
+    span: (u64, u64),
+}
+
+/// What a record says about cut lines: `removed` now, or `cut` (held for the rewrite).
+#[derive(Debug, Default)]
+pub(super) struct CutOutcome {
+    removed: Option<Vec<Entry>>,
+    held: Option<u64>,
+}
+
+impl CutOutcome {
+    /// Fill `removed`/`cut` of a record.
+    pub(super) fn apply(self, r: &mut Record) {
+        r.removed = self.removed.filter(|v| !v.is_empty());
+        r.cut = self.held.filter(|n| *n > 0);
+    }
+}
+
+impl SessionFs {
+    /// Before a truncate of `inode` from `old_size` to `new_size` (a transcript): the
+    /// lines it will cut, their bytes already in the salvage store, so that no line is
+    /// lost even if the daemon dies right after the truncate. `None` without a journal
+    /// or when nothing is cut.
+    pub(super) fn prepare_cut(
+        &self,
+        inode: &Inode,
+        old_size: u64,
+        new_size: u64,
+    ) -> Option<PendingCut> {
+        let j = self.journal.as_ref()?;
+        // Not the cached fd: a truncate by path may have no writable handle to end it.
+        let rfd = sys::reopen(inode.fd(), libc::O_RDONLY | libc::O_NOATIME)
+            .or_else(|_| sys::reopen(inode.fd(), libc::O_RDONLY))
+            .ok()?;
+        let change = self
+            .tracker
+            .before_truncate(inode.key(), rfd.as_fd(), old_size, new_size);
+        self.stage_cut(j, self.inodes.path_of(inode), change)
+    }
+
+    /// Put the bytes of the lines `change` cuts into the salvage store.
+    pub(super) fn stage_cut(
+        &self,
+        j: &Journal,
+        path: String,
+        change: transcript::Change,
+    ) -> Option<PendingCut> {
+        if change.removed.is_empty() {
+            return None;
+        }
+        let end = j.salvage(&path, &change.salvage);
+        let span = (end.saturating_sub(change.salvage.len() as u64), end);
+        Some(PendingCut { path, change, span })
+    }
+
+    /// After the change that cut the lines ran: on failure take their salvage back; on
+    /// success either hold them for the rewrite in progress of file `hold` (a writable
+    /// handle of the file stays open) or, with `None`, report them removed.
+    pub(super) fn finish_cut(
+        &self,
+        cut: PendingCut,
+        ok: bool,
+        hold: Option<FileKey>,
+    ) -> CutOutcome {
+        let Some(j) = &self.journal else {
+            return CutOutcome::default();
+        };
+        let PendingCut { path, change, span } = cut;
+        if !ok {
+            j.salvage_rewind(&path, span.0, span.1, &[]);
+            return CutOutcome::default();
+        }
+        if let Some(key) = hold {
+            let n = self.rewrites.cut(key, &path, change, Some(span));
+            CutOutcome {
+                held: Some(n),
+                ..Default::default()
+            }
+        } else {
+            CutOutcome {
+                removed: Some(change.removed),
+                ..Default::default()
+            }
+        }
+    }
+
+    /// Put back the cut lines that the complete lines `entries` (produced by `data`
+    /// written at `at`) equal; a line begun by an earlier write is read back whole.
+    pub(super) fn put_back(&self, inode: &Inode, entries: &[Entry], at: u64, data: &[u8]) {
+        let rfd = inode.read_fd().ok();
+        let mut owned: Vec<Vec<u8>> = Vec::new();
+        let mut lines: Vec<&[u8]> = Vec::with_capacity(entries.len());
+        let mut from_file = Vec::new();
+        for e in entries {
+            match e
+                .offset
+                .checked_sub(at)
+                .and_then(|s| data.get(s as usize..s as usize + e.bytes as usize))
+            {
+                Some(l) => lines.push(l),
+                None => from_file.push(e),
+            }
+        }
+        if let Some(fd) = &rfd {
+            for e in from_file {
+                let mut b = vec![0u8; e.bytes as usize];
+                if let Ok(n) = sys::pread(fd.as_fd(), &mut b, e.offset) {
+                    b.truncate(n);
+                    owned.push(b);
+                }
+            }
+        }
+        lines.extend(owned.iter().map(Vec::as_slice));
+        self.rewrites.put_back(inode.key(), lines);
+    }
+
+    /// The last writable handle of `inode` was released: the rewrite in progress (if
+    /// any) ends, and the cut lines it did not write back are removed for good. The
+    /// salvage store keeps only their bytes (when it can be rewound exactly). Returns
+    /// (entries removed, lines restored), `None` when no rewrite was open.
+    pub(super) fn end_rewrite(&self, inode: &Inode) -> Option<(Vec<Entry>, u64)> {
+        let rw = self.rewrites.close(inode.key())?;
+        let (path, span, restored) = (rw.path.clone(), rw.salvage, rw.restored);
+        let (removed, bytes) = rw.net();
+        if let (Some(j), Some((start, end))) = (&self.journal, span) {
+            // Fails (and keeps every cut line) if other salvage landed in between.
+            j.salvage_rewind(&path, start, end, &bytes);
+        }
+        Some((removed, restored))
+    }
+}

@@ -1,0 +1,130 @@
+//! Open files: OPEN, RELEASE, FSYNC, LSEEK on backing handles, and the same calls on
+//! the handles of virtual files (`.journal`, `<file>.journal`, `<file>.salvage`),
+//! which behave as read-only regular files: their fh is their node id (≥ 2^63, never
+//! a backing handle number).
+
+use std::os::fd::AsFd;
+
+use fuser::FopenFlags;
+use nix::errno::Errno;
+
+use super::inode::{Inode, VIRTUAL_BASE};
+use super::{Ctx, FMODE_EXEC, SessionFs, backing_flags, record};
+use crate::journal::record::Op;
+use crate::sys::{self, SysResult};
+
+/// Is `fh` the handle of a virtual file?
+pub(super) fn is_virtual(fh: u64) -> bool {
+    fh >= VIRTUAL_BASE
+}
+
+impl SessionFs {
+    /// OPEN `inode` with the caller's `flags`: a backing fd in the handle table, an
+    /// `open` record, and whether the kernel may keep its page cache. Returns (fh,
+    /// open flags for the reply). Errors: EROFS for a write open on a read-only
+    /// mount, else the backing errno.
+    pub(super) fn do_open(
+        &self,
+        ctx: &Ctx,
+        inode: std::sync::Arc<Inode>,
+        flags: i32,
+    ) -> SysResult<(u64, FopenFlags)> {
+        if flags & libc::O_ACCMODE != libc::O_RDONLY {
+            self.ro()?;
+        }
+        self.inodes.touch(&inode);
+        let _order = inode.ordered();
+        // No FUSE_ATOMIC_O_TRUNC: the kernel strips O_TRUNC from OPEN and truncates
+        // with a SETATTR once its own checks (ETXTBSY) have passed. Stripped here too,
+        // so that no OPEN can ever truncate the backing file.
+        let seen = inode.changes();
+        let fd = match sys::reopen(inode.fd(), backing_flags(flags) & !libc::O_TRUNC) {
+            Ok(fd) => fd,
+            Err(e) => {
+                self.record_open(ctx, &inode, flags, None, &Err(e));
+                return Err(e);
+            }
+        };
+        let st = sys::fstat(fd.as_fd()).ok();
+        if let Some(st) = &st {
+            self.check_external(&inode, st, 0, seen);
+        }
+        let keep = self.keep_cache(&inode, st.as_ref());
+        self.record_open(ctx, &inode, flags, st.as_ref(), &Ok(()));
+        let fh = self.insert_handle(ctx, fd, inode.clone(), flags);
+        // After this open's own records: the next request of the process comes from
+        // the new image, and refreshes comm/exe.
+        if flags & FMODE_EXEC != 0 {
+            self.ids.note_exec(ctx.pid);
+        }
+        let mut of = FopenFlags::empty();
+        if keep {
+            of |= FopenFlags::FOPEN_KEEP_CACHE;
+        }
+        Ok((fh, of))
+    }
+
+    /// RELEASE of file handle `fh`: the last writable handle ends a rewrite in
+    /// progress; a `release` record sums the handle up. Virtual and unknown handles
+    /// release nothing.
+    pub(super) fn do_release(&self, ctx: &Ctx, fh: u64) {
+        if is_virtual(fh) {
+            return;
+        }
+        if let Some(h) = self.files.remove(fh) {
+            let _order = h.inode.ordered();
+            let mut ended = None;
+            if h.writable && h.inode.writer_released() {
+                ended = self.end_rewrite(&h.inode);
+            }
+            self.record_release(ctx, &h, ended);
+        }
+    }
+
+    /// FSYNC (or fdatasync) of file handle `fh`; journaled for writable handles. A
+    /// virtual file has nothing to sync: success, as for a read-only file. Errors:
+    /// EBADF for an unknown handle, else the backing errno.
+    pub(super) fn do_fsync(&self, ctx: &Ctx, fh: u64, datasync: bool) -> SysResult<()> {
+        if is_virtual(fh) {
+            return Ok(());
+        }
+        let h = self.files.get(fh).ok_or(Errno::EBADF)?;
+        let _order = h.inode.ordered();
+        let res = if datasync {
+            nix::unistd::fdatasync(h.fd())
+        } else {
+            nix::unistd::fsync(h.fd())
+        };
+        if h.writable {
+            let path = self.handle_path(&h);
+            self.record(ctx, Op::Fsync, path, Some(h.inode.key()), |r| {
+                r.result = record::result(&res);
+                if datasync {
+                    r.flags = Some(vec!["datasync".into()]);
+                }
+            });
+        }
+        res
+    }
+
+    /// LSEEK on file handle `fh` (the kernel sends SEEK_DATA and SEEK_HOLE). A virtual
+    /// file is one data extent: SEEK_DATA returns `offset` and SEEK_HOLE its size,
+    /// ENXIO at or past the end. Errors: EBADF for an unknown handle, EINVAL for a
+    /// negative offset or unknown whence, else the backing errno.
+    pub(super) fn do_lseek(&self, ino: u64, fh: u64, offset: i64, whence: i32) -> SysResult<i64> {
+        if !is_virtual(fh) {
+            let h = self.files.get(fh).ok_or(Errno::EBADF)?;
+            return sys::lseek(h.fd(), offset, whence);
+        }
+        let size = self.virtual_attr(ino).ok_or(Errno::EBADF)?.size as i64;
+        match whence {
+            _ if offset < 0 => Err(Errno::EINVAL),
+            libc::SEEK_SET => Ok(offset),
+            libc::SEEK_END => Ok(size.saturating_add(offset)),
+            libc::SEEK_DATA if offset < size => Ok(offset),
+            libc::SEEK_HOLE if offset < size => Ok(size),
+            libc::SEEK_DATA | libc::SEEK_HOLE => Err(Errno::ENXIO),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+}
