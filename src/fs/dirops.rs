@@ -259,14 +259,11 @@ impl SessionFs {
             // inherited, on the file it replaced).
             |_| moved_st.get().as_ref().map(FileKey::of),
             || {
-                let res = sys::renameat2(p.fd(), &c, np.fd(), &nc, flags);
-                if res.is_err() {
-                    return res;
-                }
+                sys::renameat2(p.fd(), &c, np.fd(), &nc, flags)?;
                 // Two links of one file: POSIX rename does nothing.
                 let same = matches!((&moved, &other), (Some(m), Some(o)) if m.id == o.id);
                 if same {
-                    return res;
+                    return Ok(());
                 }
                 if let Some(m) = &moved {
                     m.rename_name(p.id, name, np.id, newname);
@@ -296,7 +293,7 @@ impl SessionFs {
                         self.lanes.inherit(FileKey::of(st), FileKey::of(&m));
                     }
                 }
-                res
+                Ok(())
             },
             |r, res| {
                 r.to = Some(to.clone());

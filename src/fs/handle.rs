@@ -157,7 +157,7 @@ pub struct DirEntry {
 
 /// `S_IFMT` bits of entry `name` in directory `dir`, by `fstatat` (no follow); 0 when
 /// it cannot be stated.
-fn kind_by_stat(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> u32 {
+pub(super) fn kind_by_stat(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> u32 {
     crate::sys::cname(name)
         .and_then(|c| crate::sys::fstatat(dir, &c))
         .map_or(0, |st| st.st_mode & libc::S_IFMT)

@@ -242,6 +242,16 @@ impl SessionFs {
         Ok((st, self.attr_of(inode.id, &st)))
     }
 
+    /// GETATTR of a backing inode, outside any change of ours: a backing state we did
+    /// not cause is journaled `external`. Errors: the errno of `fstat`.
+    fn do_getattr(&self, inode: &Inode) -> SysResult<fuser::FileAttr> {
+        self.inodes.touch(inode);
+        let seen = inode.changes();
+        let (st, a) = self.stat_attr(inode)?;
+        self.check_external(inode, &st, 0, seen);
+        Ok(a)
+    }
+
     /// FUSE attributes of backing stat `st` served under node id `id`.
     fn attr_of(&self, id: u64, st: &libc::stat) -> fuser::FileAttr {
         if id == ROOT_ID {

@@ -120,16 +120,8 @@ impl fuser::Filesystem for SessionFs {
                 None => reply.error(FErrno::ENOENT),
             };
         }
-        let Ok(inode) = self.inode(ino.0) else {
-            return reply.error(FErrno::ENOENT);
-        };
-        self.inodes.touch(&inode);
-        let seen = inode.changes();
-        match self.stat_attr(&inode) {
-            Ok((st, a)) => {
-                self.check_external(&inode, &st, 0, seen);
-                reply.attr(&self.cfg.attr_ttl, &a)
-            }
+        match self.inode(ino.0).and_then(|i| self.do_getattr(&i)) {
+            Ok(a) => reply.attr(&self.cfg.attr_ttl, &a),
             Err(e) => reply.error(err(e)),
         }
     }

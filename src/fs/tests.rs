@@ -1,1 +1,349 @@
+//! Unit tests of the filesystem core without a mount (as fuse-backend-rs tests its
+//! passthrough): a [`SessionFs`] over a temp directory, called through its core
+//! functions with a [`Ctx`] of this thread, its journal read back from memory.
 
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::change::SetAttr;
+use super::handle::DirHandle;
+use super::inode::{Inode, InodeTable, Mutation, ROOT_ID, VIRTUAL_BASE};
+use super::*;
+use crate::journal::{JournalOptions, View};
+
+/// A filesystem over a temp dir, with a journal in a second temp dir.
+struct Fixture {
+    fs: SessionFs,
+    journal: Arc<Journal>,
+    dir: tempfile::TempDir,
+    _state: tempfile::TempDir,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let journal = Arc::new(Journal::open(JournalOptions::new(state.path().into())).unwrap());
+    let root = nix::fcntl::open(
+        dir.path(),
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap();
+    let fs = SessionFs::new(root, Some(journal.clone()), FsConfig::default()).unwrap();
+    Fixture {
+        fs,
+        journal,
+        dir,
+        _state: state,
+    }
+}
+
+/// The calling thread as a FUSE caller.
+fn me() -> Ctx {
+    Ctx {
+        pid: nix::unistd::gettid().as_raw() as u32,
+        uid: nix::unistd::getuid().as_raw(),
+        gid: nix::unistd::getgid().as_raw(),
+    }
+}
+
+impl Fixture {
+    /// Write `data` to `name` in the backing directory (around the filesystem).
+    fn backing_write(&self, name: &str, data: &[u8]) {
+        std::fs::write(self.dir.path().join(name), data).unwrap();
+    }
+    /// LOOKUP `name` in the root.
+    fn lookup(&self, name: &str) -> Arc<Inode> {
+        self.fs
+            .do_lookup(&self.fs.inodes.root(), OsStr::new(name))
+            .unwrap()
+            .0
+    }
+    /// Every journal record so far.
+    fn records(&self) -> Vec<serde_json::Value> {
+        self.journal
+            .read(View::All, 0, 64 << 20)
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect()
+    }
+    /// The ops of the records, in order.
+    fn ops(&self) -> Vec<String> {
+        self.records()
+            .iter()
+            .map(|r| r["op"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+#[test]
+fn mutation_guard_holds_order_and_busy_together() {
+    let f = fixture();
+    f.backing_write("a", b"x");
+    let a = f.lookup("a");
+    let g0 = a.changes();
+    let m = a.mutate();
+    assert_eq!(a.busy_count(), 1);
+    assert_ne!(a.changes(), g0, "a change in flight moves the counter");
+    // Another change of the same inode waits for this one to end.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let a2 = a.clone();
+    let t = std::thread::spawn(move || {
+        let _m = a2.mutate();
+        tx.send(a2.busy_count()).unwrap();
+    });
+    assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+    drop(m);
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), 1);
+    t.join().unwrap();
+    assert_eq!(a.busy_count(), 0);
+    assert_eq!(
+        a.changes(),
+        g0 + 4,
+        "each change bumps the counter at start and end"
+    );
+}
+
+#[test]
+fn mutation_many_locks_each_inode_once_in_id_order() {
+    let f = fixture();
+    f.backing_write("a", b"");
+    f.backing_write("b", b"");
+    let (a, b) = (f.lookup("a"), f.lookup("b"));
+    let ms = Mutation::many(&[&b, &a, &b]);
+    assert_eq!(ms.len(), 2);
+    assert!(ms[0].inode().id < ms[1].inode().id);
+    assert_eq!((a.busy_count(), b.busy_count()), (1, 1));
+    drop(ms);
+    assert_eq!((a.busy_count(), b.busy_count()), (0, 0));
+}
+
+#[test]
+fn recorded_change_journals_an_outside_change_first_and_its_own_as_known() {
+    let f = fixture();
+    f.backing_write("a", b"1");
+    let a = f.lookup("a");
+    f.fs.do_getattr(&a).unwrap(); // nothing known yet: nothing to compare
+    f.fs.do_setattr(
+        &me(),
+        &a,
+        None,
+        SetAttr {
+            mode: Some(0o600),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // Our own change is known: a getattr now records nothing.
+    f.fs.do_getattr(&a).unwrap();
+    assert_eq!(f.ops(), ["chmod"]);
+    let rec = &f.records()[0];
+    assert_eq!(rec["path"], "a");
+    assert_eq!(rec["mode"], 0o600);
+    assert_eq!(rec["result"], "ok");
+    assert!(rec["before"].is_object() && rec["after"].is_object());
+    // A change around us, then one of ours: the step journals the outside one first.
+    std::thread::sleep(Duration::from_millis(5));
+    f.backing_write("a", b"22");
+    f.fs.do_setxattr(&me(), &a, OsStr::new("user.k"), b"v", 0)
+        .unwrap();
+    assert_eq!(f.ops(), ["chmod", "external", "setxattr"]);
+    f.fs.do_getattr(&a).unwrap();
+    assert_eq!(f.ops().len(), 3, "the setxattr's result is known");
+}
+
+#[test]
+fn setxattr_racing_getattr_logs_no_external() {
+    let f = Arc::new(fixture());
+    f.backing_write("a", b"x");
+    let a = f.lookup("a");
+    f.fs.do_getattr(&a).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (f, a, stop) = (f.clone(), a.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    f.fs.do_getattr(&a).unwrap();
+                }
+            })
+        })
+        .collect();
+    let t = Instant::now();
+    let mut n = 0u32;
+    while t.elapsed() < Duration::from_millis(700) {
+        let v = n.to_string();
+        f.fs.do_setxattr(&me(), &a, OsStr::new("user.k"), v.as_bytes(), 0)
+            .unwrap();
+        if n % 2 == 1 {
+            f.fs.do_removexattr(&me(), &a, OsStr::new("user.k"))
+                .unwrap();
+        }
+        n += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    readers.into_iter().for_each(|r| r.join().unwrap());
+    let ops = f.ops();
+    assert!(n > 100, "only {n} setxattr rounds");
+    assert_eq!(ops.iter().filter(|o| *o == "external").count(), 0);
+    assert_eq!(ops.iter().filter(|o| *o == "setxattr").count(), n as usize);
+}
+
+#[test]
+fn rename_over_a_hard_link_keeps_the_other_name_and_marks_it_known() {
+    let f = fixture();
+    f.backing_write("a", b"old\n");
+    f.backing_write("c", b"new\n");
+    let root = f.fs.inodes.root();
+    let a = f.lookup("a");
+    f.fs.do_link(&me(), &a, &root, OsStr::new("b")).unwrap();
+    f.fs.do_getattr(&a).unwrap();
+    f.lookup("a"); // reached as `a` again: first name
+    f.lookup("c");
+    f.fs.do_rename(&me(), &root, OsStr::new("c"), &root, OsStr::new("a"), 0)
+        .unwrap();
+    assert_eq!(f.fs.inodes.path_of(&a), "b", "`a` is now another file");
+    f.fs.do_getattr(&a).unwrap(); // nlink and ctime moved: by us
+    assert_eq!(f.ops(), ["link", "rename"]);
+}
+
+#[test]
+fn names_follow_links_renames_and_unlinks() {
+    let f = fixture();
+    f.backing_write("a", b"");
+    let root = f.fs.inodes.root();
+    let a = f.lookup("a");
+    let (r, n) = (ROOT_ID, |s: &str| OsStr::new(s).to_os_string());
+    a.add_name(r, &n("b"));
+    assert_eq!(
+        &*a.name().1,
+        "a",
+        "a new link is not the name it was reached by"
+    );
+    a.set_name(r, &n("b"));
+    assert_eq!(&*a.name().1, "b");
+    assert!(a.has_name(r, &n("a")));
+    a.rename_name(r, &n("b"), r, &n("c"));
+    assert!(!a.has_name(r, &n("b")) && a.has_name(r, &n("a")));
+    assert_eq!(&*a.name().1, "c");
+    a.drop_name(r, &n("c"));
+    assert_eq!(&*a.name().1, "a");
+    a.drop_name(r, &n("a"));
+    assert_eq!(&*a.name().1, "a", "the last name stays");
+    drop(root);
+}
+
+#[test]
+fn node_ids_never_reach_reserved_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = nix::fcntl::open(
+        dir.path(),
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap();
+    let st = sys::fstat(root.as_fd()).unwrap();
+    let t = InodeTable::new(root, &st);
+    let dev = st.st_dev;
+    assert_eq!(t.id_for(dev, st.st_ino), ROOT_ID);
+    assert_eq!(t.id_for(dev, 12345), 12345, "in range: its own number");
+    // Numbers that would collide with the root, 0, synthetic or virtual ids.
+    let odd = [
+        0,
+        1,
+        1 << 62,
+        (1 << 62) + 7,
+        VIRTUAL_BASE,
+        VIRTUAL_BASE + 1,
+        u64::MAX,
+    ];
+    let mut ids: Vec<u64> = odd.iter().map(|&ino| t.id_for(dev, ino)).collect();
+    for (&ino, &id) in odd.iter().zip(&ids) {
+        assert!(
+            ((1 << 62)..VIRTUAL_BASE).contains(&id),
+            "ino {ino:#x} served as {id:#x}"
+        );
+        assert_eq!(t.id_for(dev, ino), id, "stable");
+    }
+    // The same number on another device is another node.
+    ids.push(t.id_for(dev + 1, 12345));
+    ids.push(t.id_for(dev + 1, 1 << 62));
+    let n = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "ids collide: {ids:?}");
+    assert_ne!(t.id_for(dev + 1, 12345), 12345);
+}
+
+#[test]
+fn per_file_state_is_keyed_by_device_and_inode() {
+    use crate::sys::FileKey;
+    let f = fixture();
+    let caller = f.fs.ids.caller(me().pid, me().uid, me().gid);
+    let (x, y) = (FileKey { dev: 1, ino: 7 }, FileKey { dev: 2, ino: 7 });
+    f.fs.lanes.declare(&caller, x, Some("cron"));
+    assert_eq!(f.fs.lanes.get(&caller, x).as_deref(), Some("cron"));
+    assert_eq!(f.fs.lanes.get(&caller, y), None);
+}
+
+#[test]
+fn unknown_dirent_types_are_resolved_by_stat() {
+    let f = fixture();
+    std::fs::create_dir(f.dir.path().join("d")).unwrap();
+    std::os::unix::fs::symlink("d", f.dir.path().join("l")).unwrap();
+    f.backing_write("r", b"");
+    let dh = DirHandle::open(f.fs.inodes.root()).unwrap();
+    let kinds: std::collections::HashMap<String, u32> = dh
+        .entries(0, Vec::new())
+        .unwrap()
+        .iter()
+        .map(|e| (e.name.to_string_lossy().into_owned(), e.kind))
+        .collect();
+    assert_eq!(kinds["d"], libc::S_IFDIR);
+    assert_eq!(kinds["l"], libc::S_IFLNK);
+    assert_eq!(kinds["r"], libc::S_IFREG);
+    // The DT_UNKNOWN branch itself.
+    let root = f.fs.inodes.root();
+    assert_eq!(
+        super::handle::kind_by_stat(root.fd(), OsStr::new("l")),
+        libc::S_IFLNK
+    );
+    assert_eq!(
+        super::handle::kind_by_stat(root.fd(), OsStr::new("gone")),
+        0
+    );
+}
+
+#[test]
+fn virtual_handles_sync_and_seek_like_a_read_only_file() {
+    let f = fixture();
+    f.backing_write("a", b"x");
+    let a = f.lookup("a");
+    f.fs.do_setattr(
+        &me(),
+        &a,
+        None,
+        SetAttr {
+            mode: Some(0o644),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let root = f.fs.inodes.root();
+    let va = f.fs.virtual_lookup(&root, OsStr::new(".journal")).unwrap();
+    let (id, size) = (va.ino.0, va.size as i64);
+    assert!(size > 0);
+    assert_eq!(f.fs.do_fsync(&me(), id, false), Ok(()));
+    assert_eq!(f.fs.do_fsync(&me(), id, true), Ok(()));
+    assert_eq!(f.fs.do_lseek(id, id, 0, libc::SEEK_DATA), Ok(0));
+    assert_eq!(f.fs.do_lseek(id, id, 0, libc::SEEK_HOLE), Ok(size));
+    assert_eq!(
+        f.fs.do_lseek(id, id, size, libc::SEEK_DATA),
+        Err(Errno::ENXIO)
+    );
+    assert_eq!(f.fs.do_fsync(&me(), 12345, false), Err(Errno::EBADF));
+}

@@ -73,6 +73,31 @@ pub enum Op {
 }
 
 impl Op {
+    /// Every op, in the order of the README's table.
+    pub const ALL: [Op; 21] = [
+        Op::Open,
+        Op::Create,
+        Op::Write,
+        Op::Truncate,
+        Op::Fallocate,
+        Op::Chmod,
+        Op::Chown,
+        Op::Utimens,
+        Op::Setxattr,
+        Op::Removexattr,
+        Op::Rename,
+        Op::Link,
+        Op::Unlink,
+        Op::Mkdir,
+        Op::Rmdir,
+        Op::Symlink,
+        Op::Mknod,
+        Op::Fsync,
+        Op::Release,
+        Op::External,
+        Op::Unknown,
+    ];
+
     /// The `op` string (`"write"`).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -282,4 +307,20 @@ pub struct Record {
     /// Bytes of a trailing partial line kept back until a later write completes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partial: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn op_serializes_to_its_documented_string() {
+        for op in Op::ALL {
+            let json = serde_json::to_string(&op).unwrap();
+            assert_eq!(json, format!("\"{}\"", op.as_str()));
+            assert_eq!(serde_json::from_str::<Op>(&json).unwrap(), op);
+        }
+        let names: std::collections::HashSet<_> = Op::ALL.iter().map(|o| o.as_str()).collect();
+        assert_eq!(names.len(), Op::ALL.len());
+    }
 }
