@@ -80,6 +80,12 @@ pub struct MountArgs {
     /// idle ones [default: RLIMIT_NOFILE minus a reserve of max(1024, 10%)].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(16..))]
     pub max_inodes: Option<u64>,
+    /// Forward every metadata change to the backing file, even one that changes
+    /// nothing (a chmod to the current mode, a chown to the current owner, a setxattr
+    /// of the stored value), so ctime moves as on ext4. Default: answered by sessionfs
+    /// and journaled with class `noop`, so no OpenClaw fence trips on them.
+    #[arg(long)]
+    pub strict_stat: bool,
     /// Attribute/entry cache TTL in milliseconds. Every change through the mount keeps
     /// the kernel cache coherent whatever the TTL; it bounds how long a change made
     /// around the mount (a pre-mount fd, the --source directory) stays unseen.
@@ -144,8 +150,8 @@ pub fn parse_age(s: &str) -> Result<Duration, String> {
 
 impl MountArgs {
     /// Validate `-o` and build the [`MountSpec`] (paths are passed on as given; the
-    /// mount resolves them). `-o` takes `allow_other`, `ro`, `rw`, `debug` and
-    /// `default_permissions` (always on anyway), comma-separated, the last of `ro`/`rw`
+    /// mount resolves them). `-o` takes `allow_other`, `ro`, `rw`, `debug`,
+    /// `strict_stat` and `default_permissions` (always on anyway), comma-separated, the last of `ro`/`rw`
     /// winning; `--ttl-ms` becomes `ttl` in milliseconds, `--journal-max-size` bytes.
     ///
     /// # Errors
@@ -167,6 +173,7 @@ impl MountArgs {
             ttl: Duration::from_millis(self.ttl_ms),
             readdirplus: self.readdirplus,
             max_inodes: self.max_inodes.map(|n| n as usize),
+            strict_stat: self.strict_stat,
         };
         for o in self
             .options
@@ -179,10 +186,11 @@ impl MountArgs {
                 "ro" => spec.read_only = true,
                 "rw" => spec.read_only = false,
                 "debug" => spec.debug = true,
+                "strict_stat" => spec.strict_stat = true,
                 "default_permissions" => {}
                 other => {
                     return Err(format!(
-                        "unknown mount option '{other}' (supported: allow_other, ro, rw, debug)"
+                        "unknown mount option '{other}' (supported: allow_other, ro, rw, debug, strict_stat)"
                     ));
                 }
             }

@@ -163,6 +163,7 @@ pub fn run() -> Result<(), String> {
             ttl: Duration::from_secs(10),
             readdirplus: false,
             max_inodes: None,
+            strict_stat: false,
         })?;
         say!(
             "2. mounted sessionfs over it (overlay: same path, journal in {})",

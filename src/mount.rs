@@ -82,6 +82,8 @@ pub struct MountSpec {
     pub readdirplus: bool,
     /// Inode table bound (`--max-inodes`); `None`: from RLIMIT_NOFILE.
     pub max_inodes: Option<usize>,
+    /// `--strict-stat`: forward no-op metadata changes too (see the README, "Stat").
+    pub strict_stat: bool,
 }
 
 /// The mount id: a canonical mountpoint escaped exactly like `systemd-escape --path`
@@ -817,6 +819,7 @@ fn serve(
         read_only: spec.read_only,
         readdirplus: spec.readdirplus,
         max_inodes: spec.max_inodes,
+        strict_stat: spec.strict_stat,
         lane_rules,
         ..FsConfig::default()
     };

@@ -22,7 +22,7 @@ use super::handle::FileHandle;
 use super::inode::{Inode, Mutation};
 use super::{Ctx, SEQ_XATTR, SessionFs, record, to_timespec};
 use crate::identity::Caller;
-use crate::journal::record::{Op, Record};
+use crate::journal::record::{Class, Op, Record};
 use crate::lanes::LANE_XATTR;
 use crate::sys::{self, FileKey, SysResult};
 
@@ -61,15 +61,21 @@ pub(super) struct SetAttr {
 impl SessionFs {
     /// The recorded-change step for one inode, under its guard `m` (see the module
     /// doc). `h`: the handle the change came through, whose name the record uses.
-    /// `call` gets the before-stat and does the change on the backing; `fill` adds
-    /// the op's own keys to the record (fingerprints and result are already set) and
-    /// runs only with a journal. Returns `call`'s result.
-    pub(super) fn change<T>(
+    /// `noop` is asked with the before-stat whether the change would change nothing;
+    /// if so (and `--strict-stat` is off) the backing is not touched, no ctime moves,
+    /// the result is success (`T::default()`) and the record's class is `noop`.
+    /// Otherwise `call` gets the before-stat and does the change on the backing.
+    /// `fill` adds the op's own keys to the record (fingerprints, result, class and
+    /// `fence_moved` are already set) and runs only with a journal. Returns `call`'s
+    /// result.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn change<T: Default>(
         &self,
         ctx: &Ctx,
         m: &Mutation<'_>,
         h: Option<&FileHandle>,
         op: Op,
+        noop: impl FnOnce(&libc::stat) -> bool,
         call: impl FnOnce(Option<&libc::stat>) -> SysResult<T>,
         fill: impl FnOnce(&mut Record, &Changed<'_, T>),
     ) -> SysResult<T> {
@@ -80,11 +86,17 @@ impl SessionFs {
             // Only our own guard is in flight: a difference now was made around us.
             self.check_external(inode, st, 1, seen);
         }
-        let res = call(before.as_ref());
-        let after = sys::fstat(inode.fd()).ok();
-        if let Some(st) = &after {
-            self.mark_known(inode, st);
-        }
+        let skip = !self.cfg.strict_stat && before.as_ref().is_some_and(noop);
+        let (res, after) = if skip {
+            (Ok(T::default()), before)
+        } else {
+            let res = call(before.as_ref());
+            let after = sys::fstat(inode.fd()).ok();
+            if let Some(st) = &after {
+                self.mark_known(inode, st);
+            }
+            (res, after)
+        };
         if self.journal.is_some() {
             let caller = self.ids.caller(ctx.pid, ctx.uid, ctx.gid);
             let path = match h {
@@ -100,6 +112,10 @@ impl SessionFs {
             self.record_as(&caller, op, path, Some(inode.key()), |r| {
                 record::fingerprints(r, changed.before.as_ref(), changed.after.as_ref());
                 r.result = record::result(changed.res);
+                r.fence_moved = Some(r.before != r.after);
+                if skip {
+                    r.class = Some(Class::Noop);
+                }
                 fill(r, &changed);
             });
         }
@@ -132,6 +148,7 @@ impl SessionFs {
         let file = file(&res);
         self.record(ctx, op, path, file, |r| {
             r.result = record::result(&res);
+            r.fence_moved = Some(true);
             fill(r, &res);
         });
         res
@@ -178,6 +195,7 @@ impl SessionFs {
             m,
             h,
             Op::Chmod,
+            |st| st.st_mode & 0o7777 == mode & 0o7777 && inode.kind != libc::S_IFLNK,
             |_| {
                 if inode.kind == libc::S_IFLNK {
                     return Err(Errno::EOPNOTSUPP);
@@ -203,6 +221,7 @@ impl SessionFs {
             m,
             h,
             Op::Chown,
+            |st| same_owner(inode, st, uid, gid),
             |_| {
                 nix::unistd::fchownat(
                     inode.fd(),
@@ -237,6 +256,7 @@ impl SessionFs {
             m,
             h,
             Op::Truncate,
+            |_| false,
             |before| {
                 let cut = before
                     .filter(|st| self.is_transcript(inode) && (size as i64) < st.st_size)
@@ -283,6 +303,7 @@ impl SessionFs {
             m,
             h,
             Op::Utimens,
+            |_| false,
             |_| match h {
                 Some(h) => nix::sys::stat::futimens(
                     h.fd(),
@@ -326,6 +347,7 @@ impl SessionFs {
             &m,
             None,
             Op::Setxattr,
+            |_| flags & libc::XATTR_CREATE == 0 && xattr_is(inode, &c, value),
             |_| sys::setxattr(inode.fd(), &c, value, flags),
             |r, _| {
                 r.name = Some(name.to_string_lossy().into_owned());
@@ -360,6 +382,7 @@ impl SessionFs {
             &m,
             None,
             Op::Removexattr,
+            |_| false,
             |_| sys::removexattr(inode.fd(), &c),
             |r, _| r.name = Some(name.to_string_lossy().into_owned()),
         )
@@ -384,6 +407,7 @@ impl SessionFs {
             &m,
             None,
             Op::Link,
+            |_| false,
             |_| {
                 let src = sys::proc_fd_path(inode.fd().as_raw_fd());
                 nix::unistd::linkat(
@@ -428,6 +452,7 @@ impl SessionFs {
             &m,
             Some(h),
             Op::Fallocate,
+            |_| false,
             |before| {
                 let mut cut = None;
                 if transcript
@@ -466,6 +491,26 @@ impl SessionFs {
             },
         )
     }
+}
+
+/// Would chown to (`uid`, `gid`) (`None`: unchanged) change nothing? Only when both
+/// are the current ones and the chown would not clear anything: the kernel clears
+/// suid, group-executable sgid and file capabilities on every chown of a
+/// non-directory, even to the same owner.
+fn same_owner(inode: &Inode, st: &libc::stat, uid: Option<u32>, gid: Option<u32>) -> bool {
+    let mode = st.st_mode;
+    let kills = mode & libc::S_IFMT != libc::S_IFDIR
+        && (mode & libc::S_ISUID != 0
+            || mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP
+            || sys::getxattr(inode.fd(), c"security.capability", &mut []).is_ok());
+    uid.is_none_or(|u| u == st.st_uid) && gid.is_none_or(|g| g == st.st_gid) && !kills
+}
+
+/// Does the inode's extended attribute `name` hold exactly `value`?
+fn xattr_is(inode: &Inode, name: &std::ffi::CStr, value: &[u8]) -> bool {
+    // One byte more than `value`: a longer stored value does not fit and fails ERANGE.
+    let mut buf = vec![0u8; value.len() + 1];
+    matches!(sys::getxattr(inode.fd(), name, &mut buf), Ok(n) if buf[..n] == *value)
 }
 
 /// `chmod` of the object behind the inode's O_PATH fd (through its magic link).

@@ -9,7 +9,7 @@ use std::os::fd::AsFd;
 
 use super::inode::Inode;
 use super::{SessionFs, attr};
-use crate::journal::record::{Fingerprint, Op, Record};
+use crate::journal::record::{Class, Fingerprint, Op, Record};
 use crate::sys;
 
 impl SessionFs {
@@ -102,6 +102,8 @@ impl SessionFs {
                 ctime_ns: p.2,
             }),
             after: Some(f),
+            class: Some(Class::External),
+            fence_moved: Some(true),
             ..Default::default()
         };
         if let Some(c) = change {

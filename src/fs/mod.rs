@@ -83,6 +83,10 @@ pub struct FsConfig {
     /// Most inodes (so O_PATH fds) the daemon holds before it asks the kernel to drop
     /// idle ones; `None`: from `RLIMIT_NOFILE` (all but max(1,024, 10%) of the fds).
     pub max_inodes: Option<usize>,
+    /// `--strict-stat`: forward every change to the backing file even when it would
+    /// change nothing (a chmod to the current mode, a chown to the current owner, a
+    /// setxattr of the stored value), as ext4 does (its ctime then moves).
+    pub strict_stat: bool,
     /// Filled in by the mount once the FUSE session exists (inode pressure sends its
     /// notifications through it).
     pub notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
@@ -98,6 +102,7 @@ impl Default for FsConfig {
             tracked_files: 1024,
             readdirplus: false,
             max_inodes: None,
+            strict_stat: false,
             notifier: Default::default(),
         }
     }

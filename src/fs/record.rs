@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use super::handle::FileHandle;
 use super::inode::Inode;
 use super::{Ctx, FMODE_EXEC, SessionFs, attr};
-use crate::journal::record::{Entry, Op, Record};
+use crate::journal::record::{Class, Entry, Op, Record};
 use crate::sys::{FileKey, SysResult};
 
 /// `"ok"` or the errno name (`"ENOENT"`).
@@ -121,6 +121,12 @@ impl SessionFs {
             r.lane_source = Some("rule".into());
         }
         f(&mut r);
+        if r.result != "ok" {
+            r.class = None;
+            r.fence_moved = None;
+        } else if r.class.is_none() {
+            r.class = Class::of(op);
+        }
         j.append(r);
     }
 
@@ -197,6 +203,9 @@ impl SessionFs {
                 r.write_bytes = Some(h.write_bytes.load(Ordering::Relaxed));
             }
             if let Some((removed, restored)) = ended {
+                if !removed.is_empty() {
+                    r.class = Some(Class::Rewrite);
+                }
                 r.removed = Some(removed).filter(|v| !v.is_empty());
                 r.restored = Some(restored).filter(|n| *n > 0);
             }

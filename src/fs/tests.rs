@@ -347,3 +347,118 @@ fn virtual_handles_sync_and_seek_like_a_read_only_file() {
     );
     assert_eq!(f.fs.do_fsync(&me(), 12345, false), Err(Errno::EBADF));
 }
+
+/// ctime of the backing file `name`, in ns.
+fn backing_ctime(f: &Fixture, name: &str) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(f.dir.path().join(name)).unwrap();
+    m.ctime() * 1_000_000_000 + m.ctime_nsec()
+}
+
+#[test]
+fn no_op_metadata_changes_stop_at_the_daemon() {
+    let f = fixture();
+    f.backing_write("a", b"x");
+    let a = f.lookup("a");
+    let chmod = |mode| SetAttr {
+        mode: Some(mode),
+        ..Default::default()
+    };
+    f.fs.do_setattr(&me(), &a, None, chmod(0o640)).unwrap();
+    let c0 = backing_ctime(&f, "a");
+    std::thread::sleep(Duration::from_millis(20));
+    // Same mode, same owner, same xattr value: success, nothing forwarded.
+    f.fs.do_setattr(&me(), &a, None, chmod(0o640)).unwrap();
+    let st = sys::fstat(a.fd()).unwrap();
+    let owner = SetAttr {
+        uid: Some(st.st_uid),
+        gid: Some(st.st_gid),
+        ..Default::default()
+    };
+    f.fs.do_setattr(&me(), &a, None, owner).unwrap();
+    f.fs.do_setxattr(&me(), &a, OsStr::new("user.k"), b"v", 0)
+        .unwrap();
+    let c1 = backing_ctime(&f, "a");
+    f.fs.do_setxattr(&me(), &a, OsStr::new("user.k"), b"v", libc::XATTR_REPLACE)
+        .unwrap();
+    assert_eq!(
+        f.fs.do_setxattr(&me(), &a, OsStr::new("user.k"), b"v", libc::XATTR_CREATE),
+        Err(Errno::EEXIST),
+        "XATTR_CREATE of an existing name still fails"
+    );
+    assert_eq!(backing_ctime(&f, "a"), c1, "same-value setxattr moved ctime");
+    assert_ne!(c1, c0, "the first setxattr is a real change");
+    let recs = f.records();
+    let classes: Vec<(&str, &str, bool)> = recs
+        .iter()
+        .filter(|r| r["result"] == "ok")
+        .map(|r| {
+            (
+                r["op"].as_str().unwrap(),
+                r["class"].as_str().unwrap(),
+                r["fence_moved"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        classes,
+        [
+            ("chmod", "metadata", true),
+            ("chmod", "noop", false),
+            ("chown", "noop", false),
+            ("setxattr", "metadata", true),
+            ("setxattr", "noop", false),
+        ]
+    );
+    // A real chmod is forwarded.
+    f.fs.do_setattr(&me(), &a, None, chmod(0o600)).unwrap();
+    assert_ne!(backing_ctime(&f, "a"), c1);
+}
+
+#[test]
+fn chown_to_the_same_owner_of_a_suid_file_is_forwarded() {
+    let f = fixture();
+    f.backing_write("s", b"x");
+    let s = f.lookup("s");
+    let set = |mode: Option<u32>, owner: Option<(u32, u32)>| SetAttr {
+        mode,
+        uid: owner.map(|o| o.0),
+        gid: owner.map(|o| o.1),
+        ..Default::default()
+    };
+    f.fs.do_setattr(&me(), &s, None, set(Some(0o4755), None))
+        .unwrap();
+    let st = sys::fstat(s.fd()).unwrap();
+    f.fs.do_setattr(&me(), &s, None, set(None, Some((st.st_uid, st.st_gid))))
+        .unwrap();
+    // As on ext4: the chown clears suid, so it was not a no-op.
+    assert_eq!(sys::fstat(s.fd()).unwrap().st_mode & 0o7777, 0o755);
+    assert_eq!(f.records().last().unwrap()["class"], "metadata");
+}
+
+#[test]
+fn strict_stat_forwards_no_op_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = nix::fcntl::open(
+        dir.path(),
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap();
+    let cfg = FsConfig {
+        strict_stat: true,
+        ..FsConfig::default()
+    };
+    let fs = SessionFs::new(root, None, cfg).unwrap();
+    std::fs::write(dir.path().join("a"), b"x").unwrap();
+    let a = fs.do_lookup(&fs.inodes.root(), OsStr::new("a")).unwrap().0;
+    let mode = sys::fstat(a.fd()).unwrap().st_mode & 0o7777;
+    let c0 = sys::fstat(a.fd()).unwrap().st_ctime_nsec;
+    std::thread::sleep(Duration::from_millis(20));
+    let set = SetAttr {
+        mode: Some(mode),
+        ..Default::default()
+    };
+    fs.do_setattr(&me(), &a, None, set).unwrap();
+    assert_ne!(sys::fstat(a.fd()).unwrap().st_ctime_nsec, c0);
+}

@@ -11,7 +11,7 @@ use super::change::kill_suid;
 use super::cut::CutOutcome;
 use super::handle::FileHandle;
 use super::{Ctx, SessionFs};
-use crate::journal::record::Op;
+use crate::journal::record::{Class, Op};
 use crate::sys::{self, SysResult};
 
 impl SessionFs {
@@ -48,6 +48,7 @@ impl SessionFs {
             &m,
             Some(h),
             Op::Write,
+            |_| false,
             |before| {
                 let size = before.map_or(0, |s| s.st_size as u64);
                 size_before.set(size);
@@ -113,6 +114,10 @@ impl SessionFs {
                     r.append = Some(true);
                 }
                 r.size_before = Some(size_before.get());
+                // Bytes added at the end (nothing cut): an append; anything else rewrites.
+                if real_off == size_before.get() {
+                    r.class = Some(Class::Append);
+                }
                 if let Some(ch) = change {
                     r.entries = Some(ch.entries).filter(|v| !v.is_empty());
                     r.partial = Some(ch.partial).filter(|n| *n > 0);

@@ -126,6 +126,55 @@ impl Op {
     }
 }
 
+/// How a change bears on an OpenClaw session file's fence (the record's `class`):
+/// the classes `sessionfs changes` and `explain` report, set when the change is
+/// journaled. A `read` or `noop` never moves the fence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Class {
+    /// An open or close (and fsync) that changed nothing: always harmless.
+    Read,
+    /// A change that would have changed nothing (chmod to the current mode, chown to
+    /// the current owner, setxattr of the stored value): answered by sessionfs
+    /// without touching the backing file, so no ctime moved.
+    Noop,
+    /// A chmod, chown, utimens, xattr or link change that did change something.
+    Metadata,
+    /// Bytes added at the end of the file (and a create).
+    Append,
+    /// Truncate, a write inside the file, fallocate, rename over, unlink.
+    Rewrite,
+    /// A lock file's records.
+    Lock,
+    /// A change made around the mount.
+    External,
+}
+
+impl Class {
+    /// The class of a successful `op` before the change's own facts refine it (a write
+    /// at the end of the file is an append; a release ending a rewrite is a rewrite).
+    pub fn of(op: Op) -> Option<Class> {
+        Some(match op {
+            Op::Open | Op::Release | Op::Fsync => Class::Read,
+            Op::Chmod
+            | Op::Chown
+            | Op::Utimens
+            | Op::Setxattr
+            | Op::Removexattr
+            | Op::Link
+            | Op::Mkdir
+            | Op::Symlink
+            | Op::Mknod => Class::Metadata,
+            Op::Create => Class::Append,
+            Op::Write | Op::Truncate | Op::Fallocate | Op::Rename | Op::Unlink | Op::Rmdir => {
+                Class::Rewrite
+            }
+            Op::External => Class::External,
+            Op::Unknown => return None,
+        })
+    }
+}
+
 /// One ancestor of the acting process (nearest first).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ancestor {
@@ -257,6 +306,14 @@ pub struct Record {
     pub after: Option<Fingerprint>,
     /// `"ok"` or the errno name (`"ENOENT"`).
     pub result: String,
+    /// How the change bears on a fence (see [`Class`]); absent on failed changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<Class>,
+    /// Whether the change moved the fence fingerprint of the file as the mount
+    /// reports it (`{dev, ino, size, mtimeNs, ctimeNs}`; source: OpenClaw 2026.5.22
+    /// session file fence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_moved: Option<bool>,
     /// On `open`/`create`: `"read"`, `"write"` or `"readwrite"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<String>,
