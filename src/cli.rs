@@ -1,4 +1,4 @@
-//! The command line: `sessionfs mount|umount|demo|journal|salvage`.
+//! The command line: `sessionfs mount|umount|demo|journal|salvage|locks`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -37,6 +37,15 @@ pub enum Command {
     /// Print the transcript lines a file lost to truncation, rewrite or rename, byte
     /// for byte.
     Salvage(SalvageArgs),
+    /// List the session locks on a mount: file, true holder (host pid, comm,
+    /// container), alive or dead, age, maxHoldMs, whether the gateway calls it stale.
+    Locks {
+        /// The mountpoint.
+        mountpoint: PathBuf,
+        /// One JSON object per lock and line (the mount's `.locks` file), not a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `sessionfs mount` arguments.
@@ -80,6 +89,10 @@ pub struct MountArgs {
     /// idle ones [default: RLIMIT_NOFILE minus a reserve of max(1024, 10%)].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(16..))]
     pub max_inodes: Option<u64>,
+    /// Never unlink a lock file whose holder died (by default sessionfs does, at once,
+    /// and journals `lock-reap`).
+    #[arg(long)]
+    pub no_reap: bool,
     /// Forward every metadata change to the backing file, even one that changes
     /// nothing (a chmod to the current mode, a chown to the current owner, a setxattr
     /// of the stored value), so ctime moves as on ext4. Default: answered by sessionfs
@@ -151,7 +164,7 @@ pub fn parse_age(s: &str) -> Result<Duration, String> {
 impl MountArgs {
     /// Validate `-o` and build the [`MountSpec`] (paths are passed on as given; the
     /// mount resolves them). `-o` takes `allow_other`, `ro`, `rw`, `debug`,
-    /// `strict_stat` and `default_permissions` (always on anyway), comma-separated, the last of `ro`/`rw`
+    /// `strict_stat`, `no_reap` and `default_permissions` (always on anyway), comma-separated, the last of `ro`/`rw`
     /// winning; `--ttl-ms` becomes `ttl` in milliseconds, `--journal-max-size` bytes.
     ///
     /// # Errors
@@ -174,6 +187,7 @@ impl MountArgs {
             readdirplus: self.readdirplus,
             max_inodes: self.max_inodes.map(|n| n as usize),
             strict_stat: self.strict_stat,
+            reap: !self.no_reap,
         };
         for o in self
             .options
@@ -187,10 +201,11 @@ impl MountArgs {
                 "rw" => spec.read_only = false,
                 "debug" => spec.debug = true,
                 "strict_stat" => spec.strict_stat = true,
+                "no_reap" => spec.reap = false,
                 "default_permissions" => {}
                 other => {
                     return Err(format!(
-                        "unknown mount option '{other}' (supported: allow_other, ro, rw, debug, strict_stat)"
+                        "unknown mount option '{other}' (supported: allow_other, ro, rw, debug, strict_stat, no_reap)"
                     ));
                 }
             }

@@ -164,6 +164,7 @@ pub fn run() -> Result<(), String> {
             readdirplus: false,
             max_inodes: None,
             strict_stat: false,
+            reap: true,
         })?;
         say!(
             "2. mounted sessionfs over it (overlay: same path, journal in {})",

@@ -586,6 +586,8 @@ impl Caller {
 pub struct Stat {
     /// Field 2 (comm) without the parentheses.
     pub comm: String,
+    /// Field 3: state (`R`, `S`, `D`, `Z` zombie, `X` dead, …).
+    pub state: char,
     /// Field 4: parent pid.
     pub ppid: u32,
     /// Field 22: start time in clock ticks (USER_HZ) after boot.
@@ -620,6 +622,7 @@ pub fn parse_stat(s: &str) -> Option<Stat> {
     let opt = |n: usize| rest.get(n - 3).and_then(|v| v.parse().ok()).unwrap_or(0);
     Some(Stat {
         comm,
+        state: rest.first()?.chars().next()?,
         ppid: rest.get(1)?.parse().ok()?,
         starttime: rest.get(19)?.parse().ok()?,
         startcode: opt(26),
@@ -628,7 +631,8 @@ pub fn parse_stat(s: &str) -> Option<Stat> {
     })
 }
 
-fn read_stat(id: u32) -> Option<Stat> {
+/// `/proc/<id>/stat`, parsed; `None` when the process is gone or the line is bad.
+pub fn read_stat(id: u32) -> Option<Stat> {
     parse_stat(&fs::read_to_string(format!("/proc/{id}/stat")).ok()?)
 }
 

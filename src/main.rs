@@ -122,6 +122,7 @@ fn main() {
         }
         Command::Journal(args) => sessionfs::run_journal(args),
         Command::Salvage(args) => sessionfs::run_salvage(args),
+        Command::Locks { mountpoint, json } => sessionfs::run_locks(mountpoint, *json),
     };
     if let Err(msg) = result {
         // Errors are one line: fold anything multi-line a lower layer let through.

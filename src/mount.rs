@@ -84,6 +84,8 @@ pub struct MountSpec {
     pub max_inodes: Option<usize>,
     /// `--strict-stat`: forward no-op metadata changes too (see the README, "Stat").
     pub strict_stat: bool,
+    /// Reap locks whose holder died (off with `--no-reap`).
+    pub reap: bool,
 }
 
 /// The mount id: a canonical mountpoint escaped exactly like `systemd-escape --path`
@@ -820,6 +822,7 @@ fn serve(
         readdirplus: spec.readdirplus,
         max_inodes: spec.max_inodes,
         strict_stat: spec.strict_stat,
+        reap: spec.reap,
         lane_rules,
         ..FsConfig::default()
     };

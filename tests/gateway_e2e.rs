@@ -85,20 +85,26 @@ impl Proc {
         self.child.wait().ok()
     }
 
-    /// Wait for exit up to `limit`; kill the group and panic on timeout.
-    fn wait_for(&mut self, limit: Duration) -> std::process::ExitStatus {
+    /// Wait for exit up to `limit`; on timeout kill the group and return `None`.
+    fn wait_until(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         let t = Instant::now();
         loop {
             if let Some(st) = self.child.try_wait().expect("try_wait") {
-                return st;
+                return Some(st);
             }
             if t.elapsed() > limit {
                 self.signal_group(libc::SIGKILL);
                 let _ = self.child.wait();
-                panic!("e2e: {} still running after {limit:?}", self.name);
+                return None;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Wait for exit up to `limit`; kill the group and panic on timeout.
+    fn wait_for(&mut self, limit: Duration) -> std::process::ExitStatus {
+        self.wait_until(limit)
+            .unwrap_or_else(|| panic!("e2e: {} still running after {limit:?}", self.name))
     }
 }
 
@@ -238,7 +244,23 @@ fn shape(sessions: &Path, id: &str) -> Vec<String> {
     v
 }
 
-fn run_scenario(label: &str, on_mount: bool) -> Outcome {
+/// A mock model and a ready gateway for one run, on a plain sessions directory or with
+/// sessionfs mounted over it. Dropped (also on panic) in field order: the gateway is
+/// killed, the mount unmounted, the mock model killed, the scratch folder removed.
+struct Gateway {
+    proc: Proc,
+    log: PathBuf,
+    mount: Option<Mount>,
+    sessions: PathBuf,
+    env: Env,
+    _mock: Proc,
+    _tmp: tempfile::TempDir,
+}
+
+/// Start the mock model, onboard and configure openclaw in a scratch `HOME`, mount
+/// sessionfs over the sessions directory when `on_mount`, and start the gateway; returns
+/// once the gateway logged `[gateway] ready`.
+fn start_gateway(label: &str, on_mount: bool) -> Gateway {
     let base = install_dir();
     let tmp = tempfile::Builder::new()
         .prefix(&format!("sessionfs-e2e-{label}-"))
@@ -276,7 +298,7 @@ fn run_scenario(label: &str, on_mount: bool) -> Outcome {
         .arg("900")
         .stdout(fs::File::create(&mock_out).unwrap())
         .stderr(Stdio::inherit());
-    let _mock = Proc::spawn("mock model", &mut mc);
+    let mock = Proc::spawn("mock model", &mut mc);
     let t = Instant::now();
     let mock_port: u16 = loop {
         let s = read_lossy(&mock_out);
@@ -349,7 +371,7 @@ fn run_scenario(label: &str, on_mount: bool) -> Outcome {
 
     // The mount goes over the sessions directory before the gateway starts.
     let state = dir.join("state");
-    let mut mount = on_mount.then(|| Mount::overlay(&sessions, &state, &[]));
+    let mount = on_mount.then(|| Mount::overlay(&sessions, &state, &[]));
 
     // The gateway.
     let gw_log = dir.join("gateway.log");
@@ -384,6 +406,95 @@ fn run_scenario(label: &str, on_mount: bool) -> Outcome {
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!("e2e[{label}]: gateway ready in {:?}", t.elapsed());
+    Gateway {
+        proc: gateway,
+        log: gw_log,
+        mount,
+        sessions,
+        env,
+        _mock: mock,
+        _tmp: tmp,
+    }
+}
+
+/// One `openclaw agent` turn as it ended.
+struct Turn {
+    /// `None`: still running after 240 s (then killed).
+    status: Option<std::process::ExitStatus>,
+    stdout: String,
+    stderr: String,
+    ms: u128,
+    pid: u32,
+}
+
+/// Run turn `i` (message `e2e turn <i>`) through the gateway to its end, without
+/// judging it; output in `<dir>/turn<i>.{out,err}`.
+fn run_turn(env: &Env, i: usize) -> Turn {
+    let t = Instant::now();
+    let msg = format!("e2e turn {i}");
+    let out = env.dir.join(format!("turn{i}.out"));
+    let err = env.dir.join(format!("turn{i}.err"));
+    let mut c = env.openclaw(&["agent", "--agent", "main", "--message", &msg, "--json"]);
+    c.stdout(fs::File::create(&out).unwrap())
+        .stderr(fs::File::create(&err).unwrap());
+    let mut p = Proc::spawn("openclaw agent", &mut c);
+    let pid = p.pid();
+    let status = p.wait_until(Duration::from_secs(240));
+    Turn {
+        status,
+        stdout: read_lossy(&out),
+        stderr: read_lossy(&err),
+        ms: t.elapsed().as_millis(),
+        pid,
+    }
+}
+
+/// The model's reply if turn `i` went through the gateway and replied: exit 0, no
+/// takeover or embedded fallback, `{"status":"ok"}`, a `mock reply…` text, not aborted.
+/// Otherwise why not.
+fn turn_reply(i: usize, turn: &Turn) -> Result<String, String> {
+    let (o, e) = (&turn.stdout, &turn.stderr);
+    let Some(st) = turn.status else {
+        return Err(format!(
+            "e2e: openclaw agent still running after 240 s (turn {i}):\n{o}\n{e}"
+        ));
+    };
+    if !st.success() {
+        return Err(format!("turn {i} failed ({st}):\n{o}\n{e}"));
+    }
+    for bad in ["EmbeddedAttemptSessionTakeoverError", "EMBEDDED FALLBACK"] {
+        if o.contains(bad) || e.contains(bad) {
+            return Err(format!("turn {i}: {bad}:\n{o}\n{e}"));
+        }
+    }
+    let v: Value = serde_json::from_str(o.trim())
+        .map_err(|x| format!("turn {i}: stdout is not JSON ({x}):\n{o}\n{e}"))?;
+    // Through the gateway: {"status":"ok","result":{"payloads":…,"meta":…}}.
+    if v["status"] != "ok" {
+        return Err(format!("turn {i} did not go through the gateway: {o}"));
+    }
+    let v = &v["result"];
+    let text = v["payloads"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if !text.starts_with("mock reply") {
+        return Err(format!("turn {i}: no model reply: {o}"));
+    }
+    if v["meta"]["aborted"] != Value::Bool(false) {
+        return Err(format!("turn {i} aborted: {o}"));
+    }
+    Ok(text)
+}
+
+fn run_scenario(label: &str, on_mount: bool) -> Outcome {
+    let base = install_dir();
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut gw = start_gateway(label, on_mount);
+    let env = &gw.env;
+    let dir = &env.dir;
+    let sessions = gw.sessions.clone();
+    let port = env.port.to_string();
 
     // Control-UI-style reads every 50 ms while the turns run.
     let stop_file = dir.join("ws.stop");
@@ -403,45 +514,10 @@ fn run_scenario(label: &str, on_mount: bool) -> Outcome {
     let mut cli_pids = Vec::new();
     for i in 1..=TURNS {
         let t = Instant::now();
-        let msg = format!("e2e turn {i}");
-        let out = env.dir.join(format!("turn{i}.out"));
-        let err = env.dir.join(format!("turn{i}.err"));
-        let mut c = env.openclaw(&["agent", "--agent", "main", "--message", &msg, "--json"]);
-        c.stdout(fs::File::create(&out).unwrap())
-            .stderr(fs::File::create(&err).unwrap());
-        let mut p = Proc::spawn("openclaw agent", &mut c);
-        cli_pids.push(p.pid());
-        let st = p.wait_for(Duration::from_secs(240));
-        let (o, e) = (read_lossy(&out), read_lossy(&err));
-        turn_ms.push(t.elapsed().as_millis());
-        assert!(st.success(), "turn {i} failed ({st}):\n{o}\n{e}");
-        for bad in ["EmbeddedAttemptSessionTakeoverError", "EMBEDDED FALLBACK"] {
-            assert!(
-                !o.contains(bad) && !e.contains(bad),
-                "turn {i}: {bad}:\n{o}\n{e}"
-            );
-        }
-        let v: Value = serde_json::from_str(o.trim())
-            .unwrap_or_else(|x| panic!("turn {i}: stdout is not JSON ({x}):\n{o}\n{e}"));
-        // Through the gateway: {"status":"ok","result":{"payloads":…,"meta":…}}.
-        assert_eq!(
-            v["status"], "ok",
-            "turn {i} did not go through the gateway: {o}"
-        );
-        let v = &v["result"];
-        let text = v["payloads"][0]["text"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        assert!(
-            text.starts_with("mock reply"),
-            "turn {i}: no model reply: {o}"
-        );
-        assert_eq!(
-            v["meta"]["aborted"],
-            Value::Bool(false),
-            "turn {i} aborted: {o}"
-        );
+        let turn = run_turn(env, i);
+        cli_pids.push(turn.pid);
+        turn_ms.push(turn.ms);
+        let text = turn_reply(i, &turn).unwrap_or_else(|m| panic!("{m}"));
         replies.push(text);
         eprintln!("e2e[{label}]: turn {i} replied in {:?}", t.elapsed());
     }
@@ -479,9 +555,9 @@ fn run_scenario(label: &str, on_mount: bool) -> Outcome {
         "too few read-only calls answered: {ws_summary}"
     );
 
-    let gateway_pid = gateway.pid();
-    gateway.stop(Duration::from_secs(20));
-    let log = read_lossy(&gw_log);
+    let gateway_pid = gw.proc.pid();
+    gw.proc.stop(Duration::from_secs(20));
+    let log = read_lossy(&gw.log);
     for bad in ["EmbeddedAttemptSessionTakeoverError", "lane task error"] {
         assert!(!log.contains(bad), "gateway log has {bad}:\n{log}");
     }
@@ -518,7 +594,7 @@ fn run_scenario(label: &str, on_mount: bool) -> Outcome {
     assert!(locks.is_empty(), "lock files left behind: {locks:?}");
     let files = shape(&sessions, &id);
 
-    if let Some(m) = mount.as_mut() {
+    if let Some(m) = gw.mount.as_mut() {
         check_journal(&sessions, &tr, gateway_pid, &cli_pids, lines.len());
         m.unmount();
         assert!(!common::is_mounted(&sessions));
@@ -689,15 +765,16 @@ fn check_journal(sessions: &Path, tr: &Path, gateway_pid: u32, cli_pids: &[u32],
     );
 }
 
-#[test]
-fn real_gateway_plain_dir_and_mount() {
+/// Whether the e2e tests run: false (after saying so) when skipped; panics when the
+/// install is missing and skipping is not allowed.
+fn e2e_enabled() -> bool {
     let base = install_dir();
     if !base.join("openclaw/node_modules/.bin/openclaw").exists()
         || !base.join("node/bin/node").exists()
     {
         if may_skip() {
             eprintln!("e2e: skipped (SESSIONFS_SKIP_E2E=1); install with tests/e2e/setup.sh");
-            return;
+            return false;
         }
         panic!(
             "the OpenClaw gateway is not installed in {}: run `bash tests/e2e/setup.sh` \
@@ -707,6 +784,14 @@ fn real_gateway_plain_dir_and_mount() {
     }
     if may_skip() {
         eprintln!("e2e: skipped (SESSIONFS_SKIP_E2E=1)");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn real_gateway_plain_dir_and_mount() {
+    if !e2e_enabled() {
         return;
     }
     let plain = run_scenario("plain", false);
@@ -728,4 +813,298 @@ fn real_gateway_plain_dir_and_mount() {
         plain.ws_ok,
         mount.ws_ok
     );
+}
+
+/// How often the chmod loop re-applies the transcripts' modes.
+const CHMOD_PERIOD: Duration = Duration::from_millis(10);
+
+/// What a [`ChmodLoop`] did.
+#[derive(Debug, Default)]
+struct ChmodCounts {
+    /// Passes over the directory.
+    passes: u64,
+    /// chmod calls that succeeded, in all and per file name.
+    ok: u64,
+    ok_by_name: std::collections::HashMap<String, u64>,
+    /// chmod calls that failed (a file gone between the scan and the call).
+    failed: u64,
+}
+
+/// A thread that, every [`CHMOD_PERIOD`] until stopped, chmods every `*.jsonl` in a
+/// directory to the mode it already has (`mode & 0o7777` of a fresh stat): a chmod that
+/// changes nothing, except (on ext4) the ctime that OpenClaw's fence compares. It keeps
+/// scanning, so it finds the transcript the first turn creates. Stopped and joined on
+/// drop too, so a panic leaves nothing running on the mount.
+struct ChmodLoop {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<ChmodCounts>>,
+}
+
+impl ChmodLoop {
+    fn start(dir: &Path) -> ChmodLoop {
+        use std::os::unix::fs::PermissionsExt;
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let dir = dir.to_path_buf();
+        let thread = std::thread::spawn(move || {
+            let mut c = ChmodCounts::default();
+            while !flag.load(Ordering::Relaxed) {
+                for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    let name = e.file_name().to_string_lossy().to_string();
+                    if name.starts_with('.') || !name.ends_with(".jsonl") {
+                        continue;
+                    }
+                    let p = e.path();
+                    let Ok(md) = fs::metadata(&p) else { continue };
+                    let mode = md.permissions().mode() & 0o7777;
+                    match fs::set_permissions(&p, fs::Permissions::from_mode(mode)) {
+                        Ok(()) => {
+                            c.ok += 1;
+                            *c.ok_by_name.entry(name).or_default() += 1;
+                        }
+                        Err(_) => c.failed += 1,
+                    }
+                }
+                c.passes += 1;
+                std::thread::sleep(CHMOD_PERIOD);
+            }
+            c
+        });
+        ChmodLoop {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stop the thread and return its counts.
+    fn finish(mut self) -> ChmodCounts {
+        self.stop_and_join().expect("chmod loop already joined")
+    }
+
+    fn stop_and_join(&mut self) -> Option<ChmodCounts> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let t = self.thread.take()?;
+        Some(t.join().expect("chmod loop panicked"))
+    }
+}
+
+impl Drop for ChmodLoop {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = t.join();
+        }
+    }
+}
+
+/// The journal's view of the chmod loop on the mount.
+#[derive(Debug, Default)]
+struct ChmodJournal {
+    /// The transcript's chmod records with class `noop` / `metadata` / anything else.
+    noop: usize,
+    metadata: usize,
+    other: usize,
+    /// chmod records (any file) that moved the fence or did not succeed.
+    fence_moved: usize,
+    not_ok: usize,
+    /// `external` records (any file).
+    externals: usize,
+}
+
+/// What one side of the chmod-loop test saw.
+#[derive(Debug)]
+struct ChmodSide {
+    replied: usize,
+    /// Why each turn that did not reply failed (its first line).
+    failures: Vec<String>,
+    turn_ms: Vec<u128>,
+    /// Lines of the gateway log naming `EmbeddedAttemptSessionTakeoverError`, and
+    /// `lane task error` lines.
+    takeover_lines: usize,
+    lane_errors: usize,
+    chmods: ChmodCounts,
+    /// On the mount: the transcript's name, its successful chmods, its journal view
+    /// and its message roles.
+    transcript: Option<String>,
+    transcript_chmods: u64,
+    journal: Option<ChmodJournal>,
+    roles: Vec<String>,
+}
+
+/// Start the gateway (on the mount or not), run the turns with a [`ChmodLoop`] on
+/// the sessions directory, and count replies, takeovers and (on the mount) the
+/// journal's chmod records. Judges nothing: the caller compares the sides.
+fn run_chmod_side(label: &str, on_mount: bool) -> ChmodSide {
+    let mut gw = start_gateway(label, on_mount);
+    let chmod = ChmodLoop::start(&gw.sessions);
+    let mut replied = 0;
+    let mut failures = Vec::new();
+    let mut turn_ms = Vec::new();
+    for i in 1..=TURNS {
+        let turn = run_turn(&gw.env, i);
+        turn_ms.push(turn.ms);
+        match turn_reply(i, &turn) {
+            Ok(_) => {
+                replied += 1;
+                eprintln!("e2e[{label}]: turn {i} replied in {} ms", turn.ms);
+            }
+            Err(why) => {
+                eprintln!("e2e[{label}]: turn {i} failed in {} ms: {why}", turn.ms);
+                failures.push(why.lines().next().unwrap_or_default().to_string());
+            }
+        }
+    }
+    let chmods = chmod.finish();
+    gw.proc.stop(Duration::from_secs(20));
+    let log = read_lossy(&gw.log);
+    let takeover_lines = log
+        .lines()
+        .filter(|l| l.contains("EmbeddedAttemptSessionTakeoverError"))
+        .count();
+    let lane_errors = log
+        .lines()
+        .filter(|l| l.contains("lane task error"))
+        .count();
+    for l in log.lines().filter(|l| {
+        l.contains("EmbeddedAttemptSessionTakeoverError") || l.contains("lane task error")
+    }) {
+        eprintln!(
+            "e2e[{label}]: gateway: {}",
+            l.chars().take(300).collect::<String>()
+        );
+    }
+
+    let mut side = ChmodSide {
+        replied,
+        failures,
+        turn_ms,
+        takeover_lines,
+        lane_errors,
+        chmods,
+        transcript: None,
+        transcript_chmods: 0,
+        journal: None,
+        roles: Vec::new(),
+    };
+    if let Some(m) = gw.mount.as_mut() {
+        let tr = transcript(&gw.sessions);
+        let name = tr.file_name().unwrap().to_string_lossy().to_string();
+        side.roles = common::read_jsonl(&tr)
+            .iter()
+            .filter(|l| l["type"] == "message")
+            .map(|l| l["message"]["role"].as_str().unwrap_or("?").to_string())
+            .collect();
+        let all = common::read_jsonl(&gw.sessions.join(".journal"));
+        let mut j = ChmodJournal::default();
+        for r in &all {
+            if r["op"] == "external" {
+                j.externals += 1;
+            }
+            if r["op"] != "chmod" {
+                continue;
+            }
+            if r["result"] != "ok" {
+                j.not_ok += 1;
+            }
+            if r["fence_moved"] != Value::Bool(false) {
+                j.fence_moved += 1;
+            }
+            if r["path"] == name.as_str() {
+                match r["class"].as_str() {
+                    Some("noop") => j.noop += 1,
+                    Some("metadata") => j.metadata += 1,
+                    _ => j.other += 1,
+                }
+            }
+        }
+        side.transcript_chmods = side.chmods.ok_by_name.get(&name).copied().unwrap_or(0);
+        side.transcript = Some(name);
+        side.journal = Some(j);
+        m.unmount();
+        assert!(!common::is_mounted(&gw.sessions));
+    }
+    side
+}
+
+/// A loop that re-applies the transcript's own mode every 10 ms while 5 turns run:
+/// on a plain directory each chmod moves the ctime, so the fence that 5.22 checks when
+/// it takes its session lock back after the model call sees a change and the turn dies
+/// with `EmbeddedAttemptSessionTakeoverError` (the control: it must break something).
+/// On the mount sessionfs answers each chmod itself (class `noop`, backing untouched):
+/// every turn replies and the log has no takeover.
+#[test]
+fn same_mode_chmod_loop_kills_turns_on_plain_but_not_on_the_mount() {
+    if !e2e_enabled() {
+        return;
+    }
+    let t = Instant::now();
+    let plain = run_chmod_side("chmod-plain", false);
+    let mount = run_chmod_side("chmod-mount", true);
+    for (label, s) in [("plain", &plain), ("mount", &mount)] {
+        eprintln!(
+            "e2e-chmod[{label}]: {}/{TURNS} turns replied, {} takeover lines, {} chmods issued \
+             ({} failed, {} on the transcript), noop records {}",
+            s.replied,
+            s.takeover_lines,
+            s.chmods.ok + s.chmods.failed,
+            s.chmods.failed,
+            s.transcript_chmods,
+            s.journal
+                .as_ref()
+                .map_or("-".to_string(), |j| j.noop.to_string()),
+        );
+    }
+    for (label, s) in [("plain", &plain), ("mount", &mount)] {
+        eprintln!(
+            "e2e-chmod[{label}]: turn times {:?} ms, failures {:?}",
+            s.turn_ms, s.failures
+        );
+    }
+    eprintln!("e2e-chmod: both sides in {:?}", t.elapsed());
+
+    // The control: the loop ran on the transcript and broke at least one turn.
+    assert!(
+        plain
+            .chmods
+            .ok_by_name
+            .keys()
+            .any(|n| !n.ends_with(".trajectory.jsonl")),
+        "the chmod loop never reached a transcript on the plain directory: {plain:?}"
+    );
+    assert!(
+        plain.replied < TURNS || plain.takeover_lines > 0,
+        "the control saw no takeover and no failed turn: the loop proves nothing: {plain:?}"
+    );
+
+    // The mount: every turn replied, no takeover, no lane error, a whole transcript.
+    assert_eq!(mount.replied, TURNS, "turns failed on the mount: {mount:?}");
+    assert_eq!(mount.takeover_lines, 0, "takeover on the mount: {mount:?}");
+    assert_eq!(
+        mount.lane_errors, 0,
+        "lane task error on the mount: {mount:?}"
+    );
+    let want: Vec<String> = (0..TURNS)
+        .flat_map(|_| ["user".to_string(), "assistant".to_string()])
+        .collect();
+    assert_eq!(mount.roles, want, "transcript message order on the mount");
+    // The journal: each of the loop's chmods of the transcript is one `noop` record,
+    // none forwarded (`metadata`), none moved the fence; nothing from outside.
+    let j = mount.journal.as_ref().unwrap();
+    assert!(
+        mount.transcript_chmods > 0,
+        "no chmod reached the transcript: {mount:?}"
+    );
+    assert_eq!(
+        j.noop as u64, mount.transcript_chmods,
+        "one noop record per chmod of the transcript: {mount:?}"
+    );
+    assert_eq!(
+        j.metadata, 0,
+        "a chmod of the transcript was forwarded: {mount:?}"
+    );
+    assert_eq!(j.other, 0, "chmod records of another class: {mount:?}");
+    assert_eq!(j.fence_moved, 0, "a chmod moved the fence: {mount:?}");
+    assert_eq!(j.not_ok, 0, "a chmod failed: {mount:?}");
+    assert_eq!(j.externals, 0, "external records on the mount: {mount:?}");
 }

@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::os::fd::AsRawFd as _;
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::PermissionsExt as _;
@@ -561,4 +561,150 @@ fn mixed_mutations_racing_stat_log_no_external() {
     }
     eprintln!("external records by path: {ext_paths:?}");
     assert_no_external(&recs);
+}
+
+// ---- Found in review of the mutation path (each failed before its fix) ----
+
+fn review_brief(recs: &[Value]) -> Vec<String> {
+    recs.iter()
+        .map(|r| format!("{} {}", r["op"].as_str().unwrap_or("?"), r["path"]))
+        .collect()
+}
+
+fn review_append(p: &Path, data: &[u8]) {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(p)
+        .unwrap()
+        .write_all(data)
+        .unwrap();
+}
+
+/// README "hard links": "Records name a file by the name it was reached by". `a` is
+/// created (its dentry gets the normal 10 s entry TTL, nlink was 1), then linked as
+/// `b` (TTL 0). An append through `b` (LOOKUP b puts `b` first), then one through `a`
+/// (cached dentry: no LOOKUP, OPEN only): the second write must be journaled as `a`.
+#[test]
+fn write_through_the_older_link_is_journaled_under_its_name() {
+    let m = Mount::new(&[]);
+    let (a, b) = (m.mnt.join("a"), m.mnt.join("b"));
+    std::fs::write(&a, b"1\n").unwrap();
+    std::fs::hard_link(&a, &b).unwrap();
+    review_append(&b, b"2\n");
+    review_append(&a, b"3\n");
+    let mut recs = Vec::new();
+    common::wait_for(10, || {
+        recs = journal(&m);
+        recs.iter().filter(|r| r["op"] == "write").count() >= 3
+            && recs.iter().filter(|r| r["op"] == "release").count() >= 3
+    });
+    let link = recs.iter().position(|r| r["op"] == "link").unwrap();
+    let writes: Vec<String> = recs[link..]
+        .iter()
+        .filter(|r| r["op"] == "write")
+        .map(|r| r["path"].as_str().unwrap().to_string())
+        .collect();
+    eprintln!("after link: {:?}", review_brief(&recs[link..]));
+    assert_eq!(
+        writes,
+        ["b", "a"],
+        "append through `a` journaled under another name"
+    );
+}
+
+/// An `external` change is supposed to make the next open drop the kernel's page
+/// cache (fence.rs: "next open must not keep the stale cache"). A same-size change
+/// around the mount, then a chmod through the mount, then a read through the mount:
+/// the read must see the new bytes.
+#[test]
+fn metadata_change_after_an_external_write_does_not_keep_a_stale_page_cache() {
+    let m = Mount::new(&[]);
+    let f = m.mnt.join("f");
+    std::fs::write(&f, b"AAAA").unwrap();
+    let mut s = String::new();
+    std::fs::File::open(&f)
+        .unwrap()
+        .read_to_string(&mut s)
+        .unwrap();
+    assert_eq!(s, "AAAA");
+    std::thread::sleep(Duration::from_millis(20));
+    // Around the mount: same size, new bytes (mtime/ctime move).
+    std::fs::write(m.src.join("f"), b"BBBB").unwrap();
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut s = String::new();
+    std::fs::File::open(&f)
+        .unwrap()
+        .read_to_string(&mut s)
+        .unwrap();
+    let recs = journal(&m);
+    eprintln!("{:?}", review_brief(&recs));
+    assert_eq!(s, "BBBB", "stale page cache served after external + chmod");
+}
+
+/// RENAME_EXCHANGE: each inode takes the other's name; writes follow.
+#[test]
+fn exchange_swaps_names() {
+    let m = Mount::new(&[]);
+    let (a, b) = (m.mnt.join("a"), m.mnt.join("b"));
+    std::fs::write(&a, b"a\n").unwrap();
+    std::fs::write(&b, b"b\n").unwrap();
+    let ca = std::ffi::CString::new(a.to_str().unwrap()).unwrap();
+    let cb = std::ffi::CString::new(b.to_str().unwrap()).unwrap();
+    // SAFETY: valid C strings.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    assert_eq!(r, 0);
+    review_append(&a, b"x\n");
+    let mut recs = Vec::new();
+    common::wait_for(10, || {
+        recs = journal(&m);
+        recs.iter().filter(|r| r["op"] == "write").count() >= 3
+    });
+    eprintln!("{:?}", review_brief(&recs));
+    let last = recs.iter().rev().find(|r| r["op"] == "write").unwrap();
+    assert_eq!(last["path"], "a");
+    assert!(recs.iter().all(|r| r["op"] != "external"));
+}
+
+/// README: "It is checked whenever the daemon stats the file: ... and the `before`
+/// stat of every change of ours, so an `external` record always comes before the
+/// mount's own record of the change that follows it." A change around the mount, then
+/// a rename through the mount (no stat in between): the external must be journaled,
+/// and the next read must not come from the stale page cache.
+#[test]
+fn rename_after_an_external_write_journals_it_and_drops_the_cache() {
+    let m = Mount::new(&[]);
+    let (a, b) = (m.mnt.join("a"), m.mnt.join("b"));
+    std::fs::write(&a, b"AAAA").unwrap();
+    let mut s = String::new();
+    std::fs::File::open(&a)
+        .unwrap()
+        .read_to_string(&mut s)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(m.src.join("a"), b"BBBB").unwrap();
+    std::fs::rename(&a, &b).unwrap();
+    let mut s = String::new();
+    std::fs::File::open(&b)
+        .unwrap()
+        .read_to_string(&mut s)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let recs = journal(&m);
+    eprintln!("{:?}", review_brief(&recs));
+    let mut problems = Vec::new();
+    if !recs.iter().any(|r| r["op"] == "external") {
+        problems.push("no external record".to_string());
+    }
+    if s != "BBBB" {
+        problems.push(format!("stale read {s:?}"));
+    }
+    assert!(problems.is_empty(), "{problems:?}");
 }

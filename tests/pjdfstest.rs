@@ -353,26 +353,43 @@ fn pjdfstest_passes_on_the_mount_wherever_it_passes_natively() {
     let shm = secondary_fs(plain.path());
     let native = run_pjdfstest("plain dir", plain.path(), shm.as_ref().map(|t| t.path()));
 
-    // The mount: `sessionfs mount --source <tmp>/src -o allow_other <tmp>/mnt`, with
-    // the journal on as in production. allow_other because pjdfstest switches to the
-    // dummy users; the guard unmounts even when this test panics.
-    let mount = common::Mount::new(&["-o", "allow_other"]);
-    chmod(mount.mnt.parent().unwrap(), 0o755);
-    let mnt_path = mount.mnt.clone();
-    assert!(common::is_mounted(&mnt_path), "sessionfs mount is not live");
-    let mounted = run_pjdfstest("mount", &mount.mnt, shm.as_ref().map(|t| t.path()));
-    drop(mount);
-    assert!(
-        !common::is_mounted(&mnt_path),
-        "{} is still mounted after the guard's unmount",
-        mnt_path.display()
-    );
+    // The mounts: `sessionfs mount --source <tmp>/src -o allow_other <tmp>/mnt`, with
+    // the journal on as in production, once with the default stat rules (no-op
+    // metadata changes answered by the daemon) and once with `--strict-stat`.
+    // allow_other because pjdfstest switches to the dummy users; the guard unmounts
+    // even when this test panics.
+    let mut runs = Vec::new();
+    for (what, extra) in [
+        ("mount", &["-o", "allow_other"][..]),
+        (
+            "mount --strict-stat",
+            &["-o", "allow_other", "--strict-stat"][..],
+        ),
+    ] {
+        let mount = common::Mount::new(extra);
+        chmod(mount.mnt.parent().unwrap(), 0o755);
+        let mnt_path = mount.mnt.clone();
+        assert!(common::is_mounted(&mnt_path), "sessionfs mount is not live");
+        runs.push(run_pjdfstest(
+            what,
+            &mount.mnt,
+            shm.as_ref().map(|t| t.path()),
+        ));
+        drop(mount);
+        assert!(
+            !common::is_mounted(&mnt_path),
+            "{} is still mounted after the guard's unmount",
+            mnt_path.display()
+        );
+    }
 
     println!();
     print_run(&native);
-    print_run(&mounted);
+    runs.iter().for_each(print_run);
     println!("  plain dir summary: {}", native.summary);
-    println!("  mount summary:     {}", mounted.summary);
+    for r in &runs {
+        println!("  {} summary: {}", r.what, r.summary);
+    }
 
     let mut problems = Vec::new();
 
@@ -398,29 +415,37 @@ fn pjdfstest_passes_on_the_mount_wherever_it_passes_natively() {
         }
     }
 
-    // 2. Whatever passes natively passes on the mount.
-    let names: BTreeSet<&String> = native.cases.keys().chain(mounted.cases.keys()).collect();
-    for name in names {
-        let (n, m) = (native.status(name), mounted.status(name));
-        if n != Some(Status::Pass) || m == Some(Status::Pass) {
-            if n != m {
-                println!("  note: {name}: {n:?} on the plain dir, {m:?} on the mount");
+    // 2. Whatever passes natively passes on each mount.
+    for mounted in &runs {
+        let names: BTreeSet<&String> = native.cases.keys().chain(mounted.cases.keys()).collect();
+        for name in names {
+            let (n, m) = (native.status(name), mounted.status(name));
+            if n != Some(Status::Pass) || m == Some(Status::Pass) {
+                if n != m {
+                    println!(
+                        "  note: {name}: {n:?} on the plain dir, {m:?} on the {}",
+                        mounted.what
+                    );
+                }
+                continue;
             }
-            continue;
-        }
-        let detail = mounted
-            .cases
-            .get(name.as_str())
-            .map(|o| o.detail.trim().replace('\n', " | "))
-            .unwrap_or_default();
-        let allowed = MOUNT_SKIPS_ALLOWED
-            .iter()
-            .find(|(case, reason, _)| case == name && m == Some(Status::Skip) && detail == *reason);
-        match allowed {
-            Some((_, _, why)) => println!("  allowed: {name} skipped on the mount: {why}"),
-            None => problems.push(format!(
-                "{name} passes on the plain dir but is {m:?} on the mount: {detail}"
-            )),
+            let detail = mounted
+                .cases
+                .get(name.as_str())
+                .map(|o| o.detail.trim().replace('\n', " | "))
+                .unwrap_or_default();
+            let allowed = MOUNT_SKIPS_ALLOWED.iter().find(|(case, reason, _)| {
+                case == name && m == Some(Status::Skip) && detail == *reason
+            });
+            match allowed {
+                Some((_, _, why)) => {
+                    println!("  allowed: {name} skipped on the {}: {why}", mounted.what)
+                }
+                None => problems.push(format!(
+                    "{name} passes on the plain dir but is {m:?} on the {}: {detail}",
+                    mounted.what
+                )),
+            }
         }
     }
 

@@ -139,6 +139,14 @@ impl SessionFs {
         call: impl FnOnce() -> SysResult<T>,
         fill: impl FnOnce(&mut Record, &SysResult<T>),
     ) -> SysResult<T> {
+        for m in ms {
+            let inode = m.inode();
+            let seen = inode.changes();
+            if let Ok(st) = sys::fstat(inode.fd()) {
+                // Only our own guard is in flight: a difference now was made around us.
+                self.check_external(inode, &st, 1, seen);
+            }
+        }
         let res = call();
         for m in ms {
             if let Ok(st) = sys::fstat(m.inode().fd()) {
@@ -258,9 +266,17 @@ impl SessionFs {
             Op::Truncate,
             |_| false,
             |before| {
+                let transcript = match h {
+                    Some(h) => self.handle_is_transcript(h),
+                    None => self.is_transcript(inode),
+                };
+                let path = || match h {
+                    Some(h) => self.handle_path(h),
+                    None => self.inodes.path_of(inode),
+                };
                 let cut = before
-                    .filter(|st| self.is_transcript(inode) && (size as i64) < st.st_size)
-                    .and_then(|st| self.prepare_cut(inode, st.st_size as u64, size));
+                    .filter(|st| transcript && (size as i64) < st.st_size)
+                    .and_then(|st| self.prepare_cut(inode, path(), st.st_size as u64, size));
                 let res = match h {
                     Some(h) => nix::unistd::ftruncate(h.fd(), size as i64),
                     None => {
@@ -421,6 +437,7 @@ impl SessionFs {
             |r, _| r.to = Some(to),
         )?;
         inode.add_name(np.id, newname);
+        self.reach_names_again(inode.other_names(np.id, newname));
         let (_, a) = self.stat_attr(inode)?;
         self.inodes.add_lookup(inode);
         Ok(a)
@@ -439,7 +456,7 @@ impl SessionFs {
     ) -> SysResult<()> {
         self.ro()?;
         let inode = &*h.inode;
-        let transcript = self.is_transcript(inode);
+        let transcript = self.handle_is_transcript(h);
         let destroys = mode
             & (libc::FALLOC_FL_PUNCH_HOLE
                 | libc::FALLOC_FL_ZERO_RANGE

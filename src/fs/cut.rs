@@ -44,13 +44,15 @@ impl CutOutcome {
 }
 
 impl SessionFs {
-    /// Before a truncate of `inode` from `old_size` to `new_size` (a transcript): the
+    /// Before a truncate of `inode` (journal path `path`) from `old_size` to `new_size`
+    /// (a transcript): the
     /// lines it will cut, their bytes already in the salvage store, so that no line is
     /// lost even if the daemon dies right after the truncate. `None` without a journal
     /// or when nothing is cut.
     pub(super) fn prepare_cut(
         &self,
         inode: &Inode,
+        path: String,
         old_size: u64,
         new_size: u64,
     ) -> Option<PendingCut> {
@@ -62,7 +64,7 @@ impl SessionFs {
         let change = self
             .tracker
             .before_truncate(inode.key(), rfd.as_fd(), old_size, new_size);
-        self.stage_cut(j, self.inodes.path_of(inode), change)
+        self.stage_cut(j, path, change)
     }
 
     /// Put the bytes of the lines `change` cuts into the salvage store.

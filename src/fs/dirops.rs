@@ -15,6 +15,7 @@ use super::inode::{Inode, Mutation};
 use super::record::{access_name, flag_names};
 use super::{Ctx, FMODE_EXEC, SessionFs, attr, backing_flags, record};
 use crate::journal::record::Op;
+use crate::locks::is_lock_name;
 use crate::sys::{self, FileKey, SysResult};
 use crate::transcript::{self, TranscriptTracker};
 
@@ -90,6 +91,9 @@ impl SessionFs {
         // O_NOFOLLOW: the kernel sends CREATE only after a negative lookup, so a symlink
         // here appeared behind our back (a `--source` writer); never follow it.
         let oflags = backing_flags(flags | libc::O_CREAT | libc::O_NOFOLLOW);
+        // A lock name: no reap of the name may interleave with its creation.
+        let lock_name = is_lock_name(name.as_bytes());
+        let gate = lock_name.then(|| self.locks.gate());
         let res = sys::as_caller(&self.groups(ctx), ctx.uid, ctx.gid, umask, || {
             sys::openat(p.fd(), &c, oflags, mode & 0o7777)
         });
@@ -111,17 +115,35 @@ impl SessionFs {
         };
         let st = sys::fstat(fd.as_fd())?;
         let opath = sys::reopen(fd.as_fd(), libc::O_PATH)?;
-        let inode = self.inodes.lookup(opath, &st, p.id, name);
+        let (inode, _) = self.inodes.lookup(opath, &st, p.id, name);
         {
             // The new file's first record: ordered before anything done through it.
             let _order = inode.ordered();
             self.mark_known(&inode, &st);
-            self.record(ctx, Op::Create, path, Some(inode.key()), |r| {
+            let seq = self.record(ctx, Op::Create, path.clone(), Some(inode.key()), |r| {
                 fill(r);
                 r.size_after = Some(st.st_size as u64);
                 r.after = Some(attr::fingerprint(&st));
             });
+            if lock_name && flags & libc::O_EXCL != 0 {
+                let caller = self.ids.caller(ctx.pid, ctx.uid, ctx.gid);
+                let info = self.locks.acquired(
+                    inode.key(),
+                    p.fd(),
+                    p.id,
+                    name,
+                    path.clone(),
+                    &caller,
+                    seq,
+                );
+                if let Some(info) = info {
+                    self.record_as(&caller, Op::LockAcquire, path, Some(inode.key()), |r| {
+                        r.lock = Some(info);
+                    });
+                }
+            }
         }
+        drop(gate);
         let a = attr::to_attr(inode.id, &st);
         let fh = self.insert_handle(ctx, fd, inode, flags);
         Ok((fh, a))
@@ -189,7 +211,21 @@ impl SessionFs {
                     o.apply(r);
                 }
             },
-        )
+        )?;
+        if let Some(k) = vkey.filter(|_| is_lock_name(name.as_bytes())) {
+            self.lock_gone(ctx, k, self.child_path(p, name));
+        }
+        Ok(())
+    }
+
+    /// Lock file `key` (journal path `path`) left its name through the caller `ctx`
+    /// (unlink, or replaced or moved by a rename): journal `lock-release` or
+    /// `lock-steal` if it was a lock.
+    fn lock_gone(&self, ctx: &Ctx, key: FileKey, path: String) {
+        let caller = self.ids.caller(ctx.pid, ctx.uid, ctx.gid);
+        if let Some((op, info)) = self.locks.removed(key, &caller) {
+            self.record_as(&caller, op, path, Some(key), |r| r.lock = Some(info));
+        }
     }
 
     /// RENAME `name` in `p` to `newname` in `np` with renameat2 `flags`. The moved
@@ -249,6 +285,7 @@ impl SessionFs {
             _ => None,
         };
         let moved_st: Cell<Option<libc::stat>> = Cell::new(None);
+        let gate = is_lock_name(newname.as_bytes()).then(|| self.locks.gate());
         let change: Cell<Option<transcript::Change>> = Cell::new(None);
         let res = self.change_entries(
             ctx,
@@ -323,6 +360,19 @@ impl SessionFs {
                 change.set(ch);
             },
         );
+        drop(gate);
+        if res.is_ok() && !exchange {
+            if let Some(st) = &rst
+                && is_lock_name(newname.as_bytes())
+            {
+                self.lock_gone(ctx, FileKey::of(st), to.clone());
+            }
+            if let Some(m) = &moved
+                && is_lock_name(name.as_bytes())
+            {
+                self.lock_gone(ctx, m.key(), self.child_path(p, name));
+            }
+        }
         // Salvage keeps only what the rename removed (all of it if the diff failed).
         if let (Some((start, end, _)), Some(j)) = (&old_lines, &self.journal) {
             match (&res, change.take()) {

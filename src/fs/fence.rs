@@ -22,16 +22,18 @@ impl SessionFs {
         }
         let f = attr::fingerprint(st);
         let now = (f.size, f.mtime_ns, f.ctime_ns);
-        let mut fp = inode.cache_fp.lock();
-        let keep = *fp == Some(now);
-        *fp = Some(now);
+        let mut k = inode.known.lock();
+        let keep = !k.stale && k.fp == Some(now);
+        k.fp = Some(now);
+        k.stale = false;
         keep
     }
 
     /// Remember the backing state we caused, so that `external` changes stand out.
+    /// A cache made stale by an outside change stays stale (see [`super::inode::Known`]).
     pub(super) fn mark_known(&self, inode: &Inode, st: &libc::stat) {
         let f = attr::fingerprint(st);
-        *inode.cache_fp.lock() = Some((f.size, f.mtime_ns, f.ctime_ns));
+        inode.known.lock().fp = Some((f.size, f.mtime_ns, f.ctime_ns));
     }
 
     /// Stat a file inode outside any change of ours (LOOKUP) and check it.
@@ -61,10 +63,12 @@ impl SessionFs {
         let f = attr::fingerprint(st);
         let now = (f.size, f.mtime_ns, f.ctime_ns);
         let prev = {
-            let mut fp = inode.cache_fp.lock();
-            let prev = *fp;
+            let mut k = inode.known.lock();
+            let prev = k.fp;
             if prev.is_some() && prev != Some(now) {
-                *fp = None; // next open must not keep the stale cache
+                // Recorded once; the next open must not keep the stale cache.
+                k.fp = Some(now);
+                k.stale = true;
             }
             prev
         };

@@ -78,6 +78,8 @@ impl SessionFs {
                 ended = self.end_rewrite(&h.inode);
             }
             self.record_release(ctx, &h, ended);
+            // The holder of a lock may have died (its fds close as it exits).
+            self.locks.handle_released(h.inode.key());
         }
     }
 

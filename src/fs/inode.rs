@@ -53,9 +53,8 @@ pub struct Inode {
     /// first; for journal paths only, never used to resolve. Several when hard links
     /// were reached through the mount.
     names: Mutex<Vec<(u64, Arc<OsStr>)>>,
-    /// Backing fingerprint (size, mtime_ns, ctime_ns) the kernel's page cache is known
-    /// to match; `FOPEN_KEEP_CACHE` is given only while the backing still matches it.
-    pub cache_fp: Mutex<Option<(u64, i64, i64)>>,
+    /// What we know of the backing file: see [`Known`].
+    pub known: Mutex<Known>,
     /// Read-only fd for transcript decoding, opened on first use and kept while a
     /// writable handle is open (so idle inodes cost one fd, not two).
     read_fd: Mutex<Option<Arc<OwnedFd>>>,
@@ -72,6 +71,18 @@ pub struct Inode {
     changes: AtomicU64,
     /// Table tick of the last lookup, getattr or open (LRU order for inode pressure).
     used: AtomicU64,
+}
+
+/// What the daemon knows of a backing file's state.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Known {
+    /// Fingerprint (size, mtime ns, ctime ns) after our last change or open, or after
+    /// the last `external` change we recorded; a different one is somebody else's.
+    pub fp: Option<(u64, i64, i64)>,
+    /// An outside change was seen since the kernel last filled its page cache: the
+    /// next open must not keep it (`FOPEN_KEEP_CACHE`), even if a change of ours has
+    /// moved `fp` since.
+    pub stale: bool,
 }
 
 /// Droppable by inode pressure: not the root, not a directory, and referenced only
@@ -216,18 +227,32 @@ impl Inode {
             .any(|(p, n)| *p == parent && &**n == name)
     }
     /// The inode was reached as (parent, name) (lookup, create): that name first.
-    pub fn set_name(&self, parent: u64, name: &OsStr) {
+    /// Returns whether the name was new to it.
+    pub fn set_name(&self, parent: u64, name: &OsStr) -> bool {
         let mut names = self.names.lock();
         if names[0].0 == parent && &*names[0].1 == name {
-            return;
+            return false;
         }
         match names.iter().position(|(p, n)| *p == parent && &**n == name) {
-            Some(i) => names[..=i].rotate_right(1),
+            Some(i) => {
+                names[..=i].rotate_right(1);
+                false
+            }
             None => {
                 names.insert(0, (parent, Arc::from(name)));
                 names.truncate(MAX_NAMES);
+                true
             }
         }
+    }
+    /// Every name the inode is known by except (parent, name).
+    pub fn other_names(&self, parent: u64, name: &OsStr) -> Vec<(u64, Arc<OsStr>)> {
+        self.names
+            .lock()
+            .iter()
+            .filter(|(p, n)| !(*p == parent && &**n == name))
+            .cloned()
+            .collect()
     }
     /// A new hard link (parent, name) was made: known by it too, but the name the
     /// inode was reached by stays first until a lookup reaches it by the new one.
@@ -248,7 +273,7 @@ impl Inode {
     /// Renamed from (from_parent, from) to (parent, name): the old name goes, the new
     /// one is first.
     pub fn rename_name(&self, from_parent: u64, from: &OsStr, parent: u64, name: &OsStr) {
-        self.set_name(parent, name);
+        let _ = self.set_name(parent, name);
         let mut names = self.names.lock();
         if names.len() > 1 && !(from_parent == parent && from == name) {
             names.retain(|(p, n)| !(*p == from_parent && &**n == from));
@@ -282,7 +307,7 @@ impl InodeTable {
             fd: root_fd,
             lookups: AtomicU64::new(1 << 40), // never forgotten
             names: Mutex::new(vec![(ROOT_ID, Arc::from(OsStr::from_bytes(b"")))]),
-            cache_fp: Mutex::new(None),
+            known: Mutex::new(Known::default()),
             read_fd: Mutex::new(None),
             writers: Default::default(),
             busy: Default::default(),
@@ -335,7 +360,7 @@ impl InodeTable {
 
     /// Node id under which a backing (dev, ino) is served: its own number when
     /// [`Self::direct_id`] allows, else a synthetic id (allocated on first use, kept
-    /// until the inode is forgotten).
+    /// for the life of the mount).
     pub fn id_for(&self, dev: u64, ino: u64) -> u64 {
         if dev == self.root_dev && ino == self.root_ino {
             return ROOT_ID;
@@ -382,14 +407,21 @@ impl InodeTable {
 
     /// Record one kernel lookup of the backing object `fd`/`st` reached as
     /// (`parent`, `name`): returns the existing inode (count + 1) or inserts a new one
-    /// (count 1). `fd` is dropped if the inode was already known.
-    pub fn lookup(&self, fd: OwnedFd, st: &libc::stat, parent: u64, name: &OsStr) -> Arc<Inode> {
+    /// (count 1), and whether `name` was new to an inode already known by other names.
+    /// `fd` is dropped if the inode was already known.
+    pub fn lookup(
+        &self,
+        fd: OwnedFd,
+        st: &libc::stat,
+        parent: u64,
+        name: &OsStr,
+    ) -> (Arc<Inode>, bool) {
         let id = self.id_for(st.st_dev, st.st_ino);
         if let Some(inode) = self.by_id.read().get(&id) {
             inode.lookups.fetch_add(1, Ordering::AcqRel);
-            inode.set_name(parent, name);
+            let new_name = inode.set_name(parent, name);
             self.touch(inode);
-            return inode.clone();
+            return (inode.clone(), new_name);
         }
         let mut map = self.by_id.write();
         let inode = map.entry(id).or_insert_with(|| {
@@ -401,7 +433,7 @@ impl InodeTable {
                 fd,
                 lookups: AtomicU64::new(0),
                 names: Mutex::new(vec![(parent, Arc::from(name))]),
-                cache_fp: Mutex::new(None),
+                known: Mutex::new(Known::default()),
                 read_fd: Mutex::new(None),
                 writers: Default::default(),
                 busy: Default::default(),
@@ -411,7 +443,8 @@ impl InodeTable {
             })
         });
         inode.lookups.fetch_add(1, Ordering::AcqRel);
-        inode.set_name(parent, name);
+        // Inserted by a racing lookup meanwhile: the name may be new to it.
+        let new_name = inode.set_name(parent, name) && Arc::strong_count(inode) > 1;
         let inode = inode.clone();
         let len = map.len();
         drop(map);
@@ -419,7 +452,7 @@ impl InodeTable {
         if let Some(p) = self.pressure.get() {
             p.check(len);
         }
-        inode
+        (inode, new_name)
     }
 
     /// Add one lookup to an inode already in the table (link, readdirplus of a known entry).
@@ -443,11 +476,11 @@ impl InodeTable {
             }
             None => false,
         };
-        if gone
-            && let Some(inode) = map.remove(&id)
-            && self.direct_id(inode.dev, inode.ino).is_none()
-        {
-            self.synthetic.lock().remove(&inode.key());
+        if gone {
+            // A synthetic id stays allocated to its file (~40 B): a readdirplus reply
+            // may carry it to the kernel while this FORGET runs, and the file keeps
+            // one st_ino for the life of the mount (OpenClaw's fence compares it).
+            map.remove(&id);
         }
     }
 

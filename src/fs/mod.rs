@@ -52,6 +52,8 @@ use crate::lanes::{LaneDeclarations, LaneRules};
 use crate::sys::{self, SysResult};
 use crate::transcript::{self, TranscriptTracker};
 
+pub(crate) use virt::LOCKS_FILE;
+
 use handle::{DirHandle, FileHandle, Handles};
 use inode::{Inode, InodeTable, ROOT_ID};
 use virt::VirtualFiles;
@@ -83,6 +85,8 @@ pub struct FsConfig {
     /// Most inodes (so O_PATH fds) the daemon holds before it asks the kernel to drop
     /// idle ones; `None`: from `RLIMIT_NOFILE` (all but max(1,024, 10%) of the fds).
     pub max_inodes: Option<usize>,
+    /// Reap locks whose holder died (`--no-reap` turns it off; see [`crate::locks`]).
+    pub reap: bool,
     /// `--strict-stat`: forward every change to the backing file even when it would
     /// change nothing (a chmod to the current mode, a chown to the current owner, a
     /// setxattr of the stored value), as ext4 does (its ctime then moves).
@@ -103,6 +107,7 @@ impl Default for FsConfig {
             readdirplus: false,
             max_inodes: None,
             strict_stat: false,
+            reap: true,
             notifier: Default::default(),
         }
     }
@@ -142,6 +147,7 @@ pub struct SessionFs {
     rewrites: transcript::Rewrites,
     replied: replied::Replied,
     journal: Option<Arc<Journal>>,
+    locks: Arc<crate::locks::Locks>,
     virt: VirtualFiles,
     cfg: FsConfig,
     /// SELinux is active on this host (`/sys/fs/selinux` exists).
@@ -205,6 +211,8 @@ impl SessionFs {
             pressure::Pressure::start(Arc::downgrade(&inodes), bounds, cfg.notifier.clone())
                 .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EAGAIN)))?;
         let _ = inodes.pressure.set(valve);
+        let locks = crate::locks::Locks::start(journal.clone(), cfg.notifier.clone(), cfg.reap)
+            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EAGAIN)))?;
         Ok(Self {
             inodes,
             files: Handles::new(),
@@ -215,6 +223,7 @@ impl SessionFs {
             rewrites: transcript::Rewrites::default(),
             replied: replied::Replied::default(),
             journal,
+            locks,
             virt: VirtualFiles::new(),
             cfg,
             selinux: Path::new("/sys/fs/selinux/enforce").exists(),
@@ -278,8 +287,43 @@ impl SessionFs {
         let c = sys::cname(name)?;
         let fd = sys::openat(parent.fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let st = sys::fstat(fd.as_fd())?;
-        let inode = self.inodes.lookup(fd, &st, parent.id, name);
+        let (inode, new_name) = self.inodes.lookup(fd, &st, parent.id, name);
+        if new_name && st.st_nlink > 1 {
+            self.reach_names_again(inode.other_names(parent.id, name));
+        }
         Ok((inode.clone(), self.attr_of(inode.id, &st)))
+    }
+
+    /// A file turned out to have several names (hard links): the kernel may hold
+    /// entries of its other `names` from when it had one, cached for the entry TTL, so
+    /// a path walk through them would not look it up and its records would carry the
+    /// name last looked up. Ask the kernel to drop them, from another thread (the
+    /// kernel takes the directory's lock for it, which the request in progress may
+    /// hold); their next lookup gets entry TTL 0 (see [`Self::entry_ttl`]).
+    fn reach_names_again(&self, names: Vec<(u64, Arc<OsStr>)>) {
+        if names.is_empty() || self.cfg.notifier.get().is_none() {
+            return;
+        }
+        let notifier = self.cfg.notifier.clone();
+        let _ = std::thread::Builder::new()
+            .name("sessionfs-inval".into())
+            .spawn(move || {
+                if let Some(n) = notifier.get() {
+                    for (parent, name) in names {
+                        let _ = n.inval_entry(fuser::INodeNo(parent), &name);
+                    }
+                }
+            });
+    }
+
+    /// Is the file open as handle `h` a transcript, by the name it was opened by?
+    fn handle_is_transcript(&self, h: &FileHandle) -> bool {
+        let name = if h.inode.has_name(h.via.0, &h.via.1) {
+            h.via.1.clone()
+        } else {
+            h.inode.name().1
+        };
+        h.inode.is_file() && transcript::is_transcript(name.as_bytes())
     }
 
     /// Entry TTL for a reply about `a`: 0 for a file with several links, so that each

@@ -78,7 +78,7 @@ pub(super) fn access_name(flags: i32) -> &'static str {
 impl SessionFs {
     /// Build a record for `op` on `path` by the caller `ctx`, let `f` fill the
     /// op-specific fields, and hand it to the journal. `file` (backing (dev, ino))
-    /// selects the caller's declared lane. No-op without a journal.
+    /// selects the caller's declared lane. Returns its `seq`; `None` without a journal.
     pub(super) fn record(
         &self,
         ctx: &Ctx,
@@ -86,10 +86,8 @@ impl SessionFs {
         path: String,
         file: Option<FileKey>,
         f: impl FnOnce(&mut Record),
-    ) {
-        if self.journal.is_none() {
-            return;
-        }
+    ) -> Option<u64> {
+        self.journal.as_ref()?;
         let caller = self.ids.caller(ctx.pid, ctx.uid, ctx.gid);
         self.record_as(&caller, op, path, file, f)
     }
@@ -102,8 +100,8 @@ impl SessionFs {
         path: String,
         file: Option<FileKey>,
         f: impl FnOnce(&mut Record),
-    ) {
-        let Some(j) = &self.journal else { return };
+    ) -> Option<u64> {
+        let j = self.journal.as_ref()?;
         let mut r = Record {
             ts: String::new(), // stamped by the journal, in seq order
             op,
@@ -127,7 +125,7 @@ impl SessionFs {
         } else if r.class.is_none() {
             r.class = Class::of(op);
         }
-        j.append(r);
+        Some(j.append(r))
     }
 
     /// Record a directory operation creating `name` in `parent` (mkdir, mknod, symlink).

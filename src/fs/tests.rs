@@ -386,7 +386,11 @@ fn no_op_metadata_changes_stop_at_the_daemon() {
         Err(Errno::EEXIST),
         "XATTR_CREATE of an existing name still fails"
     );
-    assert_eq!(backing_ctime(&f, "a"), c1, "same-value setxattr moved ctime");
+    assert_eq!(
+        backing_ctime(&f, "a"),
+        c1,
+        "same-value setxattr moved ctime"
+    );
     assert_ne!(c1, c0, "the first setxattr is a real change");
     let recs = f.records();
     let classes: Vec<(&str, &str, bool)> = recs
@@ -461,4 +465,46 @@ fn strict_stat_forwards_no_op_changes() {
     };
     fs.do_setattr(&me(), &a, None, set).unwrap();
     assert_ne!(sys::fstat(a.fd()).unwrap().st_ctime_nsec, c0);
+}
+
+#[test]
+fn synthetic_id_survives_a_forget_between_reply_and_lookup() {
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), b"x").unwrap();
+    let root = nix::fcntl::open(
+        dir.path(),
+        OFlag::O_PATH | OFlag::O_DIRECTORY,
+        Mode::empty(),
+    )
+    .unwrap();
+    let mut rst = sys::fstat(root.as_fd()).unwrap();
+    rst.st_dev ^= 0xdead; // every file is "foreign": served under a synthetic id
+    let t = InodeTable::new(root, &rst);
+    let open_f = || {
+        let fd = nix::fcntl::openat(
+            t.root().fd(),
+            "f",
+            OFlag::O_PATH | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        )
+        .unwrap();
+        let st = sys::fstat(fd.as_fd()).unwrap();
+        (fd, st)
+    };
+    let (fd, st) = open_f();
+    let first = t.lookup(fd, &st, ROOT_ID, OsStr::new("f")).0.id;
+    let (fd, st) = open_f();
+    let sent = t.id_for(st.st_dev, st.st_ino); // a reply carries the id …
+    t.forget(first, 1); // … while the FORGET of the last lookup lands
+    let filed = t.lookup(fd, &st, ROOT_ID, OsStr::new("f")).0.id;
+    assert_eq!(
+        filed, sent,
+        "the kernel and the daemon disagree on the node id"
+    );
+    assert_eq!(
+        filed, first,
+        "one st_ino for the file for the life of the mount"
+    );
 }

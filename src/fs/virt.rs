@@ -1,5 +1,6 @@
 //! Virtual files: `<mount>/.journal` (whole mount), `<dir>/<name>.journal` (one file's
-//! journal) and `<dir>/<name>.salvage` (its removed transcript lines).
+//! journal), `<dir>/<name>.salvage` (its removed transcript lines) and `<mount>/.locks`
+//! (the current session locks; reachable by lookup, not listed).
 //!
 //! They are read-only, mode 0400, owned by the watched file's owner (the journal holds
 //! process details), served with attr TTL 0 and direct I/O so that `tail -f` sees them
@@ -24,6 +25,8 @@ use crate::sys;
 
 /// Name of the whole-mount journal in the mount root.
 pub const MOUNT_JOURNAL: &str = ".journal";
+/// Name of the lock list in the mount root (`sessionfs locks` reads it).
+pub const LOCKS_FILE: &str = ".locks";
 /// Suffix of per-file journals.
 pub const JOURNAL_SUFFIX: &str = ".journal";
 /// Suffix of per-file salvage stores.
@@ -38,6 +41,8 @@ pub enum VirtualKind {
     Journal(String),
     /// The salvage store of one path.
     Salvage(String),
+    /// The current session locks, one JSON object per line.
+    Locks,
 }
 
 #[derive(Debug)]
@@ -158,11 +163,16 @@ impl SessionFs {
         self.replied.wait();
         let nodes = self.virt.nodes.read();
         let n = nodes.get(&id)?;
+        if n.kind == VirtualKind::Locks {
+            let size = self.locks.list_jsonl().len() as u64;
+            return Some(self.vattr(id, size, n.uid, n.gid));
+        }
         let j = self.journal.as_ref()?;
         let size = match &n.kind {
             VirtualKind::All => j.view_len(View::All),
             VirtualKind::Journal(p) => j.view_len(View::Path(p)),
             VirtualKind::Salvage(p) => j.salvage_len(p),
+            VirtualKind::Locks => 0,
         };
         Some(self.vattr(id, size, n.uid, n.gid))
     }
@@ -171,19 +181,31 @@ impl SessionFs {
     pub(super) fn virtual_read(&self, id: u64, offset: u64, size: usize) -> Option<Vec<u8>> {
         self.replied.wait();
         let kind = self.virt.nodes.read().get(&id)?.kind.clone();
+        if kind == VirtualKind::Locks {
+            let all = self.locks.list_jsonl();
+            let from = (offset as usize).min(all.len());
+            return Some(all[from..(from + size).min(all.len())].to_vec());
+        }
         let j = self.journal.as_ref()?;
         Some(match &kind {
             VirtualKind::All => j.read(View::All, offset, size),
             VirtualKind::Journal(p) => j.read(View::Path(p), offset, size),
             VirtualKind::Salvage(p) => j.read_salvage(p, offset, size),
+            VirtualKind::Locks => Vec::new(),
         })
     }
 
     /// Lookup of a name the backing does not have: is it a virtual file?
     pub(super) fn virtual_lookup(&self, parent: &Inode, name: &OsStr) -> Option<FileAttr> {
-        let j = self.journal.as_ref()?;
         let n = name.as_bytes();
         let root_st = sys::fstat(self.inodes.root().fd()).ok()?;
+        if parent.id == ROOT_ID && n == LOCKS_FILE.as_bytes() {
+            let id = self
+                .virt
+                .id(VirtualKind::Locks, root_st.st_uid, root_st.st_gid);
+            return self.virtual_attr(id);
+        }
+        let j = self.journal.as_ref()?;
         if parent.id == ROOT_ID && n == MOUNT_JOURNAL.as_bytes() {
             let id = self
                 .virt

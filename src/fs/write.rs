@@ -37,7 +37,7 @@ impl SessionFs {
             return respond(&Err(e));
         }
         let inode = &*h.inode;
-        let transcript = self.journal.is_some() && self.is_transcript(inode);
+        let transcript = self.journal.is_some() && self.handle_is_transcript(h);
         let respond = Cell::new(Some(respond));
         let outcome: Cell<Option<CutOutcome>> = Cell::new(None);
         let size_before = Cell::new(0u64);
@@ -127,6 +127,13 @@ impl SessionFs {
                 }
             },
         );
+        // A lock's payload, for `sessionfs locks` and the lock records.
+        if let Ok(n) = &res
+            && crate::locks::is_lock_name(inode.name().1.as_encoded_bytes())
+        {
+            let at = if append { size_before.get() } else { offset };
+            self.locks.wrote(inode.key(), at, &data[..*n]);
+        }
         // Without a journal the filler did not run: reply now.
         if let Some(f) = respond.take() {
             f(&res);

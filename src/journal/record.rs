@@ -66,6 +66,16 @@ pub enum Op {
     /// (`external`) A change made around the mount, seen at the next lookup,
     /// getattr, open or change.
     External,
+    /// (`lock-acquire`) A `*.lock` file created with `O_EXCL` through the mount.
+    LockAcquire,
+    /// (`lock-release`) A lock unlinked by its holder process (or, with
+    /// `lock.holder_alive` false, by another process after its holder died).
+    LockRelease,
+    /// (`lock-steal`) A lock unlinked or replaced by another process while its holder
+    /// lives.
+    LockSteal,
+    /// (`lock-reap`) A lock whose holder died, unlinked by sessionfs.
+    LockReap,
     /// (`unknown`) Never written by sessionfs: the op of an unfilled
     /// [`Record::default`].
     #[default]
@@ -74,7 +84,7 @@ pub enum Op {
 
 impl Op {
     /// Every op, in the order of the README's table.
-    pub const ALL: [Op; 21] = [
+    pub const ALL: [Op; 25] = [
         Op::Open,
         Op::Create,
         Op::Write,
@@ -95,6 +105,10 @@ impl Op {
         Op::Fsync,
         Op::Release,
         Op::External,
+        Op::LockAcquire,
+        Op::LockRelease,
+        Op::LockSteal,
+        Op::LockReap,
         Op::Unknown,
     ];
 
@@ -121,6 +135,10 @@ impl Op {
             Op::Fsync => "fsync",
             Op::Release => "release",
             Op::External => "external",
+            Op::LockAcquire => "lock-acquire",
+            Op::LockRelease => "lock-release",
+            Op::LockSteal => "lock-steal",
+            Op::LockReap => "lock-reap",
             Op::Unknown => "unknown",
         }
     }
@@ -170,9 +188,71 @@ impl Class {
                 Class::Rewrite
             }
             Op::External => Class::External,
+            Op::LockAcquire | Op::LockRelease | Op::LockSteal | Op::LockReap => Class::Lock,
             Op::Unknown => return None,
         })
     }
+}
+
+/// The process holding a session lock: the one that created the lock file through
+/// the mount (host pids, as the daemon sees them).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockHolder {
+    /// Thread group id.
+    pub pid: u32,
+    /// Thread that made the O_EXCL create.
+    pub tid: u32,
+    /// Field 22 of `/proc/<pid>/stat`: with `pid`, names the process across pid reuse.
+    pub starttime: u64,
+    /// `/proc/<pid>/comm`.
+    pub comm: String,
+    /// `/proc/<pid>/exe` target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    /// Inode of `/proc/<pid>/ns/pid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pidns: Option<u64>,
+    /// cgroup v2 path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// The `NSpid:` line of `/proc/<pid>/status`: its pid in each pid namespace from
+    /// the daemon's down to its own (one entry outside containers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nspid: Vec<u32>,
+}
+
+/// What a `lock-*` record says about the lock (source: OpenClaw 2026.5.22 session
+/// write lock, `<file>.jsonl.lock` with `{pid, createdAt, maxHoldMs, starttime}`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LockInfo {
+    /// The file the lock guards: the lock's path without `.lock`.
+    pub guards: String,
+    /// The true holder (creator) of the lock.
+    pub holder: LockHolder,
+    /// `seq` of the lock's `create` record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_seq: Option<u64>,
+    /// Age of the lock when the record was made, ms.
+    pub age_ms: u64,
+    /// The payload the holder wrote, if it is a JSON object (else `null`).
+    #[serde(default)]
+    pub payload: Option<serde_json::Value>,
+    /// The payload's bytes (lossy UTF-8, at most 4 KiB) when they are not a JSON
+    /// object: partial, malformed or empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_raw: Option<String>,
+    /// `maxHoldMs` from the payload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_hold_ms: Option<u64>,
+    /// The payload's `pid` names no pid of the holder in any of its pid namespaces
+    /// (a container writing a pid the host reads as someone else's).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub payload_pid_mismatch: bool,
+    /// Was the holder alive when the record was made?
+    pub holder_alive: bool,
+    /// Why the holder counts as dead (`lock-reap`, and a release by another process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// One ancestor of the acting process (nearest first).
@@ -364,6 +444,11 @@ pub struct Record {
     /// Bytes of a trailing partial line kept back until a later write completes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partial: Option<u64>,
+    /// On `lock-*` records: the lock, its holder and payload. The record's own
+    /// identity keys name who acted (the stealer, the releaser; sessionfs itself on a
+    /// `lock-reap`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock: Option<LockInfo>,
 }
 
 #[cfg(test)]
