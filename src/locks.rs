@@ -33,7 +33,7 @@ use serde::Serialize;
 
 use crate::identity::{self, Caller};
 use crate::journal::Journal;
-use crate::journal::record::{Class, LockHolder, LockInfo, Op, Record};
+use crate::journal::record::{Class, LockContext, LockHolder, LockInfo, Op, Record};
 use crate::sys::{self, FileKey};
 
 /// Interval of the reaper's sweep over every lock.
@@ -293,6 +293,27 @@ impl Locks {
             Op::LockSteal
         };
         Some((op, lock.info(&alive)))
+    }
+
+    /// The lock context of a change to the session file `path` by `actor`: is
+    /// `<path>.lock` held, by `actor`'s process or by another (returned)?
+    pub fn context(&self, path: &str, actor: &Caller) -> (LockContext, Option<LockHolder>) {
+        let locks = self.locks.lock();
+        let Some(l) = locks
+            .values()
+            .find(|l| l.path.strip_suffix(".lock") == Some(path))
+        else {
+            return (LockContext::None, None);
+        };
+        let mine = actor
+            .process
+            .as_ref()
+            .is_some_and(|p| p.pid == l.holder.pid && p.starttime == l.holder.starttime);
+        if mine {
+            (LockContext::HeldByWriter, None)
+        } else {
+            (LockContext::HeldByOther, Some(l.holder.clone()))
+        }
     }
 
     /// A handle of file `key` was released: if it is a lock, the reaper checks its

@@ -119,6 +119,11 @@ impl SessionFs {
             r.lane_source = Some("rule".into());
         }
         f(&mut r);
+        if r.path.ends_with(".jsonl") && r.lock.is_none() {
+            let (cx, holder) = self.locks.context(&r.path, caller);
+            r.lock_context = Some(cx);
+            r.lock_holder = holder;
+        }
         if r.result != "ok" {
             r.class = None;
             r.fence_moved = None;

@@ -221,6 +221,19 @@ pub struct LockHolder {
     pub nspid: Vec<u32>,
 }
 
+/// Whether a session file's lock (`<file>.lock`) existed when a change was made, and
+/// who held it (the record's `lock_context`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LockContext {
+    /// The lock existed and the process making the change held it.
+    HeldByWriter,
+    /// The lock existed and another process held it (see `lock_holder`).
+    HeldByOther,
+    /// No lock existed: nobody held the session.
+    None,
+}
+
 /// What a `lock-*` record says about the lock (source: OpenClaw 2026.5.22 session
 /// write lock, `<file>.jsonl.lock` with `{pid, createdAt, maxHoldMs, starttime}`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -444,6 +457,13 @@ pub struct Record {
     /// Bytes of a trailing partial line kept back until a later write completes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partial: Option<u64>,
+    /// On records of session files (`*.jsonl`): whether `<file>.lock` existed and who
+    /// held it when the change was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_context: Option<LockContext>,
+    /// With `lock_context` `held_by_other`: the holder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_holder: Option<LockHolder>,
     /// On `lock-*` records: the lock, its holder and payload. The record's own
     /// identity keys name who acted (the stealer, the releaser; sessionfs itself on a
     /// `lock-reap`).
