@@ -823,6 +823,7 @@ fn serve(
         max_inodes: spec.max_inodes,
         strict_stat: spec.strict_stat,
         reap: spec.reap,
+        state_dir: journal.as_ref().map(|_| state_dir.clone()),
         lane_rules,
         ..FsConfig::default()
     };

@@ -19,6 +19,11 @@ pub fn kind(mode: u32) -> FileType {
     }
 }
 
+/// A time in ns since the epoch.
+pub fn time_ns(ns: i64) -> SystemTime {
+    time(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000))
+}
+
 fn time(sec: i64, nsec: i64) -> SystemTime {
     if sec >= 0 {
         UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)

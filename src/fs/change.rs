@@ -87,6 +87,8 @@ impl SessionFs {
             self.check_external(inode, st, 1, seen);
         }
         let skip = !self.cfg.strict_stat && before.as_ref().is_some_and(noop);
+        // The fence as the mount reported it before the change.
+        let shown_before = before.as_ref().map(|st| self.reported_fp(st));
         let (res, after) = if skip {
             (Ok(T::default()), before)
         } else {
@@ -95,8 +97,11 @@ impl SessionFs {
             if let Some(st) = &after {
                 self.mark_known(inode, st);
             }
+            // A real change: the mount reports the backing times again.
+            self.shown.forget(inode.key());
             (res, after)
         };
+        let shown_after = after.as_ref().map(|st| self.reported_fp(st));
         if self.journal.is_some() {
             let caller = self.ids.caller(ctx.pid, ctx.uid, ctx.gid);
             let path = match h {
@@ -112,7 +117,7 @@ impl SessionFs {
             self.record_as(&caller, op, path, Some(inode.key()), |r| {
                 record::fingerprints(r, changed.before.as_ref(), changed.after.as_ref());
                 r.result = record::result(changed.res);
-                r.fence_moved = Some(r.before != r.after);
+                r.fence_moved = Some(shown_before != shown_after);
                 if skip {
                     r.class = Some(Class::Noop);
                 }
@@ -152,6 +157,7 @@ impl SessionFs {
             if let Ok(st) = sys::fstat(m.inode().fd()) {
                 self.mark_known(m.inode(), &st);
             }
+            self.shown.forget(m.inode().key());
         }
         let file = file(&res);
         self.record(ctx, op, path, file, |r| {
@@ -274,9 +280,13 @@ impl SessionFs {
                     Some(h) => self.handle_path(h),
                     None => self.inodes.path_of(inode),
                 };
-                let cut = before
-                    .filter(|st| transcript && (size as i64) < st.st_size)
-                    .and_then(|st| self.prepare_cut(inode, path(), st.st_size as u64, size));
+                let hold = h.is_some_and(|h| h.writable) || inode.writers() > 0;
+                let cuts = before.filter(|st| transcript && (size as i64) < st.st_size);
+                if let Some(st) = cuts.filter(|_| hold) {
+                    self.note_rewrite_origin(inode, st);
+                }
+                let cut =
+                    cuts.and_then(|st| self.prepare_cut(inode, path(), st.st_size as u64, size));
                 let res = match h {
                     Some(h) => nix::unistd::ftruncate(h.fd(), size as i64),
                     None => {
@@ -289,7 +299,6 @@ impl SessionFs {
                 if res.is_ok() && self.lacks_fsetid(ctx) {
                     kill_suid(inode);
                 }
-                let hold = h.is_some_and(|h| h.writable) || inode.writers() > 0;
                 outcome
                     .set(cut.map(|c| self.finish_cut(c, res.is_ok(), hold.then(|| inode.key()))));
                 res

@@ -18,6 +18,18 @@ use crate::journal::record::{Entry, Record};
 use crate::sys::{self, FileKey};
 use crate::transcript;
 
+/// A transcript as it was before the in-place rewrite in progress: if the rewrite
+/// ends with the same bytes, the mount keeps reporting these times.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Origin {
+    /// Size in bytes.
+    size: u64,
+    /// [`super::shown::content_hash`] of the content.
+    hash: u64,
+    /// The mtime and ctime the mount reported, ns.
+    shown: (i64, i64),
+}
+
 /// Lines a truncate or an overwrite is about to cut, their bytes already salvaged.
 #[derive(Debug)]
 pub(super) struct PendingCut {
@@ -111,6 +123,53 @@ impl SessionFs {
                 ..Default::default()
             }
         }
+    }
+
+    /// Before the first cut of an in-place rewrite of `inode` (backing stat `st`):
+    /// remember its content's hash and the times the mount reports, unless a rewrite
+    /// is already in progress. Skipped with `--strict-stat`.
+    pub(super) fn note_rewrite_origin(&self, inode: &Inode, st: &libc::stat) {
+        if self.cfg.strict_stat || self.rewrites.is_open(inode.key()) {
+            return;
+        }
+        let Ok(rfd) = inode.read_fd() else { return };
+        let bytes = transcript::TranscriptTracker::read_all(rfd.as_fd());
+        if bytes.len() as u64 != st.st_size as u64 {
+            return; // changing under us: no claim about it
+        }
+        let (_, _, m, c) = self.reported_fp(st);
+        let origin = Origin {
+            size: bytes.len() as u64,
+            hash: super::shown::content_hash(&self.hash_keys, &bytes),
+            shown: (m, c),
+        };
+        self.origins.lock().insert(inode.key(), origin);
+    }
+
+    /// The rewrite of `inode` ended: if the file is byte for byte what it was before
+    /// it, keep reporting the times of then (and make the kernel forget the times it
+    /// cached meanwhile). Returns whether it was identical.
+    pub(super) fn rewrite_identical(&self, inode: &Inode) -> bool {
+        let Some(o) = self.origins.lock().remove(&inode.key()) else {
+            return false;
+        };
+        let Ok(st) = sys::fstat(inode.fd()) else {
+            return false;
+        };
+        let Ok(rfd) = sys::reopen(inode.fd(), libc::O_RDONLY | libc::O_NOATIME)
+            .or_else(|_| sys::reopen(inode.fd(), libc::O_RDONLY))
+        else {
+            return false;
+        };
+        let bytes = transcript::TranscriptTracker::read_all(rfd.as_fd());
+        let same = bytes.len() as u64 == o.size
+            && st.st_size as u64 == o.size
+            && super::shown::content_hash(&self.hash_keys, &bytes) == o.hash;
+        if same {
+            self.shown.remember(&st, o.shown.0, o.shown.1);
+            self.inval_attrs_later(inode.id);
+        }
+        same
     }
 
     /// Put back the cut lines that the complete lines `entries` (produced by `data`

@@ -10,7 +10,6 @@ use std::os::fd::AsFd;
 use super::inode::Inode;
 use super::{SessionFs, attr};
 use crate::journal::record::{Class, Fingerprint, Op, Record};
-use crate::sys;
 
 impl SessionFs {
     /// Whether the kernel may keep its page cache for this open: only while the backing
@@ -25,6 +24,7 @@ impl SessionFs {
         let mut k = inode.known.lock();
         let keep = !k.stale && k.fp == Some(now);
         k.fp = Some(now);
+        k.meta = Some(meta(st));
         k.stale = false;
         keep
     }
@@ -33,17 +33,9 @@ impl SessionFs {
     /// A cache made stale by an outside change stays stale (see [`super::inode::Known`]).
     pub(super) fn mark_known(&self, inode: &Inode, st: &libc::stat) {
         let f = attr::fingerprint(st);
-        inode.known.lock().fp = Some((f.size, f.mtime_ns, f.ctime_ns));
-    }
-
-    /// Stat a file inode outside any change of ours (LOOKUP) and check it.
-    pub(super) fn note_external(&self, inode: &Inode) {
-        let g = inode.changes();
-        if inode.is_file()
-            && let Ok(st) = sys::fstat(inode.fd())
-        {
-            self.check_external(inode, &st, 0, g);
-        }
+        let mut k = inode.known.lock();
+        k.fp = Some((f.size, f.mtime_ns, f.ctime_ns));
+        k.meta = Some(meta(st));
     }
 
     /// A backing stat we did not cause: record an `external` change (and drop the
@@ -62,19 +54,27 @@ impl SessionFs {
         }
         let f = attr::fingerprint(st);
         let now = (f.size, f.mtime_ns, f.ctime_ns);
-        let prev = {
+        let (prev, drift) = {
             let mut k = inode.known.lock();
             let prev = k.fp;
+            // Only the ctime moved, and none of mode, owner, links: drift, not a change.
+            let drift = !self.cfg.strict_stat
+                && prev.is_some_and(|p| p.0 == now.0 && p.1 == now.1 && p.2 != now.2)
+                && k.meta == Some(meta(st));
             if prev.is_some() && prev != Some(now) {
-                // Recorded once; the next open must not keep the stale cache.
+                // Recorded once; the next open must not keep a stale cache.
                 k.fp = Some(now);
-                k.stale = true;
+                k.stale |= !drift;
             }
-            prev
+            (prev, drift)
         };
         let Some(p) = prev.filter(|p| *p != now) else {
             return;
         };
+        if drift {
+            self.ctime_drift(inode, st, p);
+            return;
+        }
         let path = self.inodes.path_of(inode);
         // A transcript we indexed: which entries the outside change removed and added
         // (by the line index; the removed bytes were never seen).
@@ -119,4 +119,41 @@ impl SessionFs {
             j.append(rec);
         }
     }
+
+    /// The backing ctime of `inode` drifted from `prev` to `st`'s alone: keep reporting
+    /// the times reported before (see [`super::shown`]) and journal one `ctime-drift`.
+    fn ctime_drift(&self, inode: &Inode, st: &libc::stat, prev: (u64, i64, i64)) {
+        let before = Fingerprint {
+            ino: inode.ino,
+            size: prev.0,
+            mtime_ns: prev.1,
+            ctime_ns: prev.2,
+        };
+        // What the mount reported for the previous state (itself perhaps remembered).
+        let mut was = *st;
+        was.st_ctime = prev.2.div_euclid(1_000_000_000);
+        was.st_ctime_nsec = prev.2.rem_euclid(1_000_000_000);
+        let (m, c) = self.shown.times(&was);
+        self.shown.remember(st, m, c);
+        let rec = Record {
+            op: Op::CtimeDrift,
+            path: self.inodes.path_of(inode),
+            result: "ok".into(),
+            size_before: Some(prev.0),
+            size_after: Some(st.st_size as u64),
+            before: Some(before),
+            after: Some(attr::fingerprint(st)),
+            class: Some(Class::Noop),
+            fence_moved: Some(false),
+            ..Default::default()
+        };
+        if let Some(j) = &self.journal {
+            j.append(rec);
+        }
+    }
+}
+
+/// (mode, uid, gid, nlink) of a backing stat.
+fn meta(st: &libc::stat) -> (u32, u32, u32, u64) {
+    (st.st_mode, st.st_uid, st.st_gid, st.st_nlink)
 }

@@ -74,10 +74,18 @@ impl SessionFs {
         if let Some(h) = self.files.remove(fh) {
             let _order = h.inode.ordered();
             let mut ended = None;
+            let mut identical = false;
             if h.writable && h.inode.writer_released() {
                 ended = self.end_rewrite(&h.inode);
+                identical = ended
+                    .as_ref()
+                    .is_some_and(|(removed, _)| removed.is_empty())
+                    && self.rewrite_identical(&h.inode);
+                if ended.is_none() {
+                    self.origins.lock().remove(&h.inode.key());
+                }
             }
-            self.record_release(ctx, &h, ended);
+            self.record_release(ctx, &h, ended, identical);
             // The holder of a lock may have died (its fds close as it exits).
             self.locks.handle_released(h.inode.key());
         }

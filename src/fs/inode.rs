@@ -79,6 +79,8 @@ pub struct Known {
     /// Fingerprint (size, mtime ns, ctime ns) after our last change or open, or after
     /// the last `external` change we recorded; a different one is somebody else's.
     pub fp: Option<(u64, i64, i64)>,
+    /// (mode, uid, gid, nlink) with `fp`: a ctime that moved alone is drift.
+    pub meta: Option<(u32, u32, u32, u64)>,
     /// An outside change was seen since the kernel last filled its page cache: the
     /// next open must not keep it (`FOPEN_KEEP_CACHE`), even if a change of ours has
     /// moved `fp` since.

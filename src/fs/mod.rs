@@ -30,6 +30,7 @@ mod ops;
 mod pressure;
 mod record;
 mod replied;
+mod shown;
 mod virt;
 mod write;
 
@@ -85,6 +86,8 @@ pub struct FsConfig {
     /// Most inodes (so O_PATH fds) the daemon holds before it asks the kernel to drop
     /// idle ones; `None`: from `RLIMIT_NOFILE` (all but max(1,024, 10%) of the fds).
     pub max_inodes: Option<usize>,
+    /// State dir: where remembered stat times persist (`None`: in memory only).
+    pub state_dir: Option<std::path::PathBuf>,
     /// Reap locks whose holder died (`--no-reap` turns it off; see [`crate::locks`]).
     pub reap: bool,
     /// `--strict-stat`: forward every change to the backing file even when it would
@@ -107,6 +110,7 @@ impl Default for FsConfig {
             readdirplus: false,
             max_inodes: None,
             strict_stat: false,
+            state_dir: None,
             reap: true,
             notifier: Default::default(),
         }
@@ -148,6 +152,13 @@ pub struct SessionFs {
     replied: replied::Replied,
     journal: Option<Arc<Journal>>,
     locks: Arc<crate::locks::Locks>,
+    /// Remembered stat times (see [`shown`]).
+    shown: shown::Overrides,
+    /// Content of transcripts before the in-place rewrite in progress (see
+    /// [`SessionFs::note_rewrite_origin`]).
+    origins: parking_lot::Mutex<std::collections::HashMap<sys::FileKey, cut::Origin>>,
+    /// Keys of [`shown::content_hash`], random per daemon run.
+    hash_keys: std::collections::hash_map::RandomState,
     virt: VirtualFiles,
     cfg: FsConfig,
     /// SELinux is active on this host (`/sys/fs/selinux` exists).
@@ -224,6 +235,13 @@ impl SessionFs {
             replied: replied::Replied::default(),
             journal,
             locks,
+            shown: shown::Overrides::load(if cfg.strict_stat {
+                None
+            } else {
+                cfg.state_dir.clone()
+            }),
+            origins: Default::default(),
+            hash_keys: Default::default(),
             virt: VirtualFiles::new(),
             cfg,
             selinux: Path::new("/sys/fs/selinux/enforce").exists(),
@@ -261,18 +279,38 @@ impl SessionFs {
     fn do_getattr(&self, inode: &Inode) -> SysResult<fuser::FileAttr> {
         self.inodes.touch(inode);
         let seen = inode.changes();
-        let (st, a) = self.stat_attr(inode)?;
+        let st = sys::fstat(inode.fd())?;
         self.check_external(inode, &st, 0, seen);
-        Ok(a)
+        Ok(self.attr_of(inode.id, &st))
     }
 
-    /// FUSE attributes of backing stat `st` served under node id `id`.
+    /// FUSE attributes of backing stat `st` served under node id `id`, with the
+    /// remembered times of a file whose backing stat moved without a change (see
+    /// [`shown`]).
     fn attr_of(&self, id: u64, st: &libc::stat) -> fuser::FileAttr {
-        if id == ROOT_ID {
+        let mut a = if id == ROOT_ID {
             attr::root_attr(st)
         } else {
             attr::to_attr(id, st)
+        };
+        if st.st_mode & libc::S_IFMT == libc::S_IFREG && !self.cfg.strict_stat {
+            let (m, c) = self.shown.times(st);
+            a.mtime = attr::time_ns(m);
+            a.ctime = attr::time_ns(c);
         }
+        a
+    }
+
+    /// The fence fingerprint (ino, size, mtime ns, ctime ns) the mount reports for
+    /// backing stat `st`.
+    fn reported_fp(&self, st: &libc::stat) -> (u64, u64, i64, i64) {
+        let (m, c) = if st.st_mode & libc::S_IFMT == libc::S_IFREG && !self.cfg.strict_stat {
+            self.shown.times(st)
+        } else {
+            let f = attr::fingerprint(st);
+            (f.mtime_ns, f.ctime_ns)
+        };
+        (st.st_ino, st.st_size as u64, m, c)
     }
 
     /// Look up `name` in `parent` on the backing: O_PATH|O_NOFOLLOW open + fstat, then
@@ -290,6 +328,16 @@ impl SessionFs {
         let (inode, new_name) = self.inodes.lookup(fd, &st, parent.id, name);
         if new_name && st.st_nlink > 1 {
             self.reach_names_again(inode.other_names(parent.id, name));
+        }
+        // A change around the mount shows here first (after the entry TTL): check it
+        // before the reply, whose times may then be remembered ones.
+        let mut st = st;
+        if inode.is_file() {
+            let seen = inode.changes();
+            if let Ok(now) = sys::fstat(inode.fd()) {
+                self.check_external(&inode, &now, 0, seen);
+                st = now;
+            }
         }
         Ok((inode.clone(), self.attr_of(inode.id, &st)))
     }
@@ -312,6 +360,22 @@ impl SessionFs {
                     for (parent, name) in names {
                         let _ = n.inval_entry(fuser::INodeNo(parent), &name);
                     }
+                }
+            });
+    }
+
+    /// Make the kernel drop its cached attributes of node `id` (from another thread,
+    /// as for [`Self::reach_names_again`]): the mount now reports other times.
+    fn inval_attrs_later(&self, id: u64) {
+        if self.cfg.notifier.get().is_none() {
+            return;
+        }
+        let notifier = self.cfg.notifier.clone();
+        let _ = std::thread::Builder::new()
+            .name("sessionfs-inval".into())
+            .spawn(move || {
+                if let Some(n) = notifier.get() {
+                    let _ = n.inval_inode(fuser::INodeNo(id), -1, 0);
                 }
             });
     }

@@ -92,9 +92,8 @@ impl fuser::Filesystem for SessionFs {
             return reply.error(FErrno::ENOENT);
         };
         match self.do_lookup(&p, name) {
-            Ok((inode, a)) => {
+            Ok((_, a)) => {
                 self.warn_if_shadowing(&p, name);
-                self.note_external(&inode);
                 self.entry_reply(reply, &a)
             }
             Err(Errno::ENOENT) => match self.virtual_lookup(&p, name) {

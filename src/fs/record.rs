@@ -185,6 +185,7 @@ impl SessionFs {
         ctx: &Ctx,
         h: &FileHandle,
         ended: Option<(Vec<Entry>, u64)>,
+        identical: bool,
     ) {
         if self.journal.is_none() {
             return;
@@ -204,6 +205,12 @@ impl SessionFs {
             if h.writable {
                 r.writes = Some(h.writes.load(Ordering::Relaxed));
                 r.write_bytes = Some(h.write_bytes.load(Ordering::Relaxed));
+            }
+            if identical {
+                // The rewrite put back the same bytes: the mount reports the times of
+                // before it, so the fence sees nothing.
+                r.class = Some(Class::Noop);
+                r.fence_moved = Some(false);
             }
             if let Some((removed, restored)) = ended {
                 if !removed.is_empty() {

@@ -61,6 +61,9 @@ impl SessionFs {
                     && let Ok(rfd) = inode.read_fd()
                     && let Some(j) = &self.journal
                 {
+                    if let Some(st) = before {
+                        self.note_rewrite_origin(inode, st);
+                    }
                     let ch = self.tracker.before_write(
                         inode.key(),
                         rfd.as_fd(),

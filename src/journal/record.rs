@@ -66,6 +66,9 @@ pub enum Op {
     /// (`external`) A change made around the mount, seen at the next lookup,
     /// getattr, open or change.
     External,
+    /// (`ctime-drift`) The backing ctime moved while nothing else did and nothing came
+    /// through the mount (Btrfs maintenance): the mount keeps reporting the last ctime.
+    CtimeDrift,
     /// (`lock-acquire`) A `*.lock` file created with `O_EXCL` through the mount.
     LockAcquire,
     /// (`lock-release`) A lock unlinked by its holder process (or, with
@@ -84,7 +87,7 @@ pub enum Op {
 
 impl Op {
     /// Every op, in the order of the README's table.
-    pub const ALL: [Op; 25] = [
+    pub const ALL: [Op; 26] = [
         Op::Open,
         Op::Create,
         Op::Write,
@@ -105,6 +108,7 @@ impl Op {
         Op::Fsync,
         Op::Release,
         Op::External,
+        Op::CtimeDrift,
         Op::LockAcquire,
         Op::LockRelease,
         Op::LockSteal,
@@ -135,6 +139,7 @@ impl Op {
             Op::Fsync => "fsync",
             Op::Release => "release",
             Op::External => "external",
+            Op::CtimeDrift => "ctime-drift",
             Op::LockAcquire => "lock-acquire",
             Op::LockRelease => "lock-release",
             Op::LockSteal => "lock-steal",
@@ -188,6 +193,7 @@ impl Class {
                 Class::Rewrite
             }
             Op::External => Class::External,
+            Op::CtimeDrift => Class::Noop,
             Op::LockAcquire | Op::LockRelease | Op::LockSteal | Op::LockReap => Class::Lock,
             Op::Unknown => return None,
         })
