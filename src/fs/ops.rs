@@ -144,6 +144,14 @@ impl fuser::Filesystem for SessionFs {
         reply: ReplyAttr,
     ) {
         if ino.0 >= VIRTUAL_BASE {
+            // `fs.writeFileSync` opens a lane file with O_TRUNC: a size change of it
+            // is accepted (there is nothing to truncate).
+            if self.is_lane_file(ino.0) && mode.is_none() && uid.is_none() && gid.is_none() {
+                return match self.virtual_attr(ino.0) {
+                    Some(a) => reply.attr(&Duration::ZERO, &a),
+                    None => reply.error(FErrno::ENOENT),
+                };
+            }
             return reply.error(FErrno::EACCES);
         }
         let Ok(inode) = self.inode(ino.0) else {
@@ -276,7 +284,7 @@ impl fuser::Filesystem for SessionFs {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let flags = flags.0;
         if ino.0 >= VIRTUAL_BASE {
-            if flags & libc::O_ACCMODE != libc::O_RDONLY {
+            if flags & libc::O_ACCMODE != libc::O_RDONLY && !self.is_lane_file(ino.0) {
                 return reply.error(FErrno::EACCES);
             }
             return reply.opened(Fh(ino.0), FopenFlags::FOPEN_DIRECT_IO);
@@ -292,7 +300,7 @@ impl fuser::Filesystem for SessionFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: Fh,
         offset: u64,
@@ -301,6 +309,9 @@ impl fuser::Filesystem for SessionFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        if ino.0 >= VIRTUAL_BASE && self.is_lane_file(ino.0) {
+            return reply.data(&self.read_lane(&Ctx::from(req), ino.0, offset, size as usize));
+        }
         if ino.0 >= VIRTUAL_BASE {
             return match self.virtual_read(ino.0, offset, size as usize) {
                 Some(d) => reply.data(&d),
@@ -332,6 +343,12 @@ impl fuser::Filesystem for SessionFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        if is_virtual(fh.0) {
+            return match self.write_lane(&Ctx::from(req), fh.0, data) {
+                Ok(n) => reply.written(n as u32),
+                Err(e) => reply.error(err(e)),
+            };
+        }
         let Some(h) = self.files.get(fh.0) else {
             return reply.error(FErrno::EBADF);
         };

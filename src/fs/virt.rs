@@ -1,6 +1,7 @@
 //! Virtual files: `<mount>/.journal` (whole mount), `<dir>/<name>.journal` (one file's
-//! journal), `<dir>/<name>.salvage` (its removed transcript lines) and `<mount>/.locks`
-//! (the current session locks; reachable by lookup, not listed).
+//! journal), `<dir>/<name>.salvage` (its removed transcript lines), `<mount>/.locks`
+//! (the current session locks; reachable by lookup, not listed) and `<dir>/<name>.lane`
+//! (write a lane name to declare it for the writing process; mode 0600).
 //!
 //! They are read-only, mode 0400, owned by the watched file's owner (the journal holds
 //! process details), served with attr TTL 0 and direct I/O so that `tail -f` sees them
@@ -27,6 +28,10 @@ use crate::sys;
 pub const MOUNT_JOURNAL: &str = ".journal";
 /// Name of the lock list in the mount root (`sessionfs locks` reads it).
 pub const LOCKS_FILE: &str = ".locks";
+/// Suffix of a file's lane control file: writing a lane name to `<file>.lane`
+/// declares it for the writing process, as `setfattr -n user.sessionfs.lane` does
+/// (for runners without xattr calls: Node's `fs`); reading it gives the declaration.
+pub const LANE_SUFFIX: &str = ".lane";
 /// Suffix of per-file journals.
 pub const JOURNAL_SUFFIX: &str = ".journal";
 /// Suffix of per-file salvage stores.
@@ -43,6 +48,13 @@ pub enum VirtualKind {
     Salvage(String),
     /// The current session locks, one JSON object per line.
     Locks,
+    /// The lane control file of entry `name` in directory node `parent`.
+    Lane {
+        /// Node id of the directory.
+        parent: u64,
+        /// The watched file's name.
+        name: std::ffi::OsString,
+    },
 }
 
 #[derive(Debug)]
@@ -137,6 +149,10 @@ impl SessionFs {
     }
 
     fn vattr(&self, id: u64, size: u64, uid: u32, gid: u32) -> FileAttr {
+        self.vattr_mode(id, size, uid, gid, 0o400)
+    }
+
+    fn vattr_mode(&self, id: u64, size: u64, uid: u32, gid: u32, perm: u16) -> FileAttr {
         let now = SystemTime::now();
         FileAttr {
             ino: INodeNo(id),
@@ -147,7 +163,7 @@ impl SessionFs {
             ctime: now,
             crtime: now,
             kind: FileType::RegularFile,
-            perm: 0o400,
+            perm,
             nlink: 1,
             uid,
             gid,
@@ -167,14 +183,74 @@ impl SessionFs {
             let size = self.locks.list_jsonl().len() as u64;
             return Some(self.vattr(id, size, n.uid, n.gid));
         }
+        if let VirtualKind::Lane { .. } = n.kind {
+            // Size 0: what a read shows depends on the reader (direct I/O reads it).
+            return Some(self.vattr_mode(id, 0, n.uid, n.gid, 0o600));
+        }
         let j = self.journal.as_ref()?;
         let size = match &n.kind {
             VirtualKind::All => j.view_len(View::All),
             VirtualKind::Journal(p) => j.view_len(View::Path(p)),
             VirtualKind::Salvage(p) => j.salvage_len(p),
-            VirtualKind::Locks => 0,
+            VirtualKind::Locks | VirtualKind::Lane { .. } => 0,
         };
         Some(self.vattr(id, size, n.uid, n.gid))
+    }
+
+    /// Is virtual node `id` a lane control file (the only writable virtual file)?
+    pub(super) fn is_lane_file(&self, id: u64) -> bool {
+        matches!(
+            self.virt.nodes.read().get(&id).map(|n| &n.kind),
+            Some(VirtualKind::Lane { .. })
+        )
+    }
+
+    /// The watched file of lane control file `id`: its key, by a fresh lookup.
+    fn lane_target(&self, id: u64) -> Option<crate::sys::FileKey> {
+        let (parent, name) = match &self.virt.nodes.read().get(&id)?.kind {
+            VirtualKind::Lane { parent, name } => (*parent, name.clone()),
+            _ => return None,
+        };
+        let p = self.inodes.get(parent)?;
+        let st = sys::fstatat(p.fd(), &sys::cname(&name).ok()?).ok()?;
+        Some(crate::sys::FileKey::of(&st))
+    }
+
+    /// A write of `data` to lane control file `id` by `ctx`: declares the lane (the
+    /// bytes up to the first newline; empty clears it) for the caller's process on the
+    /// watched file. Errors: ENOENT when the watched file is gone, EINVAL when the name
+    /// is not UTF-8.
+    pub(super) fn write_lane(
+        &self,
+        ctx: &super::Ctx,
+        id: u64,
+        data: &[u8],
+    ) -> crate::sys::SysResult<usize> {
+        let key = self.lane_target(id).ok_or(nix::errno::Errno::ENOENT)?;
+        let line = data.split(|b| *b == b'\n').next().unwrap_or_default();
+        let lane = std::str::from_utf8(line)
+            .map_err(|_| nix::errno::Errno::EINVAL)?
+            .trim();
+        let caller = self.ids.caller(ctx.pid, ctx.uid, ctx.gid);
+        self.lanes
+            .declare(&caller, key, Some(lane).filter(|l| !l.is_empty()));
+        Ok(data.len())
+    }
+
+    /// A read of lane control file `id` by `ctx`: the caller's declared lane and a
+    /// newline, or nothing.
+    pub(super) fn read_lane(&self, ctx: &super::Ctx, id: u64, offset: u64, size: usize) -> Vec<u8> {
+        let Some(key) = self.lane_target(id) else {
+            return Vec::new();
+        };
+        let caller = self.ids.caller(ctx.pid, ctx.uid, ctx.gid);
+        let all = self
+            .lanes
+            .get(&caller, key)
+            .map(|l| format!("{l}\n").into_bytes())
+            .unwrap_or_default();
+        let from = (offset as usize).min(all.len());
+        all[from..(from + size).min(all.len())].to_vec()
     }
 
     /// Bytes of a virtual node.
@@ -191,7 +267,7 @@ impl SessionFs {
             VirtualKind::All => j.read(View::All, offset, size),
             VirtualKind::Journal(p) => j.read(View::Path(p), offset, size),
             VirtualKind::Salvage(p) => j.read_salvage(p, offset, size),
-            VirtualKind::Locks => Vec::new(),
+            VirtualKind::Locks | VirtualKind::Lane { .. } => Vec::new(),
         })
     }
 
@@ -203,6 +279,19 @@ impl SessionFs {
             let id = self
                 .virt
                 .id(VirtualKind::Locks, root_st.st_uid, root_st.st_gid);
+            return self.virtual_attr(id);
+        }
+        if n.len() > LANE_SUFFIX.len() && n.ends_with(LANE_SUFFIX.as_bytes()) {
+            let base = OsStr::from_bytes(&n[..n.len() - LANE_SUFFIX.len()]);
+            let st = sys::cname(base)
+                .ok()
+                .and_then(|c| sys::fstatat(parent.fd(), &c).ok())
+                .filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)?;
+            let kind = VirtualKind::Lane {
+                parent: parent.id,
+                name: base.to_os_string(),
+            };
+            let id = self.virt.id(kind, st.st_uid, st.st_gid);
             return self.virtual_attr(id);
         }
         let j = self.journal.as_ref()?;
