@@ -464,20 +464,6 @@ fn reaper(locks: &Weak<Locks>, wake: &Receiver<()>) {
     }
 }
 
-/// `s` with control characters (a newline in a name, an escape sequence in a process
-/// name) shown as `\xNN`, so a table row cannot be forged or the terminal driven.
-fn escape(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_control() {
-                format!("\\x{:02x}", c as u32)
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
-
 /// `sessionfs locks MOUNTPOINT [--json]`: the mount's `.locks` file, as it is
 /// (`--json`) or as a table.
 ///
@@ -520,9 +506,9 @@ pub fn run_locks(mountpoint: &std::path::Path, json: bool) -> Result<(), String>
         };
         text.push_str(&format!(
             "{:<40} {:>8} {:<16} {:<12} {:<5} {:>9} {:>9} {:<5} {:>8}\n",
-            escape(r["lock"].as_str().unwrap_or("?")),
+            crate::journal::cli::escape_controls(r["lock"].as_str().unwrap_or("?")),
             r["holder"]["pid"],
-            escape(r["holder"]["comm"].as_str().unwrap_or("?")),
+            crate::journal::cli::escape_controls(r["holder"]["comm"].as_str().unwrap_or("?")),
             r["container"].as_str().unwrap_or("-"),
             if r["holder_alive"] == true {
                 "yes"

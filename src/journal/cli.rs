@@ -266,8 +266,31 @@ fn entries_summary(rec: &Value) -> String {
     parts.join(" ")
 }
 
-/// One table row: time, seq, op, process, lane, path/entries, result.
+/// `s` with every control character (newline, carriage return, escape, …) shown as
+/// `\xNN`: a file named with a newline cannot forge a table row, and an escape
+/// sequence in a process name cannot reach the terminal.
+pub fn escape_controls(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                format!("\\x{:02x}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// One table row: time, seq, op, process, lane, path/entries, result; control
+/// characters escaped (see [`escape_controls`]).
 pub fn table_row(rec: &Value) -> String {
+    escape_controls(&raw_row(rec))
+}
+
+fn raw_row(rec: &Value) -> String {
     let ts = rec["ts"].as_str().unwrap_or("");
     let time = ts.get(11..23).unwrap_or(ts);
     let who = match (rec["comm"].as_str(), rec["pid"].as_u64()) {
@@ -400,6 +423,18 @@ pub fn run_salvage(args: &SalvageArgs) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_rows_escape_control_characters() {
+        let rec = serde_json::json!({
+            "ts": "2026-12-06T04:00:00.000000000Z", "seq": 7, "op": "write",
+            "path": "x.jsonl\n04:00:00.000       8 unlink    sh[1]      -          s.jsonl",
+            "comm": "evil\u{1b}[2J", "pid": 42, "result": "ok",
+        });
+        let row = table_row(&rec);
+        assert!(!row.chars().any(char::is_control), "{row:?}");
+        assert!(row.contains("x.jsonl\\x0a04:00") && row.contains("evil\\x1b[2J"), "{row}");
+    }
 
     #[test]
     fn since_finds_the_first_later_record() {
