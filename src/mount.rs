@@ -372,6 +372,8 @@ struct Plan {
     id: String,
     /// Absolute journal state dir.
     state_dir: PathBuf,
+    /// This mount attempt created it: a failed attempt removes it again.
+    created_state_dir: bool,
     /// The pid dir, checked and held open; `None` when the id is too long for a name.
     pid_dir: Option<PidDir>,
     /// Background mode: `<state_dir>/sessionfs.log`, opened for appending.
@@ -491,13 +493,16 @@ fn prepare(spec: &MountSpec) -> Result<Plan, String> {
         None
     };
 
+    let mut created_state_dir = false;
     if uses_state_dir {
+        created_state_dir = fs::symlink_metadata(&state_dir).is_err();
         // Private: journal records and salvaged transcript lines are session content.
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&state_dir)
             .map_err(|e| format!("state dir {}: {e}", state_dir.display()))?;
+        check_state_dir(&state_dir)?;
     }
     let log = if spec.foreground {
         None
@@ -518,9 +523,40 @@ fn prepare(spec: &MountSpec) -> Result<Plan, String> {
         source,
         id,
         state_dir,
+        created_state_dir,
         pid_dir,
         log,
     })
+}
+
+/// Refuse a state dir another user could tamper with: the journal in it is evidence.
+///
+/// # Errors
+/// One line when `dir` is not a directory, is not owned by the daemon's user, or is
+/// writable by its group or by others.
+fn check_state_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(dir).map_err(|e| format!("state dir {}: {e}", dir.display()))?;
+    if !m.is_dir() {
+        return Err(format!("state dir {} is not a directory", dir.display()));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if m.uid() != me {
+        return Err(format!(
+            "state dir {} belongs to uid {}, not to the daemon's user (uid {me}): another user could alter the journal; chown it or pass another --state-dir",
+            dir.display(),
+            m.uid()
+        ));
+    }
+    if m.mode() & 0o022 != 0 {
+        return Err(format!(
+            "state dir {} is writable by group or others (mode {:04o}): anyone could alter the journal; run `chmod 700 {}` or pass another --state-dir",
+            dir.display(),
+            m.mode() & 0o7777,
+            dir.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Create (0755) or check the pid dir and hold it open: it must not be a symlink and
@@ -689,6 +725,18 @@ fn which(bin: &str) -> Option<PathBuf> {
 /// returned as `fuse session: …` (the mount is gone by then).
 pub fn mount(spec: MountSpec) -> Result<(), String> {
     let plan = prepare(&spec)?;
+    let (created, state_dir) = (plan.created_state_dir, plan.state_dir.clone());
+    let res = mount_planned(&spec, plan);
+    // A mount that never went live leaves no state dir it made (the daemon, if it
+    // got that far, has exited: its error came through the pipe as it ended).
+    if res.is_err() && created && !spec.foreground {
+        let _ = fs::remove_dir_all(&state_dir);
+    }
+    res
+}
+
+/// [`mount`] once the plan is made.
+fn mount_planned(spec: &MountSpec, plan: Plan) -> Result<(), String> {
     let lane_rules = match &spec.lanes {
         Some(p) => LaneRules::load(p)?,
         None => LaneRules::empty(),
@@ -781,6 +829,7 @@ fn serve(
         state_dir,
         pid_dir,
         log,
+        ..
     } = plan;
     drop(log); // already on fd 2 in the background
     // Block the shutdown signals before any thread starts (the journal's writer, the

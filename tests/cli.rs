@@ -678,3 +678,47 @@ fn failure_after_mounting_leaves_no_mount() {
     // The directory itself is usable again.
     std::fs::write(s.mnt.join("after"), b"x").unwrap();
 }
+
+/// A pre-existing state dir that others can write, or that belongs to another user, is
+/// refused: the journal in it is evidence (before, `nobody` could rename `segments/`
+/// away unnoticed).
+#[test]
+fn state_dir_others_could_alter_is_refused() {
+    let s = scratch();
+    let _g = s.guard();
+    std::fs::create_dir(&s.state).unwrap();
+    std::fs::set_permissions(&s.state, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let line = must_fail(&mut s.mount_cmd(&[], &s.mnt), s.tmp.path(), "writable by");
+    assert!(line.contains("chmod 700"), "says what to do: {line}");
+    assert!(!is_mounted(&s.mnt));
+    std::fs::set_permissions(&s.state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&s.state, Some(65534), Some(65534)).unwrap();
+    let line = must_fail(
+        &mut s.mount_cmd(&[], &s.mnt),
+        s.tmp.path(),
+        "belongs to uid 65534",
+    );
+    assert!(!is_mounted(&s.mnt), "{line}");
+    // Both refusals left the operator's directory as it was.
+    assert!(s.state.is_dir());
+}
+
+/// A mount that fails leaves no state dir it created.
+#[test]
+fn failed_mount_leaves_no_new_state_dir() {
+    let s = scratch();
+    let _g = s.guard();
+    let lanes = s.tmp.path().join("lanes.json");
+    std::fs::write(&lanes, b"{\"rules\": [{\"lane\": \"x\"}]}").unwrap();
+    let lanes_arg = lanes.to_str().unwrap();
+    must_fail(
+        &mut s.mount_cmd(&["--lanes", lanes_arg], &s.mnt),
+        s.tmp.path(),
+        "lane",
+    );
+    assert!(
+        !s.state.exists(),
+        "the failed mount left {}",
+        s.state.display()
+    );
+}
