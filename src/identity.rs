@@ -805,6 +805,9 @@ fn is_secret_name(name: &str) -> bool {
 
 /// A flag (`-x…`/`--x…`, no `=`) whose next argument is a secret: `--token`,
 /// `--api-key`, `--password`, `--secret`, `-auth`, `--gateway-token`…
+/// Short flags whose value is a secret (`openclaw … -t <token>`).
+const SECRET_SHORT_FLAGS: &[&str] = &["-t"];
+
 fn is_secret_flag(a: &str) -> bool {
     a.len() > 1 && a.starts_with('-') && a.bytes().all(is_name_byte) && is_secret_name(a)
 }
@@ -850,6 +853,18 @@ fn redact_text(s: &str) -> Cow<'_, str> {
     let b = s.as_bytes();
     let lower = s.to_ascii_lowercase();
     let mut ranges: Vec<(usize, usize)> = Vec::new();
+    // A flag and its value in one argument (`sh -c "openclaw --token X"`, or argv
+    // built as the single string "--token X"): the word after a secret flag.
+    let words: Vec<(usize, &str)> = s
+        .split_ascii_whitespace()
+        .map(|w| (w.as_ptr() as usize - s.as_ptr() as usize, w))
+        .collect();
+    for pair in words.windows(2) {
+        let (flag, (at, value)) = (pair[0].1, pair[1]);
+        if is_secret_flag(flag) || SECRET_SHORT_FLAGS.contains(&flag) {
+            ranges.push((at, at + value.len()));
+        }
+    }
     for (i, &c) in b.iter().enumerate() {
         if c != b'=' && c != b':' {
             continue;
@@ -936,6 +951,8 @@ fn redact_text(s: &str) -> Cow<'_, str> {
 }
 
 /// `argv[0]` plus at most two more arguments, with secrets replaced by `<redacted>`:
+/// - the argument after `-t`, and the word after a secret flag within one argument
+///   (`"--token X"`, `sh -c "openclaw --token X"`);
 /// - the argument after a secret flag (`--token X`, `--api-key X`, `--password X`,
 ///   `--secret X`, any flag with a secret word such as `--gateway-token X`; not
 ///   `--token-file X`), after a header name alone (`Authorization: X`) and after
@@ -964,7 +981,10 @@ pub fn redact(args: &[String]) -> Vec<String> {
             }
             continue;
         }
-        secret_next = is_secret_flag(a) || is_secret_header(a) || is_auth_scheme(a);
+        secret_next = is_secret_flag(a)
+            || SECRET_SHORT_FLAGS.contains(&a.as_str())
+            || is_secret_header(a)
+            || is_auth_scheme(a);
         out.push(redact_text(a).into_owned());
     }
     out
@@ -1150,6 +1170,28 @@ mod tests {
             s(&["oc", "--token-file", "/run/t"])
         );
         assert_eq!(r1("--auth-url=https://h/"), "--auth-url=https://h/");
+    }
+
+    #[test]
+    fn redacts_short_token_flag_and_flag_value_in_one_argument() {
+        assert_eq!(
+            redact(&s(&["openclaw", "-t", "SECRET"])),
+            s(&["openclaw", "-t", REDACTED])
+        );
+        assert_eq!(
+            redact(&s(&["openclaw", "--token SECRET"])),
+            s(&["openclaw", &format!("--token {REDACTED}")])
+        );
+        assert_eq!(
+            redact(&s(&["sh", "-c", "openclaw agent --gateway-token abc -t def --to x"])),
+            s(&[
+                "sh",
+                "-c",
+                &format!("openclaw agent --gateway-token {REDACTED} -t {REDACTED} --to x")
+            ])
+        );
+        // Other short flags keep their values.
+        assert_eq!(redact(&s(&["sort", "-k", "2"])), s(&["sort", "-k", "2"]));
     }
 
     #[test]
