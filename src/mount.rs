@@ -745,7 +745,7 @@ fn mount_planned(spec: &MountSpec, plan: Plan) -> Result<(), String> {
     let root = open_dir(&plan.source)?;
 
     if spec.foreground {
-        return serve(&spec, plan, root, lane_rules, None);
+        return serve(spec, plan, root, lane_rules, None);
     }
     // O_CLOEXEC: nothing the daemon spawns (fusermount3 for a non-root mount) may
     // inherit the write end, or our read below would wait for that helper as well.
@@ -769,7 +769,7 @@ fn mount_planned(spec: &MountSpec, plan: Plan) -> Result<(), String> {
         nix::unistd::ForkResult::Child => {
             drop(rd);
             let r = match daemonize(&plan) {
-                Ok(()) => serve(&spec, plan, root, lane_rules, Some(wr)),
+                Ok(()) => serve(spec, plan, root, lane_rules, Some(wr)),
                 Err(e) => {
                     let _ = nix::unistd::write(&wr, e.as_bytes());
                     Err(e)
