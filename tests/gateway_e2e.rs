@@ -5,6 +5,11 @@
 //! released its session lock), `openclaw onboard`, the gateway, a WebSocket client that
 //! calls both `sessions.list` and `chat.history` on a 50 ms tick (at most one call per
 //! method in flight: see tests/e2e/ws_client.mjs), and 5 `openclaw agent` turns.
+//! A second test runs the turns (without the WebSocket client) while a loop chmods the
+//! transcript to the mode it already has every 10 ms: on the plain directory the ctime
+//! it moves trips the gateway's session fence (`EmbeddedAttemptSessionTakeoverError`);
+//! on the mount sessionfs answers those chmods itself (journal class `noop`) and every
+//! turn replies.
 //! Recipe: shared/OPENCLAW-E2E.md. Set-up: `tests/e2e/setup.sh` (run by tests/run.sh).
 //!
 //! Skipped only when `SESSIONFS_SKIP_E2E=1` and `CI` is not `true`; otherwise a missing
@@ -879,13 +884,9 @@ impl ChmodLoop {
 
     /// Stop the thread and return its counts.
     fn finish(mut self) -> ChmodCounts {
-        self.stop_and_join().expect("chmod loop already joined")
-    }
-
-    fn stop_and_join(&mut self) -> Option<ChmodCounts> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let t = self.thread.take()?;
-        Some(t.join().expect("chmod loop panicked"))
+        let t = self.thread.take().expect("chmod loop running");
+        t.join().expect("chmod loop panicked")
     }
 }
 
@@ -905,9 +906,16 @@ struct ChmodJournal {
     noop: usize,
     metadata: usize,
     other: usize,
-    /// chmod records (any file) that moved the fence or did not succeed.
+    /// The transcript's chmod records that moved the fence or did not succeed.
     fence_moved: usize,
     not_ok: usize,
+    /// chmod records made by this test's process (the loop), per path, and how many
+    /// of them are not `noop`.
+    ours: std::collections::HashMap<String, u64>,
+    ours_not_noop: usize,
+    /// chmod records made by other processes (the gateway), per "path class" (`.`:
+    /// the sessions directory).
+    others: std::collections::BTreeMap<String, u64>,
     /// `external` records (any file).
     externals: usize,
 }
@@ -916,7 +924,7 @@ struct ChmodJournal {
 #[derive(Debug)]
 struct ChmodSide {
     replied: usize,
-    /// Why each turn that did not reply failed (its first line).
+    /// Why each turn that did not reply failed (the first two lines).
     failures: Vec<String>,
     turn_ms: Vec<u128>,
     /// Lines of the gateway log naming `EmbeddedAttemptSessionTakeoverError`, and
@@ -924,10 +932,9 @@ struct ChmodSide {
     takeover_lines: usize,
     lane_errors: usize,
     chmods: ChmodCounts,
-    /// On the mount: the transcript's name, its successful chmods, its journal view
-    /// and its message roles.
-    transcript: Option<String>,
+    /// Successful chmods of transcripts (`*.jsonl` but not `*.trajectory.jsonl`).
     transcript_chmods: u64,
+    /// On the mount: the journal's view of the loop, and the transcript's message roles.
     journal: Option<ChmodJournal>,
     roles: Vec<String>,
 }
@@ -951,7 +958,16 @@ fn run_chmod_side(label: &str, on_mount: bool) -> ChmodSide {
             }
             Err(why) => {
                 eprintln!("e2e[{label}]: turn {i} failed in {} ms: {why}", turn.ms);
-                failures.push(why.lines().next().unwrap_or_default().to_string());
+                let short: String = why
+                    .lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .chars()
+                    .take(160)
+                    .collect();
+                failures.push(short);
             }
         }
     }
@@ -981,9 +997,13 @@ fn run_chmod_side(label: &str, on_mount: bool) -> ChmodSide {
         turn_ms,
         takeover_lines,
         lane_errors,
+        transcript_chmods: chmods
+            .ok_by_name
+            .iter()
+            .filter(|(n, _)| !n.ends_with(".trajectory.jsonl"))
+            .map(|(_, c)| c)
+            .sum(),
         chmods,
-        transcript: None,
-        transcript_chmods: 0,
         journal: None,
         roles: Vec::new(),
     };
@@ -1004,13 +1024,24 @@ fn run_chmod_side(label: &str, on_mount: bool) -> ChmodSide {
             if r["op"] != "chmod" {
                 continue;
             }
-            if r["result"] != "ok" {
-                j.not_ok += 1;
+            let path = r["path"].as_str().unwrap_or("?").to_string();
+            let class = r["class"].as_str().unwrap_or("?");
+            if r["pid"] == std::process::id() {
+                *j.ours.entry(path.clone()).or_default() += 1;
+                if class != "noop" {
+                    j.ours_not_noop += 1;
+                }
+            } else {
+                let shown = if path.is_empty() { "." } else { &path };
+                *j.others.entry(format!("{shown} {class}")).or_default() += 1;
             }
-            if r["fence_moved"] != Value::Bool(false) {
-                j.fence_moved += 1;
-            }
-            if r["path"] == name.as_str() {
+            if path == name {
+                if r["result"] != "ok" {
+                    j.not_ok += 1;
+                }
+                if r["fence_moved"] != Value::Bool(false) {
+                    j.fence_moved += 1;
+                }
                 match r["class"].as_str() {
                     Some("noop") => j.noop += 1,
                     Some("metadata") => j.metadata += 1,
@@ -1018,8 +1049,6 @@ fn run_chmod_side(label: &str, on_mount: bool) -> ChmodSide {
                 }
             }
         }
-        side.transcript_chmods = side.chmods.ok_by_name.get(&name).copied().unwrap_or(0);
-        side.transcript = Some(name);
         side.journal = Some(j);
         m.unmount();
         assert!(!common::is_mounted(&gw.sessions));
@@ -1044,15 +1073,18 @@ fn same_mode_chmod_loop_kills_turns_on_plain_but_not_on_the_mount() {
     for (label, s) in [("plain", &plain), ("mount", &mount)] {
         eprintln!(
             "e2e-chmod[{label}]: {}/{TURNS} turns replied, {} takeover lines, {} chmods issued \
-             ({} failed, {} on the transcript), noop records {}",
+             ({} failed, {} of the transcript), noop records {}",
             s.replied,
             s.takeover_lines,
             s.chmods.ok + s.chmods.failed,
             s.chmods.failed,
             s.transcript_chmods,
-            s.journal
-                .as_ref()
-                .map_or("-".to_string(), |j| j.noop.to_string()),
+            s.journal.as_ref().map_or("-".to_string(), |j| format!(
+                "{} of the transcript, {} of the loop's {} in all",
+                j.noop,
+                j.ours.values().sum::<u64>() - j.ours_not_noop as u64,
+                j.ours.values().sum::<u64>()
+            )),
         );
     }
     for (label, s) in [("plain", &plain), ("mount", &mount)] {
@@ -1061,15 +1093,17 @@ fn same_mode_chmod_loop_kills_turns_on_plain_but_not_on_the_mount() {
             s.turn_ms, s.failures
         );
     }
+    if let Some(j) = &mount.journal {
+        eprintln!(
+            "e2e-chmod[mount]: chmod records by the gateway: {:?}",
+            j.others
+        );
+    }
     eprintln!("e2e-chmod: both sides in {:?}", t.elapsed());
 
     // The control: the loop ran on the transcript and broke at least one turn.
     assert!(
-        plain
-            .chmods
-            .ok_by_name
-            .keys()
-            .any(|n| !n.ends_with(".trajectory.jsonl")),
+        plain.transcript_chmods > 0,
         "the chmod loop never reached a transcript on the plain directory: {plain:?}"
     );
     assert!(
@@ -1104,6 +1138,14 @@ fn same_mode_chmod_loop_kills_turns_on_plain_but_not_on_the_mount() {
         "a chmod of the transcript was forwarded: {mount:?}"
     );
     assert_eq!(j.other, 0, "chmod records of another class: {mount:?}");
+    assert_eq!(
+        j.ours, mount.chmods.ok_by_name,
+        "one record per chmod of the loop, per file: {mount:?}"
+    );
+    assert_eq!(
+        j.ours_not_noop, 0,
+        "a chmod of the loop was forwarded: {mount:?}"
+    );
     assert_eq!(j.fence_moved, 0, "a chmod moved the fence: {mount:?}");
     assert_eq!(j.not_ok, 0, "a chmod failed: {mount:?}");
     assert_eq!(j.externals, 0, "external records on the mount: {mount:?}");
