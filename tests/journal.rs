@@ -5,6 +5,7 @@
 mod common;
 
 use std::io::Write as _;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::Path;
 use std::process::Command;
 
@@ -946,4 +947,42 @@ fn punch_hole_in_a_transcript_salvages_the_lines_it_touches() {
         .unwrap_or_else(|| panic!("{recs:?}"));
     assert_eq!(ids_in(&fa["removed"]), ["p0000002"]);
     assert_eq!(salvage_of(&t), lines[1]);
+}
+
+/// The whole-mount `.journal` (and `.locks`) belong to the daemon's user, not to the
+/// mount root's owner: after `chown nobody` of the mount root, `nobody` read the
+/// records (entry ids included) of root's 0600 files.
+#[test]
+fn whole_mount_views_are_not_the_mount_roots_owners() {
+    let m = Mount::new(&["-o", "allow_other"]);
+    std::fs::write(
+        m.mnt.join("secret.jsonl"),
+        b"{\"type\":\"message\",\"id\":\"s3cr3t01\"}\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        m.mnt.join("secret.jsonl"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        m.mnt.parent().unwrap(),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::os::unix::fs::chown(&m.mnt, Some(65534), Some(65534)).unwrap();
+    let code = "import os,sys\nos.setgid(65534); os.setuid(65534)\nfor p in sys.argv[1:]:\n    try:\n        open(p).read(); print('read')\n    except PermissionError: print('denied')";
+    let out = python(
+        code,
+        &[
+            m.mnt.join(".journal").to_str().unwrap(),
+            m.mnt.join(".locks").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["denied", "denied"]
+    );
+    let md = std::fs::metadata(m.mnt.join(".journal")).unwrap();
+    assert_eq!((md.uid(), md.permissions().mode() & 0o777), (0, 0o400));
 }

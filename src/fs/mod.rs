@@ -86,6 +86,9 @@ pub struct FsConfig {
     /// Most inodes (so O_PATH fds) the daemon holds before it asks the kernel to drop
     /// idle ones; `None`: from `RLIMIT_NOFILE` (all but max(1,024, 10%) of the fds).
     pub max_inodes: Option<usize>,
+    /// Group allowed to read the whole-mount views (`.journal`, `.locks`), besides the
+    /// daemon's user (`--journal-group`); `None`: the daemon's user only.
+    pub journal_group: Option<u32>,
     /// State dir: where remembered stat times persist (`None`: in memory only).
     pub state_dir: Option<std::path::PathBuf>,
     /// Reap locks whose holder died (`--no-reap` turns it off; see [`crate::locks`]).
@@ -111,6 +114,7 @@ impl Default for FsConfig {
             max_inodes: None,
             strict_stat: false,
             state_dir: None,
+            journal_group: None,
             reap: true,
             notifier: Default::default(),
         }

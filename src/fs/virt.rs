@@ -4,13 +4,13 @@
 //! (write a lane name to declare it for the writing process; mode 0600).
 //!
 //! They are read-only, mode 0400, owned by the watched file's owner (the journal holds
-//! process details), served with attr TTL 0 and direct I/O so that `tail -f` sees them
+//! process details); the whole-mount views belong to the daemon's user and the
+//! `--journal-group`, served with attr TTL 0 and direct I/O so that `tail -f` sees them
 //! grow. `.journal` is listed in the root; per-file ones are reachable by lookup only.
 //! A real backing file of the same name always wins.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
-use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -179,9 +179,14 @@ impl SessionFs {
         self.replied.wait();
         let nodes = self.virt.nodes.read();
         let n = nodes.get(&id)?;
+        let perm = if self.cfg.journal_group.is_some() {
+            0o440
+        } else {
+            0o400
+        };
         if n.kind == VirtualKind::Locks {
             let size = self.locks.list_jsonl().len() as u64;
-            return Some(self.vattr(id, size, n.uid, n.gid));
+            return Some(self.vattr_mode(id, size, n.uid, n.gid, perm));
         }
         if let VirtualKind::Lane { .. } = n.kind {
             // Size 0: what a read shows depends on the reader (direct I/O reads it).
@@ -194,7 +199,22 @@ impl SessionFs {
             VirtualKind::Salvage(p) => j.salvage_len(p),
             VirtualKind::Locks | VirtualKind::Lane { .. } => 0,
         };
+        if n.kind == VirtualKind::All {
+            return Some(self.vattr_mode(id, size, n.uid, n.gid, perm));
+        }
         Some(self.vattr(id, size, n.uid, n.gid))
+    }
+
+    /// Owner of the whole-mount views (`.journal`, `.locks`): the daemon's user (root,
+    /// usually) and the group named with `--journal-group` (then mode 0440), never the
+    /// mount root's owner, who may not read other users' files.
+    fn mount_view_owner(&self) -> (u32, u32) {
+        (
+            nix::unistd::geteuid().as_raw(),
+            self.cfg
+                .journal_group
+                .unwrap_or_else(|| nix::unistd::getegid().as_raw()),
+        )
     }
 
     /// Is virtual node `id` a lane control file (the only writable virtual file)?
@@ -276,9 +296,8 @@ impl SessionFs {
         let n = name.as_bytes();
         let root_st = sys::fstat(self.inodes.root().fd()).ok()?;
         if parent.id == ROOT_ID && n == LOCKS_FILE.as_bytes() {
-            let id = self
-                .virt
-                .id(VirtualKind::Locks, root_st.st_uid, root_st.st_gid);
+            let (uid, gid) = self.mount_view_owner();
+            let id = self.virt.id(VirtualKind::Locks, uid, gid);
             return self.virtual_attr(id);
         }
         if n.len() > LANE_SUFFIX.len() && n.ends_with(LANE_SUFFIX.as_bytes()) {
@@ -296,9 +315,8 @@ impl SessionFs {
         }
         let j = self.journal.as_ref()?;
         if parent.id == ROOT_ID && n == MOUNT_JOURNAL.as_bytes() {
-            let id = self
-                .virt
-                .id(VirtualKind::All, root_st.st_uid, root_st.st_gid);
+            let (uid, gid) = self.mount_view_owner();
+            let id = self.virt.id(VirtualKind::All, uid, gid);
             return self.virtual_attr(id);
         }
         let (base, salvage) = base_of(n)?;
@@ -337,10 +355,8 @@ impl SessionFs {
         if sys::fstatat(dir.fd(), &c).is_ok() {
             return Vec::new(); // a real `.journal` is already listed
         }
-        let Ok(st) = sys::fstat(dir.fd.as_fd()) else {
-            return Vec::new();
-        };
-        let id = self.virt.id(VirtualKind::All, st.st_uid, st.st_gid);
+        let (uid, gid) = self.mount_view_owner();
+        let id = self.virt.id(VirtualKind::All, uid, gid);
         vec![DirEntry {
             ino: id,
             kind: libc::S_IFREG,
