@@ -1183,7 +1183,11 @@ mod tests {
             s(&["openclaw", &format!("--token {REDACTED}")])
         );
         assert_eq!(
-            redact(&s(&["sh", "-c", "openclaw agent --gateway-token abc -t def --to x"])),
+            redact(&s(&[
+                "sh",
+                "-c",
+                "openclaw agent --gateway-token abc -t def --to x"
+            ])),
             s(&[
                 "sh",
                 "-c",
