@@ -62,9 +62,24 @@ pub fn holder_alive(pid: u32, starttime: u64) -> Result<(), String> {
             "pid {pid} is another process now (starttime {}, the holder's was {starttime})",
             st.starttime
         )),
-        Some(st) if matches!(st.state, 'Z' | 'X') => Err(format!("pid {pid} has exited")),
+        Some(st) if matches!(st.state, 'Z' | 'X') && !live_threads(pid) => {
+            Err(format!("pid {pid} has exited"))
+        }
         Some(_) => Ok(()),
     }
+}
+
+/// Does process `pid` still have a thread that has not exited (a leader that called
+/// `pthread_exit` shows as a zombie while its other threads run)?
+fn live_threads(pid: u32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|t| t.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|tid| std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok())
+        .filter_map(|s| identity::parse_stat(&s))
+        .any(|st| !matches!(st.state, 'Z' | 'X'))
 }
 
 /// The `NSpid:` line of `/proc/<pid>/status`: the pid in each pid namespace, the
@@ -112,6 +127,8 @@ struct Lock {
     created_seq: Option<u64>,
     /// The bytes written at offset 0.. of the lock file (at most [`MAX_PAYLOAD`]).
     payload: Vec<u8>,
+    /// Open file handles on the lock file through the mount (the creator's included).
+    handles: u32,
 }
 
 impl Lock {
@@ -252,6 +269,7 @@ impl Locks {
             created_at: SystemTime::now(),
             created_seq,
             payload: Vec::new(),
+            handles: 1,
         };
         let info = lock.info(&Ok(()));
         self.locks.lock().insert(key, lock);
@@ -316,10 +334,19 @@ impl Locks {
         }
     }
 
+    /// A handle of file `key` was opened (the create's own handle is counted by
+    /// [`Self::acquired`]).
+    pub fn handle_opened(&self, key: FileKey) {
+        if let Some(l) = self.locks.lock().get_mut(&key) {
+            l.handles += 1;
+        }
+    }
+
     /// A handle of file `key` was released: if it is a lock, the reaper checks its
     /// holder now (a dying holder's fds are closed as it exits).
     pub fn handle_released(&self, key: FileKey) {
-        if self.locks.lock().contains_key(&key) {
+        if let Some(l) = self.locks.lock().get_mut(&key) {
+            l.handles = l.handles.saturating_sub(1);
             let _ = self.wake.try_send(());
         }
     }
@@ -367,8 +394,10 @@ impl Locks {
         out
     }
 
-    /// One pass: reap every lock whose holder is dead. Returns how many.
+    /// One pass: forget locks removed around the mount, then reap every lock whose
+    /// holder is dead. Returns how many were reaped.
     fn sweep(&self) -> usize {
+        self.forget_vanished();
         let dead: Vec<(FileKey, String)> = self
             .locks
             .lock()
@@ -384,17 +413,51 @@ impl Locks {
             .count()
     }
 
+    /// Drop locks whose name no longer leads to them (removed around the mount, where
+    /// no unlink came through): journaled as `lock-release` with the reason.
+    fn forget_vanished(&self) {
+        let gone: Vec<Lock> = {
+            let mut locks = self.locks.lock();
+            let keys: Vec<FileKey> = locks
+                .iter()
+                .filter(|(k, l)| {
+                    !sys::cname(&l.name)
+                        .and_then(|c| sys::fstatat(l.dir.as_fd(), &c))
+                        .is_ok_and(|st| FileKey::of(&st) == **k)
+                })
+                .map(|(k, _)| *k)
+                .collect();
+            keys.iter().filter_map(|k| locks.remove(k)).collect()
+        };
+        for l in gone {
+            let mut info = l.info(&holder_alive(l.holder.pid, l.holder.starttime));
+            info.reason = Some("the lock file was removed around the mount".into());
+            if let Some(j) = &self.journal {
+                j.append(Record {
+                    op: Op::LockRelease,
+                    path: l.path.clone(),
+                    result: "ok".into(),
+                    class: Some(Class::Lock),
+                    fence_moved: Some(false),
+                    lock: Some(info),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+
     /// Unlink lock `key` if the name still leads to it and its holder is still dead,
     /// under the gate; journal `lock-reap`. Returns whether it was unlinked.
     fn reap(&self, key: FileKey, why: &str) -> bool {
-        let _gate = self.gate.lock();
+        let gate = self.gate.lock();
         let mut locks = self.locks.lock();
         let Some(l) = locks.get(&key) else {
             return false;
         };
-        // Re-checked under the gate: a holder that lives (it was only exiting a
-        // thread) keeps its lock.
-        if holder_alive(l.holder.pid, l.holder.starttime).is_ok() {
+        // Re-checked under the gate: a holder that lives keeps its lock, and so does
+        // one whose lock file some process still has open (a child that inherited
+        // the fd): its RELEASE wakes the reaper again.
+        if l.handles > 0 || holder_alive(l.holder.pid, l.holder.starttime).is_ok() {
             return false;
         }
         let Ok(c) = sys::cname(&l.name) else {
@@ -417,6 +480,10 @@ impl Locks {
         }
         let l = locks.remove(&key).expect("checked above");
         drop(locks);
+        // The gate goes before the notification: the kernel takes the directory's
+        // lock for it, which a CREATE of another lock name in that directory holds
+        // while it waits for the gate.
+        drop(gate);
         if let Some(n) = self.notifier.get() {
             // The kernel still has the name cached: drop it, or the holder's
             // successor's O_EXCL create would fail EEXIST without asking us.

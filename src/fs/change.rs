@@ -87,6 +87,11 @@ impl SessionFs {
             self.check_external(inode, st, 1, seen);
         }
         let skip = !self.cfg.strict_stat && before.as_ref().is_some_and(noop);
+        if !skip && !matches!(op, Op::Write | Op::Truncate) {
+            // Any other change during an in-place rewrite: the rewrite no longer ends
+            // "as it began", whatever the bytes.
+            self.origins.lock().remove(&inode.key());
+        }
         // The fence as the mount reported it before the change.
         let shown_before = before.as_ref().map(|st| self.reported_fp(st));
         let (res, after) = if skip {
@@ -158,6 +163,7 @@ impl SessionFs {
                 self.mark_known(m.inode(), &st);
             }
             self.shown.forget(m.inode().key());
+            self.origins.lock().remove(&m.inode().key());
         }
         let file = file(&res);
         self.record(ctx, op, path, file, |r| {

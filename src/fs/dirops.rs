@@ -88,6 +88,16 @@ impl SessionFs {
     ) -> SysResult<(u64, fuser::FileAttr)> {
         self.ro()?;
         let c = sys::cname(name)?;
+        // `<x>.jsonl.lane` is the lane file of a transcript: without the transcript
+        // there is nothing to declare for, and a real file of that name would shadow
+        // the lane file of the transcript once it exists.
+        if let Some(base) = name
+            .as_bytes()
+            .strip_suffix(super::virt::LANE_SUFFIX.as_bytes())
+            && base.ends_with(b".jsonl")
+        {
+            return Err(nix::errno::Errno::ENOENT);
+        }
         // O_NOFOLLOW: the kernel sends CREATE only after a negative lookup, so a symlink
         // here appeared behind our back (a `--source` writer); never follow it.
         let oflags = backing_flags(flags | libc::O_CREAT | libc::O_NOFOLLOW);
@@ -246,6 +256,10 @@ impl SessionFs {
         let c = sys::cname(name)?;
         let nc = sys::cname(newname)?;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        // A lock name on either side: no reap may interleave. The gate comes before
+        // the inode guards (the order do_create takes them in).
+        let gate = (is_lock_name(newname.as_bytes()) || is_lock_name(name.as_bytes()))
+            .then(|| self.locks.gate());
         let stat_at = |dir: &Inode, n: &std::ffi::CStr| {
             sys::openat(dir.fd(), n, libc::O_PATH | libc::O_NOFOLLOW, 0)
                 .ok()
@@ -285,7 +299,6 @@ impl SessionFs {
             _ => None,
         };
         let moved_st: Cell<Option<libc::stat>> = Cell::new(None);
-        let gate = is_lock_name(newname.as_bytes()).then(|| self.locks.gate());
         let change: Cell<Option<transcript::Change>> = Cell::new(None);
         let res = self.change_entries(
             ctx,

@@ -62,16 +62,27 @@ impl SessionFs {
                 && prev.is_some_and(|p| p.0 == now.0 && p.1 == now.1 && p.2 != now.2)
                 && k.meta == Some(meta(st));
             if prev.is_some() && prev != Some(now) {
-                // Recorded once; the next open must not keep a stale cache.
+                // Recorded once. The next open must not keep the cache even on a
+                // drift: same size and mtime do not prove the same bytes.
                 k.fp = Some(now);
-                k.stale |= !drift;
+                k.meta = Some(meta(st));
+                k.stale = true;
             }
             (prev, drift)
         };
         let Some(p) = prev.filter(|p| *p != now) else {
             return;
         };
-        if drift {
+        // A transcript in the line index whose lines changed is no drift, whatever
+        // its stat says (a same-size rewrite that put mtime back, as `cp -p` does).
+        let lines_moved = drift
+            && self.is_transcript(inode)
+            && inode.read_fd().ok().is_some_and(|rfd| {
+                self.tracker
+                    .external_change(inode.key(), rfd.as_fd())
+                    .is_some_and(|c| !c.entries.is_empty() || !c.removed.is_empty())
+            });
+        if drift && !lines_moved {
             self.ctime_drift(inode, st, p);
             return;
         }

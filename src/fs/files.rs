@@ -52,6 +52,7 @@ impl SessionFs {
         let keep = self.keep_cache(&inode, st.as_ref());
         self.record_open(ctx, &inode, flags, st.as_ref(), &Ok(()));
         let fh = self.insert_handle(ctx, fd, inode.clone(), flags);
+        self.locks.handle_opened(inode.key());
         // After this open's own records: the next request of the process comes from
         // the new image, and refreshes comm/exe.
         if flags & FMODE_EXEC != 0 {

@@ -344,7 +344,7 @@ impl fuser::Filesystem for SessionFs {
         reply: ReplyWrite,
     ) {
         if is_virtual(fh.0) {
-            return match self.write_lane(&Ctx::from(req), fh.0, data) {
+            return match self.write_lane(&Ctx::from(req), fh.0, offset, data) {
                 Ok(n) => reply.written(n as u32),
                 Err(e) => reply.error(err(e)),
             };

@@ -119,8 +119,14 @@ impl SessionFs {
             r.lane_source = Some("rule".into());
         }
         f(&mut r);
-        if r.path.ends_with(".jsonl") && r.lock.is_none() {
-            let (cx, holder) = self.locks.context(&r.path, caller);
+        // The session file the record changes: its path, or a rename's target (a
+        // repair's temp file renamed over the transcript).
+        let session = match r.to.as_deref() {
+            Some(to) if op == Op::Rename && to.ends_with(".jsonl") => Some(to.to_string()),
+            _ => r.path.ends_with(".jsonl").then(|| r.path.clone()),
+        };
+        if let Some(p) = session.filter(|_| r.lock.is_none()) {
+            let (cx, holder) = self.locks.context(&p, caller);
             r.lock_context = Some(cx);
             r.lock_holder = holder;
         }

@@ -1,7 +1,7 @@
 //! Virtual files: `<mount>/.journal` (whole mount), `<dir>/<name>.journal` (one file's
 //! journal), `<dir>/<name>.salvage` (its removed transcript lines), `<mount>/.locks`
 //! (the current session locks; reachable by lookup, not listed) and `<dir>/<name>.lane`
-//! (write a lane name to declare it for the writing process; mode 0600).
+//! (write a lane name to declare it for the writing process; the file's own rw bits).
 //!
 //! They are read-only, mode 0400, owned by the watched file's owner (the journal holds
 //! process details); the whole-mount views belong to the daemon's user and the
@@ -188,9 +188,16 @@ impl SessionFs {
             let size = self.locks.list_jsonl().len() as u64;
             return Some(self.vattr_mode(id, size, n.uid, n.gid, perm));
         }
-        if let VirtualKind::Lane { .. } = n.kind {
-            // Size 0: what a read shows depends on the reader (direct I/O reads it).
-            return Some(self.vattr_mode(id, 0, n.uid, n.gid, 0o600));
+        if let VirtualKind::Lane { parent, name } = &n.kind {
+            // Owner and permission bits of the watched file (who may write it may
+            // declare a lane on it), without execute. Size 0: what a read shows
+            // depends on the reader (direct I/O reads it anyway).
+            let st = self
+                .inodes
+                .get(*parent)
+                .and_then(|p| sys::fstatat(p.fd(), &sys::cname(name).ok()?).ok())?;
+            let perm = (st.st_mode & 0o666) as u16;
+            return Some(self.vattr_mode(id, 0, st.st_uid, st.st_gid, perm));
         }
         let j = self.journal.as_ref()?;
         let size = match &n.kind {
@@ -236,22 +243,39 @@ impl SessionFs {
         Some(crate::sys::FileKey::of(&st))
     }
 
-    /// A write of `data` to lane control file `id` by `ctx`: declares the lane (the
-    /// bytes up to the first newline; empty clears it) for the caller's process on the
-    /// watched file. Errors: ENOENT when the watched file is gone, EINVAL when the name
-    /// is not UTF-8.
+    /// A write of `data` at `offset` to lane control file `id` by `ctx`: declares the
+    /// lane (the bytes up to the first newline, trimmed; empty clears it; a write past
+    /// offset 0 continues the declaration) for the caller's process on the watched
+    /// file. Errors: ENOENT when the watched file is gone, EINVAL when the name is not
+    /// UTF-8, longer than 256 bytes or holds a control character.
     pub(super) fn write_lane(
         &self,
         ctx: &super::Ctx,
         id: u64,
+        offset: u64,
         data: &[u8],
     ) -> crate::sys::SysResult<usize> {
+        /// Longest lane name, bytes.
+        const MAX_LANE: usize = 256;
         let key = self.lane_target(id).ok_or(nix::errno::Errno::ENOENT)?;
         let line = data.split(|b| *b == b'\n').next().unwrap_or_default();
-        let lane = std::str::from_utf8(line)
-            .map_err(|_| nix::errno::Errno::EINVAL)?
-            .trim();
+        let text = std::str::from_utf8(line).map_err(|_| nix::errno::Errno::EINVAL)?;
         let caller = self.ids.caller(ctx.pid, ctx.uid, ctx.gid);
+        // A later write of the same declaration (`write("cron")`, `write("\n")`)
+        // continues it; only a write at offset 0 starts a new one.
+        let lane = if offset > 0 {
+            if text.trim().is_empty() {
+                return Ok(data.len());
+            }
+            let now = self.lanes.get(&caller, key).unwrap_or_default();
+            format!("{now}{text}")
+        } else {
+            text.to_string()
+        };
+        let lane = lane.trim();
+        if lane.len() > MAX_LANE || lane.chars().any(char::is_control) {
+            return Err(nix::errno::Errno::EINVAL);
+        }
         self.lanes
             .declare(&caller, key, Some(lane).filter(|l| !l.is_empty()));
         Ok(data.len())

@@ -61,9 +61,6 @@ impl SessionFs {
                     && let Ok(rfd) = inode.read_fd()
                     && let Some(j) = &self.journal
                 {
-                    if let Some(st) = before {
-                        self.note_rewrite_origin(inode, st);
-                    }
                     let ch = self.tracker.before_write(
                         inode.key(),
                         rfd.as_fd(),
@@ -71,6 +68,10 @@ impl SessionFs {
                         data.len() as u64,
                         size,
                     );
+                    // Lines will be cut: a rewrite begins (if none is open yet).
+                    if let Some(st) = before.filter(|_| !ch.removed.is_empty()) {
+                        self.note_rewrite_origin(inode, st);
+                    }
                     over = self.stage_cut(j, self.handle_path(h), ch);
                 }
                 let res = sys::pwrite_mode(h.fd(), data, offset, append, h.append());
