@@ -283,3 +283,162 @@ fn no_reap_leaves_a_dead_holders_lock() {
     assert_eq!(listed[0]["stale_now"], true);
     assert!(lock_records(&records(&m), "lock-reap").is_empty());
 }
+
+/// The FUSE connection number of the mount at `mnt` (the minor of its st_dev), and a
+/// way to abort it if the test finds the mount hung (so a regression fails the test
+/// instead of hanging CI).
+fn abort_handle(mnt: &Path) -> impl Fn() {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(mnt).unwrap().dev();
+    let minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
+    move || {
+        let dir = Path::new("/sys/fs/fuse/connections");
+        if !dir.join(minor.to_string()).exists() {
+            let _ = Command::new("mount")
+                .args(["-t", "fusectl", "none"])
+                .arg(dir)
+                .status();
+        }
+        let _ = std::fs::write(dir.join(minor.to_string()).join("abort"), b"1");
+    }
+}
+
+/// Reaping while other processes create other lock names in the same directory: the
+/// reaper once held its gate while the kernel notification waited for the directory
+/// lock that such a CREATE held while it waited for the gate (a permanent deadlock,
+/// found in review at round 0).
+#[test]
+fn reaping_while_other_locks_are_created_in_the_directory() {
+    let m = Mount::new(&[]);
+    let abort = abort_handle(&m.mnt);
+    let lock = m.mnt.join("a.jsonl.lock");
+    let churn = r#"
+import os, sys, time
+d, end = sys.argv[1], time.time() + float(sys.argv[2])
+i = 0
+while time.time() < end:
+    p = os.path.join(d, f"b{i % 4}.jsonl.lock")
+    try:
+        fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        os.close(fd)
+        os.unlink(p)
+    except (FileExistsError, FileNotFoundError):
+        pass
+    i += 1
+"#;
+    let churners: Vec<Child> = (0..2)
+        .map(|_| {
+            Command::new("python3")
+                .args(["-c", churn])
+                .arg(&m.mnt)
+                .arg("8")
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let lock2 = lock.clone();
+    let rounds = std::thread::spawn(move || {
+        let mut n = 0;
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(6) {
+            let (mut h, _o) = holder(&[], &lock2, 300_000, "hold");
+            kill9(h.id());
+            h.wait().unwrap();
+            if !common::wait_for(3, || !lock2.exists()) {
+                break;
+            }
+            n += 1;
+        }
+        let _ = tx.send(n);
+    });
+    let n = match rx.recv_timeout(Duration::from_secs(40)) {
+        Ok(n) => n,
+        Err(_) => {
+            abort();
+            panic!("the mount hung: reaping deadlocked with lock creates");
+        }
+    };
+    rounds.join().unwrap();
+    for mut c in churners {
+        c.wait().unwrap();
+    }
+    assert!(n >= 5, "only {n} reap rounds in 6 s");
+    assert_eq!(lock_records(&records(&m), "lock-reap").len(), n);
+}
+
+/// A holder that forks and exits while its child keeps the lock's fd: the lock is
+/// held through that fd, so it is not reaped until the child closes it.
+#[test]
+fn no_reap_while_an_inherited_fd_is_open() {
+    let m = Mount::new(&[]);
+    let lock = m.mnt.join("f.jsonl.lock");
+    let code = r#"
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+os.write(fd, b'{"pid": %d}\n' % os.getpid())
+if os.fork() == 0:
+    time.sleep(2.5)   # the child keeps the fd, then exits
+    os._exit(0)
+os._exit(0)
+"#;
+    // status(), not output(): the child keeps the pipes, the parent has exited.
+    let st = Command::new("python3")
+        .args(["-c", code])
+        .arg(&lock)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(lock.exists(), "reaped while a child held the fd");
+    assert!(
+        common::wait_for(4, || !lock.exists()),
+        "not reaped after the child exited"
+    );
+}
+
+/// A lock removed around the mount is forgotten (no phantom holder), and a rename
+/// over the transcript by the holder carries its lock context.
+#[test]
+fn vanished_locks_are_forgotten_and_renames_carry_lock_context() {
+    let m = Mount::new(&[]);
+    let lock = m.mnt.join("v.jsonl.lock");
+    let (mut child, _out) = holder(&[], &lock, 300_000, "hold");
+    std::fs::remove_file(m.src.join("v.jsonl.lock")).unwrap();
+    assert!(
+        common::wait_for(3, || locks_json(&m).is_empty()),
+        "a lock removed around the mount is still listed"
+    );
+    kill9(child.id());
+    child.wait().unwrap();
+    let recs = records(&m);
+    let rel = lock_records(&recs, "lock-release");
+    assert_eq!(rel.len(), 1, "{recs:#?}");
+    assert!(
+        rel[0]["lock"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("around the mount")
+    );
+    assert!(lock_records(&recs, "lock-reap").is_empty());
+
+    // The holder replaces the transcript through a temp file: held_by_writer.
+    let code = r#"
+import os, sys
+d = sys.argv[1]
+fd = os.open(os.path.join(d, "s.jsonl.lock"), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+open(os.path.join(d, ".s.jsonl.tmp"), "w").write('{"type":"session"}\n')
+os.replace(os.path.join(d, ".s.jsonl.tmp"), os.path.join(d, "s.jsonl"))
+os.close(fd)
+os.unlink(os.path.join(d, "s.jsonl.lock"))
+"#;
+    common::run_ok(Command::new("python3").args(["-c", code]).arg(&m.mnt));
+    let recs = records(&m);
+    let rename = recs
+        .iter()
+        .find(|r| r["op"] == "rename" && r["to"] == "s.jsonl")
+        .unwrap();
+    assert_eq!(rename["lock_context"], "held_by_writer", "{rename}");
+}

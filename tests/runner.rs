@@ -150,3 +150,23 @@ fn readme_runner_protocol_runs_against_a_live_mount() {
     let _ = writeln!(stdin, "quit");
     assert!(child.wait().unwrap().success());
 }
+
+/// Found in review: declaring a lane before the transcript exists created a real
+/// `<file>.lane` that shadowed the lane file for good. Now it fails ENOENT and
+/// creates nothing; once the file exists the declaration works and is capped.
+#[test]
+fn lane_file_needs_its_transcript_and_a_sane_name() {
+    let m = common::Mount::new(&[]);
+    let lane = m.mnt.join("new.jsonl.lane");
+    let e = std::fs::write(&lane, b"cron").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}");
+    assert!(!m.src.join("new.jsonl.lane").exists());
+    std::fs::write(m.mnt.join("new.jsonl"), b"").unwrap();
+    let e = std::fs::write(&lane, "x".repeat(300)).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}");
+    // Written in two pieces by one process: one declaration.
+    let code = "import os,sys\nfd=os.open(sys.argv[1], os.O_WRONLY)\nos.write(fd,b'cr'); os.write(fd,b'on\\n')\nos.lseek(fd,0,0)\nos.close(fd)\nprint(open(sys.argv[1]).read().strip())";
+    let out = common::run_ok(Command::new("python3").args(["-c", code]).arg(&lane));
+    assert_eq!(out.trim(), "cron");
+    assert!(!m.src.join("new.jsonl.lane").exists());
+}

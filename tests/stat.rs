@@ -200,3 +200,103 @@ fn strict_stat_moves_the_fence_as_ext4_does() {
     past_ttl();
     assert_ne!(fence(&t).4, f1.4, "--strict-stat: backing drift must show");
 }
+
+/// Found in review: a same-size change around the mount that also puts mtime back
+/// (`cp -p`, `rsync -t --inplace`) changes only ctime, like drift. The mount must not
+/// serve the old bytes from its page cache, and a transcript whose lines changed is
+/// `external`, not drift.
+#[test]
+fn drift_never_hides_changed_bytes() {
+    let m = Mount::new(&["--ttl-ms", "50"]);
+    for name in ["t.jsonl", "plain.txt"] {
+        let p = m.mnt.join(name);
+        std::fs::write(&p, b"{\"type\":\"message\",\"id\":\"pay10eur\"}\n").unwrap();
+        // Index the transcript as the gateway's appends would, then read it (cache).
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .write_all(b"{\"type\":\"message\",\"id\":\"second01\"}\n")
+            .unwrap();
+        assert!(
+            std::fs::read(&p)
+                .unwrap()
+                .starts_with(b"{\"type\":\"message\",\"id\":\"pay10")
+        );
+        past_ttl();
+        let _ = fence(&p);
+        let backing = m.src.join(name);
+        let md = std::fs::metadata(&backing).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let new = b"{\"type\":\"message\",\"id\":\"pay99eur\"}\n{\"type\":\"message\",\"id\":\"second01\"}\n";
+        std::fs::write(&backing, new).unwrap();
+        let mtime = std::fs::FileTimes::new().set_modified(md.modified().unwrap());
+        std::fs::File::options()
+            .write(true)
+            .open(&backing)
+            .unwrap()
+            .set_times(mtime)
+            .unwrap();
+        past_ttl();
+        let _ = fence(&p);
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            new,
+            "{name}: stale bytes served"
+        );
+    }
+    let recs = read_jsonl(&m.mnt.join(".journal"));
+    assert!(
+        recs.iter()
+            .any(|r| r["op"] == "external" && r["path"] == "t.jsonl"),
+        "the transcript's changed lines were taken for drift"
+    );
+}
+
+/// Found in review: metadata changed during an in-place rewrite that puts back the
+/// same bytes must still move the fence.
+#[test]
+fn a_rewrite_with_a_chmod_inside_is_no_identical_rewrite() {
+    let m = Mount::new(&["--ttl-ms", "50"]);
+    let t = m.mnt.join("t.jsonl");
+    std::fs::write(&t, LINES).unwrap();
+    past_ttl();
+    let f0 = fence(&t);
+    std::thread::sleep(Duration::from_millis(20));
+    {
+        use std::io::Write;
+        use std::os::unix::fs::PermissionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&t)
+            .unwrap();
+        f.write_all(LINES).unwrap();
+        f.set_permissions(std::fs::Permissions::from_mode(0o640))
+            .unwrap();
+    }
+    wait_releases(&m, "t.jsonl", 2);
+    assert_ne!(fence(&t).4, f0.4, "a chmod inside the rewrite was hidden");
+}
+
+/// Found in review: a chmod around the mount, seen as `external`, then undone around
+/// the mount: the second change moves ctime with a mode that changed since the last
+/// known one, so it is no drift.
+#[test]
+fn undoing_an_outside_chmod_is_no_drift() {
+    let m = Mount::new(&["--ttl-ms", "50"]);
+    let t = m.mnt.join("t.jsonl");
+    std::fs::write(&t, LINES).unwrap();
+    std::fs::set_permissions(&t, std::fs::Permissions::from_mode(0o600)).unwrap();
+    past_ttl();
+    let _ = fence(&t);
+    let backing = m.src.join("t.jsonl");
+    std::fs::set_permissions(&backing, std::fs::Permissions::from_mode(0o644)).unwrap();
+    past_ttl();
+    let f1 = fence(&t);
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::set_permissions(&backing, std::fs::Permissions::from_mode(0o600)).unwrap();
+    past_ttl();
+    assert_ne!(fence(&t).4, f1.4, "the undo was hidden as drift");
+}
