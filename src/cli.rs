@@ -1,10 +1,11 @@
-//! The command line: `sessionfs mount|umount|demo|journal|salvage|locks`.
+//! The command line: `sessionfs mount|umount|demo|journal|salvage|locks|explain|changes`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::explain::{ChangesArgs, ExplainArgs};
 use crate::journal::cli::{JournalArgs, SalvageArgs};
 use crate::mount::MountSpec;
 
@@ -46,6 +47,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Explain a session file's release windows: who changed it while its runner had
+    /// released the lock, and whether the gateway's fence tripped on it (or explain
+    /// every takeover in a gateway log with --gateway-log).
+    Explain(ExplainArgs),
+    /// What changed in a session file since a cursor (a journal seq, or a byte offset
+    /// of `<file>.journal`): each change classified, and a verdict for the runner.
+    Changes(ChangesArgs),
 }
 
 /// `sessionfs mount` arguments.

@@ -12,6 +12,7 @@
 pub(crate) mod cli;
 pub(crate) mod clock;
 pub(crate) mod demo;
+pub(crate) mod explain;
 pub(crate) mod fs;
 pub(crate) mod identity;
 pub(crate) mod journal;
@@ -24,6 +25,7 @@ pub(crate) mod transcript;
 pub use cli::{Cli, Command};
 pub use clock::now_rfc3339;
 pub use demo::run as run_demo;
+pub use explain::{run_changes, run_explain};
 pub use identity::IdentityCache;
 pub use journal::cli::{run_journal, run_salvage};
 pub use journal::record::{Op, Record};

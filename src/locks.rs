@@ -653,6 +653,7 @@ mod tests {
             created_at: SystemTime::now(),
             created_seq: None,
             payload: payload.to_vec(),
+            handles: 0,
         }
     }
 

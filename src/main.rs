@@ -123,6 +123,8 @@ fn main() {
         Command::Journal(args) => sessionfs::run_journal(args),
         Command::Salvage(args) => sessionfs::run_salvage(args),
         Command::Locks { mountpoint, json } => sessionfs::run_locks(mountpoint, *json),
+        Command::Explain(args) => sessionfs::run_explain(args),
+        Command::Changes(args) => sessionfs::run_changes(args),
     };
     if let Err(msg) = result {
         // Errors are one line: fold anything multi-line a lower layer let through.

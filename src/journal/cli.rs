@@ -433,7 +433,10 @@ mod tests {
         });
         let row = table_row(&rec);
         assert!(!row.chars().any(char::is_control), "{row:?}");
-        assert!(row.contains("x.jsonl\\x0a04:00") && row.contains("evil\\x1b[2J"), "{row}");
+        assert!(
+            row.contains("x.jsonl\\x0a04:00") && row.contains("evil\\x1b[2J"),
+            "{row}"
+        );
     }
 
     #[test]
