@@ -1,8 +1,8 @@
 //! The runner protocol, exactly as the README shows it: the README's JavaScript block is
 //! extracted and run with Node against a live mount. A runner declares its lane with
 //! `<file>.lane`, takes a cursor from the size of `<file>.journal`, and asks what
-//! changed: reads and its own appends are nothing, a foreign append is mergeable by
-//! entry id, a truncate means reload.
+//! changed: reads and its own appends are `nothing`, a foreign append is
+//! `foreign-appends` (mergeable by entry id), a truncate is a `rewrite` (reload).
 
 mod common;
 
@@ -135,7 +135,7 @@ fn readme_runner_protocol_runs_against_a_live_mount() {
     common::run_ok(Command::new("python3").args(["-c", py]).arg(&t));
     settle(4);
     let r = ask("check");
-    assert_eq!(r["verdict"], "merge", "{r}");
+    assert_eq!(r["verdict"], "foreign-appends", "{r}");
     assert_eq!(r["foreign"], serde_json::json!(["f0000001"]));
 
     // A truncate: reload.
@@ -146,7 +146,7 @@ fn readme_runner_protocol_runs_against_a_live_mount() {
         .set_len(10)
         .unwrap();
     settle(5);
-    assert_eq!(ask("check")["verdict"], "reload");
+    assert_eq!(ask("check")["verdict"], "rewrite");
     let _ = writeln!(stdin, "quit");
     assert!(child.wait().unwrap().success());
 }
