@@ -97,6 +97,10 @@ pub struct MountArgs {
     /// idle ones [default: RLIMIT_NOFILE minus a reserve of max(1024, 10%)].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(16..))]
     pub max_inodes: Option<u64>,
+    /// Group (name or number) that may read the whole-mount views `.journal` and
+    /// `.locks` besides the daemon's user (they become mode 0440).
+    #[arg(long, value_name = "GROUP")]
+    pub journal_group: Option<String>,
     /// Never unlink a lock file whose holder died (by default sessionfs does, at once,
     /// and journals `lock-reap`).
     #[arg(long)]
@@ -169,10 +173,24 @@ pub fn parse_age(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("'{s}' is too large"))
 }
 
+/// A group name or number → gid.
+///
+/// # Errors
+/// One line when no such group exists.
+fn group_id(g: &str) -> Result<u32, String> {
+    if let Ok(n) = g.parse::<u32>() {
+        return Ok(n);
+    }
+    match nix::unistd::Group::from_name(g) {
+        Ok(Some(gr)) => Ok(gr.gid.as_raw()),
+        _ => Err(format!("journal group '{g}': no such group (give a group name or a number)")),
+    }
+}
+
 impl MountArgs {
     /// Validate `-o` and build the [`MountSpec`] (paths are passed on as given; the
     /// mount resolves them). `-o` takes `allow_other`, `ro`, `rw`, `debug`,
-    /// `strict_stat`, `no_reap` and `default_permissions` (always on anyway), comma-separated, the last of `ro`/`rw`
+    /// `strict_stat`, `no_reap`, `journal_group=GROUP` and `default_permissions` (always on anyway), comma-separated, the last of `ro`/`rw`
     /// winning; `--ttl-ms` becomes `ttl` in milliseconds, `--journal-max-size` bytes.
     ///
     /// # Errors
@@ -196,6 +214,7 @@ impl MountArgs {
             max_inodes: self.max_inodes.map(|n| n as usize),
             strict_stat: self.strict_stat,
             reap: !self.no_reap,
+            journal_group: self.journal_group.as_deref().map(group_id).transpose()?,
         };
         for o in self
             .options
@@ -210,10 +229,13 @@ impl MountArgs {
                 "debug" => spec.debug = true,
                 "strict_stat" => spec.strict_stat = true,
                 "no_reap" => spec.reap = false,
+                o if o.starts_with("journal_group=") => {
+                    spec.journal_group = Some(group_id(&o["journal_group=".len()..])?);
+                }
                 "default_permissions" => {}
                 other => {
                     return Err(format!(
-                        "unknown mount option '{other}' (supported: allow_other, ro, rw, debug, strict_stat, no_reap)"
+                        "unknown mount option '{other}' (supported: allow_other, ro, rw, debug, strict_stat, no_reap, journal_group=GROUP)"
                     ));
                 }
             }

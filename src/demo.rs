@@ -165,6 +165,7 @@ pub fn run() -> Result<(), String> {
             max_inodes: None,
             strict_stat: false,
             reap: true,
+            journal_group: None,
         })?;
         say!(
             "2. mounted sessionfs over it (overlay: same path, journal in {})",

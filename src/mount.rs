@@ -86,6 +86,8 @@ pub struct MountSpec {
     pub strict_stat: bool,
     /// Reap locks whose holder died (off with `--no-reap`).
     pub reap: bool,
+    /// Group that may read `.journal` and `.locks` (`--journal-group`).
+    pub journal_group: Option<u32>,
 }
 
 /// The mount id: a canonical mountpoint escaped exactly like `systemd-escape --path`
@@ -873,6 +875,7 @@ fn serve(
         strict_stat: spec.strict_stat,
         reap: spec.reap,
         state_dir: journal.as_ref().map(|_| state_dir.clone()),
+        journal_group: spec.journal_group,
         lane_rules,
         ..FsConfig::default()
     };

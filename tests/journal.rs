@@ -986,3 +986,33 @@ fn whole_mount_views_are_not_the_mount_roots_owners() {
     let md = std::fs::metadata(m.mnt.join(".journal")).unwrap();
     assert_eq!((md.uid(), md.permissions().mode() & 0o777), (0, 0o400));
 }
+
+/// `--journal-group` (here as `-o journal_group=users`) lets that group read the
+/// whole-mount views, and nobody else.
+#[test]
+fn journal_group_may_read_the_whole_mount_views() {
+    let gid = nix::unistd::Group::from_name("users")
+        .unwrap()
+        .expect("group users")
+        .gid
+        .as_raw();
+    let m = Mount::new(&["-o", "allow_other,journal_group=users"]);
+    std::fs::write(m.mnt.join("a.jsonl"), b"{}\n").unwrap();
+    std::fs::set_permissions(
+        m.mnt.parent().unwrap(),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::set_permissions(&m.mnt, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let md = std::fs::metadata(m.mnt.join(".journal")).unwrap();
+    assert_eq!((md.gid(), md.permissions().mode() & 0o777), (gid, 0o440));
+    let code = format!(
+        "import os,sys\nos.setgroups([{gid}] if sys.argv[1] == 'in' else []); os.setgid(65534); os.setuid(65534)\ntry:\n    open(sys.argv[2]).read(); print('read')\nexcept PermissionError: print('denied')"
+    );
+    let j = m.mnt.join(".journal");
+    assert_eq!(python(&code, &["in", j.to_str().unwrap()]).trim(), "read");
+    assert_eq!(
+        python(&code, &["out", j.to_str().unwrap()]).trim(),
+        "denied"
+    );
+}
