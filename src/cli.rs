@@ -183,7 +183,9 @@ fn group_id(g: &str) -> Result<u32, String> {
     }
     match nix::unistd::Group::from_name(g) {
         Ok(Some(gr)) => Ok(gr.gid.as_raw()),
-        _ => Err(format!("journal group '{g}': no such group (give a group name or a number)")),
+        _ => Err(format!(
+            "journal group '{g}': no such group (give a group name or a number)"
+        )),
     }
 }
 
