@@ -85,10 +85,10 @@ pub struct MountArgs {
     #[arg(long)]
     pub no_journal: bool,
     /// Journal size bound in bytes, with an optional unit: 256MiB, 1GiB.
-    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    #[arg(long, default_value = "256MiB", value_parser = parse_journal_size)]
     pub journal_max_size: u64,
     /// Journal age bound: a count with s, m, h or d, e.g. 30d, 12h.
-    #[arg(long, default_value = "30d", value_parser = parse_age)]
+    #[arg(long, default_value = "30d", value_parser = parse_journal_age)]
     pub journal_max_age: Duration,
     /// Negotiate READDIRPLUS (cheaper cold listings, slower repeated `ls -l`).
     #[arg(long)]
@@ -171,6 +171,29 @@ pub fn parse_age(s: &str) -> Result<Duration, String> {
     n.checked_mul(secs)
         .map(Duration::from_secs)
         .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+/// `--journal-max-size`: a [`parse_size`] of at least 1 MiB (a smaller bound would
+/// drop records as soon as they are written).
+fn parse_journal_size(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if n < 1 << 20 {
+        return Err(format!(
+            "'{s}' is below the 1MiB the journal needs to keep anything"
+        ));
+    }
+    Ok(n)
+}
+
+/// `--journal-max-age`: a [`parse_age`] of at least one minute.
+fn parse_journal_age(s: &str) -> Result<Duration, String> {
+    let d = parse_age(s)?;
+    if d < Duration::from_secs(60) {
+        return Err(format!(
+            "'{s}' is below the 1m the journal needs to keep anything"
+        ));
+    }
+    Ok(d)
 }
 
 /// A group name or number → gid.

@@ -722,3 +722,21 @@ fn failed_mount_leaves_no_new_state_dir() {
         s.state.display()
     );
 }
+
+/// `--journal-max-size 0` and `--journal-max-age 0` were accepted silently (a journal
+/// that keeps nothing); now they are one-line errors.
+#[test]
+fn journal_bounds_below_the_floor_are_refused() {
+    let s = scratch();
+    let _g = s.guard();
+    for (flag, v) in [
+        ("--journal-max-size", "0"),
+        ("--journal-max-size", "4KiB"),
+        ("--journal-max-age", "0"),
+        ("--journal-max-age", "30s"),
+    ] {
+        let line = must_fail(&mut s.mount_cmd(&[flag, v], &s.mnt), s.tmp.path(), flag);
+        assert!(line.contains("below"), "{flag} {v}: {line}");
+        assert!(!is_mounted(&s.mnt));
+    }
+}
