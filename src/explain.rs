@@ -36,9 +36,15 @@
 //!   sessionLockController.refreshAfterOwnedSessionWrite(); }` (`fenceFingerprint =
 //!   readSessionFileFingerprintSync(...)`, no check: the pi `AgentSession` of 5.22 has
 //!   no `_processAgentEvent`, so `installSessionEventWriteLock` installs nothing), and
-//!   the next `releaseForPrompt` takes a new fingerprint without checking. So whatever
+//!   the next `releaseForPrompt` takes a new fingerprint without checking. So what
 //!   changed while the runner held the lock is folded into the fence; measured: an
-//!   entry appended by another process 1 s into the model call did not trip.
+//!   entry appended by another process 1 s into the model call did not trip. But only
+//!   what changed between two of the holder's stats of the file: the check stats it
+//!   only after the lock file is created (a change between the `O_EXCL` create and
+//!   that stat is seen by the check), and `releaseForPrompt` stats it, reads the
+//!   snapshot, then unlinks the lock (a change between that last stat and the unlink
+//!   is not in the fence: the next check sees it). Measured with the real gateway
+//!   (tests/gateway_e2e.rs): chmods within ~2 ms of a hold's edge tripped.
 //! - **What is accepted in a gap** (`sessionFenceAdvanceIsBenign`): same dev and ino,
 //!   the file grew by at most `MAX_BENIGN_SESSION_FENCE_ADVANCE_BYTES = 1024 * 1024`,
 //!   the appended text ends with `\n`, and `lines.every(isTranscriptOnlyOpenClawAssistantLine)`:
@@ -80,16 +86,31 @@
 //!   which P appended a `user` message starts an attempt (the hold before it, when that
 //!   hold also wrote the `session` header: pi writes a new file only at its first
 //!   assistant message), and the attempt runs to the next start.
+//! - The **absorbed stretch** of a hold: from the holder's first `stat` of the file
+//!   after the acquisition (the check) to its last `stat` before the release (the
+//!   last fence refresh). While a session file's lock is held the mount journals the
+//!   holder's stats of it (`op` `stat`, class `read`; other processes' stats are not
+//!   journaled). A hold without such records (a journal from before them, or a mount
+//!   that does not write them) is absorbed whole, and its windows say so in a note:
+//!   a change within a few ms of its acquisition or release may then be counted as
+//!   absorbed when the gateway in fact tripped on it.
 //! - A **release window** is the gap from a release by P to P's next acquisition in
-//!   the same attempt, plus that next hold: changes in the gap are judged, changes in
-//!   the hold are listed with `absorbed: true`. A tripped window ends the attempt (the
-//!   gateway takes the lock no more). Changes in an attempt's first hold and outside
-//!   attempts are in no window: no fence looks at them.
+//!   the same attempt, plus that next hold. The gap runs from the end of the released
+//!   hold's absorbed stretch to the start of the next hold's, so a change after P's
+//!   last stat and before the unlink (`in_hold: "after_last_stat"`), or after the
+//!   `O_EXCL` create and before P's first stat (`in_hold: "before_check"`), is judged
+//!   with the gap. Changes in the gap are judged; changes in the next hold's absorbed
+//!   stretch are listed with `absorbed: true`. A tripped window ends the attempt (the
+//!   gateway takes the lock no more). Changes in an attempt's first hold before its
+//!   first stat, in its cleanup hold after the check, and outside attempts are in no
+//!   window: no fence looks at them.
 //!
-//! Limits: the gateway stats the file a moment after creating the lock; a change in
-//! that moment is counted as absorbed. Two lanes of one process on one file share a
-//! pid: their holds are merged (flagged when their trajectory attempts overlap), and
-//! a change by the runner's own process in a gap is marked `same_process`.
+//! Limits: the holder's stats are the kernel's GETATTRs; a stat the runner makes after
+//! its fingerprint stat and before the unlink (reading the snapshot, say) moves the
+//! end of the stretch a little later than the fingerprint. Two lanes of one process on
+//! one file share a pid: their holds are merged (flagged when their trajectory attempts
+//! overlap), and a change by the runner's own process in a gap is marked
+//! `same_process`.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -864,9 +885,21 @@ pub(crate) struct Window {
     pub reacquired: Option<Mark>,
     /// The end of the hold that ended the gap; None while held or open.
     pub hold_end: Option<Mark>,
+    /// The holder's last `stat` before the release (the fingerprint the fence keeps):
+    /// the gap starts there. None without `stat` records (the gap starts at the release).
+    pub fence_taken: Option<Mark>,
+    /// The holder's first `stat` after the next acquisition (the check): the gap ends
+    /// there. None without `stat` records (the gap ends at the acquisition).
+    pub checked: Option<Mark>,
+    /// The holder's last `stat` in the next hold: the absorbed stretch ends there (what
+    /// follows is in the next window's gap). None without `stat` records (the whole
+    /// hold is absorbed).
+    pub absorbed_until: Option<Mark>,
     /// The acquisition that ends the gap is the attempt's cleanup.
     pub cleanup: bool,
-    /// Indices into the file records: in the gap, and in the next hold (absorbed).
+    /// Indices into the file records: in the gap (which may begin in the released hold
+    /// and end in the next one, see `fence_taken` and `checked`), and in the absorbed
+    /// stretch of the next hold.
     pub gap: Vec<usize>,
     pub held: Vec<usize>,
     pub verdict: Verdict,
@@ -875,8 +908,30 @@ pub(crate) struct Window {
     pub notes: Vec<String>,
 }
 
+/// The holder's `stat` records of the session file in hold `h` (the mount journals a
+/// stat of a locked transcript by its holder's process only): the first and the last,
+/// None when the hold has none (a journal from before `stat` records, or a mount that
+/// does not write them).
+fn hold_stats(h: &Hold, frecs: &[&Rec]) -> Option<(Mark, Mark)> {
+    let end = h.released.as_ref().map_or(u64::MAX, |m| m.seq);
+    let lo = frecs.partition_point(|r| r.seq <= h.acquired.seq);
+    let mut stats = frecs[lo..]
+        .iter()
+        .take_while(|r| r.seq < end)
+        .filter(|r| r.op() == "stat" && r.ok() && r.pid() == Some(h.holder.pid));
+    let first = stats.next()?;
+    let last = stats.last().unwrap_or(first);
+    Some((first.mark(), last.mark()))
+}
+
 /// The windows of every attempt, in order of release. `frecs` are the records of the
 /// session file and the other processes' lock records of its lock, in seq order.
+///
+/// With the holder's `stat` records, a window's gap runs from the holder's last stat
+/// before the release to its first stat after the next acquisition (the check), and
+/// the absorbed stretch of the next hold from that check to its last stat before its
+/// own release; without them, from the release to the acquisition and over the whole
+/// next hold (module doc, "Holds, attempts, windows").
 pub(crate) fn windows(
     rules: Rules,
     holds: &[Hold],
@@ -896,16 +951,26 @@ pub(crate) fn windows(
             if next.is_none() && a.ended {
                 break;
             }
-            let gap_end = next.map_or(u64::MAX, |n| n.acquired.seq);
+            let h_stats = hold_stats(h, frecs);
+            let n_stats = next.and_then(|n| hold_stats(n, frecs));
+            let acquired = next.map_or(u64::MAX, |n| n.acquired.seq);
             let hold_end = next.and_then(|n| n.released.clone());
-            let held_end = hold_end.as_ref().map_or(u64::MAX, |m| m.seq);
+            // The gap: after the holder's last stat (else the release) to its first
+            // stat in the next hold (else the acquisition); the absorbed stretch: to
+            // its last stat in the next hold (else that hold's end).
+            let gap_start = h_stats.as_ref().map_or(rel.seq, |(_, l)| l.seq);
+            let gap_end = n_stats.as_ref().map_or(acquired, |(f, _)| f.seq);
+            let held_end = match &n_stats {
+                Some((_, l)) => l.seq,
+                None => hold_end.as_ref().map_or(u64::MAX, |m| m.seq),
+            };
             // frecs are in seq order: find the ranges by binary search.
             let range = |after: u64, before: u64| {
                 let lo = frecs.partition_point(|r| r.seq <= after);
                 let hi = frecs.partition_point(|r| r.seq < before).max(lo);
                 (lo..hi).filter(|&k| frecs[k].ok()).collect::<Vec<usize>>()
             };
-            let gap = range(rel.seq, gap_end);
+            let gap = range(gap_start, gap_end);
             let held = if next.is_some() {
                 range(gap_end, held_end)
             } else {
@@ -920,14 +985,26 @@ pub(crate) fn windows(
                 _ => None,
             };
             let mut notes = Vec::new();
-            if gap_recs
-                .iter()
-                .any(|r| r.pid() == Some(pid) && r.moved() && r.class() != Some("read"))
-            {
+            let own_change =
+                |r: &Rec| r.pid() == Some(pid) && r.moved() && r.class() != Some("read");
+            let unlocked = |r: &Rec| r.seq > rel.seq && r.seq < acquired;
+            if gap_recs.iter().any(|r| unlocked(r) && own_change(r)) {
                 notes.push(format!(
                     "the runner's own process ({}) changed the file while it did not hold the lock: another lane of the same gateway?",
                     a.holder.label()
                 ));
+            }
+            if gap_recs.iter().any(|r| !unlocked(r) && own_change(r)) {
+                notes.push(
+                    "the runner changed the file in a hold but outside its checked stretch (after its last stat before the release, or before its first stat after the acquisition): the fence counts it"
+                        .into(),
+                );
+            }
+            if h_stats.is_none() || (next.is_some() && n_stats.is_none()) {
+                notes.push(
+                    "no stat records of the runner in its holds (an older journal, or a mount that does not write them): the whole hold is taken as absorbed, so a change within a few ms of its acquisition or release may in fact have tripped the fence"
+                        .into(),
+                );
             }
             if a.overlapping {
                 notes.push(
@@ -958,6 +1035,9 @@ pub(crate) fn windows(
                 released: rel,
                 reacquired: next.map(|n| n.acquired.clone()),
                 hold_end,
+                fence_taken: h_stats.map(|(_, l)| l),
+                checked: n_stats.as_ref().map(|(f, _)| f.clone()),
+                absorbed_until: n_stats.map(|(_, l)| l),
                 cleanup,
                 gap,
                 held,
@@ -1022,14 +1102,16 @@ pub(crate) fn analyze(
         .collect();
     let fr: Vec<&Rec> = frecs.iter().map(|&i| &recs[i]).collect();
     let mut ws = windows(rules, &hs, &att, &fr, injected);
-    // A runner's own lock records are the window's boundaries, not changes in it.
+    // A runner's own lock records and stats are the window's boundaries, not changes
+    // in it.
     for w in &mut ws {
         let pid = att[w.attempt].holder.pid;
         let own_lock = |k: &usize| {
             let r = fr[*k];
-            r.path() == lock
+            (r.path() == lock
                 && r.pid() == Some(pid)
-                && r.v["lock"]["holder"]["pid"].as_u64() == Some(pid as u64)
+                && r.v["lock"]["holder"]["pid"].as_u64() == Some(pid as u64))
+                || (r.op() == "stat" && r.pid() == Some(pid))
         };
         w.gap.retain(|k| !own_lock(k));
         w.held.retain(|k| !own_lock(k));
@@ -1352,6 +1434,19 @@ fn change_json(r: &Rec, extra: &[(&str, Value)]) -> Value {
     Value::Object(m)
 }
 
+/// For a gap record made while a lock was held: `after_last_stat` (in the released
+/// hold, after the holder's last stat: the fence never saw it) or `before_check` (in
+/// the next hold, before the holder's first stat: the check sees it).
+fn hold_edge(w: &Window, r: &Rec) -> Option<&'static str> {
+    if r.seq < w.released.seq {
+        Some("after_last_stat")
+    } else if w.reacquired.as_ref().is_some_and(|m| r.seq > m.seq) {
+        Some("before_check")
+    } else {
+        None
+    }
+}
+
 /// One window as `explain --json` prints it.
 fn window_json(a: &Analysis, w: &Window, file: &str, rules: Rules) -> Value {
     let att = &a.attempts[w.attempt];
@@ -1362,6 +1457,9 @@ fn window_json(a: &Analysis, w: &Window, file: &str, rules: Rules) -> Value {
         let mut extra = vec![("absorbed", Value::Bool(false)), ("fence", label.into())];
         if r.pid() == Some(att.holder.pid) && !r.path().ends_with(".lock") {
             extra.push(("same_process", Value::Bool(true)));
+        }
+        if let Some(edge) = hold_edge(w, r) {
+            extra.push(("in_hold", edge.into()));
         }
         changes.push(change_json(r, &extra));
     }
@@ -1390,6 +1488,9 @@ fn window_json(a: &Analysis, w: &Window, file: &str, rules: Rules) -> Value {
         "released": w.released.json(),
         "reacquired": w.reacquired.as_ref().map(Mark::json),
         "hold_end": w.hold_end.as_ref().map(Mark::json),
+        "fence_taken": w.fence_taken.as_ref().map(Mark::json),
+        "checked": w.checked.as_ref().map(Mark::json),
+        "absorbed_until": w.absorbed_until.as_ref().map(Mark::json),
         "gap_ms": gap_ms,
         "cleanup": w.cleanup,
         "tripped": w.verdict.tripped,
@@ -1495,6 +1596,15 @@ fn window_text(a: &Analysis, w: &Window, out: &mut String) {
         w.holder.tid.map_or("-".into(), |x| x.to_string()),
         t(&w.released),
     ));
+    if w.fence_taken.is_some() || w.checked.is_some() {
+        let at = |m: &Option<Mark>| m.as_ref().map_or("-".into(), t);
+        out.push_str(&format!(
+            "    holder's stats: fence taken {}  checked {}  absorbed until {}\n",
+            at(&w.fence_taken),
+            at(&w.checked),
+            at(&w.absorbed_until),
+        ));
+    }
     for n in &w.notes {
         out.push_str(&format!("    note: {n}\n"));
     }
@@ -1515,12 +1625,16 @@ fn window_text(a: &Analysis, w: &Window, out: &mut String) {
         } else {
             w.verdict.labels.get(&r.seq).copied().unwrap_or("harmless")
         };
-        out.push_str(&change_row(r, mark));
+        let mark = match hold_edge(w, r) {
+            Some(edge) if !absorbed => format!("{mark} ({edge})"),
+            _ => mark.to_string(),
+        };
+        out.push_str(&change_row(r, &mark));
         out.push('\n');
     }
     if reads > 0 {
         out.push_str(&format!(
-            "    (+{reads} opens/closes for reading: harmless)\n"
+            "    (+{reads} opens, closes and stats for reading: harmless)\n"
         ));
     }
 }
@@ -2267,6 +2381,59 @@ mod tests {
             self.release(pid);
             acq
         }
+        /// A stat of the transcript as the mount journals it: only by the holder of
+        /// its lock, while held.
+        fn stat(&mut self, pid: u32) -> u64 {
+            let ctx = self.ctx(pid);
+            self.push(pid, json!({"op": "stat", "path": F, "class": "read", "fence_moved": false,
+                "lock_context": ctx, "after": {"ino": 1, "size": 10, "mtime_ns": 1, "ctime_ns": 1}}))
+        }
+        /// A 5.22 turn of GW in four holds (1 the controller's, 2 the model call, 3 a
+        /// locked write, 4 the cleanup), with the gateway's stats when `stats`: the
+        /// check right after the create, the fingerprint right before the unlink.
+        /// `edge(j, k, p)` runs in hold k after the create (p = 0), between the stats
+        /// (p = 1) and after the last stat (p = 2). Returns the acquisitions' seqs.
+        fn stat_turn(
+            &mut self,
+            stats: bool,
+            mut edge: impl FnMut(&mut J, usize, usize),
+        ) -> Vec<u64> {
+            let mut acq = Vec::new();
+            for k in 1..=4 {
+                if k == 4 {
+                    self.traj(GW, false);
+                }
+                acq.push(self.acquire(GW));
+                edge(self, k, 0);
+                if stats {
+                    self.stat(GW);
+                }
+                match k {
+                    1 => {
+                        self.user(GW, "u");
+                        self.traj(GW, true);
+                    }
+                    2 => {
+                        self.assistant(GW, "a");
+                    }
+                    3 => {
+                        self.append(GW, "custom", None, "c");
+                    }
+                    _ => {}
+                }
+                if stats {
+                    self.stat(GW);
+                }
+                edge(self, k, 1);
+                if stats {
+                    self.stat(GW);
+                }
+                edge(self, k, 2);
+                self.read(GW);
+                self.release(GW);
+            }
+            acq
+        }
         fn analyze(&self, rules: Rules) -> Analysis {
             analyze(rules, F, self.recs.clone(), &|_| None)
         }
@@ -2430,6 +2597,159 @@ mod tests {
         let a = j.analyze(Rules::V2026_5_22);
         assert_eq!(a.windows[0].verdict.first_trip, Some(ext));
         assert!(a.windows[0].verdict.tripped);
+    }
+
+    /// The window JSON's change with `seq`.
+    fn change_of(a: &Analysis, w: &Window, seq: u64) -> Value {
+        let v = window_json(a, w, F, Rules::V2026_5_22);
+        v["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["seq"] == seq)
+            .cloned()
+            .unwrap_or_else(|| panic!("{seq} not in {v}"))
+    }
+
+    #[test]
+    fn a_chmod_after_the_holders_last_stat_and_before_the_release_trips_at_the_next_acquisition() {
+        let mut j = J::default();
+        let mut chmod = 0;
+        let acq = j.stat_turn(true, |j, k, p| {
+            if (k, p) == (2, 2) {
+                chmod = j.chmod(OTHER, false);
+            }
+        });
+        let a = j.analyze(Rules::V2026_5_22);
+        assert_eq!(a.attempts[0].holds.len(), 4);
+        let (w1, w2) = (&a.windows[0], &a.windows[1]);
+        assert!(!w1.verdict.tripped);
+        assert!(!w1.held.iter().any(|&k| a.recs[k].seq == chmod));
+        assert!(w1.notes.iter().all(|n| !n.contains("no stat records")));
+        assert!(w2.verdict.tripped);
+        assert_eq!(w2.verdict.first_trip, Some(chmod));
+        assert_eq!(w2.reacquired.as_ref().unwrap().seq, acq[2]);
+        assert_eq!(w2.outcome, Some("takeover"));
+        assert!(w2.fence_taken.as_ref().unwrap().seq < chmod);
+        assert!(chmod < w2.released.seq);
+        let c = change_of(&a, w2, chmod);
+        assert_eq!(c["absorbed"], false);
+        assert_eq!(c["fence"], "trips");
+        assert_eq!(c["in_hold"], "after_last_stat");
+        assert_eq!(c["lock"], "held_by_other");
+        // The same after the first hold's last stat: window 1 trips.
+        let mut j = J::default();
+        j.stat_turn(true, |j, k, p| {
+            if (k, p) == (1, 2) {
+                chmod = j.chmod(OTHER, false);
+            }
+        });
+        let a = j.analyze(Rules::V2026_5_22);
+        assert_eq!(a.windows[0].verdict.first_trip, Some(chmod));
+        // After the cleanup hold's last stat: no fence looks at it.
+        let mut j = J::default();
+        j.stat_turn(true, |j, k, p| {
+            if (k, p) == (4, 2) {
+                j.chmod(OTHER, false);
+            }
+        });
+        let a = j.analyze(Rules::V2026_5_22);
+        assert_eq!(a.windows.len(), 3);
+        assert!(a.windows.iter().all(|w| !w.verdict.tripped));
+    }
+
+    #[test]
+    fn a_chmod_after_the_lock_create_and_before_the_holders_first_stat_trips_at_that_acquisition() {
+        let mut j = J::default();
+        let mut chmod = 0;
+        let acq = j.stat_turn(true, |j, k, p| {
+            if (k, p) == (2, 0) {
+                chmod = j.chmod(OTHER, false);
+            }
+        });
+        let a = j.analyze(Rules::V2026_5_22);
+        let w = &a.windows[0];
+        assert!(w.verdict.tripped);
+        assert_eq!(w.verdict.first_trip, Some(chmod));
+        assert_eq!(w.reacquired.as_ref().unwrap().seq, acq[1]);
+        assert!(w.checked.as_ref().unwrap().seq > chmod);
+        assert_eq!(a.windows.len(), 1, "the trip ends the attempt");
+        let c = change_of(&a, w, chmod);
+        assert_eq!(c["absorbed"], false);
+        assert_eq!(c["in_hold"], "before_check");
+        assert_eq!(c["lock"], "held_by_other");
+        // At the cleanup acquisition: swallowed.
+        let mut j = J::default();
+        j.stat_turn(true, |j, k, p| {
+            if (k, p) == (4, 0) {
+                chmod = j.chmod(OTHER, false);
+            }
+        });
+        let a = j.analyze(Rules::V2026_5_22);
+        let w = a.windows.last().unwrap();
+        assert_eq!(w.verdict.first_trip, Some(chmod));
+        assert_eq!(w.outcome, Some("swallowed"));
+        // Before the first hold's first stat: the fence is not armed yet.
+        let mut j = J::default();
+        j.stat_turn(true, |j, k, p| {
+            if (k, p) == (1, 0) {
+                j.chmod(OTHER, false);
+            }
+        });
+        let a = j.analyze(Rules::V2026_5_22);
+        assert!(a.windows.iter().all(|w| !w.verdict.tripped));
+    }
+
+    #[test]
+    fn a_chmod_between_two_holder_stats_is_absorbed() {
+        for k in 2..=3 {
+            let mut j = J::default();
+            let mut chmod = 0;
+            j.stat_turn(true, |j, kk, p| {
+                if (kk, p) == (k, 1) {
+                    chmod = j.chmod(OTHER, false);
+                }
+            });
+            let a = j.analyze(Rules::V2026_5_22);
+            assert_eq!(a.windows.len(), 3);
+            assert!(a.windows.iter().all(|w| !w.verdict.tripped));
+            let w = &a.windows[k - 2];
+            assert!(w.held.iter().any(|&x| a.recs[x].seq == chmod));
+            let c = change_of(&a, w, chmod);
+            assert_eq!(c["absorbed"], true);
+            assert_eq!(c["fence"], "absorbed");
+            assert!(c.get("in_hold").is_none());
+            // The holder's stats are the boundaries, not changes.
+            assert!(
+                a.windows
+                    .iter()
+                    .flat_map(|w| w.gap.iter().chain(&w.held))
+                    .all(|&x| a.recs[x].op() != "stat")
+            );
+            assert!(w.checked.as_ref().unwrap().seq < chmod);
+            assert!(w.absorbed_until.as_ref().unwrap().seq > chmod);
+        }
+    }
+
+    #[test]
+    fn a_hold_without_stat_records_is_absorbed_whole() {
+        for p in 0..=2 {
+            let mut j = J::default();
+            let mut chmod = 0;
+            j.stat_turn(false, |j, k, pp| {
+                if (k, pp) == (2, p) {
+                    chmod = j.chmod(OTHER, false);
+                }
+            });
+            let a = j.analyze(Rules::V2026_5_22);
+            assert_eq!(a.windows.len(), 3, "p {p}");
+            assert!(a.windows.iter().all(|w| !w.verdict.tripped), "p {p}");
+            let w = &a.windows[0];
+            assert!(w.held.iter().any(|&x| a.recs[x].seq == chmod));
+            assert!(w.fence_taken.is_none() && w.checked.is_none());
+            assert!(w.notes.iter().any(|n| n.contains("no stat records")));
+            assert_eq!(change_of(&a, w, chmod)["absorbed"], true);
+        }
     }
 
     #[test]

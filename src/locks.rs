@@ -313,6 +313,15 @@ impl Locks {
         Some((op, lock.info(&alive)))
     }
 
+    /// The holder (pid, starttime) of `<path>.lock`, if that lock is held.
+    pub fn holder_of(&self, path: &str) -> Option<(u32, u64)> {
+        self.locks
+            .lock()
+            .values()
+            .find(|l| l.path.strip_suffix(".lock") == Some(path))
+            .map(|l| (l.holder.pid, l.holder.starttime))
+    }
+
     /// The lock context of a change to the session file `path` by `actor`: is
     /// `<path>.lock` held, by `actor`'s process or by another (returned)?
     pub fn context(&self, path: &str, actor: &Caller) -> (LockContext, Option<LockHolder>) {

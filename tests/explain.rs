@@ -3,7 +3,10 @@
 //! file with its JSON payload, a user message and `session.started` in the first hold,
 //! the model call under a second hold, two more locked writes, `session.ended`, the
 //! cleanup hold), stopping in each gap and during the model call until the test (another
-//! process) has made its changes.
+//! process) has made its changes. Like the gateway it stats the transcript right after
+//! taking the lock and right before releasing it: the holder's `stat` records bound
+//! what a hold absorbs (when the mount journals them; without them a hold is absorbed
+//! whole, and the tests pass either way).
 
 mod common;
 
@@ -41,8 +44,10 @@ def acquire():
     fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     os.write(fd, (json.dumps({"pid": os.getpid(), "createdAt": "2026-12-06T00:00:00.000Z",
                               "maxHoldMs": 300000}, indent=2) + "\n").encode())
+    os.stat(f)  # the fence check (assertSessionFileFence), after the lock's create
     return fd
 def release(fd):
+    os.stat(f)  # the fence fingerprint (releaseForPrompt), before the unlink
     os.close(fd)
     open(lock).read()
     os.unlink(lock)
@@ -256,6 +261,24 @@ fn a_foreign_append_in_the_model_call_is_absorbed_and_a_chmod_in_a_gap_trips() {
     assert_eq!(c["lock_holder"]["pid"], runner);
     assert_eq!(c["pid"], me);
     assert_eq!(c["entries"][0]["id"], "f00dcafe");
+    // With the runner's stat records, the absorbed stretch is bounded by them.
+    let stats = recs
+        .iter()
+        .filter(|r| r["path"] == "s1.jsonl" && r["op"] == "stat" && r["pid"] == runner)
+        .count();
+    if stats > 0 {
+        assert!(
+            w1["checked"]["seq"].as_u64() < append["seq"].as_u64(),
+            "{w1}"
+        );
+        assert!(
+            w1["absorbed_until"]["seq"].as_u64() > append["seq"].as_u64(),
+            "{w1}"
+        );
+        assert!(w1["fence_taken"]["seq"].as_u64() < w1["released"]["seq"].as_u64());
+    } else {
+        assert_eq!(w1["checked"], Value::Null);
+    }
     // Window 2: the chmod in the gap trips the fence.
     let w2 = &ws[1];
     assert_eq!(w2["tripped"], true);

@@ -151,6 +151,16 @@ impl SessionFs {
                         r.lock = Some(info);
                     });
                 }
+                // The guarded file's attributes the kernel cached before the lock: gone,
+                // so that the holder's stats reach us (attr TTL 0 while locked).
+                let guarded = &name.as_bytes()[..name.len() - ".lock".len()];
+                if let Some(g) = sys::cname(OsStr::from_bytes(guarded))
+                    .ok()
+                    .and_then(|c| sys::fstatat(p.fd(), &c).ok())
+                    .and_then(|st| self.inodes.find(FileKey::of(&st)))
+                {
+                    self.inval_attrs_later(g.id);
+                }
             }
         }
         drop(gate);

@@ -163,6 +163,8 @@ pub struct SessionFs {
     origins: parking_lot::Mutex<std::collections::HashMap<sys::FileKey, cut::Origin>>,
     /// Keys of [`shown::content_hash`], random per daemon run.
     hash_keys: std::collections::hash_map::RandomState,
+    /// To the invalidation thread (see [`Inval`]).
+    inval: crossbeam_channel::Sender<Inval>,
     virt: VirtualFiles,
     cfg: FsConfig,
     /// SELinux is active on this host (`/sys/fs/selinux` exists).
@@ -246,6 +248,8 @@ impl SessionFs {
             }),
             origins: Default::default(),
             hash_keys: Default::default(),
+            inval: start_invalidator(cfg.notifier.clone())
+                .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EAGAIN)))?,
             virt: VirtualFiles::new(),
             cfg,
             selinux: Path::new("/sys/fs/selinux/enforce").exists(),
@@ -280,12 +284,66 @@ impl SessionFs {
 
     /// GETATTR of a backing inode, outside any change of ours: a backing state we did
     /// not cause is journaled `external`. Errors: the errno of `fstat`.
-    fn do_getattr(&self, inode: &Inode) -> SysResult<fuser::FileAttr> {
+    fn do_getattr(&self, ctx: &Ctx, inode: &Inode) -> SysResult<fuser::FileAttr> {
         self.inodes.touch(inode);
         let seen = inode.changes();
         let st = sys::fstat(inode.fd())?;
         self.check_external(inode, &st, 0, seen);
-        Ok(self.attr_of(inode.id, &st))
+        let a = self.attr_of(inode.id, &st);
+        self.note_holder_stat(ctx, inode, &st);
+        Ok(a)
+    }
+
+    /// A stat of a session file whose lock is held, by the holder: journaled as
+    /// `stat`, in order with the file's changes. These are the gateway's fence reads
+    /// and checks; `sessionfs explain` bounds what a hold folds into the fence by
+    /// them. (Attr TTL 0 while the lock is held makes every such stat reach us.)
+    fn note_holder_stat(&self, ctx: &Ctx, inode: &Inode, st: &libc::stat) {
+        if self.journal.is_none() || !self.is_transcript(inode) {
+            return;
+        }
+        let path = self.inodes.path_of(inode);
+        let Some((pid, start)) = self.locks.holder_of(&path) else {
+            return;
+        };
+        let caller = self.ids.caller(ctx.pid, ctx.uid, ctx.gid);
+        if !caller
+            .process
+            .as_ref()
+            .is_some_and(|p| p.pid == pid && p.starttime == start)
+        {
+            return;
+        }
+        let _order = inode.ordered();
+        let (ino, size, m, c) = self.reported_fp(st);
+        self.record_as(
+            &caller,
+            crate::journal::record::Op::Stat,
+            path,
+            Some(inode.key()),
+            |r| {
+                r.after = Some(crate::journal::record::Fingerprint {
+                    ino,
+                    size,
+                    mtime_ns: m,
+                    ctime_ns: c,
+                });
+                r.fence_moved = Some(false);
+            },
+        );
+    }
+
+    /// Attr TTL for `inode`: 0 for a session file while its lock is held, so that
+    /// each stat of it reaches the daemon (see [`Self::note_holder_stat`]).
+    fn attr_ttl_of(&self, inode: &Inode) -> Duration {
+        if self.journal.is_some()
+            && self.is_transcript(inode)
+            && self.locks.holder_of(&self.inodes.path_of(inode)).is_some()
+        {
+            Duration::ZERO
+        } else {
+            self.cfg.attr_ttl
+        }
     }
 
     /// FUSE attributes of backing stat `st` served under node id `id`, with the
@@ -353,35 +411,16 @@ impl SessionFs {
     /// kernel takes the directory's lock for it, which the request in progress may
     /// hold); their next lookup gets entry TTL 0 (see [`Self::entry_ttl`]).
     fn reach_names_again(&self, names: Vec<(u64, Arc<OsStr>)>) {
-        if names.is_empty() || self.cfg.notifier.get().is_none() {
-            return;
+        for (parent, name) in names {
+            let _ = self.inval.try_send(Inval::Entry(parent, name));
         }
-        let notifier = self.cfg.notifier.clone();
-        let _ = std::thread::Builder::new()
-            .name("sessionfs-inval".into())
-            .spawn(move || {
-                if let Some(n) = notifier.get() {
-                    for (parent, name) in names {
-                        let _ = n.inval_entry(fuser::INodeNo(parent), &name);
-                    }
-                }
-            });
     }
 
-    /// Make the kernel drop its cached attributes of node `id` (from another thread,
-    /// as for [`Self::reach_names_again`]): the mount now reports other times.
+    /// Make the kernel drop its cached attributes of node `id` (from the invalidation
+    /// thread, as for [`Self::reach_names_again`]): the mount now reports other times,
+    /// or wants to see the next stat.
     fn inval_attrs_later(&self, id: u64) {
-        if self.cfg.notifier.get().is_none() {
-            return;
-        }
-        let notifier = self.cfg.notifier.clone();
-        let _ = std::thread::Builder::new()
-            .name("sessionfs-inval".into())
-            .spawn(move || {
-                if let Some(n) = notifier.get() {
-                    let _ = n.inval_inode(fuser::INodeNo(id), -1, 0);
-                }
-            });
+        let _ = self.inval.try_send(Inval::Attrs(id));
     }
 
     /// Is the file open as handle `h` a transcript, by the name it was opened by?
@@ -442,6 +481,36 @@ impl SessionFs {
             .map(|c| c.groups.clone())
             .unwrap_or_default()
     }
+}
+
+/// A kernel cache invalidation to send from the invalidation thread: the kernel takes
+/// the directory's or inode's lock for it, which the request in progress may hold.
+#[derive(Debug)]
+enum Inval {
+    /// Drop the cached entry (parent node id, name).
+    Entry(u64, Arc<OsStr>),
+    /// Drop the cached attributes of a node id.
+    Attrs(u64),
+}
+
+/// Start the invalidation thread (it ends when the sender is dropped). Queue bound:
+/// 4,096; past it invalidations are dropped (the TTLs still bound staleness).
+fn start_invalidator(
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+) -> std::io::Result<crossbeam_channel::Sender<Inval>> {
+    let (tx, rx) = crossbeam_channel::bounded::<Inval>(4096);
+    std::thread::Builder::new()
+        .name("sessionfs-inval".into())
+        .spawn(move || {
+            for m in rx {
+                let Some(n) = notifier.get() else { continue };
+                let _ = match m {
+                    Inval::Entry(parent, name) => n.inval_entry(fuser::INodeNo(parent), &name),
+                    Inval::Attrs(id) => n.inval_inode(fuser::INodeNo(id), -1, 0),
+                };
+            }
+        })?;
+    Ok(tx)
 }
 
 #[allow(dead_code)]

@@ -92,9 +92,10 @@ impl fuser::Filesystem for SessionFs {
             return reply.error(FErrno::ENOENT);
         };
         match self.do_lookup(&p, name) {
-            Ok((_, a)) => {
+            Ok((inode, a)) => {
                 self.warn_if_shadowing(&p, name);
-                self.entry_reply(reply, &a)
+                let ttl = self.attr_ttl_of(&inode);
+                reply.entry_with_ttls(&ttl, &self.entry_ttl(&a), &a, Generation(0))
             }
             Err(Errno::ENOENT) => match self.virtual_lookup(&p, name) {
                 Some(a) => {
@@ -112,15 +113,18 @@ impl fuser::Filesystem for SessionFs {
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<Fh>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<Fh>, reply: ReplyAttr) {
         if ino.0 >= VIRTUAL_BASE {
             return match self.virtual_attr(ino.0) {
                 Some(a) => reply.attr(&Duration::ZERO, &a),
                 None => reply.error(FErrno::ENOENT),
             };
         }
-        match self.inode(ino.0).and_then(|i| self.do_getattr(&i)) {
-            Ok(a) => reply.attr(&self.cfg.attr_ttl, &a),
+        let Ok(inode) = self.inode(ino.0) else {
+            return reply.error(FErrno::ENOENT);
+        };
+        match self.do_getattr(&Ctx::from(req), &inode) {
+            Ok(a) => reply.attr(&self.attr_ttl_of(&inode), &a),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -167,7 +171,7 @@ impl fuser::Filesystem for SessionFs {
             mtime,
         };
         match self.do_setattr(&Ctx::from(req), &inode, handle.as_deref(), set) {
-            Ok(a) => reply.attr(&self.cfg.attr_ttl, &a),
+            Ok(a) => reply.attr(&self.attr_ttl_of(&inode), &a),
             Err(e) => reply.error(err(e)),
         }
     }

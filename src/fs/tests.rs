@@ -127,7 +127,7 @@ fn recorded_change_journals_an_outside_change_first_and_its_own_as_known() {
     let f = fixture();
     f.backing_write("a", b"1");
     let a = f.lookup("a");
-    f.fs.do_getattr(&a).unwrap(); // nothing known yet: nothing to compare
+    f.fs.do_getattr(&me(), &a).unwrap(); // nothing known yet: nothing to compare
     f.fs.do_setattr(
         &me(),
         &a,
@@ -139,7 +139,7 @@ fn recorded_change_journals_an_outside_change_first_and_its_own_as_known() {
     )
     .unwrap();
     // Our own change is known: a getattr now records nothing.
-    f.fs.do_getattr(&a).unwrap();
+    f.fs.do_getattr(&me(), &a).unwrap();
     assert_eq!(f.ops(), ["chmod"]);
     let rec = &f.records()[0];
     assert_eq!(rec["path"], "a");
@@ -152,7 +152,7 @@ fn recorded_change_journals_an_outside_change_first_and_its_own_as_known() {
     f.fs.do_setxattr(&me(), &a, OsStr::new("user.k"), b"v", 0)
         .unwrap();
     assert_eq!(f.ops(), ["chmod", "external", "setxattr"]);
-    f.fs.do_getattr(&a).unwrap();
+    f.fs.do_getattr(&me(), &a).unwrap();
     assert_eq!(f.ops().len(), 3, "the setxattr's result is known");
 }
 
@@ -161,14 +161,14 @@ fn setxattr_racing_getattr_logs_no_external() {
     let f = Arc::new(fixture());
     f.backing_write("a", b"x");
     let a = f.lookup("a");
-    f.fs.do_getattr(&a).unwrap();
+    f.fs.do_getattr(&me(), &a).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let readers: Vec<_> = (0..2)
         .map(|_| {
             let (f, a, stop) = (f.clone(), a.clone(), stop.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    f.fs.do_getattr(&a).unwrap();
+                    f.fs.do_getattr(&me(), &a).unwrap();
                 }
             })
         })
@@ -201,13 +201,13 @@ fn rename_over_a_hard_link_keeps_the_other_name_and_marks_it_known() {
     let root = f.fs.inodes.root();
     let a = f.lookup("a");
     f.fs.do_link(&me(), &a, &root, OsStr::new("b")).unwrap();
-    f.fs.do_getattr(&a).unwrap();
+    f.fs.do_getattr(&me(), &a).unwrap();
     f.lookup("a"); // reached as `a` again: first name
     f.lookup("c");
     f.fs.do_rename(&me(), &root, OsStr::new("c"), &root, OsStr::new("a"), 0)
         .unwrap();
     assert_eq!(f.fs.inodes.path_of(&a), "b", "`a` is now another file");
-    f.fs.do_getattr(&a).unwrap(); // nlink and ctime moved: by us
+    f.fs.do_getattr(&me(), &a).unwrap(); // nlink and ctime moved: by us
     assert_eq!(f.ops(), ["link", "rename"]);
 }
 

@@ -66,6 +66,10 @@ pub enum Op {
     /// (`external`) A change made around the mount, seen at the next lookup,
     /// getattr, open or change.
     External,
+    /// (`stat`) A stat of a session file by the process holding its lock, while it
+    /// holds it (the gateway's fence reads and checks): the boundaries of what a hold
+    /// folds into the fence.
+    Stat,
     /// (`ctime-drift`) The backing ctime moved while nothing else did and nothing came
     /// through the mount (Btrfs maintenance): the mount keeps reporting the last ctime.
     CtimeDrift,
@@ -87,7 +91,7 @@ pub enum Op {
 
 impl Op {
     /// Every op, in the order of the README's table.
-    pub const ALL: [Op; 26] = [
+    pub const ALL: [Op; 27] = [
         Op::Open,
         Op::Create,
         Op::Write,
@@ -108,6 +112,7 @@ impl Op {
         Op::Fsync,
         Op::Release,
         Op::External,
+        Op::Stat,
         Op::CtimeDrift,
         Op::LockAcquire,
         Op::LockRelease,
@@ -139,6 +144,7 @@ impl Op {
             Op::Fsync => "fsync",
             Op::Release => "release",
             Op::External => "external",
+            Op::Stat => "stat",
             Op::CtimeDrift => "ctime-drift",
             Op::LockAcquire => "lock-acquire",
             Op::LockRelease => "lock-release",
@@ -178,7 +184,7 @@ impl Class {
     /// at the end of the file is an append; a release ending a rewrite is a rewrite).
     pub fn of(op: Op) -> Option<Class> {
         Some(match op {
-            Op::Open | Op::Release | Op::Fsync => Class::Read,
+            Op::Open | Op::Release | Op::Fsync | Op::Stat => Class::Read,
             Op::Chmod
             | Op::Chown
             | Op::Utimens
