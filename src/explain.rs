@@ -912,16 +912,31 @@ pub(crate) struct Window {
 /// stat of a locked transcript by its holder's process only): the first and the last,
 /// None when the hold has none (a journal from before `stat` records, or a mount that
 /// does not write them).
+///
+/// Stats made while the holder has a handle of the file open (between its `open` and
+/// that handle's `release`) are the `fstat`s of its reads and writes, not fence reads:
+/// the gateway takes its fingerprint with a stat of the path, then reads the snapshot
+/// (measured on the real gateway: a change between the fingerprint stat and the
+/// snapshot read's `fstat` trips the next check).
 fn hold_stats(h: &Hold, frecs: &[&Rec]) -> Option<(Mark, Mark)> {
     let end = h.released.as_ref().map_or(u64::MAX, |m| m.seq);
     let lo = frecs.partition_point(|r| r.seq <= h.acquired.seq);
-    let mut stats = frecs[lo..]
-        .iter()
-        .take_while(|r| r.seq < end)
-        .filter(|r| r.op() == "stat" && r.ok() && r.pid() == Some(h.holder.pid));
-    let first = stats.next()?;
-    let last = stats.last().unwrap_or(first);
-    Some((first.mark(), last.mark()))
+    let mine = |r: &Rec| r.ok() && r.pid() == Some(h.holder.pid);
+    let mut open = 0i64;
+    let mut first = None;
+    let mut last = None;
+    for r in frecs[lo..].iter().take_while(|r| r.seq < end) {
+        match r.op() {
+            "open" | "create" if mine(r) => open += 1,
+            "release" if mine(r) => open = (open - 1).max(0),
+            "stat" if mine(r) && open == 0 => {
+                first.get_or_insert_with(|| r.mark());
+                last = Some(r.mark());
+            }
+            _ => {}
+        }
+    }
+    Some((first?, last?))
 }
 
 /// The windows of every attempt, in order of release. `frecs` are the records of the
@@ -2609,6 +2624,31 @@ mod tests {
             .find(|c| c["seq"] == seq)
             .cloned()
             .unwrap_or_else(|| panic!("{seq} not in {v}"))
+    }
+
+    #[test]
+    fn a_chmod_before_the_snapshot_reads_fstat_still_trips() {
+        // Measured on the real gateway: fingerprint stat, snapshot open, (a foreign
+        // chmod), the read's fstat, release, unlink. The fstat inside the read is no
+        // fence read: the chmod trips the next check.
+        let mut j = J::default();
+        let mut chmod = 0;
+        j.stat_turn(true, |j, k, p| {
+            if (k, p) == (2, 2) {
+                let ctx = j.ctx(GW);
+                j.push(GW, json!({"op": "open", "path": F, "class": "read", "access": "read", "lock_context": ctx}));
+                chmod = j.chmod(OTHER, false);
+                j.stat(GW);
+                j.push(GW, json!({"op": "release", "path": F, "class": "read", "access": "read", "lock_context": ctx}));
+            }
+        });
+        let a = j.analyze(Rules::V2026_5_22);
+        let w2 = &a.windows[1];
+        assert!(
+            w2.verdict.tripped,
+            "the chmod inside the snapshot read was absorbed"
+        );
+        assert_eq!(w2.verdict.first_trip, Some(chmod));
     }
 
     #[test]
