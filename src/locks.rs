@@ -201,6 +201,8 @@ pub struct Locks {
     journal: Option<Arc<Journal>>,
     notifier: Arc<OnceLock<fuser::Notifier>>,
     wake: Sender<()>,
+    /// `NSpid:` chains of holders, by (pid, starttime).
+    nspids: Mutex<HashMap<(u32, u64), Vec<u32>>>,
 }
 
 impl Locks {
@@ -218,6 +220,7 @@ impl Locks {
             journal,
             notifier,
             wake: tx,
+            nspids: Mutex::new(HashMap::new()),
         });
         if reap {
             let weak = Arc::downgrade(&locks);
@@ -250,6 +253,17 @@ impl Locks {
     ) -> Option<LockInfo> {
         let p = caller.process.as_ref()?;
         let dir = dir.try_clone_to_owned().ok()?;
+        // NSpid of a process does not change: cached per (pid, starttime).
+        let nspid = {
+            let mut cache = self.nspids.lock();
+            if cache.len() > 1024 {
+                cache.clear();
+            }
+            cache
+                .entry((p.pid, p.starttime))
+                .or_insert_with(|| nspid(p.pid))
+                .clone()
+        };
         let lock = Lock {
             dir,
             parent,
@@ -263,7 +277,7 @@ impl Locks {
                 exe: p.exe.clone(),
                 pidns: p.pidns,
                 cgroup: p.cgroup.clone(),
-                nspid: nspid(p.pid),
+                nspid,
             },
             created: Instant::now(),
             created_at: SystemTime::now(),
@@ -304,7 +318,12 @@ impl Locks {
             .process
             .as_ref()
             .is_some_and(|p| p.pid == lock.holder.pid && p.starttime == lock.holder.starttime);
-        let alive = holder_alive(lock.holder.pid, lock.holder.starttime);
+        // The holder acting is alive: no /proc read on the common path.
+        let alive = if by_holder {
+            Ok(())
+        } else {
+            holder_alive(lock.holder.pid, lock.holder.starttime)
+        };
         let op = if by_holder || alive.is_err() {
             Op::LockRelease
         } else {
