@@ -697,13 +697,27 @@ fn check_journal(sessions: &Path, tr: &Path, gateway_pid: u32, cli_pids: &[u32],
     assert_eq!((user, assistant), (TURNS, TURNS), "user/assistant entries");
 
     // Nothing but opens, appends, syncs and releases touched the transcript; no stat
-    // change came from outside the mount.
+    // change came from outside the mount. `stat` records are the lock holder's stats
+    // while it holds the session lock (the fence reads): read-only, by the gateway or
+    // an `openclaw agent` CLI process when it holds the lock itself.
     for r in &recs {
         let op = r["op"].as_str().unwrap();
         assert!(
-            matches!(op, "open" | "create" | "write" | "fsync" | "release"),
+            matches!(
+                op,
+                "open" | "create" | "write" | "fsync" | "release" | "stat"
+            ),
             "unexpected {op} on the transcript: {r}"
         );
+        if op == "stat" {
+            let by_cli = cli_pids.iter().any(|p| r["pid"] == *p);
+            assert!(
+                (by_gateway(r, gateway_pid) || by_cli)
+                    && r["class"] == "read"
+                    && r["lock_context"] == "held_by_writer",
+                "a stat record not by the lock holder: {r}"
+            );
+        }
     }
     // The read-only calls (sessions.list, chat.history) show up only as read-only opens:
     // they are there, and none of them moved the file's fingerprint.
