@@ -590,6 +590,10 @@ fn write_through_the_older_link_is_journaled_under_its_name() {
     let (a, b) = (m.mnt.join("a"), m.mnt.join("b"));
     std::fs::write(&a, b"1\n").unwrap();
     std::fs::hard_link(&a, &b).unwrap();
+    // The kernel's cached entry of `a` is invalidated from the daemon's invalidation
+    // thread, after the LINK reply (asynchronous by design: the kernel holds the
+    // directory lock during LINK). Give it a moment, as any later walk would have.
+    std::thread::sleep(Duration::from_millis(200));
     review_append(&b, b"2\n");
     review_append(&a, b"3\n");
     let mut recs = Vec::new();
