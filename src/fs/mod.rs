@@ -283,28 +283,38 @@ impl SessionFs {
     }
 
     /// GETATTR of a backing inode, outside any change of ours: a backing state we did
-    /// not cause is journaled `external`. Errors: the errno of `fstat`.
-    fn do_getattr(&self, ctx: &Ctx, inode: &Inode) -> SysResult<fuser::FileAttr> {
+    /// not cause is journaled `external`. Returns the attributes and their TTL (one
+    /// lock-table lookup serves both the `stat` record and the TTL). Errors: the errno
+    /// of `fstat`.
+    fn do_getattr(&self, ctx: &Ctx, inode: &Inode) -> SysResult<(fuser::FileAttr, Duration)> {
         self.inodes.touch(inode);
         let seen = inode.changes();
         let st = sys::fstat(inode.fd())?;
         self.check_external(inode, &st, 0, seen);
         let a = self.attr_of(inode.id, &st);
-        self.note_holder_stat(ctx, inode, &st);
-        Ok(a)
+        let locked = self.note_holder_stat(ctx, inode, &st);
+        Ok((
+            a,
+            if locked {
+                Duration::ZERO
+            } else {
+                self.cfg.attr_ttl
+            },
+        ))
     }
 
     /// A stat of a session file whose lock is held, by the holder: journaled as
     /// `stat`, in order with the file's changes. These are the gateway's fence reads
     /// and checks; `sessionfs explain` bounds what a hold folds into the fence by
     /// them. (Attr TTL 0 while the lock is held makes every such stat reach us.)
-    fn note_holder_stat(&self, ctx: &Ctx, inode: &Inode, st: &libc::stat) {
+    /// Returns whether the file's lock is held.
+    fn note_holder_stat(&self, ctx: &Ctx, inode: &Inode, st: &libc::stat) -> bool {
         if self.journal.is_none() || !self.is_transcript(inode) {
-            return;
+            return false;
         }
         let path = self.inodes.path_of(inode);
         let Some((pid, start)) = self.locks.holder_of(&path) else {
-            return;
+            return false;
         };
         let caller = self.ids.caller(ctx.pid, ctx.uid, ctx.gid);
         if !caller
@@ -312,7 +322,7 @@ impl SessionFs {
             .as_ref()
             .is_some_and(|p| p.pid == pid && p.starttime == start)
         {
-            return;
+            return true;
         }
         let _order = inode.ordered();
         let (ino, size, m, c) = self.reported_fp(st);
@@ -331,6 +341,7 @@ impl SessionFs {
                 r.fence_moved = Some(false);
             },
         );
+        true
     }
 
     /// Attr TTL for `inode`: 0 for a session file while its lock is held, so that

@@ -124,7 +124,7 @@ impl fuser::Filesystem for SessionFs {
             return reply.error(FErrno::ENOENT);
         };
         match self.do_getattr(&Ctx::from(req), &inode) {
-            Ok(a) => reply.attr(&self.attr_ttl_of(&inode), &a),
+            Ok((a, ttl)) => reply.attr(&ttl, &a),
             Err(e) => reply.error(err(e)),
         }
     }
