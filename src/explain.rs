@@ -1710,9 +1710,8 @@ fn on_mount(path: &Path) -> Result<OnMount, String> {
     }
     let rel = abs
         .strip_prefix(&root)
-        .map_err(|_| format!("{}: outside {}", abs.display(), root.display()))?
-        .to_string_lossy()
-        .into_owned();
+        .map_err(|_| format!("{}: outside {}", abs.display(), root.display()))
+        .map(|r| crate::names::encode_os(r.as_os_str()))?;
     Ok(OnMount { abs, root, rel })
 }
 
@@ -1816,7 +1815,7 @@ fn analyze_file(path: &Path, rules: Rules) -> Result<(OnMount, Analysis), String
     let name = m
         .abs
         .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
+        .map(crate::names::encode_os)
         .unwrap_or_default();
     let stem = name.strip_suffix(".jsonl").unwrap_or(&name).to_string();
     let recs = read_mount_records(&m.root, &stem)?;

@@ -20,6 +20,23 @@ pub struct Fingerprint {
     pub ctime_ns: i64,
 }
 
+/// The file a record is about: the key of the per-file views (`<file>.journal`,
+/// `<file>.salvage`), which follow a file, not a name. A new file under an old name
+/// (after an unlink or a rename away) is another file, with another view, even if its
+/// inode number was reused; a file renamed keeps its view.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FileRef {
+    /// Backing inode number.
+    pub ino: u64,
+    /// Birth time of the backing inode (statx `btime`), ns since the epoch: tells a
+    /// reused inode number apart. 0 where the backing filesystem keeps none.
+    pub birth_ns: i64,
+    /// Owner uid of the file when the record was made. Part of the key: after a chown
+    /// to another user, that user's view starts at the chown, so nobody reads records
+    /// made while the file was someone else's.
+    pub uid: u32,
+}
+
 /// What a journal record is about; serialized as the `op` key's string (the name in
 /// parentheses). The README's "Journal records" table documents each.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -333,15 +350,24 @@ pub struct Entry {
 pub struct Record {
     /// Mount-global sequence number, strictly increasing, continued across restarts.
     pub seq: u64,
-    /// Per-path sequence number (1-based), continued across restarts.
+    /// Per-file sequence number (1-based) in the record's per-file view (see
+    /// [`FileRef`]), continued across restarts; 0 on records about no file.
     pub fseq: u64,
     /// RFC 3339 UTC timestamp with nanoseconds, e.g. `2026-11-22T14:40:30.123456789Z`;
     /// stamped by [`crate::journal::Journal::append`] when empty, so it follows `seq`.
     pub ts: String,
     /// Operation (see [`Op`]).
     pub op: Op,
-    /// Path relative to the mount root, no leading slash (`sessions.json`).
+    /// Path relative to the mount root, no leading slash (`sessions.json`), spelled
+    /// losslessly (see [`crate::names`]: non-UTF-8 bytes as `\xHH`, `\` doubled).
     pub path: String,
+    /// The file the record is about (absent for records about no file: a failed
+    /// create, a mkdir, and records written by older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileRef>,
+    /// The file a rename replaced (the target it removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<FileRef>,
 
     // ---- identity (who) ----
     /// Thread group id of the caller (daemon's pid namespace).
