@@ -388,10 +388,42 @@ fn emit(out: &mut impl Write, line: &[u8], args: &JournalArgs, only: &Only) -> i
     }
 }
 
+/// `file.birth_ns` of the last record of inode `ino` in the journal `f` (0 if none).
+fn last_birth(f: &File, ino: u64) -> io::Result<i64> {
+    let needle = format!("\"file\":{{\"ino\":{ino},");
+    let mut birth = 0;
+    let (mut pos, mut pending, mut buf) = (0u64, Vec::new(), vec![0u8; 1 << 20]);
+    loop {
+        let n = f.read_at(&mut buf, pos)?;
+        if n == 0 {
+            return Ok(birth);
+        }
+        pos += n as u64;
+        pending.extend_from_slice(&buf[..n]);
+        let mut start = 0;
+        while let Some(i) = pending[start..].iter().position(|b| *b == b'\n') {
+            let line = &pending[start..start + i];
+            if line.windows(needle.len()).any(|w| w == needle.as_bytes())
+                && let Ok(rec) = serde_json::from_slice::<Value>(line)
+                && rec["file"]["ino"].as_u64() == Some(ino)
+            {
+                birth = rec["file"]["birth_ns"].as_i64().unwrap_or(0);
+            }
+            start += i + 1;
+        }
+        pending.drain(..start);
+    }
+}
+
 /// Run `sessionfs journal`. Err is one line for the user.
 pub fn run_journal(args: &JournalArgs) -> Result<(), String> {
-    let (vf, only) = resolve(&args.target)?;
+    let (vf, mut only) = resolve(&args.target)?;
     let f = File::open(&vf).map_err(|e| not_on_mount(&args.target, &vf, &e))?;
+    if let Only::File(ino, 0) = only {
+        // The mount reports no birth time (no FUSE_STATX): the file is the one that
+        // last had this inode number in the journal.
+        only = Only::File(ino, last_birth(&f, ino).map_err(|e| e.to_string())?);
+    }
     let len = f.metadata().map_err(|e| e.to_string())?.len();
     let mut pos = match args.since {
         Some(s) => seek_since(&f, len, s).map_err(|e| e.to_string())?,
