@@ -381,7 +381,9 @@ impl SessionFs {
                 r.flags = Some(fl).filter(|v| !v.is_empty());
                 if res.is_ok() {
                     r.replaced_ino = rst.as_ref().map(|s| s.st_ino);
-                    r.replaced = rref;
+                    // Only a file whose last link went: one still linked elsewhere
+                    // lives on under its other name, with its own view.
+                    r.replaced = rref.filter(|_| rst.as_ref().is_some_and(|s| s.st_nlink == 1));
                     // `before`: what was at `to` (the replaced file); `after`: what is
                     // there now.
                     r.before = rst.as_ref().map(attr::fingerprint);

@@ -365,7 +365,8 @@ pub struct Record {
     /// create, a mkdir, and records written by older versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileRef>,
-    /// The file a rename replaced (the target it removed).
+    /// The file a rename replaced: the target whose last link it removed (a target
+    /// still linked elsewhere lives on, and is not named here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaced: Option<FileRef>,
 
