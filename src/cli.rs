@@ -90,6 +90,14 @@ pub struct MountArgs {
     /// Journal age bound: a count with s, m, h or d, e.g. 30d, 12h.
     #[arg(long, default_value = "30d", value_parser = parse_journal_age)]
     pub journal_max_age: Duration,
+    /// Salvage store bound (removed transcript lines), all files together; past it the
+    /// least recently written file's salvage is evicted (journaled `salvage-evict`).
+    #[arg(long, default_value = "1GiB", value_parser = parse_journal_size)]
+    pub salvage_max_size: u64,
+    /// One file's share of the salvage store; past it the file's oldest removed lines
+    /// are evicted [default: an eighth of --salvage-max-size].
+    #[arg(long, value_name = "SIZE", value_parser = parse_salvage_file_size)]
+    pub salvage_max_file_size: Option<u64>,
     /// Negotiate READDIRPLUS (cheaper cold listings, slower repeated `ls -l`).
     #[arg(long)]
     pub readdirplus: bool,
@@ -185,6 +193,18 @@ fn parse_journal_size(s: &str) -> Result<u64, String> {
     Ok(n)
 }
 
+/// `--salvage-max-file-size`: a [`parse_size`] of at least 64 KiB (a few transcript
+/// lines).
+fn parse_salvage_file_size(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if n < 64 << 10 {
+        return Err(format!(
+            "'{s}' is below the 64KiB a file's salvage needs to keep a few lines"
+        ));
+    }
+    Ok(n)
+}
+
 /// `--journal-max-age`: a [`parse_age`] of at least one minute.
 fn parse_journal_age(s: &str) -> Result<Duration, String> {
     let d = parse_age(s)?;
@@ -215,7 +235,8 @@ fn group_id(g: &str) -> Result<u32, String> {
 impl MountArgs {
     /// Validate `-o` and build the [`MountSpec`] (paths are passed on as given; the
     /// mount resolves them). `-o` takes `allow_other`, `ro`, `rw`, `debug`,
-    /// `strict_stat`, `no_reap`, `journal_group=GROUP` and `default_permissions` (always on anyway), comma-separated, the last of `ro`/`rw`
+    /// `strict_stat`, `no_reap`, `journal_group=GROUP`, `salvage_max_size=SIZE`,
+    /// `salvage_max_file_size=SIZE` and `default_permissions` (always on anyway), comma-separated, the last of `ro`/`rw`
     /// winning; `--ttl-ms` becomes `ttl` in milliseconds, `--journal-max-size` bytes.
     ///
     /// # Errors
@@ -234,6 +255,8 @@ impl MountArgs {
             no_journal: self.no_journal,
             journal_max_bytes: self.journal_max_size,
             journal_max_age: self.journal_max_age,
+            salvage_max_bytes: self.salvage_max_size,
+            salvage_file_max_bytes: self.salvage_max_file_size,
             ttl: Duration::from_millis(self.ttl_ms),
             readdirplus: self.readdirplus,
             max_inodes: self.max_inodes.map(|n| n as usize),
@@ -257,10 +280,18 @@ impl MountArgs {
                 o if o.starts_with("journal_group=") => {
                     spec.journal_group = Some(group_id(&o["journal_group=".len()..])?);
                 }
+                o if o.starts_with("salvage_max_size=") => {
+                    spec.salvage_max_bytes = parse_journal_size(&o["salvage_max_size=".len()..])?;
+                }
+                o if o.starts_with("salvage_max_file_size=") => {
+                    spec.salvage_file_max_bytes = Some(parse_salvage_file_size(
+                        &o["salvage_max_file_size=".len()..],
+                    )?);
+                }
                 "default_permissions" => {}
                 other => {
                     return Err(format!(
-                        "unknown mount option '{other}' (supported: allow_other, ro, rw, debug, strict_stat, no_reap, journal_group=GROUP)"
+                        "unknown mount option '{other}' (supported: allow_other, ro, rw, debug, strict_stat, no_reap, journal_group=GROUP, salvage_max_size=SIZE, salvage_max_file_size=SIZE)"
                     ));
                 }
             }

@@ -76,6 +76,11 @@ pub struct MountSpec {
     pub journal_max_bytes: u64,
     /// Journal age bound (records older than this are dropped with their segment).
     pub journal_max_age: Duration,
+    /// Salvage store bounds, bytes: all files, and one file's share (`None`: an
+    /// eighth of the total).
+    pub salvage_max_bytes: u64,
+    /// See `salvage_max_bytes`.
+    pub salvage_file_max_bytes: Option<u64>,
     /// Attribute and entry TTL handed to the kernel.
     pub ttl: Duration,
     /// Negotiate READDIRPLUS.
@@ -854,6 +859,13 @@ fn serve(
         let mut o = JournalOptions::new(state_dir.clone());
         o.max_bytes = spec.journal_max_bytes;
         o.max_age = spec.journal_max_age;
+        o.salvage = crate::journal::salvage::SalvageBounds {
+            max_bytes: spec.salvage_max_bytes,
+            file_max_bytes: spec
+                .salvage_file_max_bytes
+                .unwrap_or(spec.salvage_max_bytes / 8)
+                .min(spec.salvage_max_bytes),
+        };
         match Journal::open(o) {
             Ok(j) => Some(Arc::new(j)),
             Err(e) => {

@@ -113,7 +113,10 @@ fn a_reused_name_shows_nothing_of_the_old_file() {
     }
     // Root still has every record in the whole-mount journal.
     let all = common::read_jsonl(&m.mnt.join(".journal"));
-    assert!(all.iter().any(|x| x["op"] == "unlink" && x["path"] == "pub/r.jsonl"));
+    assert!(
+        all.iter()
+            .any(|x| x["op"] == "unlink" && x["path"] == "pub/r.jsonl")
+    );
 }
 
 /// The same after a rename away: root's `s.jsonl` renamed to `moved.jsonl`, nobody's
@@ -143,7 +146,10 @@ fn a_renamed_file_takes_its_journal_along() {
             .any(|r| r["op"] == "create" && r["path"] == "pub/s.jsonl"),
         "{ops:?}"
     );
-    assert!(ops.contains(&"rename") && ops.contains(&"truncate"), "{ops:?}");
+    assert!(
+        ops.contains(&"rename") && ops.contains(&"truncate"),
+        "{ops:?}"
+    );
     assert_eq!(
         std::fs::read(d.join("moved.jsonl.salvage")).unwrap(),
         b"{\"type\":\"message\",\"id\":\"root-secret-2\"}\n"
@@ -250,4 +256,68 @@ fn a_long_name_has_a_journal_through_the_cli() {
     let ops: Vec<&str> = recs.iter().filter_map(|r| r["op"].as_str()).collect();
     assert!(ops.contains(&"create") && ops.contains(&"write"), "{ops:?}");
     assert!(recs.iter().all(|r| r["path"] == name.as_str()), "{recs:?}");
+}
+
+/// The salvage store is bounded: 300,000 fsx operations on a transcript once left a
+/// 9.9 GB salvage file. A rewrite-heavy transcript is held to its share (an eighth of
+/// `--salvage-max-size`), so another file's removed lines survive; what the bound
+/// drops is journaled as `salvage-evict`; lines cut and written back again and again
+/// are stored once.
+#[test]
+fn salvage_is_bounded_per_file_and_stores_a_line_once() {
+    let m = Mount::new(&["--salvage-max-size", "1MiB"]);
+    let quiet = m.mnt.join("quiet.jsonl");
+    std::fs::write(&quiet, b"{\"type\":\"message\",\"id\":\"keep-me\"}\n").unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&quiet)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let busy = m.mnt.join("busy.jsonl");
+    // 300 rewrites, each removing the 50 lines (about 10 KiB) the previous one wrote,
+    // then 200 rewrites that cut and restore the same 50 lines.
+    let code = r#"
+import os, sys
+p = sys.argv[1]
+def rewrite(tag):
+    with open(p, "r+" if os.path.exists(p) else "w") as f:
+        f.truncate(0)
+        for i in range(50):
+            f.write('{"type":"message","id":"%s-%03d","pad":"%s"}\n' % (tag, i, "x" * 160))
+for r in range(300):
+    rewrite("r%04d" % r)
+for r in range(200):
+    rewrite("same")
+"#;
+    common::run_ok(Command::new("python3").arg("-c").arg(code).arg(&busy));
+    let salvage_bytes = |name: &str| std::fs::read(with_suffix(&m.mnt.join(name), ".salvage"));
+    // The quiet file kept its removed line.
+    assert_eq!(
+        salvage_bytes("quiet.jsonl").unwrap(),
+        b"{\"type\":\"message\",\"id\":\"keep-me\"}\n"
+    );
+    let busy_salvage = salvage_bytes("busy.jsonl").unwrap();
+    assert!(
+        busy_salvage.len() as u64 <= (1 << 20) / 8,
+        "busy.jsonl's salvage holds {} bytes, over its 128 KiB share",
+        busy_salvage.len()
+    );
+    // The `same` lines were removed 199 times and are stored once each.
+    let text = String::from_utf8(busy_salvage).unwrap();
+    assert_eq!(text.matches("\"id\":\"same-000\"").count(), 1, "{text}");
+    let total: u64 = std::fs::read_dir(m.state.join("salvage"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(total <= 1 << 20, "salvage store holds {total} bytes");
+    let all = common::read_jsonl(&m.mnt.join(".journal"));
+    let ev: Vec<&Value> = all.iter().filter(|r| r["op"] == "salvage-evict").collect();
+    assert!(!ev.is_empty(), "no salvage-evict record");
+    assert!(
+        ev.iter().all(|r| r["path"] == "busy.jsonl"
+            && r["salvage_evicted"]["reason"] == "file share"
+            && r["salvage_evicted"]["bytes"].as_u64() > Some(0)),
+        "{ev:?}"
+    );
 }

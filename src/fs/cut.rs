@@ -88,8 +88,7 @@ impl SessionFs {
         if change.removed.is_empty() {
             return None;
         }
-        let end = j.salvage(file, &change.salvage);
-        let span = (end.saturating_sub(change.salvage.len() as u64), end);
+        let span = j.salvage(file, &change.salvage);
         Some(PendingCut { file, change, span })
     }
 

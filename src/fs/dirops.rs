@@ -314,8 +314,8 @@ impl SessionFs {
             {
                 read_only(fd.as_fd()).ok().map(|rfd| {
                     let bytes = TranscriptTracker::read_all(rfd.as_fd());
-                    let end = j.salvage(rref, &bytes);
-                    (end.saturating_sub(bytes.len() as u64), end, bytes)
+                    let (start, end) = j.salvage(rref, &bytes);
+                    (start, end, bytes)
                 })
             }
             _ => None,

@@ -43,6 +43,7 @@
 
 pub mod cli;
 pub mod record;
+pub mod salvage;
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions, Permissions};
@@ -86,6 +87,8 @@ pub struct JournalOptions {
     /// How often the writer thread re-applies the size and age bounds, busy or idle
     /// (they are also applied at every segment rollover). Default 60 s; at least 10 ms.
     pub retain_every: Duration,
+    /// Bounds of the salvage store (see [`salvage`]).
+    pub salvage: salvage::SalvageBounds,
 }
 
 /// Smallest segment size, bytes (64 KiB), whatever `max_bytes` says.
@@ -101,6 +104,7 @@ impl JournalOptions {
             segment_bytes: 16 << 20,
             batch_window: Duration::from_millis(50),
             retain_every: Duration::from_secs(60),
+            salvage: salvage::SalvageBounds::default(),
         }
     }
 }
@@ -304,9 +308,9 @@ enum Msg {
 #[derive(Debug)]
 pub struct Journal {
     shared: Arc<Shared>,
-    /// Serialises every access to the salvage store (append, rewind, stat, read). Never
-    /// taken with the state lock, so appends of records never wait on salvage I/O.
-    salvage_lock: Mutex<()>,
+    /// The salvage store; its own lock serialises every access to it. Never taken
+    /// with the state lock held, so appends of records never wait on salvage I/O.
+    salvage: salvage::SalvageStore,
     tx: Sender<Msg>,
     writer: Mutex<Option<JoinHandle<()>>>,
     /// Exclusive `flock` on `<state-dir>/lock`, held until [`Journal::shutdown`].
@@ -389,6 +393,21 @@ fn seg_name(n: u32) -> String {
 /// The salvage file name of a lineage: `<ino>-<birth_ns>-<uid>`.
 fn salvage_name(k: FileRef) -> String {
     format!("{}-{}-{}", k.ino, k.birth_ns, k.uid)
+}
+
+/// The lineage a salvage file name stands for (`None` for other names: salvage files
+/// of older versions, named by escaped path).
+fn parse_salvage_name(n: &str) -> Option<FileRef> {
+    let mut it = n.splitn(3, '-');
+    let ino = it.next()?.parse().ok()?;
+    // birth_ns may be negative (before 1970): the uid is after the last '-'.
+    let rest = &n[n.find('-')? + 1..];
+    let (birth, uid) = rest.rsplit_once('-')?;
+    Some(FileRef {
+        ino,
+        birth_ns: birth.parse().ok()?,
+        uid: uid.parse().ok()?,
+    })
 }
 
 /// Give an open file exactly the permission bits `mode` (the umask may have taken
@@ -528,14 +547,7 @@ impl Journal {
         let salvdir = opts.state_dir.join("salvage");
         private_dir(&segdir)?;
         private_dir(&salvdir)?;
-        // Salvage files made before the mode rule, or under a umask: make them 0600.
-        for e in fs::read_dir(&salvdir)?.flatten() {
-            if e.metadata()
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o7777 != FILE_MODE)
-            {
-                let _ = fs::set_permissions(e.path(), Permissions::from_mode(FILE_MODE));
-            }
-        }
+        let salvage = salvage::SalvageStore::open(salvdir, opts.salvage)?;
         let mut nums: Vec<u32> = fs::read_dir(&segdir)?
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().to_str()?.strip_suffix(".jsonl")?.parse().ok())
@@ -598,7 +610,7 @@ impl Journal {
             .spawn(move || writer_loop(sh, rx))?;
         Ok(Journal {
             shared,
-            salvage_lock: Mutex::new(()),
+            salvage,
             tx,
             writer: Mutex::new(Some(writer)),
             lock: Mutex::new(Some(lock)),
@@ -674,113 +686,63 @@ impl Journal {
 
     /// Store removed transcript bytes of file `file`, synchronously: when this returns
     /// they are in `<state-dir>/salvage/<ino>-<birth_ns>-<uid>` of the file's lineage
-    /// (see the module doc; in the page cache, not fsynced: they
-    /// survive a `kill -9` of the daemon, not a power loss), so the caller may go on to
-    /// the destructive operation. Serialised with other salvage calls by a salvage-only
-    /// lock; appends of records never wait on it.
+    /// (see the module doc; in the page cache, not fsynced: they survive a `kill -9` of
+    /// the daemon, not a power loss), so the caller may go on to the destructive
+    /// operation. Lines the file's salvage already holds are not stored again; bytes
+    /// the store's bounds evict are journaled as `salvage-evict` records.
     ///
-    /// Returns the salvage file's length in bytes after the append. On an I/O error
-    /// (logged) nothing is stored (a partial append is cut back) and the file's length
-    /// as it is is returned (0 if it does not exist).
-    pub fn salvage(&self, file: FileRef, bytes: &[u8]) -> u64 {
-        let p = self.salvage_file(file);
-        let _g = self.salvage_lock.lock();
-        let fail =
-            |e: io::Error| tracing::error!(path = %p.display(), error = %e, "salvage write failed");
-        let mut f = match OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(FILE_MODE)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&p)
-        {
-            Ok(f) => f,
-            Err(e) => {
-                fail(e);
-                return fs::metadata(&p).map_or(0, |m| m.len());
-            }
-        };
-        let before = match f.metadata() {
-            Ok(m) => {
-                if m.permissions().mode() & 0o7777 != FILE_MODE
-                    && let Err(e) = f.set_permissions(Permissions::from_mode(FILE_MODE))
-                {
-                    tracing::warn!(path = %p.display(), error = %e, "salvage file mode");
-                }
-                m.len()
-            }
-            Err(e) => {
-                fail(e);
-                return 0;
-            }
-        };
-        match f.write_all(bytes) {
-            Ok(()) => before + bytes.len() as u64,
-            Err(e) => {
-                fail(e);
-                // No half-stored line: cut what a partial write appended.
-                let _ = f.set_len(before);
-                before
-            }
+    /// Returns the span `[start, end)` (bytes) the new lines took in the file's salvage
+    /// (empty when all were held). On an I/O error (logged) nothing is stored.
+    pub fn salvage(&self, file: FileRef, bytes: &[u8]) -> (u64, u64) {
+        let key = self.shared.state.lock().lineage(file);
+        let (span, evicted) = self.salvage.append(&salvage_name(key), bytes);
+        for e in evicted {
+            self.record_eviction(e);
         }
+        span
+    }
+
+    /// Journal one eviction of the salvage store.
+    fn record_eviction(&self, e: salvage::Eviction) {
+        let file = parse_salvage_name(&e.name);
+        tracing::warn!(file = %e.name, bytes = e.bytes, lines = e.lines, reason = e.reason, "salvage bound evicted removed lines");
+        let path = file
+            .and_then(|f| {
+                let st = self.shared.state.lock();
+                st.last_at
+                    .iter()
+                    .find(|(_, k)| **k == f)
+                    .map(|(p, _)| p.clone())
+            })
+            .unwrap_or_default();
+        self.append(Record {
+            op: record::Op::SalvageEvict,
+            path,
+            file,
+            result: "ok".into(),
+            len: Some(e.bytes),
+            salvage_evicted: Some(record::SalvageEvicted {
+                bytes: e.bytes,
+                lines: e.lines,
+                reason: e.reason.into(),
+            }),
+            pid: Some(std::process::id()),
+            comm: Some("sessionfs".into()),
+            ..Default::default()
+        });
     }
 
     /// Rewind the salvage store of `file` after a conservative [`Journal::salvage`]: if
     /// the store is exactly `expect_len` bytes long (nothing else was salvaged for this
     /// file since) and `start <= expect_len`, its bytes from `start` on are replaced by
-    /// `keep` (the length becomes `start + keep.len()`) and this returns true. Otherwise
-    /// the file is left untouched and this returns false. Atomic with respect to other
-    /// salvage calls and salvage readers (same salvage lock).
-    ///
-    /// `keep` is written over the bytes from `start` on before the file is cut, so a
-    /// lost rewind (crash) leaves at worst extra salvage, never too little. On an I/O
-    /// error (logged) this returns false; the bytes from `start` on may then be partly
-    /// overwritten by `keep`.
+    /// the lines of `keep` it does not hold before `start`, and this returns true.
+    /// Otherwise the store is left untouched and this returns false. `keep` is written
+    /// over the old bytes before the file is cut, so a lost rewind (crash) leaves at
+    /// worst extra salvage, never too little.
     pub fn salvage_rewind(&self, file: FileRef, start: u64, expect_len: u64, keep: &[u8]) -> bool {
-        let p = self.salvage_file(file);
-        let _g = self.salvage_lock.lock();
-        let len = match fs::metadata(&p) {
-            Ok(m) => m.len(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
-            Err(e) => {
-                tracing::error!(path = %p.display(), error = %e, "salvage rewind: stat failed");
-                return false;
-            }
-        };
-        if len != expect_len || start > expect_len {
-            return false;
-        }
-        if keep.is_empty() && start == expect_len {
-            return true;
-        }
-        let r = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .mode(FILE_MODE)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&p)
-            .and_then(|f| {
-                fix_mode(&f, FILE_MODE)?;
-                f.write_all_at(keep, start)?;
-                f.set_len(start + keep.len() as u64)
-            });
-        match r {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(path = %p.display(), error = %e, "salvage rewind failed");
-                false
-            }
-        }
-    }
-
-    /// The salvage file of `file`'s lineage.
-    fn salvage_file(&self, file: FileRef) -> PathBuf {
-        let k = self.shared.state.lock().lineage(file);
-        self.shared
-            .opts
-            .state_dir
-            .join("salvage")
-            .join(salvage_name(k))
+        let key = self.shared.state.lock().lineage(file);
+        self.salvage
+            .rewind(&salvage_name(key), start, expect_len, keep)
     }
 
     /// Current byte length of a view.
@@ -891,33 +853,19 @@ impl Journal {
 
     /// Byte length of the salvage store of `file` (0 when there is none).
     pub fn salvage_len(&self, file: FileRef) -> u64 {
-        let p = self.salvage_file(file);
-        let _g = self.salvage_lock.lock();
-        fs::metadata(p).map_or(0, |m| m.len())
+        let key = self.shared.state.lock().lineage(file);
+        self.salvage.len(&salvage_name(key))
+    }
+
+    /// Total bytes of the salvage store.
+    pub fn salvage_total(&self) -> u64 {
+        self.salvage.total()
     }
 
     /// Bytes `[offset, offset+size)` of the salvage store of `file` (shorter at the end).
     pub fn read_salvage(&self, file: FileRef, offset: u64, size: usize) -> Vec<u8> {
-        let p = self.salvage_file(file);
-        let _g = self.salvage_lock.lock();
-        let Ok(f) = File::open(p) else {
-            return Vec::new();
-        };
-        let len = f.metadata().map_or(0, |m| m.len());
-        if offset >= len {
-            return Vec::new();
-        }
-        let n = ((len - offset) as usize).min(size);
-        let mut out = vec![0u8; n];
-        let mut got = 0;
-        while got < n {
-            match f.read_at(&mut out[got..], offset + got as u64) {
-                Ok(0) | Err(_) => break,
-                Ok(k) => got += k,
-            }
-        }
-        out.truncate(got);
-        out
+        let key = self.shared.state.lock().lineage(file);
+        self.salvage.read(&salvage_name(key), offset, size)
     }
 
     /// Wait until everything accepted so far is on disk (page cache).
@@ -1591,13 +1539,13 @@ mod tests {
         o.batch_window = Duration::from_secs(30);
         let j = Journal::open(o).unwrap();
         let f = d.path().join("salvage").join(salvage_name(fr("a/b.jsonl")));
-        assert_eq!(j.salvage(fr("a/b.jsonl"), b"one\n"), 4);
+        assert_eq!(j.salvage(fr("a/b.jsonl"), b"one\n"), (0, 4));
         assert_eq!(
             fs::read(&f).unwrap(),
             b"one\n",
             "written before salvage returned"
         );
-        assert_eq!(j.salvage(fr("a/b.jsonl"), b"two\n"), 8);
+        assert_eq!(j.salvage(fr("a/b.jsonl"), b"two\n"), (4, 8));
         assert_eq!(fs::read(&f).unwrap(), b"one\ntwo\n");
         assert_eq!(j.salvage_len(fr("a/b.jsonl")), 8);
         assert_eq!(j.salvage_len(fr("nothing")), 0);
@@ -1612,11 +1560,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let j = Journal::open(JournalOptions::new(d.path().into())).unwrap();
         let p = "t.jsonl";
-        let start = j.salvage(fr(p), b"old\n");
-        assert_eq!(start, 4);
+        assert_eq!(j.salvage(fr(p), b"old\n"), (0, 4));
         // Conservative: every truncated line, before the rewrite.
-        let end = j.salvage(fr(p), b"L1\nL2\nL3\n");
-        assert_eq!(end, 13);
+        let (start, end) = j.salvage(fr(p), b"L1\nL2\nL3\n");
+        assert_eq!((start, end), (4, 13));
         // Wrong expected length: untouched.
         assert!(!j.salvage_rewind(fr(p), start, end + 1, b"L2\n"));
         assert!(!j.salvage_rewind(fr(p), end + 1, end, b""));
@@ -1628,7 +1575,8 @@ mod tests {
         // The length moved: a second rewind with the old length is refused.
         assert!(!j.salvage_rewind(fr(p), start, end, b""));
         // Everything written back.
-        let end = j.salvage(fr(p), b"L4\n");
+        let (at, end) = j.salvage(fr(p), b"L4\n");
+        assert_eq!(at, 7);
         assert!(j.salvage_rewind(fr(p), 7, end, b""));
         assert_eq!(j.read_salvage(fr(p), 0, 100), b"old\nL2\n");
         // `keep` longer than the rewound bytes, and a store that does not exist yet.

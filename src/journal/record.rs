@@ -100,6 +100,9 @@ pub enum Op {
     LockSteal,
     /// (`lock-reap`) A lock whose holder died, unlinked by sessionfs.
     LockReap,
+    /// (`salvage-evict`) The salvage store's bounds dropped removed lines of a file
+    /// (see `salvage_evicted`).
+    SalvageEvict,
     /// (`unknown`) Never written by sessionfs: the op of an unfilled
     /// [`Record::default`].
     #[default]
@@ -108,7 +111,7 @@ pub enum Op {
 
 impl Op {
     /// Every op, in the order of the README's table.
-    pub const ALL: [Op; 27] = [
+    pub const ALL: [Op; 28] = [
         Op::Open,
         Op::Create,
         Op::Write,
@@ -135,6 +138,7 @@ impl Op {
         Op::LockRelease,
         Op::LockSteal,
         Op::LockReap,
+        Op::SalvageEvict,
         Op::Unknown,
     ];
 
@@ -167,6 +171,7 @@ impl Op {
             Op::LockRelease => "lock-release",
             Op::LockSteal => "lock-steal",
             Op::LockReap => "lock-reap",
+            Op::SalvageEvict => "salvage-evict",
             Op::Unknown => "unknown",
         }
     }
@@ -218,6 +223,7 @@ impl Class {
             Op::External => Class::External,
             Op::CtimeDrift => Class::Noop,
             Op::LockAcquire | Op::LockRelease | Op::LockSteal | Op::LockReap => Class::Lock,
+            Op::SalvageEvict => return None,
             Op::Unknown => return None,
         })
     }
@@ -295,6 +301,19 @@ pub struct LockInfo {
     /// Why the holder counts as dead (`lock-reap`, and a release by another process).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// What a `salvage-evict` record says: the removed lines the salvage store's bounds
+/// dropped.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SalvageEvicted {
+    /// Bytes dropped.
+    pub bytes: u64,
+    /// Lines dropped.
+    pub lines: u64,
+    /// `"file share"` (the file's oldest lines, past its share) or `"total"` (the whole
+    /// file's salvage, least recently written, past the store's bound).
+    pub reason: String,
 }
 
 /// One ancestor of the acting process (nearest first).
@@ -503,6 +522,9 @@ pub struct Record {
     /// With `lock_context` `held_by_other`: the holder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lock_holder: Option<LockHolder>,
+    /// On `salvage-evict`: what was dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salvage_evicted: Option<SalvageEvicted>,
     /// On `lock-*` records: the lock, its holder and payload. The record's own
     /// identity keys name who acted (the stealer, the releaser; sessionfs itself on a
     /// `lock-reap`).
