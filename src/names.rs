@@ -54,8 +54,8 @@ pub fn read_proc(path: impl AsRef<std::path::Path>) -> Option<String> {
 mod tests {
     use super::*;
 
-    /// The bytes (test oracle of the bijection): a spelling made by [`encode`] stands for. A backslash not followed by
-    /// `\` or `xHH` is kept as a byte (input not made by [`encode`]).
+    /// Test oracle of the bijection: the bytes a spelling made by [`encode`] stands
+    /// for. A backslash not followed by `\` or `xHH` is kept as a byte.
     fn decode(s: &str) -> Vec<u8> {
         let b = s.as_bytes();
         let mut out = Vec::with_capacity(b.len());
