@@ -20,6 +20,7 @@ pub(crate) mod lanes;
 pub(crate) mod locks;
 pub(crate) mod mount;
 pub(crate) mod names;
+pub(crate) mod notify;
 pub(crate) mod sys;
 pub(crate) mod transcript;
 

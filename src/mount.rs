@@ -997,7 +997,45 @@ fn serve(
         let mut f = fs::File::from(w);
         let _ = f.write_all(b"ok");
     }
+    let notifier = crate::notify::Notifier::from_env().map(Arc::new);
+    if let Some(n) = &notifier {
+        let _ = n.send(&format!(
+            "READY=1\nSTATUS={}",
+            status_line(&canon, journal.as_deref(), None)
+        ));
+        let (n, mp, j) = (n.clone(), canon.clone(), journal.clone());
+        let every = n
+            .watchdog()
+            .unwrap_or(STATUS_EVERY)
+            .min(STATUS_EVERY)
+            .max(Duration::from_millis(100));
+        let _ = std::thread::Builder::new()
+            .name("notify".into())
+            .spawn(move || {
+                let mut last = (
+                    std::time::Instant::now(),
+                    j.as_ref().map_or(0, |j| j.next_seq()),
+                );
+                loop {
+                    std::thread::sleep(every);
+                    let rate = j.as_ref().map(|j| {
+                        let (t, s) = last;
+                        let now = (std::time::Instant::now(), j.next_seq());
+                        last = now;
+                        (now.1 - s) as f64 / now.0.duration_since(t).as_secs_f64().max(1e-3)
+                    });
+                    let mut msg = format!("STATUS={}", status_line(&mp, j.as_deref(), rate));
+                    if n.watchdog().is_some() {
+                        msg.push_str("\nWATCHDOG=1");
+                    }
+                    let _ = n.send(&msg);
+                }
+            });
+    }
     let r = session.run();
+    if let Some(n) = &notifier {
+        let _ = n.send("STOPPING=1\nSTATUS=unmounted; flushing the journal");
+    }
     // Normally the loop ends because the mount is gone; after an error it may not be.
     undo("the FUSE session ended");
     // `destroy` flushed the journal when the kernel sent DESTROY; make sure anyway.
@@ -1009,6 +1047,27 @@ fn serve(
     }
     tracing::info!("unmounted");
     r.map_err(|e| format!("fuse session: {e}"))
+}
+
+/// How often the `STATUS=` line is refreshed under systemd (more often when
+/// `WatchdogSec=` asks for pings).
+const STATUS_EVERY: Duration = Duration::from_secs(5);
+
+/// The one-line `STATUS=` of a `Type=notify` unit: mountpoint, journal records and
+/// their rate (per s, since the last line), journal and salvage bytes.
+fn status_line(mp: &Path, j: Option<&Journal>, rate: Option<f64>) -> String {
+    let Some(j) = j else {
+        return format!("serving {} (no journal)", mp.display());
+    };
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    format!(
+        "serving {}: seq {}{}, journal {:.1} MiB, salvage {:.1} MiB",
+        mp.display(),
+        j.next_seq().saturating_sub(1),
+        rate.map_or(String::new(), |r| format!(" ({r:.0} records/s)")),
+        mib(j.view_len(crate::journal::View::All)),
+        mib(j.salvage_total()),
+    )
 }
 
 /// Mount the FUSE connection at `mp` with mount(2) and return its `/dev/fuse` fd, for

@@ -857,6 +857,11 @@ impl Journal {
         self.salvage.len(&salvage_name(key))
     }
 
+    /// The seq the next record will get.
+    pub fn next_seq(&self) -> u64 {
+        self.shared.state.lock().next_seq
+    }
+
     /// Total bytes of the salvage store.
     pub fn salvage_total(&self) -> u64 {
         self.salvage.total()
