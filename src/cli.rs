@@ -24,6 +24,9 @@ pub struct Cli {
 pub enum Command {
     /// Mount sessionfs over MOUNTPOINT (over its own contents unless --source is given).
     Mount(MountArgs),
+    /// Mount sessionfs over `<root>/agents`, so every agent's sessions directory, now
+    /// and created later, is on the mount before its first write. Idempotent.
+    MountAll(MountAllArgs),
     /// Unmount and wait (up to 30 s) for the daemon to flush its journal and exit; a
     /// stale mount left by a killed daemon is detached lazily.
     Umount {
@@ -126,6 +129,51 @@ pub struct MountArgs {
     /// around the mount (a pre-mount fd, the --source directory) stays unseen.
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     pub ttl_ms: u64,
+}
+
+/// Arguments of `sessionfs mount-all`.
+#[derive(Args, Debug)]
+pub struct MountAllArgs {
+    /// OpenClaw's state root [default: $OPENCLAW_STATE_DIR, else ~/.openclaw].
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Options for the mount, as `sessionfs mount` takes them (`-o allow_other`,
+    /// `--state-dir DIR`, `-f`, ...), after `--`.
+    #[arg(last = true, value_name = "MOUNT OPTIONS")]
+    pub mount_args: Vec<String>,
+}
+
+impl MountAllArgs {
+    /// The directory to mount: `<root>/agents`.
+    pub fn target(&self) -> PathBuf {
+        let root = self.root.clone().unwrap_or_else(|| {
+            std::env::var_os("OPENCLAW_STATE_DIR")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                        .join(".openclaw")
+                })
+        });
+        root.join("agents")
+    }
+
+    /// The `sessionfs mount` arguments for `target`. Errors: one line, as for `mount`.
+    pub fn mount_args(&self, target: &std::path::Path) -> Result<MountArgs, String> {
+        let mut argv: Vec<std::ffi::OsString> = vec!["sessionfs".into(), "mount".into()];
+        argv.extend(self.mount_args.iter().map(Into::into));
+        argv.push(target.as_os_str().to_os_string());
+        match Cli::try_parse_from(argv) {
+            Ok(Cli {
+                command: Command::Mount(a),
+            }) => Ok(a),
+            Ok(_) => Err("mount-all: bad mount options".into()),
+            Err(e) => Err(format!(
+                "mount-all: {}",
+                e.to_string().lines().next().unwrap_or("bad mount options")
+            )),
+        }
+    }
 }
 
 /// Parse a byte size: a decimal count with an optional binary unit, case-insensitive:

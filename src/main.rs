@@ -115,6 +115,18 @@ fn main() {
             );
             sessionfs::mount(spec)
         }),
+        Command::MountAll(args) => {
+            let target = args.target();
+            args.mount_args(&target)
+                .and_then(|a| a.spec())
+                .and_then(|spec| {
+                    init_logging(
+                        spec.debug,
+                        spec.foreground && std::io::stderr().is_terminal(),
+                    );
+                    sessionfs::mount_all(spec)
+                })
+        }
         Command::Umount { mountpoint } => sessionfs::umount(mountpoint),
         Command::Demo => {
             init_logging(false, std::io::stderr().is_terminal());

@@ -243,6 +243,57 @@ pub fn mount_entry_at(path: &Path) -> Option<MountEntry> {
     found
 }
 
+/// Every sessionfs mount strictly below `dir` (canonical), from mountinfo.
+fn sessionfs_mounts_below(dir: &Path) -> Vec<PathBuf> {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for line in info.lines() {
+        let Some((a, b)) = line.split_once(" - ") else {
+            continue;
+        };
+        let Some(mp) = a.split(' ').nth(4) else { continue };
+        let mp = PathBuf::from(OsStr::from_bytes(&unescape(mp)));
+        let mut bs = b.split(' ');
+        let fstype = bs.next().unwrap_or("");
+        let source = String::from_utf8_lossy(&unescape(bs.next().unwrap_or(""))).into_owned();
+        if mp != dir && mp.starts_with(dir) && is_sessionfs_mount(fstype, &source) {
+            out.push(mp);
+        }
+    }
+    out
+}
+
+/// `sessionfs mount-all`: one mount over `<root>/agents` (`spec.mountpoint`), so that
+/// every agent's sessions directory, present or created later, is on the mount before
+/// its first write (a watcher that mounts new agents as they appear races the
+/// gateway's `mkdir` + first append). Idempotent: an existing sessionfs mount there is
+/// success. Errors (one line): the directory is missing; a sessionfs mount below it
+/// (an older per-agent mount) would be hidden, so it must be unmounted first; else as
+/// [`mount`].
+pub fn mount_all(spec: MountSpec) -> Result<(), String> {
+    let dir = fs::canonicalize(&spec.mountpoint).map_err(|e| {
+        format!(
+            "{}: {e} (is OpenClaw's state root right? pass --root)",
+            spec.mountpoint.display()
+        )
+    })?;
+    if mount_entry_at(&dir).is_some_and(|e| e.is_sessionfs()) {
+        println!("{}: already a sessionfs mount", dir.display());
+        return Ok(());
+    }
+    if let Some(inner) = sessionfs_mounts_below(&dir).first() {
+        return Err(format!(
+            "{} is a sessionfs mount below {}: unmount it first (sessionfs umount {}), mount-all covers it",
+            inner.display(),
+            dir.display(),
+            inner.display()
+        ));
+    }
+    mount(spec)
+}
+
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
 fn unescape(s: &str) -> Vec<u8> {
     let b = s.as_bytes();
