@@ -90,6 +90,11 @@ pub struct MountArgs {
     /// Journal age bound: a count with s, m, h or d, e.g. 30d, 12h.
     #[arg(long, default_value = "30d", value_parser = parse_journal_age)]
     pub journal_max_age: Duration,
+    /// Most memory for journal records not written yet (state dir full or failing),
+    /// a size like 64MiB (at least 1MiB); past it records are dropped and counted in a
+    /// `gap` record.
+    #[arg(long, default_value = "64MiB", value_parser = parse_journal_pending)]
+    pub journal_max_pending: u64,
     /// Negotiate READDIRPLUS (cheaper cold listings, slower repeated `ls -l`).
     #[arg(long)]
     pub readdirplus: bool,
@@ -185,6 +190,18 @@ fn parse_journal_size(s: &str) -> Result<u64, String> {
     Ok(n)
 }
 
+/// `--journal-max-pending` and `-o journal_max_pending=`: a [`parse_size`] of at least
+/// 1 MiB (a smaller bound drops records at the first slow write).
+fn parse_journal_pending(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if n < 1 << 20 {
+        return Err(format!(
+            "journal max pending '{s}' is below the 1MiB a burst of records needs"
+        ));
+    }
+    Ok(n)
+}
+
 /// `--journal-max-age`: a [`parse_age`] of at least one minute.
 fn parse_journal_age(s: &str) -> Result<Duration, String> {
     let d = parse_age(s)?;
@@ -215,11 +232,12 @@ fn group_id(g: &str) -> Result<u32, String> {
 impl MountArgs {
     /// Validate `-o` and build the [`MountSpec`] (paths are passed on as given; the
     /// mount resolves them). `-o` takes `allow_other`, `ro`, `rw`, `debug`,
-    /// `strict_stat`, `no_reap`, `journal_group=GROUP` and `default_permissions` (always on anyway), comma-separated, the last of `ro`/`rw`
-    /// winning; `--ttl-ms` becomes `ttl` in milliseconds, `--journal-max-size` bytes.
+    /// `strict_stat`, `no_reap`, `journal_group=GROUP`, `journal_max_pending=SIZE` and `default_permissions` (always on anyway), comma-separated, the last of `ro`/`rw`
+    /// winning; `--ttl-ms` becomes `ttl` in milliseconds, `--journal-max-size` and
+    /// `--journal-max-pending` bytes.
     ///
     /// # Errors
-    /// One line naming the first unknown `-o` option.
+    /// One line naming the first unknown `-o` option, or a bad value.
     pub fn spec(&self) -> Result<MountSpec, String> {
         let mut spec = MountSpec {
             mountpoint: self.mountpoint.clone(),
@@ -234,6 +252,7 @@ impl MountArgs {
             no_journal: self.no_journal,
             journal_max_bytes: self.journal_max_size,
             journal_max_age: self.journal_max_age,
+            journal_max_pending: self.journal_max_pending,
             ttl: Duration::from_millis(self.ttl_ms),
             readdirplus: self.readdirplus,
             max_inodes: self.max_inodes.map(|n| n as usize),
@@ -257,10 +276,14 @@ impl MountArgs {
                 o if o.starts_with("journal_group=") => {
                     spec.journal_group = Some(group_id(&o["journal_group=".len()..])?);
                 }
+                o if o.starts_with("journal_max_pending=") => {
+                    spec.journal_max_pending =
+                        parse_journal_pending(&o["journal_max_pending=".len()..])?;
+                }
                 "default_permissions" => {}
                 other => {
                     return Err(format!(
-                        "unknown mount option '{other}' (supported: allow_other, ro, rw, debug, strict_stat, no_reap, journal_group=GROUP)"
+                        "unknown mount option '{other}' (supported: allow_other, ro, rw, debug, strict_stat, no_reap, journal_group=GROUP, journal_max_pending=SIZE)"
                     ));
                 }
             }

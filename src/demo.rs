@@ -160,6 +160,7 @@ pub fn run() -> Result<(), String> {
             no_journal: false,
             journal_max_bytes: 256 << 20,
             journal_max_age: Duration::from_secs(30 * 86_400),
+            journal_max_pending: crate::journal::DEFAULT_MAX_PENDING,
             ttl: Duration::from_secs(10),
             readdirplus: false,
             max_inodes: None,
