@@ -26,6 +26,13 @@
 //! retention dropped and writes `next_seq`, so no FUSE request waits on journal disk
 //! I/O. After `kill -9` at most the last batch (≤ 100 ms of records) is missing;
 //! records accepted before a clean unmount ([`Journal::shutdown`]) are all on disk.
+//!
+//! Full or failing state dir: unwritten records stay in memory (still served) up to
+//! [`JournalOptions::max_pending`] bytes, and the writer retries every
+//! [`JournalOptions::retry_every`]. Past the bound, or with no reserved seq left,
+//! records are dropped without a seq until everything pending is written and seqs are
+//! reserved again; then one `gap` record ([`record::GapInfo`]) counts them. What a
+//! clean shutdown still cannot write is reported by [`Journal::loss`].
 //! Salvage is the exception by design: it is written before the destructive operation
 //! goes on (see [`Journal::salvage`]).
 //!
@@ -1413,6 +1420,14 @@ fn write_tails(sh: &Shared, w: &mut Writer) -> bool {
             sh.state.lock().last_errno = Some(n);
         }
     };
+    // While writes fail (disk full), each retry first copies a small piece: a full
+    // chunk copied only to fail would cost [`WRITE_CHUNK`] bytes of memory and copying
+    // at every batch.
+    let mut limit = if w.write_failing {
+        64 << 10
+    } else {
+        WRITE_CHUNK
+    };
     for (n, path, end) in work {
         let f = match w.files.get(&n) {
             Some(f) => f.clone(),
@@ -1447,9 +1462,7 @@ fn write_tails(sh: &Shared, w: &mut Writer) -> bool {
                 if s.flushed >= end || s.tail.is_empty() {
                     break;
                 }
-                let k = ((end - s.flushed) as usize)
-                    .min(s.tail.len())
-                    .min(WRITE_CHUNK);
+                let k = ((end - s.flushed) as usize).min(s.tail.len()).min(limit);
                 (s.flushed, s.tail[..k].to_vec())
             };
             let (done, err) = write_some(&f, &bytes);
@@ -1477,6 +1490,7 @@ fn write_tails(sh: &Shared, w: &mut Writer) -> bool {
                 fail(w, e, "write", &path);
                 return false;
             }
+            limit = WRITE_CHUNK;
         }
     }
     true
