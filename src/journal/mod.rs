@@ -350,13 +350,9 @@ fn admit(
             }
             return true;
         };
+        // Logged by the writer thread: a log write (the log may be on the failing
+        // disk) must not hold up a FUSE request.
         let now = SystemTime::now();
-        tracing::error!(
-            reason,
-            pending_bytes = st.pending(),
-            after_seq = st.next_seq - 1,
-            "journal: dropping records until the state dir can be written again (a gap record will say how many)"
-        );
         st.gap = Some(Gap {
             lost: 0,
             after_seq: st.next_seq - 1,
@@ -1224,6 +1220,8 @@ struct Writer {
     retry: bool,
     /// Records are unwritten or a gap is open (a shutdown retries a little).
     unsettled: bool,
+    /// The open gap has been logged.
+    gap_logged: bool,
     last_retain: Instant,
     /// Last `malloc_trim`.
     last_trim: Instant,
@@ -1244,6 +1242,7 @@ fn writer_loop(sh: Arc<Shared>, rx: Receiver<Msg>) {
         // Open may have found the state dir full (nothing reserved).
         retry: true,
         unsettled: false,
+        gap_logged: false,
         last_retain: Instant::now(),
         last_trim: Instant::now(),
     };
@@ -1394,6 +1393,21 @@ fn flush(sh: &Shared, w: &mut Writer) {
     let st = sh.state.lock();
     w.unsettled = st.gap.is_some() || st.pending() > 0;
     w.retry = w.unsettled || w.reserve_failing || st.next_seq >= st.reserved;
+    let opened = match &st.gap {
+        Some(g) if !w.gap_logged => Some((g.reason, g.after_seq, g.lost, st.pending())),
+        _ => None,
+    };
+    w.gap_logged = st.gap.is_some();
+    drop(st);
+    if let Some((reason, after_seq, lost, pending_bytes)) = opened {
+        tracing::error!(
+            reason,
+            after_seq,
+            lost,
+            pending_bytes,
+            "journal: dropping records until the state dir can be written again (a gap record will say how many)"
+        );
+    }
 }
 
 /// Write the segment tails as they are now, oldest segment first, in pieces of at most

@@ -298,7 +298,9 @@ pub struct LockInfo {
 pub struct GapInfo {
     /// Records dropped (never written, never shown).
     pub lost: u64,
-    /// The last `seq` handed out before the first lost record.
+    /// The `gap` record's own `seq` minus 1: the lost records came after every record
+    /// with a seq up to this one (after a restart `seq` may have jumped ahead, so no
+    /// record need have this seq).
     pub after_seq: u64,
     /// RFC 3339 time of the first lost record.
     pub first_ts: String,
