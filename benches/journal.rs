@@ -82,6 +82,11 @@ fn main() {
             ts: sessionfs::now_rfc3339(),
             op: sessionfs::Op::Write,
             path: paths[(i % 10_000) as usize].clone(),
+            file: Some(sessionfs::FileRef {
+                ino: i % 10_000,
+                birth_ns: 1,
+                uid: 0,
+            }),
             result: "ok".into(),
             offset: Some(i * 2048),
             len: Some(2048),
@@ -92,8 +97,11 @@ fn main() {
         j.append(r);
     });
     j.sync();
-    let path = &paths[7];
-    let len = j.view_len(View::Path(path));
+    let len = j.view_len(View::File(sessionfs::FileRef {
+        ino: 7,
+        birth_ns: 1,
+        uid: 0,
+    }));
     println!(
         "| records in journal | {records} over 10,000 paths ({} MiB) |",
         j.view_len(View::All) >> 20

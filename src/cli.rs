@@ -67,8 +67,10 @@ pub struct MountArgs {
     /// Stay in the foreground and log to stderr.
     #[arg(short = 'f', long)]
     pub foreground: bool,
-    /// Mount options, comma-separated: allow_other, ro, rw, debug (default_permissions
-    /// is always on and the mount is always nodev).
+    /// Mount options, comma-separated: allow_other, ro, rw, debug, and every long flag
+    /// as key=value or a bare word (state_dir=DIR, journal_max_size=256MiB, threads=4,
+    /// no_journal, ...), so an fstab line can say everything (default_permissions is
+    /// always on and the mount is always nodev).
     #[arg(short = 'o', value_name = "OPTS", value_delimiter = ',')]
     pub options: Vec<String>,
     /// FUSE worker threads (1-64).
@@ -90,6 +92,14 @@ pub struct MountArgs {
     /// Journal age bound: a count with s, m, h or d, e.g. 30d, 12h.
     #[arg(long, default_value = "30d", value_parser = parse_journal_age)]
     pub journal_max_age: Duration,
+    /// Salvage store bound (removed transcript lines), all files together; past it the
+    /// least recently written file's salvage is evicted (journaled `salvage-evict`).
+    #[arg(long, default_value = "1GiB", value_parser = parse_journal_size)]
+    pub salvage_max_size: u64,
+    /// One file's share of the salvage store; past it the file's oldest removed lines
+    /// are evicted [default: an eighth of --salvage-max-size].
+    #[arg(long, value_name = "SIZE", value_parser = parse_salvage_file_size)]
+    pub salvage_max_file_size: Option<u64>,
     /// Most memory for journal records not written yet (state dir full or failing),
     /// a size like 64MiB (at least 1MiB); past it records are dropped and counted in a
     /// `gap` record.
@@ -195,8 +205,18 @@ fn parse_journal_size(s: &str) -> Result<u64, String> {
 fn parse_journal_pending(s: &str) -> Result<u64, String> {
     let n = parse_size(s)?;
     if n < 1 << 20 {
+        return Err(format!("'{s}' is below the 1MiB a burst of records needs"));
+    }
+    Ok(n)
+}
+
+/// `--salvage-max-file-size`: a [`parse_size`] of at least 64 KiB (a few transcript
+/// lines).
+fn parse_salvage_file_size(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if n < 64 << 10 {
         return Err(format!(
-            "journal max pending '{s}' is below the 1MiB a burst of records needs"
+            "'{s}' is below the 64KiB a file's salvage needs to keep a few lines"
         ));
     }
     Ok(n)
@@ -229,12 +249,23 @@ fn group_id(g: &str) -> Result<u32, String> {
     }
 }
 
+/// Every `-o` option, as the error for an unknown one lists them.
+pub const MOUNT_OPTIONS: &str = "allow_other, ro, rw, debug, strict_stat, no_reap, no_journal, readdirplus, \
+state_dir=DIR, lanes=FILE, journal_max_size=SIZE, journal_max_age=AGE, threads=N, max_inodes=N, \
+ttl_ms=MS, journal_group=GROUP, salvage_max_size=SIZE, salvage_max_file_size=SIZE, \
+journal_max_pending=SIZE";
+
+fn unknown_option(o: &str) -> String {
+    format!("unknown mount option '{o}' (supported: {MOUNT_OPTIONS})")
+}
+
 impl MountArgs {
     /// Validate `-o` and build the [`MountSpec`] (paths are passed on as given; the
-    /// mount resolves them). `-o` takes `allow_other`, `ro`, `rw`, `debug`,
-    /// `strict_stat`, `no_reap`, `journal_group=GROUP`, `journal_max_pending=SIZE` and `default_permissions` (always on anyway), comma-separated, the last of `ro`/`rw`
-    /// winning; `--ttl-ms` becomes `ttl` in milliseconds, `--journal-max-size` and
-    /// `--journal-max-pending` bytes.
+    /// mount resolves them). `-o` takes every option of [`MOUNT_OPTIONS`] and
+    /// `default_permissions` (always on anyway), comma-separated; a `key=value` option
+    /// is its long flag (`state_dir=` is `--state-dir`), and an option given later wins
+    /// over an earlier one and over the flag. `--ttl-ms` becomes `ttl` in
+    /// milliseconds, `--journal-max-size` bytes.
     ///
     /// # Errors
     /// One line naming the first unknown `-o` option, or a bad value.
@@ -252,6 +283,8 @@ impl MountArgs {
             no_journal: self.no_journal,
             journal_max_bytes: self.journal_max_size,
             journal_max_age: self.journal_max_age,
+            salvage_max_bytes: self.salvage_max_size,
+            salvage_file_max_bytes: self.salvage_max_file_size,
             journal_max_pending: self.journal_max_pending,
             ttl: Duration::from_millis(self.ttl_ms),
             readdirplus: self.readdirplus,
@@ -266,6 +299,59 @@ impl MountArgs {
             .map(|o| o.trim())
             .filter(|o| !o.is_empty())
         {
+            // `key=value` options: the same as the long flag of that name (dashes
+            // written as underscores), so an fstab line can say everything.
+            if let Some((key, value)) = o.split_once('=') {
+                let bad = |e: String| format!("mount option '{key}': {e}");
+                match key {
+                    "state_dir" => spec.state_dir = Some(PathBuf::from(value)),
+                    "lanes" => spec.lanes = Some(PathBuf::from(value)),
+                    "journal_max_size" => {
+                        spec.journal_max_bytes = parse_journal_size(value).map_err(bad)?
+                    }
+                    "journal_max_age" => {
+                        spec.journal_max_age = parse_journal_age(value).map_err(bad)?
+                    }
+                    "threads" => {
+                        spec.threads = value
+                            .parse::<usize>()
+                            .ok()
+                            .filter(|n| (1..=64).contains(n))
+                            .ok_or_else(|| bad(format!("'{value}' is not a thread count 1-64")))?
+                    }
+                    "max_inodes" => {
+                        spec.max_inodes = Some(
+                            value
+                                .parse::<usize>()
+                                .ok()
+                                .filter(|n| *n >= 16)
+                                .ok_or_else(|| {
+                                    bad(format!("'{value}' is not a count of at least 16"))
+                                })?,
+                        )
+                    }
+                    "ttl_ms" => {
+                        spec.ttl = Duration::from_millis(
+                            value
+                                .parse()
+                                .map_err(|_| bad(format!("'{value}' is not a number of ms")))?,
+                        )
+                    }
+                    "journal_group" => spec.journal_group = Some(group_id(value)?),
+                    "journal_max_pending" => {
+                        spec.journal_max_pending = parse_journal_pending(value).map_err(bad)?
+                    }
+                    "salvage_max_size" => {
+                        spec.salvage_max_bytes = parse_journal_size(value).map_err(bad)?
+                    }
+                    "salvage_max_file_size" => {
+                        spec.salvage_file_max_bytes =
+                            Some(parse_salvage_file_size(value).map_err(bad)?)
+                    }
+                    _ => return Err(unknown_option(o)),
+                }
+                continue;
+            }
             match o {
                 "allow_other" => spec.allow_other = true,
                 "ro" => spec.read_only = true,
@@ -273,19 +359,10 @@ impl MountArgs {
                 "debug" => spec.debug = true,
                 "strict_stat" => spec.strict_stat = true,
                 "no_reap" => spec.reap = false,
-                o if o.starts_with("journal_group=") => {
-                    spec.journal_group = Some(group_id(&o["journal_group=".len()..])?);
-                }
-                o if o.starts_with("journal_max_pending=") => {
-                    spec.journal_max_pending =
-                        parse_journal_pending(&o["journal_max_pending=".len()..])?;
-                }
+                "no_journal" => spec.no_journal = true,
+                "readdirplus" => spec.readdirplus = true,
                 "default_permissions" => {}
-                other => {
-                    return Err(format!(
-                        "unknown mount option '{other}' (supported: allow_other, ro, rw, debug, strict_stat, no_reap, journal_group=GROUP, journal_max_pending=SIZE)"
-                    ));
-                }
+                other => return Err(unknown_option(other)),
             }
         }
         Ok(spec)

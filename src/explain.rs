@@ -531,7 +531,7 @@ pub(crate) fn attempts(holds: &[Hold], markers: &[Marker], frecs: &[&Rec]) -> Ve
         let first_acq = holds[group[0]].acquired.seq;
         let ms: Vec<&Marker> = ms.into_iter().filter(|m| m.seq > first_acq).collect();
         if ms.iter().any(|m| m.started) {
-            out.extend(by_trajectory(holds, &group, &ms));
+            out.extend(by_trajectory(holds, &group, &ms, frecs));
         } else {
             out.extend(by_user_message(holds, &group, frecs));
         }
@@ -540,7 +540,7 @@ pub(crate) fn attempts(holds: &[Hold], markers: &[Marker], frecs: &[&Rec]) -> Ve
     out
 }
 
-fn by_trajectory(holds: &[Hold], group: &[usize], ms: &[&Marker]) -> Vec<Attempt> {
+fn by_trajectory(holds: &[Hold], group: &[usize], ms: &[&Marker], frecs: &[&Rec]) -> Vec<Attempt> {
     // Pair started/ended markers first in, first out.
     struct Span {
         first: usize,
@@ -551,9 +551,20 @@ fn by_trajectory(holds: &[Hold], group: &[usize], ms: &[&Marker]) -> Vec<Attempt
     let mut open: Vec<usize> = Vec::new();
     for m in ms {
         if m.started {
-            let Some(pos) = group.iter().rposition(|&h| holds[h].acquired.seq < m.seq) else {
+            let Some(mut pos) = group.iter().rposition(|&h| holds[h].acquired.seq < m.seq) else {
                 continue;
             };
+            // The gateway queues its trajectory writes: under load `session.started`
+            // lands after the first hold's release, even after the next hold's create.
+            // The first hold is the one where the runner appended the user message.
+            let prev_first = spans.last().map(|s: &Span| s.first);
+            if pos > 0
+                && prev_first.is_none_or(|f| f < pos - 1)
+                && !appends_user(&holds[group[pos]], frecs).0
+                && appends_user(&holds[group[pos - 1]], frecs).0
+            {
+                pos -= 1;
+            }
             if !open.is_empty() {
                 for &o in &open {
                     spans[o].overlapping = true;
@@ -603,27 +614,29 @@ fn by_trajectory(holds: &[Hold], group: &[usize], ms: &[&Marker]) -> Vec<Attempt
     out
 }
 
+/// Did the holder of `hold` append (or rewrite in) a user message to the session
+/// file during it, and a session header? `frecs` are the file's records in seq order.
+fn appends_user(hold: &Hold, frecs: &[&Rec]) -> (bool, bool) {
+    let pid = hold.holder.pid;
+    let end = hold.released.as_ref().map_or(u64::MAX, |m| m.seq);
+    let (mut user, mut header) = (false, false);
+    let lo = frecs.partition_point(|r| r.seq <= hold.acquired.seq);
+    for r in frecs[lo..].iter().take_while(|r| r.seq < end) {
+        if r.pid() != Some(pid) || !r.ok() || !matches!(r.op(), "write" | "release" | "rename") {
+            continue;
+        }
+        for e in r.entries() {
+            user |= e["type"] == "message" && e["role"] == "user";
+            header |= e["type"] == "session";
+        }
+    }
+    (user, header)
+}
+
 fn by_user_message(holds: &[Hold], group: &[usize], frecs: &[&Rec]) -> Vec<Attempt> {
-    let pid = holds[group[0]].holder.pid;
     let mut starts: Vec<usize> = Vec::new(); // positions in group
     for (p, &h) in group.iter().enumerate() {
-        let hold = &holds[h];
-        let end = hold.released.as_ref().map_or(u64::MAX, |m| m.seq);
-        let mut user = false;
-        let mut header = false;
-        let lo = frecs.partition_point(|r| r.seq <= hold.acquired.seq);
-        for r in frecs[lo..].iter().take_while(|r| r.seq < end) {
-            if r.pid() != Some(pid) || !r.ok() {
-                continue;
-            }
-            if !matches!(r.op(), "write" | "release" | "rename") {
-                continue;
-            }
-            for e in r.entries() {
-                user |= e["type"] == "message" && e["role"] == "user";
-                header |= e["type"] == "session";
-            }
-        }
+        let (user, header) = appends_user(&holds[h], frecs);
         if !user {
             continue;
         }
@@ -1710,9 +1723,8 @@ fn on_mount(path: &Path) -> Result<OnMount, String> {
     }
     let rel = abs
         .strip_prefix(&root)
-        .map_err(|_| format!("{}: outside {}", abs.display(), root.display()))?
-        .to_string_lossy()
-        .into_owned();
+        .map_err(|_| format!("{}: outside {}", abs.display(), root.display()))
+        .map(|r| crate::names::encode_os(r.as_os_str()))?;
     Ok(OnMount { abs, root, rel })
 }
 
@@ -1816,7 +1828,7 @@ fn analyze_file(path: &Path, rules: Rules) -> Result<(OnMount, Analysis), String
     let name = m
         .abs
         .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
+        .map(crate::names::encode_os)
         .unwrap_or_default();
     let stem = name.strip_suffix(".jsonl").unwrap_or(&name).to_string();
     let recs = read_mount_records(&m.root, &stem)?;
@@ -2500,6 +2512,36 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Under load the gateway's queued `session.started` write landed after the model
+    /// call's create: the model-call hold was taken for the attempt's first hold, the
+    /// window before it vanished, and a chmod in it (which tripped the real gateway)
+    /// was never judged. The first hold is the one with the runner's user message.
+    #[test]
+    fn a_late_session_started_line_keeps_the_first_window() {
+        let mut j = J::default();
+        j.acquire(GW);
+        j.read(GW);
+        j.user(GW, "u1");
+        j.read(GW);
+        j.release(GW);
+        let chmod = j.chmod(OTHER, false);
+        j.acquire(GW);
+        j.traj(GW, true);
+        j.assistant(GW, "a1");
+        j.read(GW);
+        j.release(GW);
+        j.traj(GW, false);
+        j.acquire(GW);
+        j.read(GW);
+        j.release(GW);
+        let a = j.analyze(Rules::V2026_5_22);
+        assert_eq!(a.attempts.len(), 1);
+        assert_eq!(a.attempts[0].holds.len(), 3, "{:?}", a.attempts);
+        let w = &a.windows[0];
+        assert!(w.verdict.tripped, "{:?}", a.windows);
+        assert_eq!(w.verdict.first_trip, Some(chmod));
     }
 
     #[test]

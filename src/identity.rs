@@ -633,13 +633,16 @@ pub fn parse_stat(s: &str) -> Option<Stat> {
 
 /// `/proc/<id>/stat`, parsed; `None` when the process is gone or the line is bad.
 pub fn read_stat(id: u32) -> Option<Stat> {
-    parse_stat(&fs::read_to_string(format!("/proc/{id}/stat")).ok()?)
+    // Bytes, not a string: `comm` (inside the line) may be any bytes (PR_SET_NAME).
+    parse_stat(&crate::names::encode(
+        &fs::read(format!("/proc/{id}/stat")).ok()?,
+    ))
 }
 
 fn read_exe(id: u32) -> Option<String> {
     fs::read_link(format!("/proc/{id}/exe"))
         .ok()
-        .map(|p| p.to_string_lossy().into_owned())
+        .map(|p| crate::names::encode_os(p.as_os_str()))
 }
 
 /// The fields of `/proc/<tid>/status` sessionfs uses.
@@ -652,7 +655,8 @@ struct Status {
 }
 
 fn read_status(tid: u32) -> Option<Status> {
-    let s = fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    // `Name:` may hold any bytes: read bytes, spell them losslessly.
+    let s = crate::names::encode(&fs::read(format!("/proc/{tid}/status")).ok()?);
     let field = |name: &str| s.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
     Some(Status {
         tgid: field("Tgid:")?.parse().ok()?,
@@ -668,8 +672,8 @@ fn read_status(tid: u32) -> Option<Status> {
 }
 
 fn read_process(pid: u32, tid: u32, st: &Stat) -> ProcessInfo {
-    let comm = fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|c| c.trim_end_matches('\n').to_string())
+    let comm = fs::read(format!("/proc/{pid}/comm"))
+        .map(|c| crate::names::encode(c.strip_suffix(b"\n").unwrap_or(&c)))
         .unwrap_or_else(|_| st.comm.clone());
     // The threads share the address space; the calling thread is alive even when the
     // leader has exited (its exe link and cmdline then read as gone).
@@ -692,8 +696,9 @@ fn read_process(pid: u32, tid: u32, st: &Stat) -> ProcessInfo {
                 .parse()
                 .ok()
         });
-    let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup"))
+    let cgroup = fs::read(format!("/proc/{pid}/cgroup"))
         .ok()
+        .map(|b| crate::names::encode(&b))
         .and_then(|s| {
             s.lines()
                 .find_map(|l| l.strip_prefix("0::").map(str::to_string))
@@ -998,14 +1003,14 @@ pub fn redact(args: &[String]) -> Vec<String> {
 /// `openclaw-gateway --token abc`: when there is exactly one non-empty piece, it contains
 /// whitespace and `is_file(piece)` is false (the daemon passes a check of the path under
 /// `/proc/<pid>/root`, so that an `argv[0]` with a space in it stays whole), the piece is
-/// redacted as a whole and then split at whitespace. Non-UTF-8 bytes become U+FFFD.
+/// redacted as a whole and then split at whitespace. Non-UTF-8 bytes are spelled as in [`crate::names`].
 /// Pure apart from `is_file`; no errors (empty input gives an empty list).
 pub fn parse_cmdline(raw: &[u8], is_file: impl Fn(&str) -> bool) -> Vec<String> {
     let mut pieces = raw.split(|b| *b == 0).filter(|a| !a.is_empty());
     let args: Vec<String> = match (pieces.next(), pieces.next()) {
         (None, _) => return Vec::new(),
         (Some(one), None) => {
-            let one = String::from_utf8_lossy(one);
+            let one = crate::names::encode(one);
             if one.contains(|c: char| c.is_whitespace()) && !is_file(&one) {
                 redact_text(&one)
                     .split_whitespace()
@@ -1013,13 +1018,13 @@ pub fn parse_cmdline(raw: &[u8], is_file: impl Fn(&str) -> bool) -> Vec<String> 
                     .map(str::to_string)
                     .collect()
             } else {
-                vec![one.into_owned()]
+                vec![one]
             }
         }
         (Some(a), Some(b)) => [a, b]
             .into_iter()
             .chain(pieces.next())
-            .map(|x| String::from_utf8_lossy(x).into_owned())
+            .map(crate::names::encode)
             .collect(),
     };
     // Each argument yields exactly one output, so three inputs are all `redact` needs.

@@ -19,6 +19,7 @@ pub(crate) mod journal;
 pub(crate) mod lanes;
 pub(crate) mod locks;
 pub(crate) mod mount;
+pub(crate) mod names;
 pub(crate) mod sys;
 pub(crate) mod transcript;
 
@@ -28,7 +29,7 @@ pub use demo::run as run_demo;
 pub use explain::{run_changes, run_explain};
 pub use identity::IdentityCache;
 pub use journal::cli::{run_journal, run_salvage};
-pub use journal::record::{Op, Record};
+pub use journal::record::{FileRef, Op, Record};
 pub use journal::{Journal, JournalOptions, View};
 pub use locks::run_locks;
 pub use mount::{mount, mount_id, pid_file, umount};

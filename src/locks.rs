@@ -77,7 +77,7 @@ fn live_threads(pid: u32) -> bool {
         .flatten()
         .flatten()
         .filter_map(|t| t.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|tid| std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok())
+        .filter_map(|tid| crate::names::read_proc(format!("/proc/{pid}/task/{tid}/stat")))
         .filter_map(|s| identity::parse_stat(&s))
         .any(|st| !matches!(st.state, 'Z' | 'X'))
 }
@@ -85,8 +85,7 @@ fn live_threads(pid: u32) -> bool {
 /// The `NSpid:` line of `/proc/<pid>/status`: the pid in each pid namespace, the
 /// daemon's first. Empty when unreadable.
 fn nspid(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
+    crate::names::read_proc(format!("/proc/{pid}/status"))
         .and_then(|s| {
             s.lines().find_map(|l| {
                 l.strip_prefix("NSpid:").map(|v| {
@@ -492,6 +491,10 @@ impl Locks {
             return false;
         };
         let same = sys::fstatat(l.dir.as_fd(), &c).is_ok_and(|st| FileKey::of(&st) == key);
+        // The lock file's journal identity, while it is there to be stat-ed.
+        let file = sys::identity_at(l.dir.as_fd(), &c)
+            .ok()
+            .map(|(ino, birth_ns, uid)| crate::journal::record::FileRef { ino, birth_ns, uid });
         if !same {
             // Gone or replaced behind our back: not ours to unlink.
             locks.remove(&key);
@@ -523,6 +526,7 @@ impl Locks {
             j.append(Record {
                 op: Op::LockReap,
                 path: l.path.clone(),
+                file,
                 result: "ok".into(),
                 class: Some(Class::Lock),
                 fence_moved: Some(false),

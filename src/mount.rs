@@ -76,6 +76,11 @@ pub struct MountSpec {
     pub journal_max_bytes: u64,
     /// Journal age bound (records older than this are dropped with their segment).
     pub journal_max_age: Duration,
+    /// Salvage store bounds, bytes: all files, and one file's share (`None`: an
+    /// eighth of the total).
+    pub salvage_max_bytes: u64,
+    /// See `salvage_max_bytes`.
+    pub salvage_file_max_bytes: Option<u64>,
     /// Most bytes of unwritten journal records kept in memory
     /// ([`JournalOptions::max_pending`]).
     pub journal_max_pending: u64,
@@ -917,6 +922,13 @@ fn serve(
         let mut o = JournalOptions::new(state_dir.clone());
         o.max_bytes = spec.journal_max_bytes;
         o.max_age = spec.journal_max_age;
+        o.salvage = crate::journal::salvage::SalvageBounds {
+            max_bytes: spec.salvage_max_bytes,
+            file_max_bytes: spec
+                .salvage_file_max_bytes
+                .unwrap_or(spec.salvage_max_bytes / 8)
+                .min(spec.salvage_max_bytes),
+        };
         o.max_pending = spec.journal_max_pending;
         match Journal::open(o) {
             Ok(j) => Some(Arc::new(j)),

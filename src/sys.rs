@@ -78,6 +78,41 @@ pub fn fstatat(dirfd: BorrowedFd<'_>, name: &CStr) -> SysResult<libc::stat> {
     nix::sys::stat::fstatat(dirfd, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
 }
 
+/// Identity of a backing object for the journal's per-file views: (inode number,
+/// birth time in ns since the epoch or 0 where the filesystem keeps none, owner uid),
+/// by `statx(dirfd, name, AT_SYMLINK_NOFOLLOW)`; an empty `name` means `dirfd` itself
+/// (`AT_EMPTY_PATH`, works on O_PATH fds). Errors: the errno of `statx`.
+pub fn identity_at(dirfd: BorrowedFd<'_>, name: &CStr) -> SysResult<(u64, i64, u32)> {
+    let mut flags = libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_SYNC_AS_STAT;
+    if name.is_empty() {
+        flags |= libc::AT_EMPTY_PATH;
+    }
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: `name` is NUL-terminated, `dirfd` is a live fd for the call, and `stx`
+    // points to writable memory the size of `struct statx` (zeroed, so every field is
+    // initialised whatever the kernel fills).
+    let r = unsafe {
+        libc::statx(
+            dirfd.as_raw_fd(),
+            name.as_ptr(),
+            flags,
+            libc::STATX_INO | libc::STATX_UID | libc::STATX_BTIME,
+            stx.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: zero-initialised above and filled by a successful statx.
+    let stx = unsafe { stx.assume_init() };
+    let birth = if stx.stx_mask & libc::STATX_BTIME != 0 {
+        stx.stx_btime.tv_sec * 1_000_000_000 + i64::from(stx.stx_btime.tv_nsec)
+    } else {
+        0
+    };
+    Ok((stx.stx_ino, birth, stx.stx_uid))
+}
+
 /// `renameat2(olddir, old, newdir, new, flags)` (RENAME_NOREPLACE / RENAME_EXCHANGE pass through).
 pub fn renameat2(
     olddir: BorrowedFd<'_>,

@@ -839,8 +839,8 @@ pub struct Rewrites {
 /// One rewrite in progress (see [`Rewrites`]).
 #[derive(Debug, Default)]
 pub struct Rewrite {
-    /// Journal path of the file when the rewrite began (salvage is kept under it).
-    pub path: String,
+    /// The file's journal identity when the rewrite began (its salvage store).
+    pub file: crate::journal::record::FileRef,
     /// Cut lines not written back (yet), in cut order; `None` once put back.
     lines: Vec<Option<(Entry, Vec<u8>)>>,
     /// Index of `lines` by exact line bytes.
@@ -875,12 +875,18 @@ impl Rewrites {
     /// Hold the lines `cut` removed from file `key` (at journal path `path`) until the
     /// rewrite ends. `salvage` is the span of the salvage store their bytes were just
     /// appended to, if they were. Returns the number of lines held by this call.
-    pub fn cut(&self, key: FileKey, path: &str, cut: Change, salvage: Option<(u64, u64)>) -> u64 {
+    pub fn cut(
+        &self,
+        key: FileKey,
+        file: crate::journal::record::FileRef,
+        cut: Change,
+        salvage: Option<(u64, u64)>,
+    ) -> u64 {
         let mut map = self.map.lock();
         let rw = map.entry(key).or_insert_with(|| {
             self.open.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             Rewrite {
-                path: path.to_string(),
+                file,
                 ..Default::default()
             }
         });
@@ -1252,7 +1258,10 @@ mod tests {
             ..Default::default()
         };
         let total = (a.len() + b.len() + c.len()) as u64;
-        assert_eq!(rw.cut(k(7), "t.jsonl", cut, Some((100, 100 + total))), 3);
+        assert_eq!(
+            rw.cut(k(7), Default::default(), cut, Some((100, 100 + total))),
+            3
+        );
         assert!(rw.is_open(k(7)) && !rw.is_open(k(8)));
         // Written back: c and a (in another order), plus a new line and a second `a`.
         assert_eq!(
@@ -1287,11 +1296,11 @@ mod tests {
                 ..Default::default()
             }
         };
-        rw.cut(k(1), "x.jsonl", one("a"), Some((0, 10)));
-        rw.cut(k(1), "x.jsonl", one("b"), Some((10, 20)));
+        rw.cut(k(1), Default::default(), one("a"), Some((0, 10)));
+        rw.cut(k(1), Default::default(), one("b"), Some((10, 20)));
         assert_eq!(rw.close(k(1)).unwrap().salvage, Some((0, 20)));
-        rw.cut(k(1), "x.jsonl", one("a"), Some((0, 10)));
-        rw.cut(k(1), "x.jsonl", one("b"), Some((15, 25)));
+        rw.cut(k(1), Default::default(), one("a"), Some((0, 10)));
+        rw.cut(k(1), Default::default(), one("b"), Some((15, 25)));
         assert_eq!(rw.close(k(1)).unwrap().salvage, None);
     }
 }

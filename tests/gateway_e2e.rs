@@ -1643,13 +1643,12 @@ fn record_line(r: &Value) -> String {
 /// (writer's pid, entry id, `held_by_other`, `absorbed: true`) in a window that did
 /// not trip.
 ///
-/// Not in the CI gate yet (`cargo test --release --test gateway_e2e -- --ignored`):
-/// 12/12 in three runs, but 11/12 in a CI run where it shared the machine with the
-/// other gateway tests: one takeover came at an acquisition after the attempt's last
-/// journaled hold, with no lock-file create in the journal for `explain` to judge.
-/// That case is open (issue 10's closing note).
+/// Once out of the CI gate: in one CI run of four it gave 11/12. The gateway queues its
+/// trajectory writes, and under load `session.started` landed after the model call's
+/// lock create, so explain took the model-call hold for the attempt's first hold and
+/// never judged the window before it. The attempt's first hold is now the one with the
+/// runner's user message (unit test `a_late_session_started_line_keeps_the_first_window`).
 #[test]
-#[ignore = "explain misses a takeover at an acquisition without a journaled lock create (11/12 in 1 of 4 runs); run with --ignored"]
 fn explain_agrees_with_the_gateway_on_every_turn() {
     if !e2e_enabled() {
         return;

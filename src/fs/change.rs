@@ -282,17 +282,12 @@ impl SessionFs {
                     Some(h) => self.handle_is_transcript(h),
                     None => self.is_transcript(inode),
                 };
-                let path = || match h {
-                    Some(h) => self.handle_path(h),
-                    None => self.inodes.path_of(inode),
-                };
                 let hold = h.is_some_and(|h| h.writable) || inode.writers() > 0;
                 let cuts = before.filter(|st| transcript && (size as i64) < st.st_size);
                 if let Some(st) = cuts.filter(|_| hold) {
                     self.note_rewrite_origin(inode, st);
                 }
-                let cut =
-                    cuts.and_then(|st| self.prepare_cut(inode, path(), st.st_size as u64, size));
+                let cut = cuts.and_then(|st| self.prepare_cut(inode, st.st_size as u64, size));
                 let res = match h {
                     Some(h) => nix::unistd::ftruncate(h.fd(), size as i64),
                     None => {
@@ -381,7 +376,7 @@ impl SessionFs {
             |_| flags & libc::XATTR_CREATE == 0 && xattr_is(inode, &c, value),
             |_| sys::setxattr(inode.fd(), &c, value, flags),
             |r, _| {
-                r.name = Some(name.to_string_lossy().into_owned());
+                r.name = Some(crate::names::encode_os(name));
                 r.len = Some(value.len() as u64);
                 let fl: Vec<String> = [
                     (libc::XATTR_CREATE, "XATTR_CREATE"),
@@ -415,7 +410,7 @@ impl SessionFs {
             Op::Removexattr,
             |_| false,
             |_| sys::removexattr(inode.fd(), &c),
-            |r, _| r.name = Some(name.to_string_lossy().into_owned()),
+            |r, _| r.name = Some(crate::names::encode_os(name)),
         )
     }
 
@@ -503,7 +498,7 @@ impl SessionFs {
                             end - offset,
                             size,
                         );
-                        cut = self.stage_cut(j, self.handle_path(h), ch);
+                        cut = self.stage_cut(j, self.file_ref_or_root(&h.inode), ch);
                     }
                 }
                 let res = sys::fallocate(h.fd(), mode, offset, length);

@@ -14,7 +14,7 @@ use std::os::fd::AsFd;
 use super::SessionFs;
 use super::inode::Inode;
 use crate::journal::Journal;
-use crate::journal::record::{Entry, Record};
+use crate::journal::record::{Entry, FileRef, Record};
 use crate::sys::{self, FileKey};
 use crate::transcript;
 
@@ -33,8 +33,8 @@ pub(super) struct Origin {
 /// Lines a truncate or an overwrite is about to cut, their bytes already salvaged.
 #[derive(Debug)]
 pub(super) struct PendingCut {
-    /// Journal path the salvage is stored under.
-    path: String,
+    /// The file whose salvage store holds the cut bytes.
+    file: FileRef,
     change: transcript::Change,
     /// Salvage store span `[start, end)` of the cut bytes.
     span: (u64, u64),
@@ -64,7 +64,6 @@ impl SessionFs {
     pub(super) fn prepare_cut(
         &self,
         inode: &Inode,
-        path: String,
         old_size: u64,
         new_size: u64,
     ) -> Option<PendingCut> {
@@ -76,22 +75,21 @@ impl SessionFs {
         let change = self
             .tracker
             .before_truncate(inode.key(), rfd.as_fd(), old_size, new_size);
-        self.stage_cut(j, path, change)
+        self.stage_cut(j, self.file_ref_or_root(inode), change)
     }
 
-    /// Put the bytes of the lines `change` cuts into the salvage store.
+    /// Put the bytes of the lines `change` cuts into the salvage store of `file`.
     pub(super) fn stage_cut(
         &self,
         j: &Journal,
-        path: String,
+        file: FileRef,
         change: transcript::Change,
     ) -> Option<PendingCut> {
         if change.removed.is_empty() {
             return None;
         }
-        let end = j.salvage(&path, &change.salvage);
-        let span = (end.saturating_sub(change.salvage.len() as u64), end);
-        Some(PendingCut { path, change, span })
+        let span = j.salvage(file, &change.salvage);
+        Some(PendingCut { file, change, span })
     }
 
     /// After the change that cut the lines ran: on failure take their salvage back; on
@@ -106,13 +104,13 @@ impl SessionFs {
         let Some(j) = &self.journal else {
             return CutOutcome::default();
         };
-        let PendingCut { path, change, span } = cut;
+        let PendingCut { file, change, span } = cut;
         if !ok {
-            j.salvage_rewind(&path, span.0, span.1, &[]);
+            j.salvage_rewind(file, span.0, span.1, &[]);
             return CutOutcome::default();
         }
         if let Some(key) = hold {
-            let n = self.rewrites.cut(key, &path, change, Some(span));
+            let n = self.rewrites.cut(key, file, change, Some(span));
             CutOutcome {
                 held: Some(n),
                 ..Default::default()
@@ -208,11 +206,11 @@ impl SessionFs {
     /// (entries removed, lines restored), `None` when no rewrite was open.
     pub(super) fn end_rewrite(&self, inode: &Inode) -> Option<(Vec<Entry>, u64)> {
         let rw = self.rewrites.close(inode.key())?;
-        let (path, span, restored) = (rw.path.clone(), rw.salvage, rw.restored);
+        let (file, span, restored) = (rw.file, rw.salvage, rw.restored);
         let (removed, bytes) = rw.net();
         if let (Some(j), Some((start, end))) = (&self.journal, span) {
             // Fails (and keeps every cut line) if other salvage landed in between.
-            j.salvage_rewind(&path, start, end, &bytes);
+            j.salvage_rewind(file, start, end, &bytes);
         }
         Some((removed, restored))
     }

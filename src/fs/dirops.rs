@@ -65,7 +65,7 @@ impl SessionFs {
             NewEntry::Dir { mode } => (Op::Mkdir, None, Some(mode)),
             NewEntry::Symlink { target } => (
                 Op::Symlink,
-                Some(target.to_string_lossy().into_owned()),
+                Some(crate::names::encode_os(target.as_os_str())),
                 None,
             ),
         };
@@ -178,6 +178,10 @@ impl SessionFs {
         let victim = sys::openat(p.fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0).ok();
         let vst = victim.as_ref().and_then(|fd| sys::fstat(fd.as_fd()).ok());
         let vkey = vst.as_ref().map(FileKey::of);
+        let vref = victim
+            .as_ref()
+            .and_then(|fd| sys::identity_at(fd.as_fd(), c"").ok())
+            .map(record::file_ref);
         let vinode = vkey.and_then(|k| self.inodes.find(k));
         let path = self.child_path(p, name);
         let ms = Mutation::many(&vinode.iter().map(Arc::as_ref).collect::<Vec<_>>());
@@ -185,7 +189,7 @@ impl SessionFs {
         if !dir
             && transcript::is_transcript(name.as_bytes())
             && let Some(j) = &self.journal
-            && let (Some(fd), Some(st)) = (&victim, &vst)
+            && let (Some(fd), Some(st), Some(file)) = (&victim, &vst, vref)
             && st.st_mode & libc::S_IFMT == libc::S_IFREG
             && st.st_nlink == 1
             && st.st_size > 0
@@ -194,7 +198,7 @@ impl SessionFs {
             let ch =
                 self.tracker
                     .before_truncate(FileKey::of(st), rfd.as_fd(), st.st_size as u64, 0);
-            cut = self.stage_cut(j, path.clone(), ch);
+            cut = self.stage_cut(j, file, ch);
         }
         let outcome: Cell<Option<CutOutcome>> = Cell::new(None);
         let op = if dir { Op::Rmdir } else { Op::Unlink };
@@ -225,6 +229,7 @@ impl SessionFs {
             },
             |r, _| {
                 r.replaced_ino = vst.as_ref().map(|s| s.st_ino);
+                r.file = vref;
                 r.before = vst.as_ref().map(attr::fingerprint);
                 r.size_before = vst.as_ref().map(|s| s.st_size as u64);
                 if let Some(o) = outcome.take() {
@@ -278,6 +283,13 @@ impl SessionFs {
         // What is at the destination: replaced (kept open until diffed), or exchanged.
         let target = stat_at(np, &nc);
         let rst = target.as_ref().filter(|_| !exchange).map(|(_, st)| *st);
+        // The replaced file's journal identity: its salvage, and the view the moved
+        // file continues when both have one owner.
+        let rref = target
+            .as_ref()
+            .filter(|_| !exchange)
+            .and_then(|(fd, _)| sys::identity_at(fd.as_fd(), c"").ok())
+            .map(record::file_ref);
         let moved = stat_at(p, &c).and_then(|(_, st)| self.inodes.find(FileKey::of(&st)));
         let other = target
             .as_ref()
@@ -293,8 +305,8 @@ impl SessionFs {
         );
         // Replacing the last link of a transcript: read it and salvage it whole before
         // the rename; after it, keep only the lines the new file lacks.
-        let old_lines = match (&target, &self.journal) {
-            (Some((fd, st)), Some(j))
+        let old_lines = match (&target, &self.journal, rref) {
+            (Some((fd, st)), Some(j), Some(rref))
                 if !exchange
                     && st.st_mode & libc::S_IFMT == libc::S_IFREG
                     && st.st_nlink == 1
@@ -302,8 +314,8 @@ impl SessionFs {
             {
                 read_only(fd.as_fd()).ok().map(|rfd| {
                     let bytes = TranscriptTracker::read_all(rfd.as_fd());
-                    let end = j.salvage(&to, &bytes);
-                    (end.saturating_sub(bytes.len() as u64), end, bytes)
+                    let (start, end) = j.salvage(rref, &bytes);
+                    (start, end, bytes)
                 })
             }
             _ => None,
@@ -369,6 +381,9 @@ impl SessionFs {
                 r.flags = Some(fl).filter(|v| !v.is_empty());
                 if res.is_ok() {
                     r.replaced_ino = rst.as_ref().map(|s| s.st_ino);
+                    // Only a file whose last link went: one still linked elsewhere
+                    // lives on under its other name, with its own view.
+                    r.replaced = rref.filter(|_| rst.as_ref().is_some_and(|s| s.st_nlink == 1));
                     // `before`: what was at `to` (the replaced file); `after`: what is
                     // there now.
                     r.before = rst.as_ref().map(attr::fingerprint);
@@ -397,13 +412,13 @@ impl SessionFs {
             }
         }
         // Salvage keeps only what the rename removed (all of it if the diff failed).
-        if let (Some((start, end, _)), Some(j)) = (&old_lines, &self.journal) {
+        if let (Some((start, end, _)), Some(j), Some(rref)) = (&old_lines, &self.journal, rref) {
             match (&res, change.take()) {
                 (Err(_), _) => {
-                    j.salvage_rewind(&to, *start, *end, &[]);
+                    j.salvage_rewind(rref, *start, *end, &[]);
                 }
                 (Ok(()), Some(ch)) => {
-                    j.salvage_rewind(&to, *start, *end, &ch.salvage);
+                    j.salvage_rewind(rref, *start, *end, &ch.salvage);
                 }
                 (Ok(()), None) => {}
             }

@@ -106,6 +106,7 @@ impl SessionFs {
         let mut rec = Record {
             op: Op::External,
             path,
+            file: self.file_ref(inode),
             ts: String::new(), // stamped by the journal, in seq order
             result: "ok".into(),
             size_before: Some(p.0),
@@ -149,6 +150,7 @@ impl SessionFs {
         let rec = Record {
             op: Op::CtimeDrift,
             path: self.inodes.path_of(inode),
+            file: self.file_ref(inode),
             result: "ok".into(),
             size_before: Some(prev.0),
             size_after: Some(st.st_size as u64),

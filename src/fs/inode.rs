@@ -533,7 +533,7 @@ impl InodeTable {
             if i > 0 {
                 out.push('/');
             }
-            out.push_str(&String::from_utf8_lossy(p.as_bytes()));
+            out.push_str(&crate::names::encode(p.as_bytes()));
         }
         out
     }

@@ -461,9 +461,9 @@ impl SessionFs {
     /// Journal path of `name` in `parent`.
     fn child_path(&self, parent: &Inode, name: &OsStr) -> String {
         let base = self.inodes.path_of(parent);
-        let n = String::from_utf8_lossy(name.as_bytes());
+        let n = crate::names::encode(name.as_bytes());
         if base.is_empty() {
-            n.into_owned()
+            n
         } else {
             format!("{base}/{n}")
         }

@@ -595,10 +595,10 @@ impl fuser::Filesystem for SessionFs {
                     .ok_or(FErrno::NO_XATTR)
             } else if n == SEQ_XATTR.as_bytes() {
                 self.replied.wait();
-                let path = self.inodes.path_of(&inode);
                 self.journal
                     .as_ref()
-                    .and_then(|j| j.latest_seq(&path))
+                    .zip(self.file_ref(&inode))
+                    .and_then(|(j, f)| j.latest_seq(f))
                     .map(|s| s.to_string().into_bytes())
                     .ok_or(FErrno::NO_XATTR)
             } else {

@@ -6,8 +6,13 @@ use std::sync::atomic::Ordering;
 use super::handle::FileHandle;
 use super::inode::Inode;
 use super::{Ctx, FMODE_EXEC, SessionFs, attr};
-use crate::journal::record::{Class, Entry, Op, Record};
-use crate::sys::{FileKey, SysResult};
+use crate::journal::record::{Class, Entry, FileRef, Op, Record};
+use crate::sys::{self, FileKey, SysResult};
+
+/// A [`FileRef`] from [`sys::identity_at`]'s (ino, birth ns, uid).
+pub(super) fn file_ref((ino, birth_ns, uid): (u64, i64, u32)) -> FileRef {
+    FileRef { ino, birth_ns, uid }
+}
 
 /// `"ok"` or the errno name (`"ENOENT"`).
 pub(super) fn result<T>(r: &SysResult<T>) -> String {
@@ -120,6 +125,11 @@ impl SessionFs {
             r.lane_source = Some("rule".into());
         }
         f(&mut r);
+        if r.file.is_none() {
+            r.file = file
+                .and_then(|k| self.inodes.find(k))
+                .and_then(|i| self.file_ref(&i));
+        }
         // The session file the record changes: its path, or a rename's target (a
         // repair's temp file renamed over the transcript).
         let session = match r.to.as_deref() {
@@ -228,6 +238,23 @@ impl SessionFs {
                 r.restored = Some(restored).filter(|n| *n > 0);
             }
         });
+    }
+
+    /// The journal identity of `inode` (one `statx`): the key of its per-file views.
+    /// `None` when the backing object cannot be stat-ed.
+    pub(super) fn file_ref(&self, inode: &Inode) -> Option<FileRef> {
+        sys::identity_at(inode.fd(), c"").ok().map(file_ref)
+    }
+
+    /// [`Self::file_ref`], or, when it cannot be stat-ed, a key only root reads (owner
+    /// uid 0, no birth time): salvage must be stored somewhere, and never in a view
+    /// another user could own.
+    pub(super) fn file_ref_or_root(&self, inode: &Inode) -> FileRef {
+        self.file_ref(inode).unwrap_or(FileRef {
+            ino: inode.ino,
+            birth_ns: 0,
+            uid: 0,
+        })
     }
 
     /// Journal path of an open file: the name it was opened by while that name still

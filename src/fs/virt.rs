@@ -22,6 +22,7 @@ use super::SessionFs;
 use super::handle::DirEntry;
 use super::inode::{Inode, ROOT_ID, VIRTUAL_BASE};
 use crate::journal::View;
+use crate::journal::record::FileRef;
 use crate::sys;
 
 /// Name of the whole-mount journal in the mount root.
@@ -42,10 +43,10 @@ pub const SALVAGE_SUFFIX: &str = ".salvage";
 pub enum VirtualKind {
     /// The whole mount's journal.
     All,
-    /// The journal of one path (relative to the mount).
-    Journal(String),
-    /// The salvage store of one path.
-    Salvage(String),
+    /// The journal of one file (its lineage: see [`crate::journal`]).
+    Journal(FileRef),
+    /// The salvage store of one file.
+    Salvage(FileRef),
     /// The current session locks, one JSON object per line.
     Locks,
     /// The lane control file of entry `name` in directory node `parent`.
@@ -202,8 +203,8 @@ impl SessionFs {
         let j = self.journal.as_ref()?;
         let size = match &n.kind {
             VirtualKind::All => j.view_len(View::All),
-            VirtualKind::Journal(p) => j.view_len(View::Path(p)),
-            VirtualKind::Salvage(p) => j.salvage_len(p),
+            VirtualKind::Journal(f) => j.view_len(View::File(*f)),
+            VirtualKind::Salvage(f) => j.salvage_len(*f),
             VirtualKind::Locks | VirtualKind::Lane { .. } => 0,
         };
         if n.kind == VirtualKind::All {
@@ -309,8 +310,8 @@ impl SessionFs {
         let j = self.journal.as_ref()?;
         Some(match &kind {
             VirtualKind::All => j.read(View::All, offset, size),
-            VirtualKind::Journal(p) => j.read(View::Path(p), offset, size),
-            VirtualKind::Salvage(p) => j.read_salvage(p, offset, size),
+            VirtualKind::Journal(f) => j.read(View::File(*f), offset, size),
+            VirtualKind::Salvage(f) => j.read_salvage(*f, offset, size),
             VirtualKind::Locks | VirtualKind::Lane { .. } => Vec::new(),
         })
     }
@@ -318,7 +319,6 @@ impl SessionFs {
     /// Lookup of a name the backing does not have: is it a virtual file?
     pub(super) fn virtual_lookup(&self, parent: &Inode, name: &OsStr) -> Option<FileAttr> {
         let n = name.as_bytes();
-        let root_st = sys::fstat(self.inodes.root().fd()).ok()?;
         if parent.id == ROOT_ID && n == LOCKS_FILE.as_bytes() {
             let (uid, gid) = self.mount_view_owner();
             let id = self.virt.id(VirtualKind::Locks, uid, gid);
@@ -345,26 +345,35 @@ impl SessionFs {
         }
         let (base, salvage) = base_of(n)?;
         let base = OsStr::from_bytes(base);
-        let path = self.child_path(parent, base);
-        // Owner: the watched file's, else the mount root's.
-        let owner = sys::cname(base)
-            .ok()
-            .and_then(|c| sys::fstatat(parent.fd(), &c).ok())
-            .map(|st| (st.st_uid, st.st_gid));
-        let known = owner.is_some()
-            || if salvage {
-                j.salvage_len(&path) > 0
-            } else {
-                j.latest_seq(&path).is_some()
-            };
-        if !known {
-            return None;
-        }
-        let (uid, gid) = owner.unwrap_or((root_st.st_uid, root_st.st_gid));
+        // The file at that name now, else the last file the journal saw there (gone
+        // since): its view, owned by that file's owner. Never another file's view
+        // under a reused name.
+        let here = sys::cname(base).ok().and_then(|c| {
+            let (ino, birth_ns, uid) = sys::identity_at(parent.fd(), &c).ok()?;
+            let gid = sys::fstatat(parent.fd(), &c).ok()?.st_gid;
+            Some((FileRef { ino, birth_ns, uid }, gid))
+        });
+        let (file, gid) = match here {
+            Some(h) => h,
+            None => {
+                let f = j.last_file_at(&self.child_path(parent, base))?;
+                let known = if salvage {
+                    j.salvage_len(f) > 0
+                } else {
+                    j.latest_seq(f).is_some()
+                };
+                if !known {
+                    return None;
+                }
+                // Mode 0400: the group gets nothing.
+                (f, 0)
+            }
+        };
+        let uid = file.uid;
         let kind = if salvage {
-            VirtualKind::Salvage(path)
+            VirtualKind::Salvage(file)
         } else {
-            VirtualKind::Journal(path)
+            VirtualKind::Journal(file)
         };
         let id = self.virt.id(kind, uid, gid);
         self.virtual_attr(id)

@@ -72,7 +72,7 @@ impl SessionFs {
                     if let Some(st) = before.filter(|_| !ch.removed.is_empty()) {
                         self.note_rewrite_origin(inode, st);
                     }
-                    over = self.stage_cut(j, self.handle_path(h), ch);
+                    over = self.stage_cut(j, self.file_ref_or_root(inode), ch);
                 }
                 let res = sys::pwrite_mode(h.fd(), data, offset, append, h.append());
                 outcome.set(over.map(|c| self.finish_cut(c, res.is_ok(), Some(inode.key()))));

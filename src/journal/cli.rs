@@ -63,13 +63,62 @@ pub fn journal_file(target: &Path) -> PathBuf {
     }
 }
 
-/// The journal file to read for `target` and, for a directory below the mount root,
-/// the mount-relative directory whose records to keep. Err is one line for the user
-/// (a directory on no sessionfs mount).
-pub fn resolve(target: &Path) -> Result<(PathBuf, Option<String>), String> {
+/// Which records of the journal file read to print.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Only {
+    /// Every record of the file (a per-file view, or the whole mount).
+    All,
+    /// Records whose `path` or `to` is this mount-relative directory or below it.
+    Dir(String),
+    /// Records of this file (`file.ino`, `file.birth_ns`): a file whose name is too
+    /// long for `<name>.journal`, read from the whole mount's `.journal`.
+    File(u64, i64),
+}
+
+/// Longest file name (bytes) that still has a `<name>.journal` (NAME_MAX 255).
+const MAX_VIEW_NAME: usize = 255 - ".journal".len();
+
+/// The journal file to read for `target` and which of its records to keep. Err is one
+/// line for the user (a directory on no sessionfs mount).
+///
+/// A file whose name is longer than 247 bytes has no `<name>.journal` (ENAMETOOLONG):
+/// its records are read from the mount root's `.journal` (root or `--journal-group`
+/// only), matched by the file's inode and birth time.
+pub fn resolve(target: &Path) -> Result<(PathBuf, Only), String> {
+    let io_err = |p: &Path, e: io::Error| format!("{}: {e}", p.display());
     if !target.is_dir() {
-        return Ok((journal_file(target), None));
+        let long = target
+            .file_name()
+            .is_some_and(|n| n.as_encoded_bytes().len() > MAX_VIEW_NAME);
+        if !long {
+            return Ok((journal_file(target), Only::All));
+        }
+        let parent = target
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let (root, _) = mount_root(parent)?;
+        let c = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
+            .map_err(|_| format!("{}: a NUL byte in the name", target.display()))?;
+        let cwd = std::fs::File::open(".").map_err(|e| io_err(Path::new("."), e))?;
+        let (ino, birth, _) = crate::sys::identity_at(std::os::fd::AsFd::as_fd(&cwd), &c)
+            .map_err(|e| io_err(target, e.into()))?;
+        return Ok((root.join(".journal"), Only::File(ino, birth)));
     }
+    let (root, dir) = mount_root(target)?;
+    let vf = root.join(".journal");
+    if root == dir {
+        return Ok((vf, Only::All));
+    }
+    let rel = dir
+        .strip_prefix(&root)
+        .map_err(|_| format!("{}: outside {}", dir.display(), root.display()))?;
+    Ok((vf, Only::Dir(crate::names::encode_os(rel.as_os_str()))))
+}
+
+/// The mount root above directory `target` (the topmost ancestor on the same
+/// filesystem, which must have a `.journal`), and `target` canonicalized.
+fn mount_root(target: &Path) -> Result<(PathBuf, PathBuf), String> {
     let io_err = |p: &Path, e: io::Error| format!("{}: {e}", p.display());
     let dir = target.canonicalize().map_err(|e| io_err(target, e))?;
     let dev = std::fs::metadata(&dir).map_err(|e| io_err(&dir, e))?.dev();
@@ -82,20 +131,14 @@ pub fn resolve(target: &Path) -> Result<(PathBuf, Option<String>), String> {
         }
     }
     let vf = root.join(".journal");
-    if root == dir {
-        return Ok((vf, None));
-    }
-    if !vf.is_file() {
+    if root != dir && !vf.is_file() {
         return Err(format!(
             "{} is not on a sessionfs mount ({} has no .journal): pass the mountpoint or a file on the mount",
             target.display(),
             root.display()
         ));
     }
-    let rel = dir
-        .strip_prefix(&root)
-        .map_err(|_| format!("{}: outside {}", dir.display(), root.display()))?;
-    Ok((vf, Some(rel.to_string_lossy().into_owned())))
+    Ok((root, dir))
 }
 
 /// Is the record's `path` or `to` the mount-relative directory `dir` or below it?
@@ -329,16 +372,19 @@ fn raw_row(rec: &Value) -> String {
     )
 }
 
-fn emit(
-    out: &mut impl Write,
-    line: &[u8],
-    args: &JournalArgs,
-    dir: Option<&str>,
-) -> io::Result<()> {
+fn emit(out: &mut impl Write, line: &[u8], args: &JournalArgs, only: &Only) -> io::Result<()> {
     let Ok(rec) = serde_json::from_slice::<Value>(line) else {
         return Ok(());
     };
-    if !keep(&rec, args) || dir.is_some_and(|d| !under(&rec, d)) {
+    let wanted = match only {
+        Only::All => true,
+        Only::Dir(d) => under(&rec, d),
+        Only::File(ino, birth) => {
+            rec["file"]["ino"].as_u64() == Some(*ino)
+                && rec["file"]["birth_ns"].as_i64() == Some(*birth)
+        }
+    };
+    if !keep(&rec, args) || !wanted {
         return Ok(());
     }
     if args.json {
@@ -349,10 +395,42 @@ fn emit(
     }
 }
 
+/// `file.birth_ns` of the last record of inode `ino` in the journal `f` (0 if none).
+fn last_birth(f: &File, ino: u64) -> io::Result<i64> {
+    let needle = format!("\"file\":{{\"ino\":{ino},");
+    let mut birth = 0;
+    let (mut pos, mut pending, mut buf) = (0u64, Vec::new(), vec![0u8; 1 << 20]);
+    loop {
+        let n = f.read_at(&mut buf, pos)?;
+        if n == 0 {
+            return Ok(birth);
+        }
+        pos += n as u64;
+        pending.extend_from_slice(&buf[..n]);
+        let mut start = 0;
+        while let Some(i) = pending[start..].iter().position(|b| *b == b'\n') {
+            let line = &pending[start..start + i];
+            if line.windows(needle.len()).any(|w| w == needle.as_bytes())
+                && let Ok(rec) = serde_json::from_slice::<Value>(line)
+                && rec["file"]["ino"].as_u64() == Some(ino)
+            {
+                birth = rec["file"]["birth_ns"].as_i64().unwrap_or(0);
+            }
+            start += i + 1;
+        }
+        pending.drain(..start);
+    }
+}
+
 /// Run `sessionfs journal`. Err is one line for the user.
 pub fn run_journal(args: &JournalArgs) -> Result<(), String> {
-    let (vf, dir) = resolve(&args.target)?;
+    let (vf, mut only) = resolve(&args.target)?;
     let f = File::open(&vf).map_err(|e| not_on_mount(&args.target, &vf, &e))?;
+    if let Only::File(ino, 0) = only {
+        // The mount reports no birth time (no FUSE_STATX): the file is the one that
+        // last had this inode number in the journal.
+        only = Only::File(ino, last_birth(&f, ino).map_err(|e| e.to_string())?);
+    }
     let len = f.metadata().map_err(|e| e.to_string())?.len();
     let mut pos = match args.since {
         Some(s) => seek_since(&f, len, s).map_err(|e| e.to_string())?,
@@ -383,7 +461,7 @@ pub fn run_journal(args: &JournalArgs) -> Result<(), String> {
         pending.extend_from_slice(&buf[..n]);
         let mut start = 0;
         while let Some(i) = pending[start..].iter().position(|b| *b == b'\n') {
-            if let Err(e) = emit(&mut out, &pending[start..start + i], args, dir.as_deref()) {
+            if let Err(e) = emit(&mut out, &pending[start..start + i], args, &only) {
                 if e.kind() == io::ErrorKind::BrokenPipe {
                     return Ok(());
                 }
@@ -530,6 +608,9 @@ mod tests {
         );
         // A file is not resolved further: its `.journal` is opened as is.
         let f = sub.join("t.jsonl");
-        assert_eq!(resolve(&f).unwrap(), (sub.join("t.jsonl.journal"), None));
+        assert_eq!(
+            resolve(&f).unwrap(),
+            (sub.join("t.jsonl.journal"), Only::All)
+        );
     }
 }

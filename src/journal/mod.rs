@@ -37,15 +37,20 @@
 //! goes on (see [`Journal::salvage`]).
 //!
 //! Views: [`View::All`] is the concatenation of the retained segments; a
-//! [`View::Path`] is the concatenation of the records whose `path` or `to` is that
-//! path. Per record the index keeps 16 bytes (segment, offset, view end). A byte
-//! offset into a view is a cursor; when retention drops a segment, offsets of that
-//! view shift down by the dropped bytes. `seq` (`--since`) is the durable cursor. When
-//! retention has dropped every record of a path, the path's index is dropped too: its
-//! `fseq` then starts again at 1, as it would after a restart.
+//! [`View::File`] is the concatenation of the records of one file ([`FileRef`]: inode,
+//! birth time, owner), followed across renames, never across names: a new file under
+//! an old name has an empty view. A file renamed over another file of the same owner
+//! (a repair's temp file over the transcript) continues the replaced file's view, its
+//! *lineage*; the alias is replayed from the rename records at open. Per record the
+//! index keeps 16 bytes (segment, offset, view end). A byte offset into a view is a
+//! cursor; when retention drops a segment, offsets of that view shift down by the
+//! dropped bytes. `seq` (`--since`) is the durable cursor. When retention has dropped
+//! every record of a file, its index is dropped too: its `fseq` then starts again at
+//! 1, as it would after a restart.
 
 pub mod cli;
 pub mod record;
+pub mod salvage;
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions, Permissions};
@@ -60,7 +65,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 use serde::Deserialize;
 
-use record::Record;
+use record::{FileRef, Record};
 
 /// Seqs reserved in `next_seq` at a time. The writer thread extends the reservation
 /// when fewer than half of this remain.
@@ -97,6 +102,8 @@ pub struct JournalOptions {
     /// open or the seq reservation is short, with or without new records. Default 1 s;
     /// at least 10 ms.
     pub retry_every: Duration,
+    /// Bounds of the salvage store (see [`salvage`]).
+    pub salvage: salvage::SalvageBounds,
 }
 
 /// Smallest segment size, bytes (64 KiB), whatever `max_bytes` says.
@@ -127,6 +134,7 @@ impl JournalOptions {
             retain_every: Duration::from_secs(60),
             max_pending: DEFAULT_MAX_PENDING,
             retry_every: Duration::from_secs(1),
+            salvage: salvage::SalvageBounds::default(),
         }
     }
 }
@@ -136,8 +144,12 @@ impl JournalOptions {
 pub enum View<'a> {
     /// `<mount>/.journal`: every record.
     All,
-    /// `<mount>/<path>.journal`: records whose `path` or `to` equals this path.
-    Path(&'a str),
+    /// `<mount>/<file>.journal`: the records of this file's lineage (see the module
+    /// doc).
+    File(FileRef),
+    /// Never constructed: keeps the lifetime parameter for callers.
+    #[doc(hidden)]
+    _Never(std::marker::PhantomData<&'a ()>),
 }
 
 /// Where one record's bytes are.
@@ -152,7 +164,7 @@ struct Loc {
 }
 
 #[derive(Debug, Default)]
-struct PathIndex {
+struct FileIndex {
     fseq: u64,
     latest_seq: u64,
     locs: VecDeque<Loc>,
@@ -160,7 +172,7 @@ struct PathIndex {
     base: u64,
 }
 
-impl PathIndex {
+impl FileIndex {
     fn len(&self) -> u64 {
         self.locs.back().map_or(0, |l| l.end) - self.base
     }
@@ -201,7 +213,13 @@ struct State {
     gap: Option<Gap>,
     /// errno of the last failed write to the state dir (segment or `next_seq`).
     last_errno: Option<i32>,
-    paths: HashMap<String, PathIndex>,
+    /// Per-file views, by lineage key.
+    files: HashMap<FileRef, FileIndex>,
+    /// A file renamed over a file of the same owner → the lineage it continues.
+    alias: HashMap<FileRef, FileRef>,
+    /// The lineage of the last record naming each path: the view of a name whose file
+    /// is gone (unlinked, renamed away).
+    last_at: HashMap<String, FileRef>,
     segments: VecDeque<Segment>,
     /// Bytes of the All view dropped by retention.
     all_base: u64,
@@ -215,10 +233,95 @@ impl State {
         self.segments.back().map_or(0, |s| s.view_start + s.len) - self.all_base
     }
 
+    /// The lineage key of file `f` (itself unless renamed over a file of its owner).
+    fn lineage(&self, f: FileRef) -> FileRef {
+        let mut k = f;
+        // Chains are short (one per rename over); the bound only guards a cycle.
+        for _ in 0..64 {
+            match self.alias.get(&k) {
+                Some(n) if *n != k => k = *n,
+                _ => break,
+            }
+        }
+        k
+    }
+
+    /// The views a record goes to: its file's lineage and, for a rename over a file
+    /// of the same owner, the replaced file's lineage, which the moved file continues
+    /// (the record shows in both; its `fseq` counts in the continued one, the last).
+    fn view_keys(&self, ix: &Indexed<'_>) -> Vec<FileRef> {
+        let Some(file) = ix.file else {
+            return Vec::new();
+        };
+        let own = self.lineage(file);
+        let mut keys = vec![own];
+        if ix.renamed_over
+            && let Some(rep) = ix.replaced.filter(|r| r.uid == file.uid && *r != file)
+        {
+            let target = self.lineage(rep);
+            if target != own {
+                keys.push(target);
+            }
+        }
+        keys
+    }
+
+    /// The `fseq` the record `ix` will get (0 without a file).
+    fn next_fseq(&self, ix: &Indexed<'_>) -> u64 {
+        self.view_keys(ix)
+            .last()
+            .map_or(0, |k| self.files.get(k).map_or(0, |fi| fi.fseq) + 1)
+    }
+
+    /// Index one record of `len` bytes at `off` of segment `seg` into its views (see
+    /// [`Self::view_keys`]) and remember the alias of a rename over; `ix.disk_fseq`
+    /// (scan at open) only raises the counter.
+    fn index(&mut self, ix: Indexed<'_>, path: &str, seg: u32, off: u64, len: u64) {
+        let keys = self.view_keys(&ix);
+        let (Some(&last), Some(file)) = (keys.last(), ix.file) else {
+            return;
+        };
+        if keys.len() > 1 {
+            self.alias.insert(file, last);
+        }
+        self.last_at.insert(path.to_string(), last);
+        if let Some(to) = ix.to {
+            self.last_at.insert(to.to_string(), last);
+        }
+        for k in keys {
+            let fi = self.files.entry(k).or_default();
+            if k == last {
+                fi.fseq = match ix.disk_fseq {
+                    Some(f) => fi.fseq.max(f),
+                    None => fi.fseq + 1,
+                };
+            }
+            let end = fi.locs.back().map_or(fi.base, |l| l.end) + len;
+            fi.locs.push_back(Loc {
+                seg,
+                off: off as u32,
+                end,
+            });
+            fi.latest_seq = ix.seq;
+        }
+    }
+
     /// Bytes of records not written yet (kept in memory).
     fn pending(&self) -> u64 {
         self.segments.iter().map(|s| s.tail.len() as u64).sum()
     }
+}
+
+/// What [`State::index`] needs of a record.
+struct Indexed<'a> {
+    seq: u64,
+    to: Option<&'a str>,
+    file: Option<FileRef>,
+    replaced: Option<FileRef>,
+    /// A successful rename (its `replaced` is continued by the moved file).
+    renamed_over: bool,
+    /// `fseq` read back from disk (scan at open); `None` when appending.
+    disk_fseq: Option<u64>,
 }
 
 /// An open gap: records dropped since it opened, to be reported by one `gap` record.
@@ -401,9 +504,9 @@ enum Msg {
 #[derive(Debug)]
 pub struct Journal {
     shared: Arc<Shared>,
-    /// Serialises every access to the salvage store (append, rewind, stat, read). Never
-    /// taken with the state lock, so appends of records never wait on salvage I/O.
-    salvage_lock: Mutex<()>,
+    /// The salvage store; its own lock serialises every access to it. Never taken
+    /// with the state lock held, so appends of records never wait on salvage I/O.
+    salvage: salvage::SalvageStore,
     tx: Sender<Msg>,
     writer: Mutex<Option<JoinHandle<()>>>,
     /// Exclusive `flock` on `<state-dir>/lock`, held until [`Journal::shutdown`].
@@ -475,15 +578,38 @@ struct Scan<'a> {
     path: std::borrow::Cow<'a, str>,
     #[serde(default, borrow)]
     to: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    op: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    result: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    file: Option<FileRef>,
+    #[serde(default)]
+    replaced: Option<FileRef>,
 }
 
 fn seg_name(n: u32) -> String {
     format!("{n:020}.jsonl")
 }
 
-/// Escape a mount-relative path into one file name (`/` → `%2F`, `%` → `%25`).
-pub fn escape_path(p: &str) -> String {
-    p.replace('%', "%25").replace('/', "%2F")
+/// The salvage file name of a lineage: `<ino>-<birth_ns>-<uid>`.
+fn salvage_name(k: FileRef) -> String {
+    format!("{}-{}-{}", k.ino, k.birth_ns, k.uid)
+}
+
+/// The lineage a salvage file name stands for (`None` for other names: salvage files
+/// of older versions, named by escaped path).
+fn parse_salvage_name(n: &str) -> Option<FileRef> {
+    let mut it = n.splitn(3, '-');
+    let ino = it.next()?.parse().ok()?;
+    // birth_ns may be negative (before 1970): the uid is after the last '-'.
+    let rest = &n[n.find('-')? + 1..];
+    let (birth, uid) = rest.rsplit_once('-')?;
+    Some(FileRef {
+        ino,
+        birth_ns: birth.parse().ok()?,
+        uid: uid.parse().ok()?,
+    })
 }
 
 /// Give an open file exactly the permission bits `mode` (the umask may have taken
@@ -540,7 +666,7 @@ fn retain(st: &mut State, opts: &JournalOptions, now: SystemTime) {
         }
         let seg = st.segments.pop_front().expect("checked");
         st.all_base = st.segments.front().map_or(st.all_base, |s| s.view_start);
-        for pi in st.paths.values_mut() {
+        for pi in st.files.values_mut() {
             while let Some(l) = pi.locs.front() {
                 if l.seg != seg.n {
                     break;
@@ -558,10 +684,18 @@ fn retain(st: &mut State, opts: &JournalOptions, now: SystemTime) {
         dropped = true;
     }
     if dropped {
-        // A path with no retained record starts afresh (fseq 1), as after a restart.
-        st.paths.retain(|_, pi| !pi.locs.is_empty());
-        if st.paths.capacity() > 4 * st.paths.len().max(1024) {
-            st.paths.shrink_to_fit();
+        // A file with no retained record starts afresh (fseq 1), as after a restart.
+        st.files.retain(|_, pi| !pi.locs.is_empty());
+        let State {
+            files,
+            last_at,
+            alias,
+            ..
+        } = &mut *st;
+        last_at.retain(|_, k| files.contains_key(k));
+        alias.retain(|_, k| files.contains_key(k));
+        if st.files.capacity() > 4 * st.files.len().max(1024) {
+            st.files.shrink_to_fit();
         }
     }
 }
@@ -594,14 +728,7 @@ impl Journal {
         let salvdir = opts.state_dir.join("salvage");
         private_dir(&segdir)?;
         private_dir(&salvdir)?;
-        // Salvage files made before the mode rule, or under a umask: make them 0600.
-        for e in fs::read_dir(&salvdir)?.flatten() {
-            if e.metadata()
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o7777 != FILE_MODE)
-            {
-                let _ = fs::set_permissions(e.path(), Permissions::from_mode(FILE_MODE));
-            }
-        }
+        let salvage = salvage::SalvageStore::open(salvdir, opts.salvage)?;
         let mut nums: Vec<u32> = fs::read_dir(&segdir)?
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().to_str()?.strip_suffix(".jsonl")?.parse().ok())
@@ -614,7 +741,9 @@ impl Journal {
             reserve_asked: false,
             gap: None,
             last_errno: None,
-            paths: HashMap::new(),
+            files: HashMap::new(),
+            alias: HashMap::new(),
+            last_at: HashMap::new(),
             segments: VecDeque::new(),
             all_base: 0,
             unlink: Vec::new(),
@@ -673,7 +802,7 @@ impl Journal {
             .spawn(move || writer_loop(sh, rx))?;
         Ok(Journal {
             shared,
-            salvage_lock: Mutex::new(()),
+            salvage,
             tx,
             writer: Mutex::new(Some(writer)),
             lock: Mutex::new(Some(lock)),
@@ -715,9 +844,20 @@ impl Journal {
         if rec.ts.is_empty() {
             rec.ts = crate::clock::now_rfc3339();
         }
-        let pi = st.paths.entry(rec.path.clone()).or_default();
-        pi.fseq += 1;
-        rec.fseq = pi.fseq;
+        fn ix(rec: &Record, seq: u64) -> Indexed<'_> {
+            Indexed {
+                seq,
+                to: rec
+                    .to
+                    .as_deref()
+                    .filter(|_| matches!(rec.op, record::Op::Rename | record::Op::Link)),
+                file: rec.file,
+                replaced: rec.replaced,
+                renamed_over: rec.op == record::Op::Rename && rec.result == "ok",
+                disk_fseq: None,
+            }
+        }
+        rec.fseq = st.next_fseq(&ix(&rec, seq));
         let mut bytes = serde_json::to_vec(&rec).unwrap_or_else(|e| {
             format!("{{\"seq\":{seq},\"op\":\"error\",\"result\":\"serialize: {e}\"}}").into_bytes()
         });
@@ -736,24 +876,7 @@ impl Journal {
         seg.len += bytes.len() as u64;
         let n = seg.n;
         let len = bytes.len() as u64;
-        let touch = |st: &mut State, p: &str| {
-            let pi = st.paths.entry(p.to_string()).or_default();
-            let end = pi.locs.back().map_or(pi.base, |l| l.end) + len;
-            pi.locs.push_back(Loc {
-                seg: n,
-                off: off as u32,
-                end,
-            });
-            pi.latest_seq = seq;
-        };
-        touch(&mut st, &rec.path);
-        if let Some(to) = rec
-            .to
-            .as_deref()
-            .filter(|t| *t != rec.path && rec.op != record::Op::Symlink)
-        {
-            touch(&mut st, to);
-        }
+        st.index(ix(&rec, seq), &rec.path, n, off, len);
         if need_new {
             // After indexing this record: it lives in the current segment, which is
             // never dropped, so its path keeps its index (and fseq).
@@ -768,112 +891,65 @@ impl Journal {
         seq
     }
 
-    /// Store removed transcript bytes for `path`, synchronously: when this returns they
-    /// are in `<state-dir>/salvage/<escaped path>` (in the page cache, not fsynced: they
-    /// survive a `kill -9` of the daemon, not a power loss), so the caller may go on to
-    /// the destructive operation. Serialised with other salvage calls by a salvage-only
-    /// lock; appends of records never wait on it.
+    /// Store removed transcript bytes of file `file`, synchronously: when this returns
+    /// they are in `<state-dir>/salvage/<ino>-<birth_ns>-<uid>` of the file's lineage
+    /// (see the module doc; in the page cache, not fsynced: they survive a `kill -9` of
+    /// the daemon, not a power loss), so the caller may go on to the destructive
+    /// operation. Lines the file's salvage already holds are not stored again; bytes
+    /// the store's bounds evict are journaled as `salvage-evict` records.
     ///
-    /// Returns the salvage file's length in bytes after the append. On an I/O error
-    /// (logged) nothing is stored (a partial append is cut back) and the file's length
-    /// as it is is returned (0 if it does not exist).
-    pub fn salvage(&self, path: &str, bytes: &[u8]) -> u64 {
-        let p = self.salvage_file(path);
-        let _g = self.salvage_lock.lock();
-        let fail =
-            |e: io::Error| tracing::error!(path = %p.display(), error = %e, "salvage write failed");
-        let mut f = match OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(FILE_MODE)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&p)
-        {
-            Ok(f) => f,
-            Err(e) => {
-                fail(e);
-                return fs::metadata(&p).map_or(0, |m| m.len());
-            }
-        };
-        let before = match f.metadata() {
-            Ok(m) => {
-                if m.permissions().mode() & 0o7777 != FILE_MODE
-                    && let Err(e) = f.set_permissions(Permissions::from_mode(FILE_MODE))
-                {
-                    tracing::warn!(path = %p.display(), error = %e, "salvage file mode");
-                }
-                m.len()
-            }
-            Err(e) => {
-                fail(e);
-                return 0;
-            }
-        };
-        match f.write_all(bytes) {
-            Ok(()) => before + bytes.len() as u64,
-            Err(e) => {
-                fail(e);
-                // No half-stored line: cut what a partial write appended.
-                let _ = f.set_len(before);
-                before
-            }
+    /// Returns the span `[start, end)` (bytes) the new lines took in the file's salvage
+    /// (empty when all were held). On an I/O error (logged) nothing is stored.
+    pub fn salvage(&self, file: FileRef, bytes: &[u8]) -> (u64, u64) {
+        let key = self.shared.state.lock().lineage(file);
+        let (span, evicted) = self.salvage.append(&salvage_name(key), bytes);
+        for e in evicted {
+            self.record_eviction(e);
         }
+        span
     }
 
-    /// Rewind the salvage store of `path` after a conservative [`Journal::salvage`]: if
-    /// the file is exactly `expect_len` bytes long (nothing else was salvaged for this
-    /// path since) and `start <= expect_len`, its bytes from `start` on are replaced by
-    /// `keep` (the length becomes `start + keep.len()`) and this returns true. Otherwise
-    /// the file is left untouched and this returns false. Atomic with respect to other
-    /// salvage calls and salvage readers (same salvage lock).
-    ///
-    /// `keep` is written over the bytes from `start` on before the file is cut, so a
-    /// lost rewind (crash) leaves at worst extra salvage, never too little. On an I/O
-    /// error (logged) this returns false; the bytes from `start` on may then be partly
-    /// overwritten by `keep`.
-    pub fn salvage_rewind(&self, path: &str, start: u64, expect_len: u64, keep: &[u8]) -> bool {
-        let p = self.salvage_file(path);
-        let _g = self.salvage_lock.lock();
-        let len = match fs::metadata(&p) {
-            Ok(m) => m.len(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
-            Err(e) => {
-                tracing::error!(path = %p.display(), error = %e, "salvage rewind: stat failed");
-                return false;
-            }
-        };
-        if len != expect_len || start > expect_len {
-            return false;
-        }
-        if keep.is_empty() && start == expect_len {
-            return true;
-        }
-        let r = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .mode(FILE_MODE)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&p)
+    /// Journal one eviction of the salvage store.
+    fn record_eviction(&self, e: salvage::Eviction) {
+        let file = parse_salvage_name(&e.name);
+        tracing::warn!(file = %e.name, bytes = e.bytes, lines = e.lines, reason = e.reason, "salvage bound evicted removed lines");
+        let path = file
             .and_then(|f| {
-                fix_mode(&f, FILE_MODE)?;
-                f.write_all_at(keep, start)?;
-                f.set_len(start + keep.len() as u64)
-            });
-        match r {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(path = %p.display(), error = %e, "salvage rewind failed");
-                false
-            }
-        }
+                let st = self.shared.state.lock();
+                st.last_at
+                    .iter()
+                    .find(|(_, k)| **k == f)
+                    .map(|(p, _)| p.clone())
+            })
+            .unwrap_or_default();
+        self.append(Record {
+            op: record::Op::SalvageEvict,
+            path,
+            file,
+            result: "ok".into(),
+            len: Some(e.bytes),
+            salvage_evicted: Some(record::SalvageEvicted {
+                bytes: e.bytes,
+                lines: e.lines,
+                reason: e.reason.into(),
+            }),
+            pid: Some(std::process::id()),
+            comm: Some("sessionfs".into()),
+            ..Default::default()
+        });
     }
 
-    fn salvage_file(&self, path: &str) -> PathBuf {
-        self.shared
-            .opts
-            .state_dir
-            .join("salvage")
-            .join(escape_path(path))
+    /// Rewind the salvage store of `file` after a conservative [`Journal::salvage`]: if
+    /// the store is exactly `expect_len` bytes long (nothing else was salvaged for this
+    /// file since) and `start <= expect_len`, its bytes from `start` on are replaced by
+    /// the lines of `keep` it does not hold before `start`, and this returns true.
+    /// Otherwise the store is left untouched and this returns false. `keep` is written
+    /// over the old bytes before the file is cut, so a lost rewind (crash) leaves at
+    /// worst extra salvage, never too little.
+    pub fn salvage_rewind(&self, file: FileRef, start: u64, expect_len: u64, keep: &[u8]) -> bool {
+        let key = self.shared.state.lock().lineage(file);
+        self.salvage
+            .rewind(&salvage_name(key), start, expect_len, keep)
     }
 
     /// Current byte length of a view.
@@ -881,7 +957,8 @@ impl Journal {
         let st = self.shared.state.lock();
         match view {
             View::All => st.all_len(),
-            View::Path(p) => st.paths.get(p).map_or(0, PathIndex::len),
+            View::File(f) => st.files.get(&st.lineage(f)).map_or(0, FileIndex::len),
+            View::_Never(_) => 0,
         }
     }
 
@@ -910,8 +987,9 @@ impl Journal {
                         pos += n as u64;
                     }
                 }
-                View::Path(p) => {
-                    let Some(pi) = st.paths.get(p) else {
+                View::_Never(_) => {}
+                View::File(f) => {
+                    let Some(pi) = st.files.get(&st.lineage(f)) else {
                         return Vec::new();
                     };
                     let abs = offset + pi.base;
@@ -965,46 +1043,36 @@ impl Journal {
         out
     }
 
-    /// Latest seq of a path.
-    pub fn latest_seq(&self, path: &str) -> Option<u64> {
-        self.shared
-            .state
-            .lock()
-            .paths
-            .get(path)
+    /// Latest seq of a file's view.
+    pub fn latest_seq(&self, file: FileRef) -> Option<u64> {
+        let st = self.shared.state.lock();
+        st.files
+            .get(&st.lineage(file))
             .map(|p| p.latest_seq)
             .filter(|s| *s > 0)
     }
 
-    /// Byte length of the salvage store of `path` (0 when there is none).
-    pub fn salvage_len(&self, path: &str) -> u64 {
-        let p = self.salvage_file(path);
-        let _g = self.salvage_lock.lock();
-        fs::metadata(p).map_or(0, |m| m.len())
+    /// The lineage of the last record that named `path` (mount-relative, spelled as in
+    /// records), while it has retained records: the view of a name whose file is gone.
+    pub fn last_file_at(&self, path: &str) -> Option<FileRef> {
+        self.shared.state.lock().last_at.get(path).copied()
     }
 
-    /// Bytes `[offset, offset+size)` of the salvage store of `path` (shorter at the end).
-    pub fn read_salvage(&self, path: &str, offset: u64, size: usize) -> Vec<u8> {
-        let p = self.salvage_file(path);
-        let _g = self.salvage_lock.lock();
-        let Ok(f) = File::open(p) else {
-            return Vec::new();
-        };
-        let len = f.metadata().map_or(0, |m| m.len());
-        if offset >= len {
-            return Vec::new();
-        }
-        let n = ((len - offset) as usize).min(size);
-        let mut out = vec![0u8; n];
-        let mut got = 0;
-        while got < n {
-            match f.read_at(&mut out[got..], offset + got as u64) {
-                Ok(0) | Err(_) => break,
-                Ok(k) => got += k,
-            }
-        }
-        out.truncate(got);
-        out
+    /// Byte length of the salvage store of `file` (0 when there is none).
+    pub fn salvage_len(&self, file: FileRef) -> u64 {
+        let key = self.shared.state.lock().lineage(file);
+        self.salvage.len(&salvage_name(key))
+    }
+
+    /// Total bytes of the salvage store.
+    pub fn salvage_total(&self) -> u64 {
+        self.salvage.total()
+    }
+
+    /// Bytes `[offset, offset+size)` of the salvage store of `file` (shorter at the end).
+    pub fn read_salvage(&self, file: FileRef, offset: u64, size: usize) -> Vec<u8> {
+        let key = self.shared.state.lock().lineage(file);
+        self.salvage.read(&salvage_name(key), offset, size)
     }
 
     /// Wait until everything accepted so far is on disk (page cache).
@@ -1149,23 +1217,21 @@ fn scan_segment(path: &Path, n: u32, st: &mut State) -> io::Result<(u64, File)> 
         }
         if let Ok(s) = serde_json::from_slice::<Scan<'_>>(&line) {
             st.next_seq = st.next_seq.max(s.seq + 1);
-            let mut touch = |p: &str, fseq: Option<u64>| {
-                let pi = st.paths.entry(p.to_string()).or_default();
-                if let Some(f) = fseq {
-                    pi.fseq = pi.fseq.max(f);
-                }
-                let end = pi.locs.back().map_or(pi.base, |l| l.end) + k as u64;
-                pi.locs.push_back(Loc {
-                    seg: n,
-                    off: off as u32,
-                    end,
-                });
-                pi.latest_seq = s.seq;
-            };
-            touch(&s.path, Some(s.fseq));
-            if let Some(to) = s.to.as_deref().filter(|t| *t != s.path) {
-                touch(to, None);
-            }
+            let linkish = matches!(&*s.op, "rename" | "link");
+            st.index(
+                Indexed {
+                    seq: s.seq,
+                    to: s.to.as_deref().filter(|_| linkish),
+                    file: s.file,
+                    replaced: s.replaced,
+                    renamed_over: s.op == "rename" && s.result == "ok",
+                    disk_fseq: Some(s.fseq),
+                },
+                &s.path,
+                n,
+                off,
+                k as u64,
+            );
         }
         off += k as u64;
     }
@@ -1540,8 +1606,21 @@ fn reserve_ahead(sh: &Shared, w: &mut Writer) {
 mod tests {
     use super::*;
 
+    /// A stand-in file identity per path (tests name files by path).
+    fn fr(path: &str) -> FileRef {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        path.hash(&mut h);
+        FileRef {
+            ino: h.finish(),
+            birth_ns: 1,
+            uid: 0,
+        }
+    }
+
     fn rec(path: &str) -> Record {
         Record {
+            file: Some(fr(path)),
             op: record::Op::Write,
             path: path.into(),
             ts: "t".into(),
@@ -1578,7 +1657,7 @@ mod tests {
                 .collect::<Vec<_>>(),
             (1..=11).collect::<Vec<_>>()
         );
-        let a = lines(&j.read(View::Path("a"), 0, 1 << 20));
+        let a = lines(&j.read(View::File(fr("a")), 0, 1 << 20));
         assert_eq!(
             a.iter()
                 .map(|r| r["fseq"].as_u64().unwrap())
@@ -1586,25 +1665,84 @@ mod tests {
             (1..=6).collect::<Vec<_>>()
         );
         assert_eq!(
-            lines(&j.read(View::Path("c"), 0, 1 << 20)).len(),
-            1,
-            "rename shows in the target's view"
+            j.last_file_at("c"),
+            Some(fr("a")),
+            "the renamed file's view is found under its new name"
         );
+        assert_eq!(j.view_len(View::File(fr("c"))), 0, "a name is not a view");
         // Arbitrary offsets and sizes reassemble the same bytes.
-        let pa = j.read(View::Path("a"), 0, 1 << 20);
+        let pa = j.read(View::File(fr("a")), 0, 1 << 20);
         let mut pieced = Vec::new();
         let mut off = 0;
         while off < pa.len() {
-            let chunk = j.read(View::Path("a"), off as u64, 7);
+            let chunk = j.read(View::File(fr("a")), off as u64, 7);
             assert!(!chunk.is_empty());
             off += chunk.len();
             pieced.extend(chunk);
         }
         assert_eq!(pieced, pa);
-        assert_eq!(j.latest_seq("a"), Some(11));
+        assert_eq!(j.latest_seq(fr("a")), Some(11));
         // After the writer flushed, the same bytes come from disk.
         j.sync();
         assert_eq!(j.read(View::All, 0, 1 << 20), all);
+    }
+
+    /// Views follow files, not names: a new file under an old name starts empty; a
+    /// rename over a file of the same owner continues its view (and its salvage); over
+    /// another owner's file it does not; a chown starts the new owner's view. The
+    /// same after a reopen (the aliases are replayed from the records).
+    #[test]
+    fn views_follow_files_and_owners() {
+        let d = tempfile::tempdir().unwrap();
+        let f = |ino, uid| FileRef {
+            ino,
+            birth_ns: 7,
+            uid,
+        };
+        let at = |path: &str, file: FileRef| Record {
+            file: Some(file),
+            ..rec(path)
+        };
+        let (root_t, nobody_t) = (f(10, 0), f(10, 65534));
+        let (tmp, other) = (f(11, 0), f(12, 65534));
+        {
+            let j = Journal::open(JournalOptions::new(d.path().into())).unwrap();
+            j.append(at("pub/r.jsonl", root_t));
+            j.salvage(root_t, b"secret\n");
+            // Same inode number reused by another user's new file: another view.
+            j.append(at("pub/r.jsonl", f(10, 65534)));
+            assert_eq!(lines(&j.read(View::File(nobody_t), 0, 1 << 20)).len(), 1);
+            assert_eq!(j.salvage_len(nobody_t), 0);
+            assert_eq!(j.read_salvage(nobody_t, 0, 100), b"");
+            // A repair: root's temp file renamed over root's transcript continues it.
+            j.append(at("t.tmp", tmp));
+            let mut r = at("t.tmp", tmp);
+            r.op = record::Op::Rename;
+            r.to = Some("pub/r.jsonl".into());
+            r.replaced = Some(root_t);
+            j.append(r);
+            assert_eq!(j.read_salvage(tmp, 0, 100), b"secret\n");
+            j.append(at("pub/r.jsonl", tmp));
+            assert_eq!(lines(&j.read(View::File(tmp), 0, 1 << 20)).len(), 3);
+            // Over another owner's file: nothing is inherited.
+            let mut r = at("u.tmp", other);
+            r.op = record::Op::Rename;
+            r.to = Some("pub/r.jsonl".into());
+            r.replaced = Some(tmp);
+            j.append(r);
+            assert_eq!(j.salvage_len(other), 0);
+            assert_eq!(lines(&j.read(View::File(other), 0, 1 << 20)).len(), 1);
+        }
+        let j = Journal::open(JournalOptions::new(d.path().into())).unwrap();
+        assert_eq!(lines(&j.read(View::File(tmp), 0, 1 << 20)).len(), 3);
+        assert_eq!(j.read_salvage(tmp, 0, 100), b"secret\n");
+        assert_eq!(j.salvage_len(other), 0);
+        assert_eq!(lines(&j.read(View::File(nobody_t), 0, 1 << 20)).len(), 1);
+        // fseq continues per view after the reopen.
+        let s = j.append(at("pub/r.jsonl", tmp));
+        let v = lines(&j.read(View::File(tmp), 0, 1 << 20));
+        assert_eq!(v.last().unwrap()["seq"].as_u64(), Some(s));
+        assert_eq!(v.last().unwrap()["fseq"].as_u64(), Some(4));
     }
 
     #[test]
@@ -1619,7 +1757,7 @@ mod tests {
         }
         let j = Journal::open(JournalOptions::new(d.path().into())).unwrap();
         assert_eq!(j.append(rec("x")), 6);
-        let v = lines(&j.read(View::Path("x"), 0, 1 << 20));
+        let v = lines(&j.read(View::File(fr("x")), 0, 1 << 20));
         assert_eq!(v.len(), 6);
         assert_eq!(v[5]["fseq"], 6);
     }
@@ -1668,7 +1806,7 @@ mod tests {
         assert!(v[0]["seq"].as_u64().unwrap() > 1, "oldest records dropped");
         assert_eq!(v.last().unwrap()["seq"], 500);
         // Every retained record starts a line: whole segments were dropped.
-        let pv = lines(&j.read(View::Path("p"), 0, 1 << 20));
+        let pv = lines(&j.read(View::File(fr("p")), 0, 1 << 20));
         assert_eq!(pv.len(), v.len());
         assert_eq!(pv[0]["seq"], v[0]["seq"]);
         j.shutdown();
@@ -1719,16 +1857,16 @@ mod tests {
     fn salvage_is_stored_exactly() {
         let d = tempfile::tempdir().unwrap();
         let j = Journal::open(JournalOptions::new(d.path().into())).unwrap();
-        j.salvage("dir/t.jsonl", b"line one\n");
-        assert_eq!(j.read_salvage("dir/t.jsonl", 0, 100), b"line one\n");
+        j.salvage(fr("dir/t.jsonl"), b"line one\n");
+        assert_eq!(j.read_salvage(fr("dir/t.jsonl"), 0, 100), b"line one\n");
         j.sync();
-        j.salvage("dir/t.jsonl", b"\xff two\n");
-        assert_eq!(j.salvage_len("dir/t.jsonl"), 15);
+        j.salvage(fr("dir/t.jsonl"), b"\xff two\n");
+        assert_eq!(j.salvage_len(fr("dir/t.jsonl")), 15);
         assert_eq!(
-            j.read_salvage("dir/t.jsonl", 0, 100),
+            j.read_salvage(fr("dir/t.jsonl"), 0, 100),
             b"line one\n\xff two\n"
         );
-        assert_eq!(j.read_salvage("dir/t.jsonl", 5, 6), b"one\n\xff ");
+        assert_eq!(j.read_salvage(fr("dir/t.jsonl"), 5, 6), b"one\n\xff ");
     }
 
     fn next_seq_file(d: &Path) -> u64 {
@@ -1750,18 +1888,18 @@ mod tests {
         // The writer would not get to it in time anyway.
         o.batch_window = Duration::from_secs(30);
         let j = Journal::open(o).unwrap();
-        let f = d.path().join("salvage").join("a%2Fb.jsonl");
-        assert_eq!(j.salvage("a/b.jsonl", b"one\n"), 4);
+        let f = d.path().join("salvage").join(salvage_name(fr("a/b.jsonl")));
+        assert_eq!(j.salvage(fr("a/b.jsonl"), b"one\n"), (0, 4));
         assert_eq!(
             fs::read(&f).unwrap(),
             b"one\n",
             "written before salvage returned"
         );
-        assert_eq!(j.salvage("a/b.jsonl", b"two\n"), 8);
+        assert_eq!(j.salvage(fr("a/b.jsonl"), b"two\n"), (4, 8));
         assert_eq!(fs::read(&f).unwrap(), b"one\ntwo\n");
-        assert_eq!(j.salvage_len("a/b.jsonl"), 8);
-        assert_eq!(j.salvage_len("nothing"), 0);
-        assert!(j.read_salvage("nothing", 0, 10).is_empty());
+        assert_eq!(j.salvage_len(fr("a/b.jsonl")), 8);
+        assert_eq!(j.salvage_len(fr("nothing")), 0);
+        assert!(j.read_salvage(fr("nothing"), 0, 10).is_empty());
         // A salvage file "crashes" with the daemon intact: nothing pending in memory.
         j.crash();
         assert_eq!(fs::read(&f).unwrap(), b"one\ntwo\n");
@@ -1772,32 +1910,37 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let j = Journal::open(JournalOptions::new(d.path().into())).unwrap();
         let p = "t.jsonl";
-        let start = j.salvage(p, b"old\n");
-        assert_eq!(start, 4);
+        assert_eq!(j.salvage(fr(p), b"old\n"), (0, 4));
         // Conservative: every truncated line, before the rewrite.
-        let end = j.salvage(p, b"L1\nL2\nL3\n");
-        assert_eq!(end, 13);
+        let (start, end) = j.salvage(fr(p), b"L1\nL2\nL3\n");
+        assert_eq!((start, end), (4, 13));
         // Wrong expected length: untouched.
-        assert!(!j.salvage_rewind(p, start, end + 1, b"L2\n"));
-        assert!(!j.salvage_rewind(p, end + 1, end, b""));
-        assert_eq!(j.read_salvage(p, 0, 100), b"old\nL1\nL2\nL3\n");
+        assert!(!j.salvage_rewind(fr(p), start, end + 1, b"L2\n"));
+        assert!(!j.salvage_rewind(fr(p), end + 1, end, b""));
+        assert_eq!(j.read_salvage(fr(p), 0, 100), b"old\nL1\nL2\nL3\n");
         // L1 and L3 were written back: keep L2 only.
-        assert!(j.salvage_rewind(p, start, end, b"L2\n"));
-        assert_eq!(j.salvage_len(p), 7);
-        assert_eq!(j.read_salvage(p, 0, 100), b"old\nL2\n");
+        assert!(j.salvage_rewind(fr(p), start, end, b"L2\n"));
+        assert_eq!(j.salvage_len(fr(p)), 7);
+        assert_eq!(j.read_salvage(fr(p), 0, 100), b"old\nL2\n");
         // The length moved: a second rewind with the old length is refused.
-        assert!(!j.salvage_rewind(p, start, end, b""));
+        assert!(!j.salvage_rewind(fr(p), start, end, b""));
         // Everything written back.
-        let end = j.salvage(p, b"L4\n");
-        assert!(j.salvage_rewind(p, 7, end, b""));
-        assert_eq!(j.read_salvage(p, 0, 100), b"old\nL2\n");
+        let (at, end) = j.salvage(fr(p), b"L4\n");
+        assert_eq!(at, 7);
+        assert!(j.salvage_rewind(fr(p), 7, end, b""));
+        assert_eq!(j.read_salvage(fr(p), 0, 100), b"old\nL2\n");
         // `keep` longer than the rewound bytes, and a store that does not exist yet.
-        assert!(j.salvage_rewind(p, 4, 7, b"L2\nL5\n"));
-        assert_eq!(j.read_salvage(p, 0, 100), b"old\nL2\nL5\n");
-        assert!(!j.salvage_rewind("new", 0, 3, b"x"));
-        assert!(!d.path().join("salvage/new").exists());
-        assert!(j.salvage_rewind("new", 0, 0, b"x\n"));
-        assert_eq!(j.read_salvage("new", 0, 100), b"x\n");
+        assert!(j.salvage_rewind(fr(p), 4, 7, b"L2\nL5\n"));
+        assert_eq!(j.read_salvage(fr(p), 0, 100), b"old\nL2\nL5\n");
+        assert!(!j.salvage_rewind(fr("new"), 0, 3, b"x"));
+        assert!(
+            !d.path()
+                .join("salvage")
+                .join(salvage_name(fr("new")))
+                .exists()
+        );
+        assert!(j.salvage_rewind(fr("new"), 0, 0, b"x\n"));
+        assert_eq!(j.read_salvage(fr("new"), 0, 100), b"x\n");
     }
 
     #[test]
@@ -2077,7 +2220,7 @@ mod tests {
             for _ in 0..3 {
                 j.append(rec("p"));
             }
-            j.salvage("q", b"y\n");
+            j.salvage(fr("q"), b"y\n");
             j.sync();
             j.shutdown();
             drop(Journal::open(JournalOptions::new(fresh.clone())).unwrap());
@@ -2085,7 +2228,10 @@ mod tests {
         for dir in ["segments", "salvage"] {
             assert_eq!(mode(&state.join(dir)), 0o700, "{dir}");
         }
-        let mut files = vec![state.join("next_seq"), state.join("salvage").join("q")];
+        let mut files = vec![
+            state.join("next_seq"),
+            state.join("salvage").join(salvage_name(fr("q"))),
+        ];
         files.push(state.join("salvage").join("old"));
         for e in fs::read_dir(state.join("segments")).unwrap() {
             files.push(e.unwrap().path());
@@ -2112,7 +2258,7 @@ mod tests {
         j.append(rec("p"));
         // Not written yet: served from memory, no file.
         assert!(!seg0.exists());
-        assert_eq!(lines(&j.read(View::Path("p"), 0, 1 << 20)).len(), 1);
+        assert_eq!(lines(&j.read(View::File(fr("p")), 0, 1 << 20)).len(), 1);
         j.sync();
         assert!(seg0.exists());
         let before = j.read(View::All, 0, 1 << 20);
@@ -2170,7 +2316,7 @@ mod tests {
         j.sync();
         let segs = || fs::read_dir(d.path().join("segments")).unwrap().count();
         assert!(segs() >= 4);
-        assert_eq!(j.latest_seq("old"), Some(60));
+        assert_eq!(j.latest_seq(fr("old")), Some(60));
         // No append, no rollover: the writer's periodic pass drops the old segments.
         let t = Instant::now();
         while segs() > 1 {
@@ -2180,13 +2326,13 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert_eq!(j.view_len(View::Path("old")), 0);
-        assert_eq!(j.latest_seq("old"), None);
-        assert!(!j.shared.state.lock().paths.contains_key("old"));
-        assert!(j.latest_seq("new").is_some());
+        assert_eq!(j.view_len(View::File(fr("old"))), 0);
+        assert_eq!(j.latest_seq(fr("old")), None);
+        assert!(!j.shared.state.lock().files.contains_key(&fr("old")));
+        assert!(j.latest_seq(fr("new")).is_some());
         // A path whose records are all gone starts afresh, as after a restart.
         j.append(rec("old"));
-        let v = lines(&j.read(View::Path("old"), 0, 1 << 20));
+        let v = lines(&j.read(View::File(fr("old")), 0, 1 << 20));
         assert_eq!(v.len(), 1);
         assert_eq!(v[0]["fseq"], 1);
         assert_eq!(v[0]["seq"], 121);

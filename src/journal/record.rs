@@ -20,6 +20,23 @@ pub struct Fingerprint {
     pub ctime_ns: i64,
 }
 
+/// The file a record is about: the key of the per-file views (`<file>.journal`,
+/// `<file>.salvage`), which follow a file, not a name. A new file under an old name
+/// (after an unlink or a rename away) is another file, with another view, even if its
+/// inode number was reused; a file renamed keeps its view.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FileRef {
+    /// Backing inode number.
+    pub ino: u64,
+    /// Birth time of the backing inode (statx `btime`), ns since the epoch: tells a
+    /// reused inode number apart. 0 where the backing filesystem keeps none.
+    pub birth_ns: i64,
+    /// Owner uid of the file when the record was made. Part of the key: after a chown
+    /// to another user, that user's view starts at the chown, so nobody reads records
+    /// made while the file was someone else's.
+    pub uid: u32,
+}
+
 /// What a journal record is about; serialized as the `op` key's string (the name in
 /// parentheses). The README's "Journal records" table documents each.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -87,6 +104,9 @@ pub enum Op {
     /// (disk full or failing): written once writes succeed again, in place of the lost
     /// records, which had no `seq`. See [`GapInfo`].
     Gap,
+    /// (`salvage-evict`) The salvage store's bounds dropped removed lines of a file
+    /// (see `salvage_evicted`).
+    SalvageEvict,
     /// (`unknown`) Never written by sessionfs: the op of an unfilled
     /// [`Record::default`].
     #[default]
@@ -95,7 +115,7 @@ pub enum Op {
 
 impl Op {
     /// Every op, in the order of the README's table.
-    pub const ALL: [Op; 28] = [
+    pub const ALL: [Op; 29] = [
         Op::Open,
         Op::Create,
         Op::Write,
@@ -123,6 +143,7 @@ impl Op {
         Op::LockSteal,
         Op::LockReap,
         Op::Gap,
+        Op::SalvageEvict,
         Op::Unknown,
     ];
 
@@ -156,6 +177,7 @@ impl Op {
             Op::LockSteal => "lock-steal",
             Op::LockReap => "lock-reap",
             Op::Gap => "gap",
+            Op::SalvageEvict => "salvage-evict",
             Op::Unknown => "unknown",
         }
     }
@@ -207,6 +229,7 @@ impl Class {
             Op::External => Class::External,
             Op::CtimeDrift => Class::Noop,
             Op::LockAcquire | Op::LockRelease | Op::LockSteal | Op::LockReap => Class::Lock,
+            Op::SalvageEvict => return None,
             Op::Gap | Op::Unknown => return None,
         })
     }
@@ -325,6 +348,19 @@ pub struct GapInfo {
 /// Most paths a [`GapInfo`] lists.
 pub const GAP_PATHS: usize = 64;
 
+/// What a `salvage-evict` record says: the removed lines the salvage store's bounds
+/// dropped.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SalvageEvicted {
+    /// Bytes dropped.
+    pub bytes: u64,
+    /// Lines dropped.
+    pub lines: u64,
+    /// `"file share"` (the file's oldest lines, past its share) or `"total"` (the whole
+    /// file's salvage, least recently written, past the store's bound).
+    pub reason: String,
+}
+
 /// One ancestor of the acting process (nearest first).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ancestor {
@@ -378,15 +414,25 @@ pub struct Entry {
 pub struct Record {
     /// Mount-global sequence number, strictly increasing, continued across restarts.
     pub seq: u64,
-    /// Per-path sequence number (1-based), continued across restarts.
+    /// Per-file sequence number (1-based) in the record's per-file view (see
+    /// [`FileRef`]), continued across restarts; 0 on records about no file.
     pub fseq: u64,
     /// RFC 3339 UTC timestamp with nanoseconds, e.g. `2026-11-22T14:40:30.123456789Z`;
     /// stamped by [`crate::journal::Journal::append`] when empty, so it follows `seq`.
     pub ts: String,
     /// Operation (see [`Op`]).
     pub op: Op,
-    /// Path relative to the mount root, no leading slash (`sessions.json`).
+    /// Path relative to the mount root, no leading slash (`sessions.json`), spelled
+    /// losslessly (see [`crate::names`]: non-UTF-8 bytes as `\xHH`, `\` doubled).
     pub path: String,
+    /// The file the record is about (absent for records about no file: a failed
+    /// create, a mkdir, and records written by older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileRef>,
+    /// The file a rename replaced: the target whose last link it removed (a target
+    /// still linked elsewhere lives on, and is not named here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<FileRef>,
 
     // ---- identity (who) ----
     /// Thread group id of the caller (daemon's pid namespace).
@@ -521,6 +567,9 @@ pub struct Record {
     /// With `lock_context` `held_by_other`: the holder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lock_holder: Option<LockHolder>,
+    /// On `salvage-evict`: what was dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salvage_evicted: Option<SalvageEvicted>,
     /// On `lock-*` records: the lock, its holder and payload. The record's own
     /// identity keys name who acted (the stealer, the releaser; sessionfs itself on a
     /// `lock-reap`).
