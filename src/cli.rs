@@ -103,6 +103,11 @@ pub struct MountArgs {
     /// are evicted [default: an eighth of --salvage-max-size].
     #[arg(long, value_name = "SIZE", value_parser = parse_salvage_file_size)]
     pub salvage_max_file_size: Option<u64>,
+    /// Most memory for journal records not written yet (state dir full or failing),
+    /// a size like 64MiB (at least 1MiB); past it records are dropped and counted in a
+    /// `gap` record.
+    #[arg(long, default_value = "64MiB", value_parser = parse_journal_pending)]
+    pub journal_max_pending: u64,
     /// Negotiate READDIRPLUS (cheaper cold listings, slower repeated `ls -l`).
     #[arg(long)]
     pub readdirplus: bool,
@@ -243,6 +248,16 @@ fn parse_journal_size(s: &str) -> Result<u64, String> {
     Ok(n)
 }
 
+/// `--journal-max-pending` and `-o journal_max_pending=`: a [`parse_size`] of at least
+/// 1 MiB (a smaller bound drops records at the first slow write).
+fn parse_journal_pending(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if n < 1 << 20 {
+        return Err(format!("'{s}' is below the 1MiB a burst of records needs"));
+    }
+    Ok(n)
+}
+
 /// `--salvage-max-file-size`: a [`parse_size`] of at least 64 KiB (a few transcript
 /// lines).
 fn parse_salvage_file_size(s: &str) -> Result<u64, String> {
@@ -285,7 +300,8 @@ fn group_id(g: &str) -> Result<u32, String> {
 /// Every `-o` option, as the error for an unknown one lists them.
 pub const MOUNT_OPTIONS: &str = "allow_other, ro, rw, debug, strict_stat, no_reap, no_journal, readdirplus, \
 state_dir=DIR, lanes=FILE, journal_max_size=SIZE, journal_max_age=AGE, threads=N, max_inodes=N, \
-ttl_ms=MS, journal_group=GROUP, salvage_max_size=SIZE, salvage_max_file_size=SIZE";
+ttl_ms=MS, journal_group=GROUP, salvage_max_size=SIZE, salvage_max_file_size=SIZE, \
+journal_max_pending=SIZE";
 
 fn unknown_option(o: &str) -> String {
     format!("unknown mount option '{o}' (supported: {MOUNT_OPTIONS})")
@@ -300,7 +316,7 @@ impl MountArgs {
     /// milliseconds, `--journal-max-size` bytes.
     ///
     /// # Errors
-    /// One line naming the first unknown `-o` option.
+    /// One line naming the first unknown `-o` option, or a bad value.
     pub fn spec(&self) -> Result<MountSpec, String> {
         let mut spec = MountSpec {
             mountpoint: self.mountpoint.clone(),
@@ -317,6 +333,7 @@ impl MountArgs {
             journal_max_age: self.journal_max_age,
             salvage_max_bytes: self.salvage_max_size,
             salvage_file_max_bytes: self.salvage_max_file_size,
+            journal_max_pending: self.journal_max_pending,
             ttl: Duration::from_millis(self.ttl_ms),
             readdirplus: self.readdirplus,
             max_inodes: self.max_inodes.map(|n| n as usize),
@@ -369,6 +386,9 @@ impl MountArgs {
                         )
                     }
                     "journal_group" => spec.journal_group = Some(group_id(value)?),
+                    "journal_max_pending" => {
+                        spec.journal_max_pending = parse_journal_pending(value).map_err(bad)?
+                    }
                     "salvage_max_size" => {
                         spec.salvage_max_bytes = parse_journal_size(value).map_err(bad)?
                     }

@@ -162,6 +162,7 @@ pub fn run() -> Result<(), String> {
             journal_max_age: Duration::from_secs(30 * 86_400),
             salvage_max_bytes: 1 << 30,
             salvage_file_max_bytes: None,
+            journal_max_pending: crate::journal::DEFAULT_MAX_PENDING,
             ttl: Duration::from_secs(10),
             readdirplus: false,
             max_inodes: None,

@@ -81,6 +81,9 @@ pub struct MountSpec {
     pub salvage_max_bytes: u64,
     /// See `salvage_max_bytes`.
     pub salvage_file_max_bytes: Option<u64>,
+    /// Most bytes of unwritten journal records kept in memory
+    /// ([`JournalOptions::max_pending`]).
+    pub journal_max_pending: u64,
     /// Attribute and entry TTL handed to the kernel.
     pub ttl: Duration,
     /// Negotiate READDIRPLUS.
@@ -706,6 +709,66 @@ fn write_pid_file(dir: &PidDir, id: &str) -> io::Result<()> {
     r
 }
 
+/// Write `<id>.lost` in the held pid dir: `<pid>\n<msg>\n`, where `msg` is the
+/// journal's one-line [`crate::journal::Loss`]. Same way as the pid file (fresh
+/// temporary file, mode 0644, renamed over the name). Read and removed by
+/// [`umount`] once the daemon has exited; removed by the next mount of the id.
+fn write_loss_file(dir: &PidDir, id: &str, msg: &str) -> io::Result<()> {
+    let pid = std::process::id();
+    let name = loss_file_name(id);
+    let tmp = format!(".{id}.lost.{pid}.tmp");
+    let fd = nix::fcntl::openat(
+        &dir.fd,
+        tmp.as_str(),
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o644),
+    )?;
+    let r = (|| {
+        let mut f = fs::File::from(fd);
+        f.write_all(format!("{pid}\n{msg}\n").as_bytes())?;
+        drop(f);
+        nix::fcntl::renameat(&dir.fd, tmp.as_str(), &dir.fd, name.as_str())?;
+        Ok(())
+    })();
+    if r.is_err() {
+        let _ = nix::unistd::unlinkat(
+            &dir.fd,
+            tmp.as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+    }
+    r
+}
+
+/// Name of the loss file of mount `id` in the pid dir (see [`write_loss_file`]).
+fn loss_file_name(id: &str) -> String {
+    format!("{id}.lost")
+}
+
+/// [`umount`]: take (read and remove) the loss file of mount `id` if one of `daemons`
+/// wrote it, or, when no daemon was known, if it was written after `since`. Returns
+/// its message.
+fn take_loss_file(id: &str, daemons: &[i32], since: std::time::SystemTime) -> Option<String> {
+    let path = pid_dir().join(loss_file_name(id));
+    let meta = fs::symlink_metadata(&path).ok()?;
+    if !meta.is_file() || meta.len() > 64 << 10 {
+        return None;
+    }
+    let text = fs::read_to_string(&path).ok()?;
+    let (pid, msg) = text.split_once('\n')?;
+    let pid: i32 = pid.trim().parse().ok()?;
+    let ours = if daemons.is_empty() {
+        meta.modified().is_ok_and(|m| m >= since)
+    } else {
+        daemons.contains(&pid)
+    };
+    if !ours {
+        return None;
+    }
+    let _ = fs::remove_file(&path);
+    Some(msg.trim().to_string())
+}
+
 /// Read a pid file without following a symlink or blocking on a FIFO; `None` unless it
 /// is a regular file holding a positive decimal pid.
 fn read_pid_at(dir: impl AsFd, name: &OsStr) -> Option<i32> {
@@ -917,6 +980,7 @@ fn serve(
                 .unwrap_or(spec.salvage_max_bytes / 8)
                 .min(spec.salvage_max_bytes),
         };
+        o.max_pending = spec.journal_max_pending;
         match Journal::open(o) {
             Ok(j) => Some(Arc::new(j)),
             Err(e) => {
@@ -1012,6 +1076,14 @@ fn serve(
             &ready,
         ));
     }
+    if let Some(d) = &pid_dir {
+        // A loss report of an earlier daemon of this id that no umount collected.
+        let _ = nix::unistd::unlinkat(
+            &d.fd,
+            loss_file_name(&id).as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+    }
     tracing::info!(mountpoint = %canon.display(), state_dir = %state_dir.display(), "mounted");
     if let Some(d) = &pid_dir
         && let Some(old) = d.repaired_from
@@ -1093,11 +1165,32 @@ fn serve(
     if let Some(j) = &journal {
         j.shutdown();
     }
+    // Records the journal could not write: the daemon exits 1 and says so, in its log
+    // (which may be on the full disk: not to be relied on), and in a loss file in
+    // the pid dir for `sessionfs umount` to report. In the foreground `main` prints it.
+    let loss = journal
+        .as_ref()
+        .and_then(|j| j.loss())
+        .map(|l| l.to_string());
+    if let Some(msg) = &loss {
+        if !spec.foreground {
+            tracing::error!("{msg}");
+        }
+        if let Some(d) = &pid_dir
+            && let Err(e) = write_loss_file(d, &id, msg)
+        {
+            tracing::error!(error = %e, "cannot write the loss file for `sessionfs umount`");
+        }
+    }
     if let Some(d) = &pid_dir {
         remove_pid_file(d, &id);
     }
     tracing::info!("unmounted");
-    r.map_err(|e| format!("fuse session: {e}"))
+    r.map_err(|e| format!("fuse session: {e}"))?;
+    match loss {
+        Some(msg) => Err(msg),
+        None => Ok(()),
+    }
 }
 
 /// How often the `STATUS=` line is refreshed under systemd (more often when
@@ -1350,7 +1443,9 @@ fn mount_error(mp: &Path, e: &io::Error) -> String {
 /// not responding (a stuck or stopped daemon: kill it, then retry); the mount is busy
 /// (EBUSY: open files or a cwd on it); `not permitted: …` (the first line of
 /// fusermount3's complaint, without root); the mount is gone but the daemon has not
-/// exited within 30 s.
+/// exited within 30 s; the mount is gone but its journal lost records at shutdown
+/// (`unmounted <dir>, but the journal lost N records at shutdown, …`: the state dir
+/// was full or failing; the daemon's loss file in the pid dir says so).
 pub fn umount(mountpoint: &Path) -> Result<(), String> {
     let mp = resolve(mountpoint).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => format!("{} does not exist", mountpoint.display()),
@@ -1380,6 +1475,8 @@ pub fn umount(mountpoint: &Path) -> Result<(), String> {
         Probe::Live | Probe::Other => false,
     };
     let mut waiting = daemon_pids(dev, &pidf);
+    let daemons: Vec<i32> = waiting.iter().map(|(p, _)| *p).collect();
+    let started = std::time::SystemTime::now();
     unmount_path(&mp, stale)?;
     if stale {
         if let Some(p) = read_pid_file(&pidf)
@@ -1400,7 +1497,11 @@ pub fn umount(mountpoint: &Path) -> Result<(), String> {
         // the number already belong to a new mount, ours is gone.
         let conn_open = ctl.exists() && !dev_mounted(dev);
         if waiting.is_empty() && !conn_open {
-            return Ok(());
+            // The daemon flushed what it could: did its journal lose records?
+            return match take_loss_file(&id, &daemons, started) {
+                Some(msg) => Err(format!("unmounted {}, but {msg}", mp.display())),
+                None => Ok(()),
+            };
         }
         if Instant::now() > deadline {
             return Err(match waiting.first() {

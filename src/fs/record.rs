@@ -83,7 +83,8 @@ pub(super) fn access_name(flags: i32) -> &'static str {
 impl SessionFs {
     /// Build a record for `op` on `path` by the caller `ctx`, let `f` fill the
     /// op-specific fields, and hand it to the journal. `file` (backing (dev, ino))
-    /// selects the caller's declared lane. Returns its `seq`; `None` without a journal.
+    /// selects the caller's declared lane. Returns its `seq`; `None` without a journal
+    /// or when the journal dropped the record (see `journal::record::GapInfo`).
     pub(super) fn record(
         &self,
         ctx: &Ctx,
@@ -146,7 +147,8 @@ impl SessionFs {
         } else if r.class.is_none() {
             r.class = Class::of(op);
         }
-        Some(j.append(r))
+        // 0: dropped into a gap (the state dir is failing), no seq.
+        Some(j.append(r)).filter(|seq| *seq != 0)
     }
 
     /// Record a directory operation creating `name` in `parent` (mkdir, mknod, symlink).

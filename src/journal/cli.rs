@@ -345,6 +345,13 @@ fn raw_row(rec: &Value) -> String {
     if let Some(to) = rec["to"].as_str() {
         what = format!("{what} -> {to}");
     }
+    if let Some(lost) = rec["gap"]["lost"].as_u64() {
+        // A `gap` record (path ""): what the journal lost while its disk was failing.
+        what = format!(
+            "{lost} records lost after seq {}",
+            rec["gap"]["after_seq"].as_u64().unwrap_or(0)
+        );
+    }
     if let (Some(len), Some(true)) = (rec["len"].as_u64(), rec["append"].as_bool()) {
         what = format!("{what} +{len}B");
     } else if let Some(a) = rec["access"].as_str() {
@@ -501,6 +508,20 @@ pub fn run_salvage(args: &SalvageArgs) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_row_of_a_gap_says_what_was_lost() {
+        let rec = serde_json::json!({
+            "ts": "2026-12-06T04:00:00.000000000Z", "seq": 8, "op": "gap", "path": "",
+            "result": "ENOSPC", "gap": {"lost": 5, "after_seq": 7, "reason": "pending_bound"},
+        });
+        let row = table_row(&rec);
+        assert!(row.contains("gap"), "{row}");
+        assert!(
+            row.contains("5 records lost after seq 7 => ENOSPC"),
+            "{row}"
+        );
+    }
 
     #[test]
     fn table_rows_escape_control_characters() {

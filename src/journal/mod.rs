@@ -26,6 +26,13 @@
 //! retention dropped and writes `next_seq`, so no FUSE request waits on journal disk
 //! I/O. After `kill -9` at most the last batch (≤ 100 ms of records) is missing;
 //! records accepted before a clean unmount ([`Journal::shutdown`]) are all on disk.
+//!
+//! Full or failing state dir: unwritten records stay in memory (still served) up to
+//! [`JournalOptions::max_pending`] bytes, and the writer retries every
+//! [`JournalOptions::retry_every`]. Past the bound, or with no reserved seq left,
+//! records are dropped without a seq until everything pending is written and seqs are
+//! reserved again; then one `gap` record ([`record::GapInfo`]) counts them. What a
+//! clean shutdown still cannot write is reported by [`Journal::loss`].
 //! Salvage is the exception by design: it is written before the destructive operation
 //! goes on (see [`Journal::salvage`]).
 //!
@@ -87,6 +94,14 @@ pub struct JournalOptions {
     /// How often the writer thread re-applies the size and age bounds, busy or idle
     /// (they are also applied at every segment rollover). Default 60 s; at least 10 ms.
     pub retain_every: Duration,
+    /// Most bytes of unwritten records kept in memory while writes to the state dir
+    /// fail or lag (plus at most one record). Past it the journal drops records into a
+    /// gap (see [`record::GapInfo`]) instead of growing without bound. Default 64 MiB.
+    pub max_pending: u64,
+    /// How often the writer thread retries while something is unwritten, a gap is
+    /// open or the seq reservation is short, with or without new records. Default 1 s;
+    /// at least 10 ms.
+    pub retry_every: Duration,
     /// Bounds of the salvage store (see [`salvage`]).
     pub salvage: salvage::SalvageBounds,
 }
@@ -94,8 +109,21 @@ pub struct JournalOptions {
 /// Smallest segment size, bytes (64 KiB), whatever `max_bytes` says.
 pub const MIN_SEGMENT_BYTES: u64 = 64 << 10;
 
+/// Default [`JournalOptions::max_pending`], bytes (64 MiB).
+pub const DEFAULT_MAX_PENDING: u64 = 64 << 20;
+
+/// Most bytes the writer copies out of a segment's unwritten tail per `write(2)`
+/// (4 MiB): a backlog is written in pieces, so writing it costs at most this much
+/// memory on top of the backlog itself.
+const WRITE_CHUNK: usize = 4 << 20;
+
+/// How long a clean shutdown keeps retrying (every 100 ms) to write what is pending
+/// before it counts it as lost.
+const SHUTDOWN_RETRY: Duration = Duration::from_secs(1);
+
 impl JournalOptions {
-    /// Defaults: 256 MiB, 30 days, 16 MiB segments, 50 ms batches, retention every 60 s.
+    /// Defaults: 256 MiB, 30 days, 16 MiB segments, 50 ms batches, retention every 60 s,
+    /// 64 MiB of pending records, retries every 1 s.
     pub fn new(state_dir: PathBuf) -> Self {
         Self {
             state_dir,
@@ -104,6 +132,8 @@ impl JournalOptions {
             segment_bytes: 16 << 20,
             batch_window: Duration::from_millis(50),
             retain_every: Duration::from_secs(60),
+            max_pending: DEFAULT_MAX_PENDING,
+            retry_every: Duration::from_secs(1),
             salvage: salvage::SalvageBounds::default(),
         }
     }
@@ -176,9 +206,13 @@ struct State {
     reserved: u64,
     /// Seqs per reservation extension ([`RESERVE_BLOCK`]; smaller in tests).
     block: u64,
-    /// `reserved` was raised by an appender whose write of `next_seq` failed: the
-    /// writer thread retries.
-    reserve_stale: bool,
+    /// An appender asked the writer thread to extend the reservation (it is below half
+    /// a block); cleared when the writer has.
+    reserve_asked: bool,
+    /// Records are being dropped (see [`record::GapInfo`]); `None` while they are kept.
+    gap: Option<Gap>,
+    /// errno of the last failed write to the state dir (segment or `next_seq`).
+    last_errno: Option<i32>,
     /// Per-file views, by lineage key.
     files: HashMap<FileRef, FileIndex>,
     /// A file renamed over a file of the same owner → the lineage it continues.
@@ -271,6 +305,11 @@ impl State {
             fi.latest_seq = ix.seq;
         }
     }
+
+    /// Bytes of records not written yet (kept in memory).
+    fn pending(&self) -> u64 {
+        self.segments.iter().map(|s| s.tail.len() as u64).sum()
+    }
 }
 
 /// What [`State::index`] needs of a record.
@@ -285,18 +324,175 @@ struct Indexed<'a> {
     disk_fseq: Option<u64>,
 }
 
+/// An open gap: records dropped since it opened, to be reported by one `gap` record.
+#[derive(Debug)]
+struct Gap {
+    lost: u64,
+    after_seq: u64,
+    first: SystemTime,
+    last: SystemTime,
+    reason: &'static str,
+    paths: Vec<String>,
+    paths_truncated: bool,
+}
+
+/// Records a clean shutdown could not put on disk, reported by [`Journal::loss`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Loss {
+    /// Accepted records (shown to readers, with a `seq`) that were never written.
+    pub unwritten: u64,
+    /// Their seqs, first and last (they are the last seqs handed out).
+    pub unwritten_seqs: Option<(u64, u64)>,
+    /// Records dropped into a gap whose `gap` record never reached the disk (these
+    /// had no seq).
+    pub dropped: u64,
+    /// The last error writing the state dir (`ENOSPC: No space left on device`).
+    pub error: Option<String>,
+    /// The state dir.
+    pub state_dir: PathBuf,
+}
+
+impl Loss {
+    /// All records lost: `unwritten + dropped`.
+    pub fn total(&self) -> u64 {
+        self.unwritten + self.dropped
+    }
+}
+
+impl std::fmt::Display for Loss {
+    /// One line: `the journal lost 50513 records at shutdown, never written to <dir>
+    /// (ENOSPC: No space left on device): 12000 accepted records (seq 65537-77536) and
+    /// 38513 dropped records (no seq; no gap record written)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the journal lost {} records at shutdown, never written to {}",
+            self.total(),
+            self.state_dir.display()
+        )?;
+        if let Some(e) = &self.error {
+            write!(f, " ({e})")?;
+        }
+        let mut parts = Vec::new();
+        if self.unwritten > 0 {
+            let seqs = match self.unwritten_seqs {
+                Some((a, b)) if a == b => format!(" (seq {a})"),
+                Some((a, b)) => format!(" (seq {a}-{b})"),
+                None => String::new(),
+            };
+            parts.push(format!("{} accepted records{seqs}", self.unwritten));
+        }
+        if self.dropped > 0 {
+            parts.push(format!(
+                "{} dropped records (no seq; no gap record written)",
+                self.dropped
+            ));
+        }
+        write!(f, ": {}", parts.join(" and "))
+    }
+}
+
+/// `ENOSPC` and the like: the name of errno `n` and its description.
+fn errno_text(n: i32) -> String {
+    let e = nix::errno::Errno::from_raw(n);
+    format!("{e:?}: {}", e.desc())
+}
+
+/// The errno name (`ENOSPC`) of errno `n`.
+fn errno_name(n: i32) -> String {
+    format!("{:?}", nix::errno::Errno::from_raw(n))
+}
+
+/// A state dir out of space (or quota): the journal keeps going without writing.
+fn is_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+}
+
+/// Decide whether an appended record is kept, with the state lock held: records are
+/// dropped into the open gap, or into a new one when the pending bytes reached
+/// `max_pending` or no reserved seq is left. Asks the writer thread to extend the
+/// reservation when less than half a block remains. A `gap` record (from the writer
+/// thread) closes the open gap and carries its facts. Returns false to drop `rec`.
+fn admit(
+    st: &mut State,
+    opts: &JournalOptions,
+    rec: &mut Record,
+    tx: Option<&Sender<Msg>>,
+) -> bool {
+    if rec.op == record::Op::Gap {
+        if st.next_seq >= st.reserved {
+            return false;
+        }
+        if let Some(g) = st.gap.take() {
+            let error = st.last_errno.take().map(errno_name);
+            rec.result = error.clone().unwrap_or_else(|| "ok".into());
+            rec.gap = Some(record::GapInfo {
+                lost: g.lost,
+                after_seq: g.after_seq,
+                first_ts: crate::clock::rfc3339(g.first),
+                last_ts: crate::clock::rfc3339(g.last),
+                reason: g.reason.into(),
+                error,
+                paths: g.paths,
+                paths_truncated: g.paths_truncated,
+            });
+        }
+        return true;
+    }
+    if st.gap.is_none() {
+        let reason = if st.pending() >= opts.max_pending {
+            "pending_bound"
+        } else if st.next_seq >= st.reserved {
+            "no_reserved_seq"
+        } else {
+            if !st.reserve_asked && st.reserved - st.next_seq <= st.block / 2 {
+                st.reserve_asked = true;
+                if let Some(tx) = tx {
+                    let _ = tx.send(Msg::Reserve);
+                }
+            }
+            return true;
+        };
+        // Logged by the writer thread: a log write (the log may be on the failing
+        // disk) must not hold up a FUSE request.
+        let now = SystemTime::now();
+        st.gap = Some(Gap {
+            lost: 0,
+            after_seq: st.next_seq - 1,
+            first: now,
+            last: now,
+            reason,
+            paths: Vec::new(),
+            paths_truncated: false,
+        });
+    }
+    let g = st.gap.as_mut().expect("opened above");
+    g.lost += 1;
+    g.last = SystemTime::now();
+    if !g.paths_truncated && !g.paths.contains(&rec.path) {
+        if g.paths.len() < record::GAP_PATHS {
+            g.paths.push(rec.path.clone());
+        } else {
+            g.paths_truncated = true;
+        }
+    }
+    false
+}
+
 /// What the journal and its writer thread share.
 #[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
-    /// The value last written to the `next_seq` file. Lock order: `state`, then
-    /// `reserve`; `state` is never taken while `reserve` is held.
-    reserve: Mutex<u64>,
     opts: JournalOptions,
+    /// What the clean shutdown could not write, if anything (set by
+    /// [`Journal::shutdown`]).
+    loss: Mutex<Option<Loss>>,
 }
 
 enum Msg {
     Dirty,
+    /// Extend the seq reservation now (less than half a block left).
+    Reserve,
     Sync(Sender<()>),
     Shutdown,
     /// Tests: stop the writer at once, without writing anything (a simulated kill -9).
@@ -321,6 +517,7 @@ impl std::fmt::Debug for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Msg::Dirty => "Dirty",
+            Msg::Reserve => "Reserve",
             Msg::Sync(_) => "Sync",
             Msg::Shutdown => "Shutdown",
             #[cfg(test)]
@@ -363,7 +560,12 @@ fn lock_state_dir(dir: &Path) -> io::Result<nix::fcntl::Flock<fs::File>> {
     };
     lock.set_len(0)?;
     lock.seek(io::SeekFrom::Start(0))?;
-    write!(lock, "{}", std::process::id())?;
+    match write!(lock, "{}", std::process::id()) {
+        // The pid is for the message above only: a full state dir must not stop the
+        // journal from starting (it drops records into a gap until space returns).
+        Err(e) if !is_full(&e) => return Err(e),
+        _ => {}
+    }
     Ok(lock)
 }
 
@@ -448,27 +650,6 @@ fn write_next_seq(dir: &Path, v: u64) -> io::Result<()> {
     f.sync_data()?;
     fs::rename(&tmp, dir.join("next_seq"))?;
     File::open(dir)?.sync_all()
-}
-
-/// Extend the seq reservation from an appender's thread, with the state lock held.
-/// Rare: only when the writer thread has not kept the reservation half a block ahead.
-fn reserve_now(sh: &Shared, st: &mut State) {
-    let mut disk = sh.reserve.lock();
-    if *disk > st.next_seq {
-        // The writer wrote it and waits for the state lock to publish it.
-        st.reserved = *disk;
-        return;
-    }
-    let target = st.next_seq + st.block;
-    match write_next_seq(&sh.opts.state_dir, target) {
-        Ok(()) => *disk = target,
-        Err(e) => {
-            tracing::error!(error = %e, "journal: cannot write next_seq; until it can, a crash may reuse seqs");
-            st.reserve_stale = true;
-        }
-    }
-    // Go on either way: a FUSE request must not fail or spin on this.
-    st.reserved = target;
 }
 
 /// Drop whole old segments past the size or age bound (never the current one). Only
@@ -557,7 +738,9 @@ impl Journal {
             next_seq: 1,
             reserved: 1,
             block: block.max(1),
-            reserve_stale: false,
+            reserve_asked: false,
+            gap: None,
+            last_errno: None,
             files: HashMap::new(),
             alias: HashMap::new(),
             last_at: HashMap::new(),
@@ -596,13 +779,22 @@ impl Journal {
             let _ = fs::remove_file(p);
         }
         let reserved = st.next_seq + st.block;
-        write_next_seq(&opts.state_dir, reserved)?;
-        st.reserved = reserved;
+        match write_next_seq(&opts.state_dir, reserved) {
+            Ok(()) => st.reserved = reserved,
+            Err(e) if is_full(&e) => {
+                // Nothing reserved: no seq is handed out (records go into a gap) until
+                // the writer thread manages to write the reservation.
+                tracing::error!(error = %e, "journal: state dir full at start; records are dropped (and counted in a gap record) until a seq reservation can be written");
+                st.reserved = st.next_seq;
+                st.last_errno = e.raw_os_error();
+            }
+            Err(e) => return Err(e),
+        }
         let (tx, rx) = crossbeam_channel::unbounded();
         let shared = Arc::new(Shared {
             state: Mutex::new(st),
-            reserve: Mutex::new(reserved),
             opts,
+            loss: Mutex::new(None),
         });
         let sh = shared.clone();
         let writer = std::thread::Builder::new()
@@ -618,18 +810,31 @@ impl Journal {
     }
 
     /// Assign `seq`/`fseq`, make the record visible to readers, queue it for disk.
-    /// Returns the seq.
+    /// Returns the seq, or 0 when the record was dropped.
     ///
-    /// Never waits on disk I/O (segment files are created, written and unlinked by the
-    /// writer thread), with one rare exception: when the seqs reserved in `next_seq` run
-    /// out before the writer thread extended the reservation (it does so half a block
-    /// ahead), this call writes `next_seq` itself, so that no seq is handed out that a
-    /// restart after a crash could hand out again.
-    pub fn append(&self, mut rec: Record) -> u64 {
-        let opts = &self.shared.opts;
-        let mut st = self.shared.state.lock();
-        if st.next_seq >= st.reserved {
-            reserve_now(&self.shared, &mut st);
+    /// Never waits on disk I/O: segment files are created, written and unlinked, and the
+    /// seq reservation in `next_seq` extended, by the writer thread. A record is dropped
+    /// (counted in the next `gap` record, see [`record::GapInfo`]) when the unwritten
+    /// records already hold [`JournalOptions::max_pending`] bytes, when no reserved seq
+    /// is left (so that no seq is handed out that a restart after a crash could hand
+    /// out again), and while such a gap is open.
+    pub fn append(&self, rec: Record) -> u64 {
+        Self::append_with(&self.shared, Some(&self.tx), rec)
+    }
+
+    /// [`Journal::append`] for the journal's own threads (`tx`: where to wake the
+    /// writer thread; `None` on the writer thread itself).
+    fn append_with(shared: &Shared, tx: Option<&Sender<Msg>>, mut rec: Record) -> u64 {
+        let opts = &shared.opts;
+        let mut st = shared.state.lock();
+        if !admit(&mut st, opts, &mut rec, tx) {
+            if !st.dirty
+                && let Some(tx) = tx
+            {
+                st.dirty = true;
+                let _ = tx.send(Msg::Dirty);
+            }
+            return 0;
         }
         let seq = st.next_seq;
         st.next_seq += 1;
@@ -677,9 +882,11 @@ impl Journal {
             // never dropped, so its path keeps its index (and fseq).
             retain(&mut st, opts, SystemTime::now());
         }
-        if !st.dirty {
+        if !st.dirty
+            && let Some(tx) = tx
+        {
             st.dirty = true;
-            let _ = self.tx.send(Msg::Dirty);
+            let _ = tx.send(Msg::Dirty);
         }
         seq
     }
@@ -881,28 +1088,38 @@ impl Journal {
         }
     }
 
-    /// Flush everything accepted so far to disk, stop the writer thread and write the
-    /// exact next seq to `next_seq` (a clean restart continues without a gap).
-    /// Idempotent.
+    /// Flush everything accepted so far to disk (and the record of an open gap),
+    /// retrying for up to 1 s while writes fail, stop the writer thread and write the
+    /// exact next seq to `next_seq` (a clean restart continues without a gap; if that
+    /// write fails, the reservation on disk stays: the next start jumps ahead, never
+    /// back). What could not be written is left in [`Journal::loss`] for the caller to
+    /// report. Idempotent.
     pub fn shutdown(&self) {
         let handle = self.writer.lock().take();
         if let Some(h) = handle {
             let _ = self.tx.send(Msg::Shutdown);
             let _ = h.join();
             let mut st = self.shared.state.lock();
-            let mut disk = self.shared.reserve.lock();
+            *self.shared.loss.lock() = loss_of(&st, &self.shared.opts);
             match write_next_seq(&self.shared.opts.state_dir, st.next_seq) {
-                Ok(()) => {
-                    *disk = st.next_seq;
-                    // A later append (none expected) reserves again itself.
-                    st.reserved = st.next_seq;
-                    st.reserve_stale = false;
-                }
-                Err(e) => tracing::error!(error = %e, "journal: cannot write next_seq at shutdown"),
+                // Appends after this (none expected) are dropped: nothing is reserved.
+                Ok(()) => st.reserved = st.next_seq,
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    reserved = st.reserved,
+                    "journal: cannot write the exact next seq at shutdown; the next start continues at the reservation (seq jumps ahead, never repeats)"
+                ),
             }
         }
         // Flushed and stopped: another daemon may take the state dir now.
         self.lock.lock().take();
+    }
+
+    /// After [`Journal::shutdown`]: the records it could not write, if any (`None`
+    /// when everything accepted, and a record of every gap, is on disk). One line
+    /// for the user with `to_string()`.
+    pub fn loss(&self) -> Option<Loss> {
+        self.shared.loss.lock().clone()
     }
 
     /// Tests: stop the writer thread without writing anything more, as a `kill -9`
@@ -1026,6 +1243,41 @@ fn scan_segment(path: &Path, n: u32, st: &mut State) -> io::Result<(u64, File)> 
     Ok((off, f))
 }
 
+/// What a clean shutdown leaves unwritten: the records in the segments' unwritten
+/// tails (the last seqs handed out; an unwritten `gap` record counts as its lost
+/// records) and the records of a gap still open. `None` when nothing is.
+fn loss_of(st: &State, opts: &JournalOptions) -> Option<Loss> {
+    let mut unwritten = 0u64;
+    let mut dropped = st.gap.as_ref().map_or(0, |g| g.lost);
+    for s in &st.segments {
+        // Every record ends with its own newline (JSON escapes the ones inside), and
+        // a record only partly written still has its newline in the tail.
+        for line in s.tail.split_inclusive(|b| *b == b'\n') {
+            if line.last() != Some(&b'\n') {
+                continue;
+            }
+            unwritten += 1;
+            // `{"seq":N,"fseq":N,"ts":"…","op":"gap",…`: a path comes later.
+            let head = &line[..line.len().min(128)];
+            if head.windows(11).any(|w| w == br#""op":"gap","#)
+                && let Ok(r) = serde_json::from_slice::<Record>(line)
+            {
+                dropped += r.gap.map_or(0, |g| g.lost);
+            }
+        }
+    }
+    if unwritten == 0 && dropped == 0 {
+        return None;
+    }
+    Some(Loss {
+        unwritten,
+        unwritten_seqs: (unwritten > 0).then(|| (st.next_seq - unwritten, st.next_seq - 1)),
+        dropped,
+        error: st.last_errno.map(errno_text),
+        state_dir: opts.state_dir.clone(),
+    })
+}
+
 /// The writer thread's own state.
 struct Writer {
     /// Write handles (O_RDWR|O_APPEND; shared with readers) of segments being written.
@@ -1034,6 +1286,13 @@ struct Writer {
     write_failing: bool,
     /// Writing `next_seq` is failing: logged once until it succeeds again.
     reserve_failing: bool,
+    /// Records are unwritten, a gap is open or the reservation is short: retry every
+    /// [`JournalOptions::retry_every`] even if no record comes.
+    retry: bool,
+    /// Records are unwritten or a gap is open (a shutdown retries a little).
+    unsettled: bool,
+    /// The open gap has been logged.
+    gap_logged: bool,
     last_retain: Instant,
     /// Last `malloc_trim`.
     last_trim: Instant,
@@ -1046,15 +1305,24 @@ const TRIM_EVERY: Duration = Duration::from_secs(2);
 
 fn writer_loop(sh: Arc<Shared>, rx: Receiver<Msg>) {
     let every = sh.opts.retain_every.max(Duration::from_millis(10));
+    let retry_every = sh.opts.retry_every.max(Duration::from_millis(10));
     let mut w = Writer {
         files: HashMap::new(),
         write_failing: false,
         reserve_failing: false,
+        // Open may have found the state dir full (nothing reserved).
+        retry: true,
+        unsettled: false,
+        gap_logged: false,
         last_retain: Instant::now(),
         last_trim: Instant::now(),
     };
     loop {
-        let first = match rx.recv_timeout(every.saturating_sub(w.last_retain.elapsed())) {
+        let mut wait = every.saturating_sub(w.last_retain.elapsed());
+        if w.retry {
+            wait = wait.min(retry_every);
+        }
+        let first = match rx.recv_timeout(wait) {
             Ok(m) => Some(m),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => {
@@ -1070,6 +1338,7 @@ fn writer_loop(sh: Arc<Shared>, rx: Receiver<Msg>) {
             #[cfg(test)]
             Some(Msg::Crash) => return,
             Some(Msg::Sync(s)) => syncs.push(s),
+            Some(Msg::Reserve) => reserve_ahead(&sh, &mut w),
             Some(Msg::Dirty) => {
                 // Batch: give concurrent appends up to `batch_window` to join.
                 let deadline = Instant::now() + sh.opts.batch_window;
@@ -1085,6 +1354,7 @@ fn writer_loop(sh: Arc<Shared>, rx: Receiver<Msg>) {
                             syncs.push(s);
                             break;
                         }
+                        Ok(Msg::Reserve) => reserve_ahead(&sh, &mut w),
                         Ok(Msg::Dirty) => {}
                         Err(RecvTimeoutError::Timeout) => break,
                         Err(RecvTimeoutError::Disconnected) => {
@@ -1110,6 +1380,13 @@ fn writer_loop(sh: Arc<Shared>, rx: Receiver<Msg>) {
             let _ = s.send(());
         }
         if stop {
+            // Writes failing at a clean shutdown: give a state dir that is being
+            // freed a moment before the rest counts as lost.
+            let end = Instant::now() + SHUTDOWN_RETRY;
+            while w.unsettled && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(100));
+                flush(&sh, &mut w);
+            }
             return;
         }
     }
@@ -1130,79 +1407,38 @@ fn write_some(mut f: &File, buf: &[u8]) -> (usize, Option<io::Error>) {
     (done, None)
 }
 
-/// Write every segment tail, unlink the segments retention dropped, and keep the seq
-/// reservation ahead. Readers keep seeing the bytes throughout: the tail is trimmed,
-/// by exactly the bytes that reached the file, only after the write.
+/// Keep the seq reservation ahead, write every segment tail, close an open gap with its
+/// `gap` record once nothing is pending and seqs are reserved, unlink the segments
+/// retention dropped, and decide whether to retry on the timer.
 fn flush(sh: &Shared, w: &mut Writer) {
-    let work: Vec<(u32, PathBuf, u64, Vec<u8>)> = {
-        let mut st = sh.state.lock();
-        st.dirty = false;
-        st.segments
-            .iter()
-            .filter(|s| !s.tail.is_empty())
-            .map(|s| (s.n, s.path.clone(), s.flushed, s.tail.clone()))
-            .collect()
-    };
-    let mut failed = false;
-    for (n, path, at, bytes) in work {
-        let f = match w.files.get(&n) {
-            Some(f) => f.clone(),
-            None => {
-                let r = OpenOptions::new()
-                    .read(true)
-                    .append(true)
-                    .create(true)
-                    .mode(FILE_MODE)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&path)
-                    .and_then(|f| fix_mode(&f, FILE_MODE).map(|()| f));
-                match r {
-                    Ok(f) => {
-                        let f = Arc::new(f);
-                        w.files.insert(n, f.clone());
-                        f
-                    }
-                    Err(e) => {
-                        if !w.write_failing {
-                            tracing::error!(path = %path.display(), error = %e, "journal segment open failed; records stay in memory and are retried");
-                        }
-                        w.write_failing = true;
-                        failed = true;
-                        continue;
-                    }
-                }
-            }
+    // First the reservation: appends drop records when it runs out.
+    reserve_ahead(sh, w);
+    let mut ok = write_tails(sh, w);
+    if ok {
+        let close = {
+            let st = sh.state.lock();
+            st.gap.is_some() && st.pending() == 0 && st.next_seq < st.reserved
         };
-        let (done, err) = write_some(&f, &bytes);
-        if let Some(e) = err {
-            if !w.write_failing {
-                tracing::error!(path = %path.display(), error = %e, written = done, pending = bytes.len() - done, "journal write failed; records stay in memory and are retried");
-            }
-            w.write_failing = true;
-            failed = true;
-        }
-        if done == 0 {
-            continue;
-        }
-        let mut st = sh.state.lock();
-        if let Some(s) = st.segments.iter_mut().find(|s| s.n == n) {
-            debug_assert_eq!(s.flushed, at);
-            s.tail.drain(..done);
-            // A burst can grow the tail; give the memory back once written (a
-            // capacity kept by each of dozens of segments adds up to ~100 MiB).
-            if s.tail.is_empty() {
-                s.tail = Vec::new();
-            } else if s.tail.capacity() > 4 * s.tail.len().max(64 << 10) {
-                s.tail.shrink_to(s.tail.len().max(64 << 10));
-            }
-            s.flushed += done as u64;
-            s.modified = SystemTime::now();
-            if s.reader.is_none() {
-                s.reader = Some(f.clone());
+        if close {
+            let seq = Journal::append_with(
+                sh,
+                None,
+                Record {
+                    op: record::Op::Gap,
+                    ..Default::default()
+                },
+            );
+            ok = write_tails(sh, w);
+            if seq > 0 {
+                tracing::warn!(
+                    seq,
+                    written = ok,
+                    "journal: state dir writable again; a gap record counts the records dropped meanwhile"
+                );
             }
         }
     }
-    if !failed && w.write_failing {
+    if ok && w.write_failing {
         tracing::info!("journal writes succeed again");
         w.write_failing = false;
     }
@@ -1225,36 +1461,150 @@ fn flush(sh: &Shared, w: &mut Writer) {
         }
     }
     reserve_ahead(sh, w);
+    let st = sh.state.lock();
+    w.unsettled = st.gap.is_some() || st.pending() > 0;
+    w.retry = w.unsettled || w.reserve_failing || st.next_seq >= st.reserved;
+    let opened = match &st.gap {
+        Some(g) if !w.gap_logged => Some((g.reason, g.after_seq, g.lost, st.pending())),
+        _ => None,
+    };
+    w.gap_logged = st.gap.is_some();
+    drop(st);
+    if let Some((reason, after_seq, lost, pending_bytes)) = opened {
+        tracing::error!(
+            reason,
+            after_seq,
+            lost,
+            pending_bytes,
+            "journal: dropping records until the state dir can be written again (a gap record will say how many)"
+        );
+    }
+}
+
+/// Write the segment tails as they are now, oldest segment first, in pieces of at most
+/// [`WRITE_CHUNK`] bytes, stopping at the first failure (so what is on disk is always
+/// a prefix of the journal). Readers keep seeing the bytes throughout: a tail is
+/// trimmed, by exactly the bytes that reached the file, only after the write. Returns
+/// false when a write or an open failed (logged once until writes succeed again).
+fn write_tails(sh: &Shared, w: &mut Writer) -> bool {
+    let work: Vec<(u32, PathBuf, u64)> = {
+        let mut st = sh.state.lock();
+        st.dirty = false;
+        st.segments
+            .iter()
+            .filter(|s| !s.tail.is_empty())
+            .map(|s| (s.n, s.path.clone(), s.len))
+            .collect()
+    };
+    let fail = |w: &mut Writer, e: io::Error, what: &str, path: &Path| {
+        if !w.write_failing {
+            tracing::error!(path = %path.display(), error = %e, "journal segment {what} failed; records stay in memory (up to --journal-max-pending) and are retried every second");
+        }
+        w.write_failing = true;
+        if let Some(n) = e.raw_os_error() {
+            sh.state.lock().last_errno = Some(n);
+        }
+    };
+    // While writes fail (disk full), each retry first copies a small piece: a full
+    // chunk copied only to fail would cost [`WRITE_CHUNK`] bytes of memory and copying
+    // at every batch.
+    let mut limit = if w.write_failing {
+        64 << 10
+    } else {
+        WRITE_CHUNK
+    };
+    for (n, path, end) in work {
+        let f = match w.files.get(&n) {
+            Some(f) => f.clone(),
+            None => {
+                let r = OpenOptions::new()
+                    .read(true)
+                    .append(true)
+                    .create(true)
+                    .mode(FILE_MODE)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)
+                    .and_then(|f| fix_mode(&f, FILE_MODE).map(|()| f));
+                match r {
+                    Ok(f) => {
+                        let f = Arc::new(f);
+                        w.files.insert(n, f.clone());
+                        f
+                    }
+                    Err(e) => {
+                        fail(w, e, "open", &path);
+                        return false;
+                    }
+                }
+            }
+        };
+        loop {
+            let (at, bytes) = {
+                let st = sh.state.lock();
+                let Some(s) = st.segments.iter().find(|s| s.n == n) else {
+                    break; // dropped by retention meanwhile
+                };
+                if s.flushed >= end || s.tail.is_empty() {
+                    break;
+                }
+                let k = ((end - s.flushed) as usize).min(s.tail.len()).min(limit);
+                (s.flushed, s.tail[..k].to_vec())
+            };
+            let (done, err) = write_some(&f, &bytes);
+            drop(bytes);
+            if done > 0 {
+                let mut st = sh.state.lock();
+                if let Some(s) = st.segments.iter_mut().find(|s| s.n == n) {
+                    debug_assert_eq!(s.flushed, at);
+                    s.tail.drain(..done);
+                    // A burst can grow the tail; give the memory back once written (a
+                    // capacity kept by each of dozens of segments adds up to ~100 MiB).
+                    if s.tail.is_empty() {
+                        s.tail = Vec::new();
+                    } else if s.tail.capacity() > 4 * s.tail.len().max(64 << 10) {
+                        s.tail.shrink_to(s.tail.len().max(64 << 10));
+                    }
+                    s.flushed += done as u64;
+                    s.modified = SystemTime::now();
+                    if s.reader.is_none() {
+                        s.reader = Some(f.clone());
+                    }
+                }
+            }
+            if let Some(e) = err {
+                fail(w, e, "write", &path);
+                return false;
+            }
+            limit = WRITE_CHUNK;
+        }
+    }
+    true
 }
 
 /// Keep the seq reservation at least half a block ahead of `next_seq` (writer thread).
+/// Appends hand out only reserved seqs, so a restart after a crash, which continues at
+/// the reservation, never repeats one.
 fn reserve_ahead(sh: &Shared, w: &mut Writer) {
     let target = {
-        let st = sh.state.lock();
-        if st.reserved.saturating_sub(st.next_seq) >= st.block / 2 && !st.reserve_stale {
+        let mut st = sh.state.lock();
+        if st.reserved.saturating_sub(st.next_seq) > st.block / 2 {
+            st.reserve_asked = false;
             return;
         }
         st.next_seq + st.block
     };
-    {
-        let mut disk = sh.reserve.lock();
-        if *disk < target {
-            if let Err(e) = write_next_seq(&sh.opts.state_dir, target) {
-                if !w.reserve_failing {
-                    tracing::error!(error = %e, "journal: cannot write next_seq; retrying");
-                }
-                w.reserve_failing = true;
-                return;
-            }
-            *disk = target;
+    if let Err(e) = write_next_seq(&sh.opts.state_dir, target) {
+        if !w.reserve_failing {
+            tracing::error!(error = %e, "journal: cannot write next_seq; records are dropped (and counted in a gap record) once the reserved seqs run out; retrying every second");
         }
+        w.reserve_failing = true;
+        sh.state.lock().last_errno = e.raw_os_error();
+        return;
     }
     w.reserve_failing = false;
     let mut st = sh.state.lock();
-    if st.reserved <= target {
-        st.reserve_stale = false;
-    }
     st.reserved = st.reserved.max(target);
+    st.reserve_asked = false;
 }
 
 #[cfg(test)]
@@ -1631,20 +1981,40 @@ mod tests {
     }
 
     #[test]
-    fn reservation_is_extended_ahead_and_by_the_appender_when_exhausted() {
+    fn reservation_is_extended_ahead_and_exhaustion_drops_into_a_gap() {
         let d = tempfile::tempdir().unwrap();
         let mut o = JournalOptions::new(d.path().into());
         o.batch_window = Duration::from_millis(5);
+        o.retry_every = Duration::from_millis(20);
         let j = Journal::open_with_block(o.clone(), 8).unwrap();
         assert_eq!(next_seq_file(d.path()), 9);
-        // 100 appends in one batch window: the appender has to extend it itself.
+        // 100 appends at once: no appender writes next_seq; only reserved seqs are
+        // handed out, the rest go into a gap.
         let mut last = 0;
+        let mut dropped = 0;
         for _ in 0..100 {
-            last = j.append(rec("x"));
-            assert!(last < next_seq_file(d.path()), "seq {last} not reserved");
+            match j.append(rec("x")) {
+                0 => dropped += 1,
+                s => {
+                    assert!(s > last);
+                    last = s;
+                    assert!(s < next_seq_file(d.path()), "seq {s} not reserved");
+                }
+            }
         }
+        assert!(dropped > 0, "a block of 8 cannot cover 100 appends at once");
         j.sync();
-        // The writer keeps at least half a block ahead.
+        // The writer closed the gap with a record right after the last seq kept, and
+        // keeps the reservation at least half a block ahead.
+        let v = lines(&j.read(View::All, 0, 1 << 20));
+        let gap = v.last().unwrap();
+        assert_eq!(gap["op"], "gap");
+        assert_eq!(gap["seq"], last + 1);
+        assert_eq!(gap["gap"]["lost"], dropped);
+        assert_eq!(gap["gap"]["after_seq"], last);
+        assert_eq!(gap["gap"]["reason"], "no_reserved_seq");
+        assert_eq!(gap["gap"]["paths"], serde_json::json!(["x"]));
+        last += 1;
         assert!(next_seq_file(d.path()) >= last + 1 + 4);
         for _ in 0..20 {
             last = j.append(rec("x"));
@@ -1654,6 +2024,181 @@ mod tests {
         j.crash();
         let j = Journal::open_with_block(o, 8).unwrap();
         assert!(j.append(rec("x")) > last);
+    }
+
+    /// Make writes of segment 0 fail (`EISDIR`), as a full disk would; undone by the
+    /// returned closure.
+    fn break_segment0(d: &Path) -> impl Fn() {
+        let seg0 = d.join("segments").join(seg_name(0));
+        fs::create_dir(&seg0).unwrap();
+        move || fs::remove_dir(&seg0).unwrap()
+    }
+
+    /// Make writes of `next_seq` fail (`EISDIR`); undone by the returned closure.
+    fn break_next_seq(d: &Path) -> impl Fn() {
+        let tmp = d.join("next_seq.tmp");
+        fs::create_dir(&tmp).unwrap();
+        move || fs::remove_dir(&tmp).unwrap()
+    }
+
+    #[test]
+    fn pending_records_are_bounded_and_a_gap_record_follows_on_a_timer() {
+        let d = tempfile::tempdir().unwrap();
+        let mut o = JournalOptions::new(d.path().into());
+        o.max_pending = 64 << 10;
+        o.retry_every = Duration::from_millis(50);
+        o.batch_window = Duration::from_millis(5);
+        let j = Journal::open(o).unwrap();
+        let fix = break_segment0(d.path());
+        let mut kept = Vec::new();
+        let mut dropped = 0u64;
+        for i in 0..2_000 {
+            let p = format!("p{}", i % 100);
+            match j.append(rec(&p)) {
+                0 => dropped += 1,
+                s => kept.push(s),
+            }
+        }
+        j.sync();
+        let pending = j.shared.state.lock().pending();
+        let one = lines(&j.read(View::All, 0, 1 << 20))[0].to_string().len() as u64 + 1;
+        assert!(pending <= (64 << 10) + one, "pending {pending} bytes");
+        assert!(dropped > 1_000, "only {dropped} dropped");
+        assert_eq!(kept, (1..=kept.len() as u64).collect::<Vec<_>>());
+        // Records kept are shown; nothing was written.
+        assert_eq!(lines(&j.read(View::All, 0, 1 << 20)).len(), kept.len());
+        assert!(
+            fs::metadata(d.path().join("segments").join(seg_name(0)))
+                .unwrap()
+                .is_dir()
+        );
+        // Space returns. No append: the writer's timer writes the backlog and the gap.
+        fix();
+        let t = Instant::now();
+        let seg0 = d.path().join("segments").join(seg_name(0));
+        let on_disk = || lines(&fs::read(&seg0).unwrap_or_default());
+        while on_disk().last().is_none_or(|r| r["op"] != "gap") {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "no gap record written"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let v = on_disk();
+        assert_eq!(v.len(), kept.len() + 1);
+        let gap = v.last().unwrap();
+        assert_eq!(gap["seq"], kept.len() as u64 + 1);
+        assert_eq!(gap["path"], "");
+        assert_eq!(gap["result"], "EISDIR");
+        let g = &gap["gap"];
+        assert_eq!(g["lost"], dropped);
+        assert_eq!(g["after_seq"], kept.len() as u64);
+        assert_eq!(g["reason"], "pending_bound");
+        assert_eq!(g["error"], "EISDIR");
+        assert_eq!(g["paths"].as_array().unwrap().len(), 64);
+        assert_eq!(g["paths_truncated"], true);
+        assert!(g["first_ts"].as_str().unwrap() <= g["last_ts"].as_str().unwrap());
+        // Records are kept again.
+        assert_eq!(j.append(rec("after")), kept.len() as u64 + 2);
+        j.shutdown();
+        assert_eq!(j.loss(), None);
+    }
+
+    #[test]
+    fn seq_never_repeats_when_next_seq_cannot_be_written() {
+        let d = tempfile::tempdir().unwrap();
+        let mut o = JournalOptions::new(d.path().into());
+        o.batch_window = Duration::from_millis(5);
+        let j = Journal::open_with_block(o.clone(), 8).unwrap();
+        // Neither the records nor a new reservation reach the disk.
+        let fix_seg = break_segment0(d.path());
+        let fix_seq = break_next_seq(d.path());
+        let mut seen = 0;
+        for _ in 0..100 {
+            seen = seen.max(j.append(rec("x")));
+        }
+        j.sync();
+        // Readers saw every seq handed out (from memory).
+        let v = lines(&j.read(View::All, 0, 1 << 20));
+        assert_eq!(v.last().unwrap()["seq"], seen);
+        j.crash();
+        fix_seg();
+        fix_seq();
+        let j = Journal::open_with_block(o, 8).unwrap();
+        let next = j.append(rec("x"));
+        assert!(
+            next > seen,
+            "seq {next} handed out again (readers saw up to {seen})"
+        );
+    }
+
+    #[test]
+    fn shutdown_reports_what_it_could_not_write() {
+        let d = tempfile::tempdir().unwrap();
+        let mut o = JournalOptions::new(d.path().into());
+        o.max_pending = 16 << 10;
+        let j = Journal::open(o.clone()).unwrap();
+        let _fix = break_segment0(d.path());
+        let (mut kept, mut dropped) = (0u64, 0u64);
+        for _ in 0..500 {
+            if j.append(rec("x")) == 0 {
+                dropped += 1;
+            } else {
+                kept += 1;
+            }
+        }
+        assert!(dropped > 0 && kept > 0);
+        let t = Instant::now();
+        j.shutdown();
+        assert!(t.elapsed() >= SHUTDOWN_RETRY, "no retry before giving up");
+        let loss = j.loss().expect("a loss");
+        assert_eq!(loss.unwritten, kept);
+        assert_eq!(loss.unwritten_seqs, Some((1, kept)));
+        assert_eq!(loss.dropped, dropped);
+        assert_eq!(loss.total(), 500);
+        let msg = loss.to_string();
+        assert!(
+            msg.starts_with("the journal lost 500 records at shutdown"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&format!("{kept} accepted records (seq 1-{kept})")),
+            "{msg}"
+        );
+        assert!(msg.contains(&format!("{dropped} dropped records")), "{msg}");
+        assert!(msg.contains("EISDIR"), "{msg}");
+        assert!(!msg.contains('\n'));
+        // The reservation on disk still covers every seq handed out.
+        assert!(next_seq_file(d.path()) > kept);
+    }
+
+    #[test]
+    fn an_unwritten_gap_record_counts_its_records_as_lost() {
+        let d = tempfile::tempdir().unwrap();
+        let mut o = JournalOptions::new(d.path().into());
+        o.max_pending = 16 << 10;
+        let j = Journal::open(o).unwrap();
+        let _fix = break_segment0(d.path());
+        let (mut kept, mut dropped) = (0u64, 0u64);
+        for _ in 0..300 {
+            if j.append(rec("x")) == 0 {
+                dropped += 1;
+            } else {
+                kept += 1;
+            }
+        }
+        assert!(dropped > 0);
+        // The gap's record, appended but (like everything else) never written.
+        let gap = Record {
+            op: record::Op::Gap,
+            ..Default::default()
+        };
+        assert_eq!(Journal::append_with(&j.shared, None, gap), kept + 1);
+        j.shutdown();
+        let loss = j.loss().expect("loss");
+        assert_eq!(loss.unwritten, kept + 1);
+        assert_eq!(loss.dropped, dropped);
+        assert_eq!(loss.unwritten_seqs, Some((1, kept + 1)));
     }
 
     #[test]

@@ -100,6 +100,10 @@ pub enum Op {
     LockSteal,
     /// (`lock-reap`) A lock whose holder died, unlinked by sessionfs.
     LockReap,
+    /// (`gap`) Records the journal dropped while it could not write its state dir
+    /// (disk full or failing): written once writes succeed again, in place of the lost
+    /// records, which had no `seq`. See [`GapInfo`].
+    Gap,
     /// (`salvage-evict`) The salvage store's bounds dropped removed lines of a file
     /// (see `salvage_evicted`).
     SalvageEvict,
@@ -111,7 +115,7 @@ pub enum Op {
 
 impl Op {
     /// Every op, in the order of the README's table.
-    pub const ALL: [Op; 28] = [
+    pub const ALL: [Op; 29] = [
         Op::Open,
         Op::Create,
         Op::Write,
@@ -138,6 +142,7 @@ impl Op {
         Op::LockRelease,
         Op::LockSteal,
         Op::LockReap,
+        Op::Gap,
         Op::SalvageEvict,
         Op::Unknown,
     ];
@@ -171,6 +176,7 @@ impl Op {
             Op::LockRelease => "lock-release",
             Op::LockSteal => "lock-steal",
             Op::LockReap => "lock-reap",
+            Op::Gap => "gap",
             Op::SalvageEvict => "salvage-evict",
             Op::Unknown => "unknown",
         }
@@ -224,7 +230,7 @@ impl Class {
             Op::CtimeDrift => Class::Noop,
             Op::LockAcquire | Op::LockRelease | Op::LockSteal | Op::LockReap => Class::Lock,
             Op::SalvageEvict => return None,
-            Op::Unknown => return None,
+            Op::Gap | Op::Unknown => return None,
         })
     }
 }
@@ -302,6 +308,45 @@ pub struct LockInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
+
+/// What a `gap` record says about the records the journal lost (the record's `gap`).
+///
+/// While writes to the state dir fail, unwritten records wait in memory up to a bound
+/// (`--journal-max-pending`); past it, and whenever no `seq` is reserved on disk, the
+/// journal drops records instead, from then on until everything pending has been
+/// written and a `seq` reservation is on disk again. A dropped record gets no `seq`:
+/// the lost records came between seq `after_seq` and the `gap` record's own `seq`
+/// (`after_seq + 1`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GapInfo {
+    /// Records dropped (never written, never shown).
+    pub lost: u64,
+    /// The `gap` record's own `seq` minus 1: the lost records came after every record
+    /// with a seq up to this one (after a restart `seq` may have jumped ahead, so no
+    /// record need have this seq).
+    pub after_seq: u64,
+    /// RFC 3339 time of the first lost record.
+    pub first_ts: String,
+    /// RFC 3339 time of the last lost record.
+    pub last_ts: String,
+    /// Why the journal dropped records instead of keeping them in memory:
+    /// `"pending_bound"` (the unwritten records filled `--journal-max-pending`) or
+    /// `"no_reserved_seq"` (no `seq` was reserved on disk, so none could be handed out
+    /// without risking a repeat after a crash).
+    pub reason: String,
+    /// The last error writing the state dir before or during the gap (`ENOSPC`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Paths of the lost records (the first [`GAP_PATHS`] distinct ones).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// More distinct paths lost records than `paths` lists.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paths_truncated: bool,
+}
+
+/// Most paths a [`GapInfo`] lists.
+pub const GAP_PATHS: usize = 64;
 
 /// What a `salvage-evict` record says: the removed lines the salvage store's bounds
 /// dropped.
@@ -530,6 +575,9 @@ pub struct Record {
     /// `lock-reap`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lock: Option<LockInfo>,
+    /// On `gap` records: how many records the journal lost, and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap: Option<GapInfo>,
 }
 
 #[cfg(test)]
