@@ -147,3 +147,73 @@ fn mount_t_and_fstab_take_every_option() {
     assert!(err.contains("unknown mount option 'bogus=1'"), "{err}");
     assert!(!common::is_mounted(&mnt3));
 }
+
+/// `sessionfs mount-all --root R`: one mount over `R/agents`, so an agent created
+/// after the mount has its first transcript write journaled (no window in which its
+/// sessions directory is bare); a second run is a no-op; a per-agent mount below is
+/// refused with one line.
+#[test]
+fn mount_all_covers_agents_created_later() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("openclaw");
+    let agents = root.join("agents");
+    std::fs::create_dir_all(agents.join("main/sessions")).unwrap();
+    let state = tmp.path().join("st");
+    let mut g = Mount::adopt(&agents, &agents, &state);
+    let run = |extra: &[&str]| {
+        Command::new(common::bin())
+            .arg("mount-all")
+            .arg("--root")
+            .arg(&root)
+            .arg("--")
+            .arg("--state-dir")
+            .arg(&state)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(common::is_mounted(&agents));
+    // A new agent: mkdir and the first transcript write at once.
+    let s = agents.join("helper/sessions");
+    std::fs::create_dir_all(&s).unwrap();
+    std::fs::write(
+        s.join("t.jsonl"),
+        b"{\"type\":\"session\",\"id\":\"new\"}\n",
+    )
+    .unwrap();
+    let recs = common::read_jsonl(&s.join("t.jsonl.journal"));
+    assert!(
+        recs.iter()
+            .any(|r| r["op"] == "write" && r["path"] == "helper/sessions/t.jsonl"),
+        "{recs:?}"
+    );
+    // Idempotent.
+    let again = run(&[]);
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already a sessionfs mount"));
+    g.unmount();
+    // A per-agent mount below is in the way.
+    let inner = agents.join("main/sessions");
+    let _gi = Mount::adopt(&inner, &inner, &tmp.path().join("st2"));
+    common::run_ok(
+        Command::new(common::bin())
+            .arg("mount")
+            .arg("--state-dir")
+            .arg(tmp.path().join("st2"))
+            .arg(&inner),
+    );
+    let out = run(&[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unmount it first") && err.lines().count() == 1,
+        "{err}"
+    );
+    assert!(!common::is_mounted(&agents));
+}

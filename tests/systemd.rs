@@ -149,6 +149,10 @@ fn unit_files_verify() {
     };
     let system = fix("sessionfs@.service", "system/sessionfs@.service");
     let user = fix("user/sessionfs@.service", "user/sessionfs@.service");
+    let all = fix("sessionfs-all@.service", "system/sessionfs-all@.service");
+    let user_all = fix("user/sessionfs-all.service", "user/sessionfs-all.service");
+    std::os::unix::fs::symlink(&all, d.path().join("system/sessionfs-all@operator.service"))
+        .unwrap();
     std::fs::write(
         d.path().join("system/openclaw-gateway.service"),
         "[Unit]\nDescription=stub\n[Service]\nExecStart=/bin/true\n",
@@ -176,6 +180,9 @@ fn unit_files_verify() {
         c.arg(&inst);
         if dir == "system" {
             c.arg(d.path().join("system/openclaw-gateway.service"));
+            c.arg(d.path().join("system/sessionfs-all@operator.service"));
+        } else {
+            c.arg(&user_all);
         }
         let out = c
             .env(
