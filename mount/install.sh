@@ -7,5 +7,6 @@ cd "$(dirname "$0")/.."
 install -m 0755 target/release/sessionfs /usr/local/bin/sessionfs
 install -m 0755 mount/mount.fuse.sessionfs /sbin/mount.fuse.sessionfs
 install -m 0644 systemd/sessionfs@.service /etc/systemd/system/sessionfs@.service
+install -m 0644 systemd/sessionfs-all@.service /etc/systemd/system/sessionfs-all@.service
 command -v systemctl >/dev/null 2>&1 && systemctl daemon-reload || true
-echo "installed /usr/local/bin/sessionfs, /sbin/mount.fuse.sessionfs, /etc/systemd/system/sessionfs@.service"
+echo "installed /usr/local/bin/sessionfs, /sbin/mount.fuse.sessionfs, /etc/systemd/system/sessionfs@.service and sessionfs-all@.service (user units: systemd/user/)"
