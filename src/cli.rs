@@ -50,6 +50,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// How each live sessionfs mount (or MOUNTPOINT's) is doing: daemon pid, uptime,
+    /// source, FUSE requests by op and per s, journal and salvage size, inode table,
+    /// locks held, reaped and stolen, errors and the last one (root or
+    /// --journal-group: it reads each mount's `.status`).
+    Status {
+        /// One mountpoint [default: every sessionfs mount].
+        mountpoint: Option<PathBuf>,
+        /// One JSON object per mount and line (its `.status`, with `mountpoint`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Explain a session file's release windows: who changed it while its runner had
     /// released the lock, and whether the gateway's fence tripped on it (or explain
     /// every takeover in a gateway log with --gateway-log).

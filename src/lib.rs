@@ -21,6 +21,7 @@ pub(crate) mod locks;
 pub(crate) mod mount;
 pub(crate) mod names;
 pub(crate) mod notify;
+pub(crate) mod status;
 pub(crate) mod sys;
 pub(crate) mod transcript;
 
@@ -33,4 +34,6 @@ pub use journal::cli::{run_journal, run_salvage};
 pub use journal::record::{FileRef, Op, Record};
 pub use journal::{Journal, JournalOptions, View};
 pub use locks::run_locks;
+pub use fs::ErrorLayer;
+pub use status::run_status;
 pub use mount::{mount, mount_all, mount_id, pid_file, umount};

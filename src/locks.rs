@@ -202,6 +202,9 @@ pub struct Locks {
     wake: Sender<()>,
     /// `NSpid:` chains of holders, by (pid, starttime).
     nspids: Mutex<HashMap<(u32, u64), Vec<u32>>>,
+    /// Locks reaped and stolen since the mount started (`.status`).
+    reaped: std::sync::atomic::AtomicU64,
+    stolen: std::sync::atomic::AtomicU64,
 }
 
 impl Locks {
@@ -219,6 +222,8 @@ impl Locks {
             journal,
             notifier,
             wake: tx,
+            reaped: Default::default(),
+            stolen: Default::default(),
             nspids: Mutex::new(HashMap::new()),
         });
         if reap {
@@ -326,6 +331,8 @@ impl Locks {
         let op = if by_holder || alive.is_err() {
             Op::LockRelease
         } else {
+            self.stolen
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Op::LockSteal
         };
         Some((op, lock.info(&alive)))
@@ -376,6 +383,16 @@ impl Locks {
             l.handles = l.handles.saturating_sub(1);
             let _ = self.wake.try_send(());
         }
+    }
+
+    /// (locks held now, reaped, stolen since the mount started).
+    pub fn counts(&self) -> (usize, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.locks.lock().len(),
+            self.reaped.load(Relaxed),
+            self.stolen.load(Relaxed),
+        )
     }
 
     /// The `.locks` file: [`Self::list`] as JSON lines.
@@ -520,6 +537,8 @@ impl Locks {
             // successor's O_EXCL create would fail EEXIST without asking us.
             let _ = n.inval_entry(fuser::INodeNo(l.parent), &l.name);
         }
+        self.reaped
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let info = l.info(&Err(why.to_string()));
         tracing::info!(lock = %l.path, holder = l.holder.pid, reason = why, "reaped a dead holder's lock");
         if let Some(j) = &self.journal {

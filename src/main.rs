@@ -19,7 +19,10 @@ fn init_logging(debug: bool, ansi: bool) {
         .with_ansi(ansi)
         .with_filter(LateInterruptReplies)
         .with_filter(filter);
-    let _ = tracing_subscriber::registry().with(layer).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(layer)
+        .with(sessionfs::ErrorLayer)
+        .try_init();
 }
 
 /// Drops fuser's `Failed to send FUSE reply: No such file or directory` error. fuser
@@ -128,6 +131,7 @@ fn main() {
                 })
         }
         Command::Umount { mountpoint } => sessionfs::umount(mountpoint),
+        Command::Status { mountpoint, json } => sessionfs::run_status(mountpoint.as_deref(), *json),
         Command::Demo => {
             init_logging(false, std::io::stderr().is_terminal());
             sessionfs::run_demo()

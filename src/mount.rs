@@ -246,6 +246,15 @@ pub fn mount_entry_at(path: &Path) -> Option<MountEntry> {
     found
 }
 
+/// Every sessionfs mount, from mountinfo.
+pub(crate) fn sessionfs_mounts() -> Vec<PathBuf> {
+    let mut v = sessionfs_mounts_below(Path::new("/"));
+    if mount_entry_at(Path::new("/")).is_some_and(|e| e.is_sessionfs()) {
+        v.insert(0, PathBuf::from("/"));
+    }
+    v
+}
+
 /// Every sessionfs mount strictly below `dir` (canonical), from mountinfo.
 fn sessionfs_mounts_below(dir: &Path) -> Vec<PathBuf> {
     let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
@@ -256,7 +265,9 @@ fn sessionfs_mounts_below(dir: &Path) -> Vec<PathBuf> {
         let Some((a, b)) = line.split_once(" - ") else {
             continue;
         };
-        let Some(mp) = a.split(' ').nth(4) else { continue };
+        let Some(mp) = a.split(' ').nth(4) else {
+            continue;
+        };
         let mp = PathBuf::from(OsStr::from_bytes(&unescape(mp)));
         let mut bs = b.split(' ');
         let fstype = bs.next().unwrap_or("");

@@ -205,3 +205,47 @@ fn unit_files_verify() {
         );
     }
 }
+
+/// `sessionfs status`: the mount's `.status` (root only, like `.journal`) as JSON and
+/// as a table: daemon pid, FUSE requests by op, journal seq, locks.
+#[test]
+fn status_reports_requests_journal_and_locks() {
+    let m = Mount::new(&["-o", "allow_other"]);
+    for i in 0..20 {
+        std::fs::write(
+            m.mnt.join(format!("f{i}.jsonl")),
+            b"{\"type\":\"session\"}\n",
+        )
+        .unwrap();
+    }
+    let out = common::run_ok(
+        Command::new(common::bin())
+            .args(["status", "--json"])
+            .arg(&m.mnt),
+    );
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        v["pid"].as_i64(),
+        common::daemon_pid(&m.mnt).map(i64::from),
+        "{v}"
+    );
+    assert!(v["requests"]["write"].as_u64() >= Some(20), "{v}");
+    assert!(v["requests"]["create"].as_u64() >= Some(20), "{v}");
+    assert!(v["journal"]["next_seq"].as_u64() > Some(40), "{v}");
+    assert_eq!(v["locks"]["held"], 0, "{v}");
+    assert_eq!(v["mountpoint"].as_str(), m.mnt.to_str(), "{v}");
+    assert!(
+        v["source"].as_str().is_some_and(|s| s.ends_with("/src")),
+        "{v}"
+    );
+    // Every live mount, as a table.
+    let table = common::run_ok(Command::new(common::bin()).arg("status"));
+    assert!(table.starts_with("MOUNTPOINT"), "{table}");
+    assert!(table.contains(m.mnt.to_str().unwrap()), "{table}");
+    // Process details and paths: root's, like `.journal`.
+    let st = std::fs::metadata(m.mnt.join(".status")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&st.permissions()) & 0o777,
+        0o400
+    );
+}

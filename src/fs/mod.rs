@@ -31,6 +31,7 @@ mod pressure;
 mod record;
 mod replied;
 mod shown;
+pub(crate) mod stats;
 mod virt;
 mod write;
 
@@ -53,7 +54,8 @@ use crate::lanes::{LaneDeclarations, LaneRules};
 use crate::sys::{self, SysResult};
 use crate::transcript::{self, TranscriptTracker};
 
-pub(crate) use virt::LOCKS_FILE;
+pub use stats::ErrorLayer;
+pub(crate) use virt::{LOCKS_FILE, STATUS_FILE};
 
 use handle::{DirHandle, FileHandle, Handles};
 use inode::{Inode, InodeTable, ROOT_ID};
@@ -169,6 +171,8 @@ pub struct SessionFs {
     cfg: FsConfig,
     /// SELinux is active on this host (`/sys/fs/selinux` exists).
     selinux: bool,
+    /// Request counters and the last error (`.status`).
+    stats: stats::Stats,
 }
 
 /// fuser's errno from ours.
@@ -253,6 +257,7 @@ impl SessionFs {
             virt: VirtualFiles::new(),
             cfg,
             selinux: Path::new("/sys/fs/selinux/enforce").exists(),
+            stats: stats::Stats::default(),
         })
     }
 

@@ -21,6 +21,7 @@ use super::dirops::NewEntry;
 use super::files::is_virtual;
 use super::handle::DirHandle;
 use super::inode::{ROOT_ID, VIRTUAL_BASE};
+use super::stats::Req;
 use super::{Ctx, SEQ_XATTR, SessionFs, attr, err};
 use crate::lanes::LANE_XATTR;
 use crate::sys::{self, SysResult};
@@ -88,6 +89,7 @@ impl fuser::Filesystem for SessionFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.stats.hit(Req::Lookup);
         let Ok(p) = self.inode(parent.0) else {
             return reply.error(FErrno::ENOENT);
         };
@@ -108,12 +110,14 @@ impl fuser::Filesystem for SessionFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.stats.hit(Req::Forget);
         if ino.0 < VIRTUAL_BASE {
             self.inodes.forget(ino.0, nlookup);
         }
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<Fh>, reply: ReplyAttr) {
+        self.stats.hit(Req::Getattr);
         if ino.0 >= VIRTUAL_BASE {
             return match self.virtual_attr(ino.0) {
                 Some(a) => reply.attr(&Duration::ZERO, &a),
@@ -147,6 +151,7 @@ impl fuser::Filesystem for SessionFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.stats.hit(Req::Setattr);
         if ino.0 >= VIRTUAL_BASE {
             // `fs.writeFileSync` opens a lane file with O_TRUNC: a size change of it
             // is accepted (there is nothing to truncate).
@@ -177,6 +182,7 @@ impl fuser::Filesystem for SessionFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.stats.hit(Req::Readlink);
         let Ok(inode) = self.inode(ino.0) else {
             return reply.error(FErrno::ENOENT);
         };
@@ -196,6 +202,7 @@ impl fuser::Filesystem for SessionFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.stats.hit(Req::Mknod);
         let what = NewEntry::Node {
             mode,
             rdev: rdev.into(),
@@ -215,6 +222,7 @@ impl fuser::Filesystem for SessionFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        self.stats.hit(Req::Mkdir);
         let what = NewEntry::Dir { mode };
         let res = self
             .inode(parent.0)
@@ -223,6 +231,7 @@ impl fuser::Filesystem for SessionFs {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.stats.hit(Req::Unlink);
         let res = self
             .inode(parent.0)
             .and_then(|p| self.do_unlink(&Ctx::from(req), &p, name, false));
@@ -230,6 +239,7 @@ impl fuser::Filesystem for SessionFs {
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.stats.hit(Req::Rmdir);
         let res = self
             .inode(parent.0)
             .and_then(|p| self.do_unlink(&Ctx::from(req), &p, name, true));
@@ -244,6 +254,7 @@ impl fuser::Filesystem for SessionFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        self.stats.hit(Req::Symlink);
         let what = NewEntry::Symlink { target };
         let res = self
             .inode(parent.0)
@@ -261,6 +272,7 @@ impl fuser::Filesystem for SessionFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.stats.hit(Req::Rename);
         let res = self
             .inode(parent.0)
             .and_then(|p| Ok((p, self.inode(newparent.0)?)))
@@ -278,6 +290,7 @@ impl fuser::Filesystem for SessionFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        self.stats.hit(Req::Link);
         let res = self
             .inode(ino.0)
             .and_then(|i| Ok((i, self.inode(newparent.0)?)))
@@ -286,6 +299,7 @@ impl fuser::Filesystem for SessionFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.stats.hit(Req::Open);
         let flags = flags.0;
         if ino.0 >= VIRTUAL_BASE {
             if flags & libc::O_ACCMODE != libc::O_RDONLY && !self.is_lane_file(ino.0) {
@@ -313,6 +327,7 @@ impl fuser::Filesystem for SessionFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.stats.hit(Req::Read);
         if ino.0 >= VIRTUAL_BASE && self.is_lane_file(ino.0) {
             return reply.data(&self.read_lane(&Ctx::from(req), ino.0, offset, size as usize));
         }
@@ -347,6 +362,7 @@ impl fuser::Filesystem for SessionFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.stats.hit(Req::Write);
         if is_virtual(fh.0) {
             return match self.write_lane(&Ctx::from(req), fh.0, offset, data) {
                 Ok(n) => reply.written(n as u32),
@@ -382,6 +398,7 @@ impl fuser::Filesystem for SessionFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.stats.hit(Req::Flush);
         // Locks stay kernel-local and the backing fd is closed at release, so there is
         // nothing to do; ENOSYS makes the kernel stop sending FLUSH (one round trip
         // less per close).
@@ -398,15 +415,18 @@ impl fuser::Filesystem for SessionFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.stats.hit(Req::Release);
         self.do_release(&Ctx::from(req), fh.0);
         reply.ok()
     }
 
     fn fsync(&self, req: &Request, _ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
+        self.stats.hit(Req::Fsync);
         empty(reply, self.do_fsync(&Ctx::from(req), fh.0, datasync))
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.stats.hit(Req::Opendir);
         match self.inode(ino.0).and_then(DirHandle::open) {
             Ok(dh) => reply.opened(Fh(self.dirs.insert(dh)), FopenFlags::empty()),
             Err(e) => reply.error(err(e)),
@@ -421,6 +441,7 @@ impl fuser::Filesystem for SessionFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.stats.hit(Req::Readdir);
         let Some(dh) = self.dirs.get(fh.0) else {
             return reply.error(FErrno::EBADF);
         };
@@ -449,6 +470,7 @@ impl fuser::Filesystem for SessionFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        self.stats.hit(Req::Readdirplus);
         let Some(dh) = self.dirs.get(fh.0) else {
             return reply.error(FErrno::EBADF);
         };
@@ -520,11 +542,13 @@ impl fuser::Filesystem for SessionFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        self.stats.hit(Req::Releasedir);
         self.dirs.remove(fh.0);
         reply.ok()
     }
 
     fn fsyncdir(&self, req: &Request, _ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
+        self.stats.hit(Req::Fsyncdir);
         let Some(dh) = self.dirs.get(fh.0) else {
             return reply.error(FErrno::EBADF);
         };
@@ -544,6 +568,7 @@ impl fuser::Filesystem for SessionFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.stats.hit(Req::Statfs);
         let root = self.inodes.root();
         match nix::sys::statvfs::fstatvfs(root.fd()) {
             Ok(s) => reply.statfs(
@@ -570,6 +595,7 @@ impl fuser::Filesystem for SessionFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        self.stats.hit(Req::Setxattr);
         if ino.0 >= VIRTUAL_BASE {
             return reply.error(FErrno::EACCES);
         }
@@ -580,6 +606,7 @@ impl fuser::Filesystem for SessionFs {
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.stats.hit(Req::Getxattr);
         let value: Result<Vec<u8>, FErrno> = if ino.0 >= VIRTUAL_BASE {
             Err(FErrno::NO_XATTR)
         } else {
@@ -632,6 +659,7 @@ impl fuser::Filesystem for SessionFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.stats.hit(Req::Listxattr);
         if ino.0 >= VIRTUAL_BASE {
             return if size == 0 {
                 reply.size(0)
@@ -651,6 +679,7 @@ impl fuser::Filesystem for SessionFs {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.stats.hit(Req::Removexattr);
         if ino.0 >= VIRTUAL_BASE {
             return reply.error(FErrno::EACCES);
         }
@@ -661,6 +690,7 @@ impl fuser::Filesystem for SessionFs {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        self.stats.hit(Req::Access);
         // Only reached without default_permissions (we always set it); kept exact anyway.
         if ino.0 >= VIRTUAL_BASE {
             return reply.ok();
@@ -688,6 +718,7 @@ impl fuser::Filesystem for SessionFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        self.stats.hit(Req::Create);
         let res = self
             .inode(parent.0)
             .and_then(|p| self.do_create(&Ctx::from(req), &p, name, mode, umask, flags));
@@ -714,6 +745,7 @@ impl fuser::Filesystem for SessionFs {
         _out: u32,
         reply: ReplyIoctl,
     ) {
+        self.stats.hit(Req::Other);
         // Python's open() probes TCGETS on every file; regular files answer ENOTTY.
         reply.error(FErrno::ENOTTY)
     }
@@ -728,6 +760,7 @@ impl fuser::Filesystem for SessionFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        self.stats.hit(Req::Fallocate);
         // A virtual file's handle is read-only: EBADF, as fallocate on an O_RDONLY fd.
         let Some(h) = self.files.get(fh.0) else {
             return reply.error(FErrno::EBADF);
@@ -747,6 +780,7 @@ impl fuser::Filesystem for SessionFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        self.stats.hit(Req::Lseek);
         match self.do_lseek(ino.0, fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(err(e)),
@@ -766,6 +800,7 @@ impl fuser::Filesystem for SessionFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        self.stats.hit(Req::CopyFileRange);
         let Some(ho) = self.files.get(fh_out.0) else {
             return reply.error(FErrno::EBADF);
         };

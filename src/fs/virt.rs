@@ -29,6 +29,8 @@ use crate::sys;
 pub const MOUNT_JOURNAL: &str = ".journal";
 /// Name of the lock list in the mount root (`sessionfs locks` reads it).
 pub const LOCKS_FILE: &str = ".locks";
+/// Name of the daemon's status in the mount root (`sessionfs status` reads it).
+pub const STATUS_FILE: &str = ".status";
 /// Suffix of a file's lane control file: writing a lane name to `<file>.lane`
 /// declares it for the writing process, as `setfattr -n user.sessionfs.lane` does
 /// (for runners without xattr calls: Node's `fs`); reading it gives the declaration.
@@ -49,6 +51,8 @@ pub enum VirtualKind {
     Salvage(FileRef),
     /// The current session locks, one JSON object per line.
     Locks,
+    /// The daemon's status: one JSON object.
+    Status,
     /// The lane control file of entry `name` in directory node `parent`.
     Lane {
         /// Node id of the directory.
@@ -189,6 +193,10 @@ impl SessionFs {
             let size = self.locks.list_jsonl().len() as u64;
             return Some(self.vattr_mode(id, size, n.uid, n.gid, perm));
         }
+        if n.kind == VirtualKind::Status {
+            let size = self.status_json().len() as u64;
+            return Some(self.vattr_mode(id, size, n.uid, n.gid, perm));
+        }
         if let VirtualKind::Lane { parent, name } = &n.kind {
             // Owner and permission bits of the watched file (who may write it may
             // declare a lane on it), without execute. Size 0: what a read shows
@@ -205,12 +213,53 @@ impl SessionFs {
             VirtualKind::All => j.view_len(View::All),
             VirtualKind::Journal(f) => j.view_len(View::File(*f)),
             VirtualKind::Salvage(f) => j.salvage_len(*f),
-            VirtualKind::Locks | VirtualKind::Lane { .. } => 0,
+            VirtualKind::Locks | VirtualKind::Status | VirtualKind::Lane { .. } => 0,
         };
         if n.kind == VirtualKind::All {
             return Some(self.vattr_mode(id, size, n.uid, n.gid, perm));
         }
         Some(self.vattr(id, size, n.uid, n.gid))
+    }
+
+    /// The `.status` file: one JSON object and a newline: `pid`, `uptime_s`, `source`,
+    /// FUSE `requests` by op (`requests_total`, `requests_per_s` since start),
+    /// `errors` and `last_error`, `journal` {`next_seq`, `bytes`, `salvage_bytes`}
+    /// (null without a journal), `inodes` (table size), `locks` {`held`, `reaped`,
+    /// `stolen`}.
+    pub(super) fn status_json(&self) -> Vec<u8> {
+        let mut v = self.stats.json();
+        let o = v.as_object_mut().expect("an object");
+        o.insert("pid".into(), std::process::id().into());
+        o.insert(
+            "uptime_s".into(),
+            ((self.stats.uptime_s() * 10.0).round() / 10.0).into(),
+        );
+        let source = std::fs::read_link(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&self.inodes.root().fd())
+        ))
+        .ok()
+        .map(|p| crate::names::encode_os(p.as_os_str()));
+        o.insert("source".into(), source.into());
+        o.insert(
+            "journal".into(),
+            self.journal.as_ref().map_or(serde_json::Value::Null, |j| {
+                serde_json::json!({
+                    "next_seq": j.next_seq(),
+                    "bytes": j.view_len(View::All),
+                    "salvage_bytes": j.salvage_total(),
+                })
+            }),
+        );
+        o.insert("inodes".into(), self.inodes.len().into());
+        let (held, reaped, stolen) = self.locks.counts();
+        o.insert(
+            "locks".into(),
+            serde_json::json!({"held": held, "reaped": reaped, "stolen": stolen}),
+        );
+        let mut out = serde_json::to_vec(&v).unwrap_or_default();
+        out.push(b'\n');
+        out
     }
 
     /// Owner of the whole-mount views (`.journal`, `.locks`): the daemon's user (root,
@@ -302,8 +351,12 @@ impl SessionFs {
     pub(super) fn virtual_read(&self, id: u64, offset: u64, size: usize) -> Option<Vec<u8>> {
         self.replied.wait();
         let kind = self.virt.nodes.read().get(&id)?.kind.clone();
-        if kind == VirtualKind::Locks {
-            let all = self.locks.list_jsonl();
+        if matches!(kind, VirtualKind::Locks | VirtualKind::Status) {
+            let all = if kind == VirtualKind::Locks {
+                self.locks.list_jsonl()
+            } else {
+                self.status_json()
+            };
             let from = (offset as usize).min(all.len());
             return Some(all[from..(from + size).min(all.len())].to_vec());
         }
@@ -312,16 +365,21 @@ impl SessionFs {
             VirtualKind::All => j.read(View::All, offset, size),
             VirtualKind::Journal(f) => j.read(View::File(*f), offset, size),
             VirtualKind::Salvage(f) => j.read_salvage(*f, offset, size),
-            VirtualKind::Locks | VirtualKind::Lane { .. } => Vec::new(),
+            VirtualKind::Locks | VirtualKind::Status | VirtualKind::Lane { .. } => Vec::new(),
         })
     }
 
     /// Lookup of a name the backing does not have: is it a virtual file?
     pub(super) fn virtual_lookup(&self, parent: &Inode, name: &OsStr) -> Option<FileAttr> {
         let n = name.as_bytes();
-        if parent.id == ROOT_ID && n == LOCKS_FILE.as_bytes() {
+        if parent.id == ROOT_ID && (n == LOCKS_FILE.as_bytes() || n == STATUS_FILE.as_bytes()) {
             let (uid, gid) = self.mount_view_owner();
-            let id = self.virt.id(VirtualKind::Locks, uid, gid);
+            let kind = if n == LOCKS_FILE.as_bytes() {
+                VirtualKind::Locks
+            } else {
+                VirtualKind::Status
+            };
+            let id = self.virt.id(kind, uid, gid);
             return self.virtual_attr(id);
         }
         if n.len() > LANE_SUFFIX.len() && n.ends_with(LANE_SUFFIX.as_bytes()) {
