@@ -57,6 +57,14 @@ impl SessionFs {
         let (prev, drift) = {
             let mut k = inode.known.lock();
             let prev = k.fp;
+            // ctime only moves forward (the kernel sets it to the current time on every
+            // change): a stat with an older ctime than the one we know was taken before
+            // it, and raced a change of ours that another path (an open's keep-cache
+            // check) recorded. It proves nothing; an outside change would show a newer
+            // ctime. (Seen once in 4 storms: a false `external` with ctime going back.)
+            if prev.is_some_and(|p| now.2 < p.2) {
+                return;
+            }
             // Only the ctime moved, and none of mode, owner, links: drift, not a change.
             let drift = !self.cfg.strict_stat
                 && prev.is_some_and(|p| p.0 == now.0 && p.1 == now.1 && p.2 != now.2)

@@ -156,6 +156,34 @@ fn recorded_change_journals_an_outside_change_first_and_its_own_as_known() {
     assert_eq!(f.ops().len(), 3, "the setxattr's result is known");
 }
 
+/// A stat older than what we know (ctime behind the known one) is a stale view of our
+/// own change, never an outside change: no `external` (it once logged one in the
+/// mutation storm, with `after.ctime_ns` before `before.ctime_ns`).
+#[test]
+fn a_stat_older_than_the_known_state_is_no_external_change() {
+    let f = fixture();
+    f.backing_write("t", b"x\n");
+    let inode = f.lookup("t");
+    let st = sys::fstat(inode.fd()).unwrap();
+    let mut old = st;
+    old.st_ctime -= 1;
+    f.fs.mark_known(&inode, &st);
+    let before = f.journal.view_len(View::All);
+    f.fs.check_external(&inode, &old, 0, inode.changes());
+    assert_eq!(
+        f.journal.view_len(View::All),
+        before,
+        "a stale stat was journaled"
+    );
+    // A newer one still is.
+    let mut newer = st;
+    newer.st_ctime += 1;
+    newer.st_size += 1;
+    f.fs.check_external(&inode, &newer, 0, inode.changes());
+    let all = f.journal.read(View::All, before, 1 << 20);
+    assert!(String::from_utf8_lossy(&all).contains("\"op\":\"external\""));
+}
+
 #[test]
 fn setxattr_racing_getattr_logs_no_external() {
     let f = Arc::new(fixture());
