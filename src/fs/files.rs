@@ -18,6 +18,30 @@ pub(super) fn is_virtual(fh: u64) -> bool {
     fh >= VIRTUAL_BASE
 }
 
+/// The open flags for the reply to an OPEN or CREATE of a regular file with the
+/// caller's `flags`; `keep`: the kernel may keep its page cache (see
+/// [`SessionFs::keep_cache`]).
+///
+/// A write-only open gets `FOPEN_DIRECT_IO`, so that each `write(2)` reaches us as one
+/// WRITE (up to the request limit, 1 MiB here: see the README, "One write, one
+/// WRITE"). Through the page cache the kernel ends a WRITE at a partly written page
+/// that is not uptodate (`fuse_fill_write_pages`), so an append crossing a page
+/// boundary came as two WRITEs, and a daemon killed between them left half a line in
+/// the backing file. A write-only descriptor cannot read or mmap (mmap needs read
+/// access), so it gives up no caching of its own; the kernel invalidates the written
+/// range of the page cache for the other descriptors before the WRITE. Read-write opens
+/// keep the page cache (mmap, fsx, reads at cache speed).
+pub(super) fn reply_flags(flags: i32, keep: bool) -> FopenFlags {
+    let mut of = FopenFlags::empty();
+    if keep {
+        of |= FopenFlags::FOPEN_KEEP_CACHE;
+    }
+    if flags & libc::O_ACCMODE == libc::O_WRONLY {
+        of |= FopenFlags::FOPEN_DIRECT_IO;
+    }
+    of
+}
+
 impl SessionFs {
     /// OPEN `inode` with the caller's `flags`: a backing fd in the handle table, an
     /// `open` record, and whether the kernel may keep its page cache. Returns (fh,
@@ -58,10 +82,13 @@ impl SessionFs {
         if flags & FMODE_EXEC != 0 {
             self.ids.note_exec(ctx.pid);
         }
-        let mut of = FopenFlags::empty();
-        if keep {
-            of |= FopenFlags::FOPEN_KEEP_CACHE;
-        }
+        let of = if inode.is_file() {
+            reply_flags(flags, keep)
+        } else if keep {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
         Ok((fh, of))
     }
 

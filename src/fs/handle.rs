@@ -47,6 +47,11 @@ impl FileHandle {
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+    /// Opened write-only on a regular file, i.e. with `FOPEN_DIRECT_IO` (see
+    /// [`super::files::reply_flags`]): its WRITEs bypass the kernel's page cache.
+    pub fn direct_io(&self) -> bool {
+        self.flags & libc::O_ACCMODE == libc::O_WRONLY && self.inode.is_file()
+    }
     /// Opened with O_APPEND?
     pub fn append(&self) -> bool {
         self.flags & libc::O_APPEND != 0

@@ -71,6 +71,57 @@ pub struct Inode {
     changes: AtomicU64,
     /// Table tick of the last lookup, getattr or open (LRU order for inode pressure).
     used: AtomicU64,
+    /// READs of this inode served by us: see [`ReadCount`].
+    pub reads: ReadCount,
+}
+
+/// The READs of one inode, counted so that a direct-I/O WRITE can tell whether the
+/// kernel may have cached a page of the range it writes from before the write reached
+/// the backing file (see [`super::SessionFs::do_write`]). Every page the kernel caches
+/// comes from a READ (read, readahead, mmap fault).
+#[derive(Debug, Default)]
+pub struct ReadCount {
+    /// READs begun (counted before their backing read).
+    started: AtomicU64,
+    /// READs done (counted after their backing read).
+    done: AtomicU64,
+    /// `done` as read by the last direct WRITE, right after its backing write.
+    done_at_write: AtomicU64,
+}
+
+/// One READ in progress: counted begun now and done when dropped.
+#[derive(Debug)]
+#[must_use = "the READ counts as in progress only while this lives"]
+pub struct ReadGuard<'a>(&'a ReadCount);
+
+impl Drop for ReadGuard<'_> {
+    fn drop(&mut self) {
+        self.0.done.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl ReadCount {
+    /// A READ begins (before its backing read): done when the guard drops.
+    pub fn begin(&self) -> ReadGuard<'_> {
+        self.started.fetch_add(1, Ordering::SeqCst);
+        ReadGuard(self)
+    }
+
+    /// Called by a direct WRITE right after its backing write (writes of one inode
+    /// come one at a time: the kernel holds the inode lock across each). Whether a
+    /// READ may have read the backing file between the previous such call and this
+    /// write, i.e. whether the kernel may now hold a page of the written range filled
+    /// before the write (stale, or zeros past the old end of file). False only if
+    /// every READ begun by now was done by the previous call: a READ that read before
+    /// this write began before now, and one that read after the kernel dropped the
+    /// range (which it does before sending the WRITE, after the previous WRITE's
+    /// reply) was done after the previous call.
+    pub fn read_since_last_write(&self) -> bool {
+        let started = self.started.load(Ordering::SeqCst);
+        let done = self.done.load(Ordering::SeqCst);
+        let before = self.done_at_write.swap(done, Ordering::SeqCst);
+        started != before
+    }
 }
 
 /// What the daemon knows of a backing file's state.
@@ -316,6 +367,7 @@ impl InodeTable {
             order: Mutex::new(()),
             changes: AtomicU64::new(0),
             used: AtomicU64::new(0),
+            reads: ReadCount::default(),
         });
         let mut by_id = HashMap::new();
         by_id.insert(ROOT_ID, root);
@@ -442,6 +494,7 @@ impl InodeTable {
                 order: Mutex::new(()),
                 changes: AtomicU64::new(0),
                 used: AtomicU64::new(0),
+                reads: ReadCount::default(),
             })
         });
         inode.lookups.fetch_add(1, Ordering::AcqRel);

@@ -18,7 +18,7 @@ use nix::errno::Errno;
 
 use super::change::SetAttr;
 use super::dirops::NewEntry;
-use super::files::is_virtual;
+use super::files::{is_virtual, reply_flags};
 use super::handle::DirHandle;
 use super::inode::{ROOT_ID, VIRTUAL_BASE};
 use super::{Ctx, SEQ_XATTR, SessionFs, attr, err};
@@ -326,7 +326,11 @@ impl fuser::Filesystem for SessionFs {
             return reply.error(FErrno::EBADF);
         };
         let mut buf = vec![0u8; size as usize];
-        match sys::pread(h.fd(), &mut buf, offset) {
+        // Counted for the direct WRITEs of this inode (see `ReadCount`).
+        let counted = h.inode.reads.begin();
+        let res = sys::pread(h.fd(), &mut buf, offset);
+        drop(counted);
+        match res {
             Ok(n) => {
                 h.count_read(n);
                 reply.data(&buf[..n])
@@ -697,7 +701,7 @@ impl fuser::Filesystem for SessionFs {
                 &a,
                 Generation(0),
                 Fh(fh),
-                FopenFlags::empty(),
+                reply_flags(flags, false),
             ),
             Err(e) => reply.error(err(e)),
         }
