@@ -25,6 +25,9 @@ pub struct FileHandle {
     pub flags: i32,
     /// Whether writes are journaled (write access).
     pub writable: bool,
+    /// Opened with `FOPEN_DIRECT_IO` (see [`super::inode::Inode::open_direct`]): the
+    /// kernel's page cache is bypassed for its reads and writes.
+    pub direct: bool,
     /// READ requests served.
     pub reads: AtomicU64,
     /// Bytes read.
@@ -46,11 +49,6 @@ impl FileHandle {
     /// Borrow the backing fd.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
-    }
-    /// Opened write-only on a regular file, i.e. with `FOPEN_DIRECT_IO` (see
-    /// [`super::files::reply_flags`]): its WRITEs bypass the kernel's page cache.
-    pub fn direct_io(&self) -> bool {
-        self.flags & libc::O_ACCMODE == libc::O_WRONLY && self.inode.is_file()
     }
     /// Opened with O_APPEND?
     pub fn append(&self) -> bool {

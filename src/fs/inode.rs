@@ -73,6 +73,18 @@ pub struct Inode {
     used: AtomicU64,
     /// READs of this inode served by us: see [`ReadCount`].
     pub reads: ReadCount,
+    /// Open handles by kernel I/O mode: see [`IoModes`].
+    io_modes: Mutex<IoModes>,
+}
+
+/// The open handles of one inode by the kernel's I/O mode for them, which decides the
+/// mode of the next open (see [`Inode::open_direct`]).
+#[derive(Debug, Default)]
+struct IoModes {
+    /// Open through the page cache and readable: READs through them fill it.
+    cached_readers: u32,
+    /// Open with `FOPEN_DIRECT_IO`.
+    direct: u32,
 }
 
 /// The READs of one inode, counted so that a direct-I/O WRITE can tell whether the
@@ -187,6 +199,41 @@ impl<'a> Mutation<'a> {
 }
 
 impl Inode {
+    /// A handle with the caller's open `flags` opens on this regular file: whether the
+    /// kernel is to bypass its page cache for it (`FOPEN_DIRECT_IO`), counted until
+    /// [`Self::close_mode`]. A write-only handle does, so that each `write(2)` comes as
+    /// one WRITE (see [`super::files::reply_flags`]), unless a handle that reads
+    /// through the page cache is open: its reads could fill a page with the file as it
+    /// was just before a direct write and show zeros where that write appends. A
+    /// readable handle does while a direct handle is open, for the same reason (its
+    /// reads then come to us); else it uses the page cache. So the two modes never mix
+    /// on one inode; the first open decides, until its handles are released.
+    pub fn open_direct(&self, flags: i32) -> bool {
+        let mut m = self.io_modes.lock();
+        let direct = if flags & libc::O_ACCMODE == libc::O_WRONLY {
+            m.cached_readers == 0
+        } else {
+            m.direct > 0
+        };
+        if direct {
+            m.direct += 1;
+        } else if flags & libc::O_ACCMODE != libc::O_WRONLY {
+            m.cached_readers += 1;
+        }
+        direct
+    }
+
+    /// A handle opened with `flags` and mode `direct` (from [`Self::open_direct`]) is
+    /// released.
+    pub fn close_mode(&self, flags: i32, direct: bool) {
+        let mut m = self.io_modes.lock();
+        if direct {
+            m.direct = m.direct.saturating_sub(1);
+        } else if flags & libc::O_ACCMODE != libc::O_WRONLY {
+            m.cached_readers = m.cached_readers.saturating_sub(1);
+        }
+    }
+
     /// Begin a change of ours to this inode: see [`Mutation`]. Blocks while another
     /// change (or an ordered record) of this inode is in flight.
     pub fn mutate(&self) -> Mutation<'_> {
@@ -368,6 +415,7 @@ impl InodeTable {
             changes: AtomicU64::new(0),
             used: AtomicU64::new(0),
             reads: ReadCount::default(),
+            io_modes: Default::default(),
         });
         let mut by_id = HashMap::new();
         by_id.insert(ROOT_ID, root);
@@ -495,6 +543,7 @@ impl InodeTable {
                 changes: AtomicU64::new(0),
                 used: AtomicU64::new(0),
                 reads: ReadCount::default(),
+                io_modes: Default::default(),
             })
         });
         inode.lookups.fetch_add(1, Ordering::AcqRel);

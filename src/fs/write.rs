@@ -42,7 +42,7 @@ impl SessionFs {
         // A direct WRITE after which the kernel may hold a stale page of the range:
         // the reply waits for the kernel to drop it (see `HeldReply`).
         let hold = Cell::new(false);
-        let direct = h.direct_io();
+        let direct = h.direct;
         let outcome: Cell<Option<CutOutcome>> = Cell::new(None);
         let size_before = Cell::new(0u64);
         let m = inode.mutate();
@@ -79,7 +79,10 @@ impl SessionFs {
                     over = self.stage_cut(j, self.handle_path(h), ch);
                 }
                 let res = sys::pwrite_mode(h.fd(), data, offset, append, h.append());
-                if direct && res.is_ok() {
+                // Never a page-cache writeback (a MAP_SHARED mmap of a direct handle):
+                // its pages are the cache itself, and dropping them would wait for
+                // this very WRITE to end.
+                if direct && res.is_ok() && !wflags.contains(WriteFlags::FUSE_WRITE_CACHE) {
                     hold.set(inode.reads.read_since_last_write());
                 }
                 outcome.set(over.map(|c| self.finish_cut(c, res.is_ok(), Some(inode.key()))));
