@@ -13,12 +13,21 @@
 //!   every line is whole (ends in a newline, parses as JSON) and every line whose
 //!   `write(2)` returned its full length is there.
 //!
+//! - `readers_see_appends_exactly`: direct writes and readers of the same file: a
+//!   reader opened before the writer (page cache, kept) and readers opened while it
+//!   writes read whole-file and tail reads; every byte they see is the byte written
+//!   (no zeros, no stale page), the end of file aside (a line being written).
+//!
 //! Needs root, `/dev/fuse` and `python3`.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -219,4 +228,121 @@ fn kill_9_mid_append_tears_no_line() {
         common::mount_lines(&mnt)
     );
     println!("{}", summary.join("\n"));
+}
+
+/// Line `i` of `readers_see_appends_exactly`: `"<i, 8 digits> "`, then one letter, 100 B
+/// to 4.5 KB in all with its newline.
+fn reader_line(i: usize) -> Vec<u8> {
+    let len = 100 + (i * 2_654_435_761) % 4_400;
+    let mut l = format!("{i:08} ").into_bytes();
+    l.resize(len - 1, b'a' + (i % 26) as u8);
+    l.push(b'\n');
+    l
+}
+
+/// Panics unless `data`, read at `at`, is what the writer wrote there (lines from
+/// [`reader_line`], the last one perhaps cut short by the end of the read).
+fn check_read(data: &[u8], at: usize, what: &str, lines: &[(usize, Vec<u8>)]) {
+    if data.is_empty() {
+        return;
+    }
+    if let Some(z) = data.iter().position(|b| *b == 0) {
+        panic!("{what}: a zero byte at {} ({} bytes read at {at})", at + z, data.len());
+    }
+    // The line holding offset `at`, then each byte against the lines from there.
+    let mut k = lines.partition_point(|(off, _)| *off <= at) - 1;
+    let mut pos = at;
+    while pos < at + data.len() {
+        let (off, l) = &lines[k];
+        let end = (off + l.len()).min(at + data.len());
+        assert_eq!(
+            &data[pos - at..end - at],
+            &l[pos - off..end - off],
+            "{what}: bytes {pos}..{end} differ from line {k} ({} bytes read at {at})",
+            data.len()
+        );
+        pos = end;
+        k += 1;
+    }
+}
+
+#[test]
+fn readers_see_appends_exactly() {
+    let m = Mount::new(&[]);
+    // A reader through the page cache first, so the writer's opens share it.
+    appends_read_exactly(&m.mnt.join("cached.jsonl"), true);
+    assert_eq!(
+        std::fs::read(m.mnt.join("cached.jsonl")).unwrap(),
+        std::fs::read(m.src.join("cached.jsonl")).unwrap()
+    );
+    // A write-only fd first: writes and later opens for reading are direct I/O.
+    appends_read_exactly(&m.mnt.join("direct.jsonl"), false);
+}
+
+/// One writer appends [`reader_line`]s to `p` for 3 s while readers check every read.
+/// `early`: the readers' fd is opened before any write-only one; else after one.
+fn appends_read_exactly(p: &Path, early: bool) {
+    // Every line with its offset, computed up front: readers check against it.
+    let mut lines = Vec::new();
+    let mut off = 0;
+    for i in 0..40_000 {
+        let l = reader_line(i);
+        let n = l.len();
+        lines.push((off, l));
+        off += n;
+    }
+    File::create(p).unwrap();
+    let first = (!early).then(|| OpenOptions::new().append(true).open(p).unwrap());
+    let reader = File::open(p).unwrap();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let t = Instant::now();
+            let mut f = None;
+            for (i, (_, l)) in lines.iter().enumerate() {
+                if t.elapsed() > Duration::from_secs(3) {
+                    break;
+                }
+                // Both OpenClaw styles: a new fd per line, or one held for 50 lines.
+                if f.is_none() || i % 50 == 0 || (i / 50) % 2 == 0 {
+                    f = Some(OpenOptions::new().append(true).open(p).unwrap());
+                }
+                f.as_mut().unwrap().write_all(l).unwrap();
+            }
+            stop.store(true, Ordering::SeqCst);
+        });
+        let tail = s.spawn(|| {
+            // `tail -f`: read on from where the last read ended, on the held fd.
+            let mut pos = 0;
+            let mut buf = vec![0u8; 1 << 20];
+            while !stop.load(Ordering::SeqCst) {
+                let n = reader.read_at(&mut buf, pos as u64).unwrap();
+                check_read(&buf[..n], pos, "tail reader", &lines);
+                // Start again at the last whole line (a line may be half there).
+                pos += buf[..n].iter().rposition(|b| *b == b'\n').map_or(0, |e| e + 1);
+            }
+        });
+        let whole = s.spawn(|| {
+            // Whole-file reads, on the held fd and on a new fd each time.
+            let mut buf = vec![0u8; 64 << 20];
+            let mut k = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let n = if k % 2 == 0 {
+                    reader.read_at(&mut buf, 0).unwrap()
+                } else {
+                    File::open(p).unwrap().read_at(&mut buf, 0).unwrap()
+                };
+                let at = n.saturating_sub(64 << 10);
+                check_read(&buf[at..n], at, "whole-file reader", &lines);
+                k += 1;
+            }
+        });
+        writer.join().unwrap();
+        tail.join().unwrap();
+        whole.join().unwrap();
+    });
+    drop(first);
+    let data = std::fs::read(p).unwrap();
+    check_read(&data, 0, "the file", &lines);
+    assert!(data.ends_with(b"\n") && data.len() > 1 << 20);
 }
