@@ -27,8 +27,8 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::Mount;
@@ -78,7 +78,10 @@ fn one_write_record_per_append() {
             .expect("python3");
         assert!(st.success());
         let data = std::fs::read(m.src.join(name)).unwrap();
-        let lines = data.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count();
+        let lines = data
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count();
         assert_eq!(lines, n, "{name}: lines written");
         // Lines crossing a page boundary: the ones the kernel split before.
         let mut off = 0usize;
@@ -89,7 +92,10 @@ fn one_write_record_per_append() {
             }
             off += l.len();
         }
-        assert!(crossing > n / 4, "{name}: only {crossing} lines cross a page");
+        assert!(
+            crossing > n / 4,
+            "{name}: only {crossing} lines cross a page"
+        );
         let writes = common::read_jsonl(&m.mnt.join(format!("{name}.journal")))
             .iter()
             .filter(|r| r["op"] == "write")
@@ -184,9 +190,8 @@ fn kill_9_mid_append_tears_no_line() {
             .collect();
         // A random moment once every writer is under way (has a line acknowledged).
         let started = common::wait_for(30, || {
-            (round * WRITERS..(round + 1) * WRITERS).all(|id| {
-                std::fs::metadata(acks.join(format!("{id}"))).is_ok_and(|m| m.len() > 0)
-            })
+            (round * WRITERS..(round + 1) * WRITERS)
+                .all(|id| std::fs::metadata(acks.join(format!("{id}"))).is_ok_and(|m| m.len() > 0))
         });
         assert!(started, "round {round}: the writers did not start");
         std::thread::sleep(Duration::from_millis(100 + rng.below(500)));
@@ -247,7 +252,11 @@ fn check_read(data: &[u8], at: usize, what: &str, lines: &[(usize, Vec<u8>)]) {
         return;
     }
     if let Some(z) = data.iter().position(|b| *b == 0) {
-        panic!("{what}: a zero byte at {} ({} bytes read at {at})", at + z, data.len());
+        panic!(
+            "{what}: a zero byte at {} ({} bytes read at {at})",
+            at + z,
+            data.len()
+        );
     }
     // The line holding offset `at`, then each byte against the lines from there.
     let mut k = lines.partition_point(|(off, _)| *off <= at) - 1;
@@ -319,7 +328,10 @@ fn appends_read_exactly(p: &Path, early: bool) {
                 let n = reader.read_at(&mut buf, pos as u64).unwrap();
                 check_read(&buf[..n], pos, "tail reader", &lines);
                 // Start again at the last whole line (a line may be half there).
-                pos += buf[..n].iter().rposition(|b| *b == b'\n').map_or(0, |e| e + 1);
+                pos += buf[..n]
+                    .iter()
+                    .rposition(|b| *b == b'\n')
+                    .map_or(0, |e| e + 1);
             }
         });
         let whole = s.spawn(|| {
