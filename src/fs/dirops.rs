@@ -85,7 +85,7 @@ impl SessionFs {
         mode: u32,
         umask: u32,
         flags: i32,
-    ) -> SysResult<(u64, fuser::FileAttr)> {
+    ) -> SysResult<(u64, fuser::FileAttr, bool)> {
         self.ro()?;
         let c = sys::cname(name)?;
         // `<x>.jsonl.lane` is the lane file of a transcript: without the transcript
@@ -165,8 +165,8 @@ impl SessionFs {
         }
         drop(gate);
         let a = attr::to_attr(inode.id, &st);
-        let fh = self.insert_handle(ctx, fd, inode, flags);
-        Ok((fh, a))
+        let (fh, direct) = self.insert_handle(ctx, fd, inode, flags);
+        Ok((fh, a, direct))
     }
 
     /// UNLINK (`dir` false) or RMDIR `name` in `p`. Unlinking the last link of a
@@ -433,18 +433,20 @@ impl SessionFs {
         fd: std::os::fd::OwnedFd,
         inode: Arc<Inode>,
         flags: i32,
-    ) -> u64 {
+    ) -> (u64, bool) {
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         if writable {
             inode.writer_opened();
         }
+        let direct = inode.is_file() && inode.open_direct(flags);
         let via = inode.name();
-        self.files.insert(FileHandle {
+        let fh = self.files.insert(FileHandle {
             fd,
             inode,
             via,
             flags,
             writable,
+            direct,
             reads: Default::default(),
             read_bytes: Default::default(),
             writes: Default::default(),
@@ -454,6 +456,7 @@ impl SessionFs {
                 .as_ref()
                 .map(|_| self.ids.caller(ctx.pid, ctx.uid, ctx.gid)),
             last_writer: Default::default(),
-        })
+        });
+        (fh, direct)
     }
 }

@@ -18,6 +18,28 @@ pub(super) fn is_virtual(fh: u64) -> bool {
     fh >= VIRTUAL_BASE
 }
 
+/// The open flags for the reply to an OPEN or CREATE: `FOPEN_DIRECT_IO` if `direct`
+/// (see [`super::inode::Inode::open_direct`]), `FOPEN_KEEP_CACHE` if `keep` (see
+/// [`SessionFs::keep_cache`]).
+///
+/// Why direct I/O for write-only handles: through the page cache the kernel ends a
+/// WRITE at a partly written page that is not uptodate (`fuse_fill_write_pages`), so
+/// an append crossing a page boundary came as two WRITEs, and a daemon killed between
+/// them left half a line in the backing file. A direct write is one WRITE up to the
+/// request limit (1 MiB here: see the README, "One write(2), one WRITE"). A
+/// write-only descriptor cannot read or mmap, so it loses no caching of its own; the
+/// kernel drops the written range from the page cache before the WRITE.
+pub(super) fn reply_flags(direct: bool, keep: bool) -> FopenFlags {
+    let mut of = FopenFlags::empty();
+    if keep {
+        of |= FopenFlags::FOPEN_KEEP_CACHE;
+    }
+    if direct {
+        of |= FopenFlags::FOPEN_DIRECT_IO;
+    }
+    of
+}
+
 impl SessionFs {
     /// OPEN `inode` with the caller's `flags`: a backing fd in the handle table, an
     /// `open` record, and whether the kernel may keep its page cache. Returns (fh,
@@ -51,18 +73,14 @@ impl SessionFs {
         }
         let keep = self.keep_cache(&inode, st.as_ref());
         self.record_open(ctx, &inode, flags, st.as_ref(), &Ok(()));
-        let fh = self.insert_handle(ctx, fd, inode.clone(), flags);
+        let (fh, direct) = self.insert_handle(ctx, fd, inode.clone(), flags);
         self.locks.handle_opened(inode.key());
         // After this open's own records: the next request of the process comes from
         // the new image, and refreshes comm/exe.
         if flags & FMODE_EXEC != 0 {
             self.ids.note_exec(ctx.pid);
         }
-        let mut of = FopenFlags::empty();
-        if keep {
-            of |= FopenFlags::FOPEN_KEEP_CACHE;
-        }
-        Ok((fh, of))
+        Ok((fh, reply_flags(direct, keep)))
     }
 
     /// RELEASE of file handle `fh`: the last writable handle ends a rewrite in
@@ -74,6 +92,9 @@ impl SessionFs {
         }
         if let Some(h) = self.files.remove(fh) {
             let _order = h.inode.ordered();
+            if h.inode.is_file() {
+                h.inode.close_mode(h.flags, h.direct);
+            }
             let mut ended = None;
             let mut identical = false;
             if h.writable && h.inode.writer_released() {

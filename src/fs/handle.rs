@@ -25,6 +25,9 @@ pub struct FileHandle {
     pub flags: i32,
     /// Whether writes are journaled (write access).
     pub writable: bool,
+    /// Opened with `FOPEN_DIRECT_IO` (see [`super::inode::Inode::open_direct`]): the
+    /// kernel's page cache is bypassed for its reads and writes.
+    pub direct: bool,
     /// READ requests served.
     pub reads: AtomicU64,
     /// Bytes read.

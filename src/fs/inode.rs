@@ -71,6 +71,69 @@ pub struct Inode {
     changes: AtomicU64,
     /// Table tick of the last lookup, getattr or open (LRU order for inode pressure).
     used: AtomicU64,
+    /// READs of this inode served by us: see [`ReadCount`].
+    pub reads: ReadCount,
+    /// Open handles by kernel I/O mode: see [`IoModes`].
+    io_modes: Mutex<IoModes>,
+}
+
+/// The open handles of one inode by the kernel's I/O mode for them, which decides the
+/// mode of the next open (see [`Inode::open_direct`]).
+#[derive(Debug, Default)]
+struct IoModes {
+    /// Open through the page cache and readable: READs through them fill it.
+    cached_readers: u32,
+    /// Open with `FOPEN_DIRECT_IO`.
+    direct: u32,
+}
+
+/// The READs of one inode, counted so that a direct-I/O WRITE can tell whether the
+/// kernel may have cached a page of the range it writes from before the write reached
+/// the backing file (see [`super::SessionFs::do_write`]). Every page the kernel caches
+/// comes from a READ (read, readahead, mmap fault).
+#[derive(Debug, Default)]
+pub struct ReadCount {
+    /// READs begun (counted before their backing read).
+    started: AtomicU64,
+    /// READs done (counted after their backing read).
+    done: AtomicU64,
+    /// `done` as read by the last direct WRITE, right after its backing write.
+    done_at_write: AtomicU64,
+}
+
+/// One READ in progress: counted begun now and done when dropped.
+#[derive(Debug)]
+#[must_use = "the READ counts as in progress only while this lives"]
+pub struct ReadGuard<'a>(&'a ReadCount);
+
+impl Drop for ReadGuard<'_> {
+    fn drop(&mut self) {
+        self.0.done.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl ReadCount {
+    /// A READ begins (before its backing read): done when the guard drops.
+    pub fn begin(&self) -> ReadGuard<'_> {
+        self.started.fetch_add(1, Ordering::SeqCst);
+        ReadGuard(self)
+    }
+
+    /// Called by a direct WRITE right after its backing write (writes of one inode
+    /// come one at a time: the kernel holds the inode lock across each). Whether a
+    /// READ may have read the backing file between the previous such call and this
+    /// write, i.e. whether the kernel may now hold a page of the written range filled
+    /// before the write (stale, or zeros past the old end of file). False only if
+    /// every READ begun by now was done by the previous call: a READ that read before
+    /// this write began before now, and one that read after the kernel dropped the
+    /// range (which it does before sending the WRITE, after the previous WRITE's
+    /// reply) was done after the previous call.
+    pub fn read_since_last_write(&self) -> bool {
+        let started = self.started.load(Ordering::SeqCst);
+        let done = self.done.load(Ordering::SeqCst);
+        let before = self.done_at_write.swap(done, Ordering::SeqCst);
+        started != before
+    }
 }
 
 /// What the daemon knows of a backing file's state.
@@ -136,6 +199,41 @@ impl<'a> Mutation<'a> {
 }
 
 impl Inode {
+    /// A handle with the caller's open `flags` opens on this regular file: whether the
+    /// kernel is to bypass its page cache for it (`FOPEN_DIRECT_IO`), counted until
+    /// [`Self::close_mode`]. A write-only handle does, so that each `write(2)` comes as
+    /// one WRITE (see [`super::files::reply_flags`]), unless a handle that reads
+    /// through the page cache is open: its reads could fill a page with the file as it
+    /// was just before a direct write and show zeros where that write appends. A
+    /// readable handle does while a direct handle is open, for the same reason (its
+    /// reads then come to us); else it uses the page cache. So the two modes never mix
+    /// on one inode; the first open decides, until its handles are released.
+    pub fn open_direct(&self, flags: i32) -> bool {
+        let mut m = self.io_modes.lock();
+        let direct = if flags & libc::O_ACCMODE == libc::O_WRONLY {
+            m.cached_readers == 0
+        } else {
+            m.direct > 0
+        };
+        if direct {
+            m.direct += 1;
+        } else if flags & libc::O_ACCMODE != libc::O_WRONLY {
+            m.cached_readers += 1;
+        }
+        direct
+    }
+
+    /// A handle opened with `flags` and mode `direct` (from [`Self::open_direct`]) is
+    /// released.
+    pub fn close_mode(&self, flags: i32, direct: bool) {
+        let mut m = self.io_modes.lock();
+        if direct {
+            m.direct = m.direct.saturating_sub(1);
+        } else if flags & libc::O_ACCMODE != libc::O_WRONLY {
+            m.cached_readers = m.cached_readers.saturating_sub(1);
+        }
+    }
+
     /// Begin a change of ours to this inode: see [`Mutation`]. Blocks while another
     /// change (or an ordered record) of this inode is in flight.
     pub fn mutate(&self) -> Mutation<'_> {
@@ -316,6 +414,8 @@ impl InodeTable {
             order: Mutex::new(()),
             changes: AtomicU64::new(0),
             used: AtomicU64::new(0),
+            reads: ReadCount::default(),
+            io_modes: Default::default(),
         });
         let mut by_id = HashMap::new();
         by_id.insert(ROOT_ID, root);
@@ -442,6 +542,8 @@ impl InodeTable {
                 order: Mutex::new(()),
                 changes: AtomicU64::new(0),
                 used: AtomicU64::new(0),
+                reads: ReadCount::default(),
+                io_modes: Default::default(),
             })
         });
         inode.lookups.fetch_add(1, Ordering::AcqRel);

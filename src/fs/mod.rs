@@ -167,6 +167,9 @@ pub struct SessionFs {
     hash_keys: std::collections::hash_map::RandomState,
     /// To the invalidation thread (see [`Inval`]).
     inval: crossbeam_channel::Sender<Inval>,
+    /// To the thread that replies to direct WRITEs once the kernel has dropped the
+    /// pages they wrote (see [`write::HeldReply`]).
+    held_replies: crossbeam_channel::Sender<write::HeldReply>,
     virt: VirtualFiles,
     cfg: FsConfig,
     /// SELinux is active on this host (`/sys/fs/selinux` exists).
@@ -253,6 +256,8 @@ impl SessionFs {
             origins: Default::default(),
             hash_keys: Default::default(),
             inval: start_invalidator(cfg.notifier.clone())
+                .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EAGAIN)))?,
+            held_replies: write::start_held_replies(cfg.notifier.clone())
                 .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EAGAIN)))?,
             virt: VirtualFiles::new(),
             cfg,

@@ -18,7 +18,7 @@ use nix::errno::Errno;
 
 use super::change::SetAttr;
 use super::dirops::NewEntry;
-use super::files::is_virtual;
+use super::files::{is_virtual, reply_flags};
 use super::handle::DirHandle;
 use super::inode::{ROOT_ID, VIRTUAL_BASE};
 use super::stats::Req;
@@ -62,10 +62,15 @@ impl fuser::Filesystem for SessionFs {
         // checks write access, so `open(O_RDONLY|O_TRUNC)` of a running binary got
         // ETXTBSY after its file was already emptied (pjdfstest open::etxtbsy). Without
         // it an O_TRUNC open costs one SETATTR more, sent only once the checks passed.
+        // DIRECT_IO_ALLOW_MMAP: a readable handle opened while a write-only one is open
+        // is a direct-I/O handle too (see `Inode::open_direct`); with this flag a
+        // MAP_SHARED mmap of it works (through the page cache, written back before
+        // each direct write of the range) instead of failing with ENODEV.
         let mut wanted = InitFlags::FUSE_HANDLE_KILLPRIV_V2
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_DONT_MASK
-            | InitFlags::FUSE_POSIX_ACL;
+            | InitFlags::FUSE_POSIX_ACL
+            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
         if self.cfg.readdirplus {
             wanted |= InitFlags::FUSE_DO_READDIRPLUS;
         }
@@ -341,7 +346,11 @@ impl fuser::Filesystem for SessionFs {
             return reply.error(FErrno::EBADF);
         };
         let mut buf = vec![0u8; size as usize];
-        match sys::pread(h.fd(), &mut buf, offset) {
+        // Counted for the direct WRITEs of this inode (see `ReadCount`).
+        let counted = h.inode.reads.begin();
+        let res = sys::pread(h.fd(), &mut buf, offset);
+        drop(counted);
+        match res {
             Ok(n) => {
                 h.count_read(n);
                 reply.data(&buf[..n])
@@ -723,12 +732,12 @@ impl fuser::Filesystem for SessionFs {
             .inode(parent.0)
             .and_then(|p| self.do_create(&Ctx::from(req), &p, name, mode, umask, flags));
         match res {
-            Ok((fh, a)) => reply.created(
+            Ok((fh, a, direct)) => reply.created(
                 &self.cfg.attr_ttl,
                 &a,
                 Generation(0),
                 Fh(fh),
-                FopenFlags::empty(),
+                reply_flags(direct, false),
             ),
             Err(e) => reply.error(err(e)),
         }
