@@ -24,6 +24,19 @@ pub struct Cli {
 pub enum Command {
     /// Mount sessionfs over MOUNTPOINT (over its own contents unless --source is given).
     Mount(MountArgs),
+    /// Watch a daemon and detach its mount if it dies without unmounting (started by
+    /// the daemon; see --fail-closed).
+    #[command(hide = true)]
+    Sentinel {
+        /// The daemon's pid.
+        #[arg(long)]
+        pid: i32,
+        /// The mount's kernel device number.
+        #[arg(long)]
+        dev: u64,
+        /// The mountpoint.
+        mountpoint: PathBuf,
+    },
     /// Mount sessionfs over `<root>/agents`, so every agent's sessions directory, now
     /// and created later, is on the mount before its first write. Idempotent.
     MountAll(MountAllArgs),
@@ -140,6 +153,12 @@ pub struct MountArgs {
     /// and journaled with class `noop`, so no OpenClaw fence trips on them.
     #[arg(long)]
     pub strict_stat: bool,
+    /// Keep a crashed daemon's mount, answering ENOTCONN, until `sessionfs umount`.
+    /// Default (fail open): a sentinel process detaches it within a second, and the
+    /// path serves the backing directory again, unjournaled, until sessionfs is
+    /// mounted again.
+    #[arg(long)]
+    pub fail_closed: bool,
     /// Attribute/entry cache TTL in milliseconds. Every change through the mount keeps
     /// the kernel cache coherent whatever the TTL; it bounds how long a change made
     /// around the mount (a pre-mount fd, the --source directory) stays unseen.
@@ -309,7 +328,7 @@ fn group_id(g: &str) -> Result<u32, String> {
 }
 
 /// Every `-o` option, as the error for an unknown one lists them.
-pub const MOUNT_OPTIONS: &str = "allow_other, ro, rw, debug, strict_stat, no_reap, no_journal, readdirplus, \
+pub const MOUNT_OPTIONS: &str = "allow_other, ro, rw, debug, strict_stat, no_reap, no_journal, readdirplus, fail_closed, \
 state_dir=DIR, lanes=FILE, journal_max_size=SIZE, journal_max_age=AGE, threads=N, max_inodes=N, \
 ttl_ms=MS, journal_group=GROUP, salvage_max_size=SIZE, salvage_max_file_size=SIZE, \
 journal_max_pending=SIZE";
@@ -351,6 +370,7 @@ impl MountArgs {
             strict_stat: self.strict_stat,
             reap: !self.no_reap,
             journal_group: self.journal_group.as_deref().map(group_id).transpose()?,
+            fail_closed: self.fail_closed,
         };
         for o in self
             .options
@@ -419,6 +439,7 @@ impl MountArgs {
                 "strict_stat" => spec.strict_stat = true,
                 "no_reap" => spec.reap = false,
                 "no_journal" => spec.no_journal = true,
+                "fail_closed" => spec.fail_closed = true,
                 "readdirplus" => spec.readdirplus = true,
                 "default_permissions" => {}
                 other => return Err(unknown_option(other)),

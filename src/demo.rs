@@ -169,6 +169,7 @@ pub fn run() -> Result<(), String> {
             strict_stat: false,
             reap: true,
             journal_group: None,
+            fail_closed: false,
         })?;
         say!(
             "2. mounted sessionfs over it (overlay: same path, journal in {})",

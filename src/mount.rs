@@ -96,6 +96,8 @@ pub struct MountSpec {
     pub reap: bool,
     /// Group that may read `.journal` and `.locks` (`--journal-group`).
     pub journal_group: Option<u32>,
+    /// Keep a dead daemon's mount (ENOTCONN) instead of detaching it (`--fail-closed`).
+    pub fail_closed: bool,
 }
 
 /// The mount id: a canonical mountpoint escaped exactly like `systemd-escape --path`
@@ -1131,6 +1133,11 @@ fn serve(
         let mut f = fs::File::from(w);
         let _ = f.write_all(b"ok");
     }
+    if !spec.fail_closed
+        && let Some(d) = dev
+    {
+        spawn_sentinel(&canon, d);
+    }
     let notifier = crate::notify::Notifier::from_env().map(Arc::new);
     if let Some(n) = &notifier {
         let _ = n.send(&format!(
@@ -1202,6 +1209,90 @@ fn serve(
         Some(msg) => Err(msg),
         None => Ok(()),
     }
+}
+
+/// Start the sentinel (`sessionfs sentinel`, see [`run_sentinel`]) that detaches this
+/// daemon's mount if the daemon dies without unmounting (fail open). Logged, not
+/// fatal, when it cannot start.
+fn spawn_sentinel(mp: &Path, dev: u64) {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(error = %e, "no sentinel (fail open off): cannot find our binary");
+            return;
+        }
+    };
+    let r = Command::new(exe)
+        .arg("sentinel")
+        .arg("--pid")
+        .arg(std::process::id().to_string())
+        .arg("--dev")
+        .arg(dev.to_string())
+        .arg(mp)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn();
+    match r {
+        // Not waited for: it outlives us by design, and init reaps it.
+        Ok(c) => tracing::info!(
+            pid = c.id(),
+            "sentinel started: a crash detaches the mount (fail open)"
+        ),
+        Err(e) => tracing::warn!(error = %e, "no sentinel (fail open off)"),
+    }
+}
+
+/// `sessionfs sentinel --pid P --dev D MOUNTPOINT` (started by the daemon, hidden):
+/// wait for daemon `pid` to exit; if the sessionfs mount with kernel device `dev` is
+/// still at `mp` (the daemon died without unmounting: `kill -9`, OOM), detach it
+/// (`MNT_DETACH`), so the path serves the backing directory again within a second
+/// instead of answering ENOTCONN (fail open: the gateway goes on writing the same
+/// files, unjournaled, until sessionfs is mounted again). It closes every inherited fd
+/// first: holding the daemon's `/dev/fuse` would keep the dead connection alive.
+///
+/// # Errors
+/// One line when the daemon cannot be watched (`pidfd_open`).
+pub fn run_sentinel(pid: i32, dev: u64, mp: &Path) -> Result<(), String> {
+    // SAFETY: close_range on fds we do not use (3 and up); std's own fds are 0-2.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) };
+    if fd < 0 {
+        return Err(format!(
+            "sentinel: cannot watch pid {pid}: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: a fresh fd returned by pidfd_open, owned from here on.
+    let pidfd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    loop {
+        let mut fds = [nix::poll::PollFd::new(
+            pidfd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
+            Ok(_) => break,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(format!("sentinel: poll: {e}")),
+        }
+    }
+    let ours = mount_entry_at(mp).is_some_and(|e| e.is_sessionfs() && e.kernel_dev() == dev);
+    if !ours {
+        return Ok(()); // unmounted cleanly, or replaced by another mount
+    }
+    let when = crate::clock::now_rfc3339();
+    match nix::mount::umount2(mp, MntFlags::MNT_DETACH) {
+        Ok(()) => eprintln!(
+            "{when} WARN sessionfs sentinel: daemon {pid} died without unmounting; detached {} (fail open: writes now reach the backing directory unjournaled until sessionfs is mounted again)",
+            mp.display()
+        ),
+        Err(e) => eprintln!(
+            "{when} ERROR sessionfs sentinel: daemon {pid} died; could not detach {}: {e}",
+            mp.display()
+        ),
+    }
+    Ok(())
 }
 
 /// How often the `STATUS=` line is refreshed under systemd (more often when

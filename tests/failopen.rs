@@ -1,0 +1,114 @@
+//! A crashed daemon fails open: its sentinel detaches the mount, so an overlay mount's
+//! path serves the very same backing files again within a second and an OpenClaw-style
+//! writer (open, append, close) goes on; `--fail-closed` keeps the dead mount
+//! (ENOTCONN) until `sessionfs umount`.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::Mount;
+
+/// Append lines to `f` every 2 ms (open with O_APPEND, write, close) until `stop`;
+/// returns (instant, ok) of each attempt.
+fn writer(
+    f: std::path::PathBuf,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(Instant, bool)>> {
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let line = format!("{{\"type\":\"message\",\"id\":\"w{i:06}\"}}\n");
+            let ok = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&f)
+                .and_then(|mut h| h.write_all(line.as_bytes()))
+                .is_ok();
+            out.push((Instant::now(), ok));
+            i += 1;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        out
+    })
+}
+
+fn kill9(mnt: &Path) -> Instant {
+    let pid = common::daemon_pid(mnt).expect("daemon pid");
+    let t = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    t
+}
+
+#[test]
+fn a_killed_daemon_fails_open_within_a_second() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sessions");
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = tmp.path().join("state");
+    let _m = Mount::overlay(&dir, &state, &[]);
+    let f = dir.join("t.jsonl");
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(f.clone(), stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = kill9(&dir);
+    // The mount goes away by itself.
+    assert!(
+        common::wait_for(2, || !common::is_mounted(&dir)),
+        "the dead mount is still there"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let attempts = w.join().unwrap();
+    let after: Vec<&(Instant, bool)> = attempts.iter().filter(|(t, _)| *t >= killed).collect();
+    let first_ok = after
+        .iter()
+        .find(|(t, ok)| *ok && t.duration_since(killed) > Duration::ZERO)
+        .map(|(t, _)| t.duration_since(killed))
+        .expect("no append succeeded after the kill");
+    let failed = after.iter().filter(|(_, ok)| !ok).count();
+    eprintln!(
+        "fail open: first append {:.0?} after kill -9, {failed} failed appends in between",
+        first_ok
+    );
+    assert!(
+        first_ok < Duration::from_secs(1),
+        "first append after {first_ok:?}"
+    );
+    // Every acknowledged line is in the file, whole.
+    let data = std::fs::read_to_string(&f).unwrap();
+    let acked = attempts.iter().filter(|(_, ok)| *ok).count();
+    assert_eq!(
+        data.lines().count(),
+        acked,
+        "lines in the file vs acknowledged appends"
+    );
+    assert!(data.lines().all(|l| l.ends_with("\"}")), "a torn line");
+}
+
+#[test]
+fn fail_closed_keeps_the_dead_mount() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sessions");
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = tmp.path().join("state");
+    let _m = Mount::overlay(&dir, &state, &["--fail-closed"]);
+    std::fs::write(dir.join("a"), b"x").unwrap();
+    kill9(&dir);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        common::is_mounted(&dir),
+        "--fail-closed: the dead mount stays"
+    );
+    let e = std::fs::read(dir.join("a")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
+}
