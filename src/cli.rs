@@ -154,9 +154,10 @@ pub struct MountArgs {
     #[arg(long)]
     pub strict_stat: bool,
     /// Keep a crashed daemon's mount, answering ENOTCONN, until `sessionfs umount`.
-    /// Default (fail open): a sentinel process detaches it within a second, and the
-    /// path serves the backing directory again, unjournaled, until sessionfs is
-    /// mounted again.
+    /// Default for an overlay mount (no --source; fail open): a sentinel process
+    /// detaches it within a second, and the path serves the same files again,
+    /// unjournaled, until sessionfs is mounted again. A --source mount always fails
+    /// closed.
     #[arg(long)]
     pub fail_closed: bool,
     /// Attribute/entry cache TTL in milliseconds. Every change through the mount keeps

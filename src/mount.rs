@@ -1133,7 +1133,12 @@ fn serve(
         let mut f = fs::File::from(w);
         let _ = f.write_all(b"ok");
     }
+    // Only an overlay fails open: the path then serves the very files the daemon
+    // served. A mount with another --source would leave writers in the mountpoint's
+    // own (hidden) directory, apart from the files they were writing.
+    let overlay = source == canon; // both canonical (the plan); no stat through our own mount
     if !spec.fail_closed
+        && overlay
         && let Some(d) = dev
     {
         spawn_sentinel(&canon, d);
@@ -1243,7 +1248,8 @@ fn spawn_sentinel(mp: &Path, dev: u64) {
     }
 }
 
-/// `sessionfs sentinel --pid P --dev D MOUNTPOINT` (started by the daemon, hidden):
+/// `sessionfs sentinel --pid P --dev D MOUNTPOINT` (started by the daemon of an overlay
+/// mount, hidden):
 /// wait for daemon `pid` to exit; if the sessionfs mount with kernel device `dev` is
 /// still at `mp` (the daemon died without unmounting: `kill -9`, OOM), detach it
 /// (`MNT_DETACH`), so the path serves the backing directory again within a second
