@@ -1260,6 +1260,12 @@ fn spawn_sentinel(mp: &Path, dev: u64) {
 /// # Errors
 /// One line when the daemon cannot be watched (`pidfd_open`).
 pub fn run_sentinel(pid: i32, dev: u64, mp: &Path) -> Result<(), String> {
+    // A service manager stopping the unit after the daemon died signals us too: we
+    // end by ourselves within milliseconds, after the detach that matters.
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        // SAFETY: installing SIG_IGN runs no handler code.
+        let _ = unsafe { nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigIgn) };
+    }
     // SAFETY: close_range on fds we do not use (3 and up); std's own fds are 0-2.
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
