@@ -21,6 +21,7 @@ pub(crate) mod locks;
 pub(crate) mod mount;
 pub(crate) mod names;
 pub(crate) mod notify;
+pub(crate) mod reconcile;
 pub(crate) mod status;
 pub(crate) mod sys;
 pub(crate) mod transcript;

@@ -1004,6 +1004,17 @@ fn serve(
             }
         }
     };
+    // Before serving (the backing directory is not mounted over yet): what changed
+    // while we were away is journaled first, as `external`.
+    if let Some(j) = &journal {
+        let n = crate::reconcile::reconcile(j, root.as_fd());
+        if n > 0 {
+            tracing::warn!(
+                files = n,
+                "reconciled at start: changes made while sessionfs was away are journaled as external"
+            );
+        }
+    }
     let notifier = Arc::new(std::sync::OnceLock::new());
     let cfg = FsConfig {
         notifier: notifier.clone(),

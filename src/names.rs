@@ -36,6 +36,34 @@ pub fn encode(bytes: &[u8]) -> String {
     out
 }
 
+/// The bytes a spelling made by [`encode`] stands for (a journal `path` back to the
+/// name on disk). A backslash not followed by `\\` or `xHH` is kept as a byte.
+pub fn decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' {
+            if b.get(i + 1) == Some(&b'\\') {
+                out.push(b'\\');
+                i += 2;
+                continue;
+            }
+            if b.get(i + 1) == Some(&b'x')
+                && let Some(h) = b.get(i + 2..i + 4)
+                && let Ok(v) = u8::from_str_radix(std::str::from_utf8(h).unwrap_or("-"), 16)
+            {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
 /// [`encode`] of an `OsStr` (a file name or path).
 pub fn encode_os(s: &std::ffi::OsStr) -> String {
     use std::os::unix::ffi::OsStrExt;
@@ -53,34 +81,6 @@ pub fn read_proc(path: impl AsRef<std::path::Path>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Test oracle of the bijection: the bytes a spelling made by [`encode`] stands
-    /// for. A backslash not followed by `\` or `xHH` is kept as a byte.
-    fn decode(s: &str) -> Vec<u8> {
-        let b = s.as_bytes();
-        let mut out = Vec::with_capacity(b.len());
-        let mut i = 0;
-        while i < b.len() {
-            if b[i] == b'\\' {
-                if b.get(i + 1) == Some(&b'\\') {
-                    out.push(b'\\');
-                    i += 2;
-                    continue;
-                }
-                if b.get(i + 1) == Some(&b'x')
-                    && let Some(h) = b.get(i + 2..i + 4)
-                    && let Ok(v) = u8::from_str_radix(std::str::from_utf8(h).unwrap_or("-"), 16)
-                {
-                    out.push(v);
-                    i += 4;
-                    continue;
-                }
-            }
-            out.push(b[i]);
-            i += 1;
-        }
-        out
-    }
 
     #[test]
     fn utf8_names_are_kept() {

@@ -112,3 +112,71 @@ fn fail_closed_keeps_the_dead_mount() {
     let e = std::fs::read(dir.join("a")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
 }
+
+/// Reconcile at start: `kill -9` while a writer appends (it goes on through the
+/// fail-open window, unjournaled), then mount again: the `external` record (flag
+/// `reconcile`) names exactly the lines no journaled write covers, which include
+/// every line written while sessionfs was away.
+#[test]
+fn a_restart_journals_what_was_written_while_away() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sessions");
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = tmp.path().join("state");
+    let f = dir.join("t.jsonl");
+    let mut m = Mount::overlay(&dir, &state, &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(f.clone(), stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    kill9(&dir);
+    assert!(common::wait_for(2, || !common::is_mounted(&dir)));
+    // Lines written now are after the mount was gone.
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    w.join().unwrap();
+    let mut away = Vec::new();
+    {
+        let mut h = std::fs::OpenOptions::new().append(true).open(&f).unwrap();
+        for i in 0..5 {
+            let line = format!("{{\"type\":\"message\",\"id\":\"away{i}\"}}\n");
+            h.write_all(line.as_bytes()).unwrap();
+            away.push(format!("away{i}"));
+        }
+    }
+    m.unmount();
+    let _m2 = Mount::overlay(&dir, &state, &[]);
+    let recs = common::read_jsonl(&dir.join(".journal"));
+    let ext: Vec<&serde_json::Value> = recs
+        .iter()
+        .filter(|r| r["op"] == "external" && r["flags"][0] == "reconcile")
+        .collect();
+    assert_eq!(ext.len(), 1, "{ext:?}");
+    let ids: Vec<&str> = ext[0]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["id"].as_str())
+        .collect();
+    for a in &away {
+        assert!(ids.contains(&a.as_str()), "{a} missing from {ids:?}");
+    }
+    // No line the journal already has a write for.
+    let journaled: std::collections::HashSet<&str> = recs
+        .iter()
+        .filter(|r| r["op"] == "write")
+        .flat_map(|r| r["entries"].as_array().into_iter().flatten())
+        .filter_map(|e| e["id"].as_str())
+        .collect();
+    assert!(ids.iter().all(|i| !journaled.contains(i)), "{ids:?}");
+    // Every line of the file is journaled one way or the other.
+    let data = std::fs::read_to_string(&f).unwrap();
+    assert_eq!(journaled.len() + ids.len(), data.lines().count());
+    // A clean restart has nothing to reconcile.
+    drop(_m2);
+    let _m3 = Mount::overlay(&dir, &state, &[]);
+    let again = common::read_jsonl(&dir.join(".journal"))
+        .iter()
+        .filter(|r| r["flags"][0] == "reconcile")
+        .count();
+    assert_eq!(again, 1, "a clean restart reconciled something");
+}

@@ -18,7 +18,7 @@
 //!   [`attr`]: stat → FUSE attributes; [`virt`]: `.journal`/`.salvage` files;
 //!   [`pressure`]: fd budget; [`replied`]: early replies vs journal readers.
 
-mod attr;
+pub(crate) mod attr;
 mod change;
 mod cut;
 mod dirops;

@@ -167,6 +167,10 @@ struct Loc {
 struct FileIndex {
     fseq: u64,
     latest_seq: u64,
+    /// Where the file was and its backing fingerprint after its last successful
+    /// change through the mount (`None` once unlinked): what [`Journal::last_known`]
+    /// gives the reconciliation at start.
+    last: Option<(String, record::Fingerprint)>,
     locs: VecDeque<Loc>,
     /// Bytes of this view dropped by retention (subtracted from `Loc::end`).
     base: u64,
@@ -284,6 +288,14 @@ impl State {
         if keys.len() > 1 {
             self.alias.insert(file, last);
         }
+        if ix.unlinked {
+            if let Some(fi) = self.files.get_mut(&last) {
+                fi.last = None;
+            }
+        } else if let Some(fp) = ix.after {
+            let at = ix.to.unwrap_or(path);
+            self.files.entry(last).or_default().last = Some((at.to_string(), fp));
+        }
         self.last_at.insert(path.to_string(), last);
         if let Some(to) = ix.to {
             self.last_at.insert(to.to_string(), last);
@@ -315,6 +327,10 @@ impl State {
 /// What [`State::index`] needs of a record.
 struct Indexed<'a> {
     seq: u64,
+    /// The backing fingerprint after a successful change, and whether the change was
+    /// an unlink (the file's name gone).
+    after: Option<record::Fingerprint>,
+    unlinked: bool,
     to: Option<&'a str>,
     file: Option<FileRef>,
     replaced: Option<FileRef>,
@@ -586,6 +602,8 @@ struct Scan<'a> {
     file: Option<FileRef>,
     #[serde(default)]
     replaced: Option<FileRef>,
+    #[serde(default)]
+    after: Option<record::Fingerprint>,
 }
 
 fn seg_name(n: u32) -> String {
@@ -855,6 +873,8 @@ impl Journal {
                 replaced: rec.replaced,
                 renamed_over: rec.op == record::Op::Rename && rec.result == "ok",
                 disk_fseq: None,
+                after: rec.after.filter(|_| rec.result == "ok"),
+                unlinked: rec.op == record::Op::Unlink && rec.result == "ok",
             }
         }
         rec.fseq = st.next_fseq(&ix(&rec, seq));
@@ -1064,6 +1084,17 @@ impl Journal {
         self.salvage.len(&salvage_name(key))
     }
 
+    /// Every file whose last change through the mount left it in place (not unlinked),
+    /// with its lineage, mount-relative path and backing fingerprint after that change:
+    /// what the reconciliation at start compares with the files as they are.
+    pub fn last_known(&self) -> Vec<(FileRef, String, record::Fingerprint)> {
+        let st = self.shared.state.lock();
+        st.files
+            .iter()
+            .filter_map(|(k, fi)| fi.last.as_ref().map(|(p, fp)| (*k, p.clone(), *fp)))
+            .collect()
+    }
+
     /// The seq the next record will get.
     pub fn next_seq(&self) -> u64 {
         self.shared.state.lock().next_seq
@@ -1231,6 +1262,8 @@ fn scan_segment(path: &Path, n: u32, st: &mut State) -> io::Result<(u64, File)> 
                     replaced: s.replaced,
                     renamed_over: s.op == "rename" && s.result == "ok",
                     disk_fseq: Some(s.fseq),
+                    after: s.after.filter(|_| s.result == "ok"),
+                    unlinked: s.op == "unlink" && s.result == "ok",
                 },
                 &s.path,
                 n,
