@@ -157,7 +157,7 @@ pub struct DirEntry {
 
 /// `S_IFMT` bits of entry `name` in directory `dir`, by `fstatat` (no follow); 0 when
 /// it cannot be stated.
-pub(super) fn kind_by_stat(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> u32 {
+pub(super) fn kind_by_stat(dir: impl std::os::fd::AsFd, name: &std::ffi::OsStr) -> u32 {
     crate::sys::cname(name)
         .and_then(|c| crate::sys::fstatat(dir, &c))
         .map_or(0, |st| st.st_mode & libc::S_IFMT)
@@ -166,7 +166,7 @@ pub(super) fn kind_by_stat(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> u32 {
 impl DirHandle {
     /// Open the backing directory for reading.
     pub fn open(inode: Arc<Inode>) -> crate::sys::SysResult<Self> {
-        let fd = crate::sys::reopen(inode.fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+        let fd = inode.open(libc::O_RDONLY | libc::O_DIRECTORY)?;
         let raw = std::os::fd::IntoRawFd::into_raw_fd(fd);
         // SAFETY: `raw` is an open directory fd we own; fdopendir takes ownership of it.
         let dir = unsafe { libc::fdopendir(raw) };
@@ -226,7 +226,13 @@ impl DirHandle {
                     libc::DT_BLK => libc::S_IFBLK,
                     libc::DT_REG => libc::S_IFREG,
                     // DT_UNKNOWN (xfs without ftype, isofs, some network filesystems).
-                    _ => kind_by_stat(self.inode.fd(), &name),
+                    _ => {
+                        // The stream's own fd: a directory fd serves `fstatat` as well.
+                        // SAFETY: valid DIR* under its mutex (held: `stream`).
+                        let fd = unsafe { libc::dirfd(stream.0) };
+                        // SAFETY: `fd` stays open while the stream lock is held.
+                        kind_by_stat(unsafe { BorrowedFd::borrow_raw(fd) }, &name)
+                    }
                 };
                 out.push(DirEntry {
                     ino,

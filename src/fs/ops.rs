@@ -76,10 +76,14 @@ impl fuser::Filesystem for SessionFs {
 
     fn destroy(&mut self) {
         let (inodes, files, dirs) = self.counts();
+        let fds = self.inodes.fds();
         tracing::info!(
             inodes,
             open_files = files,
             open_dirs = dirs,
+            pinned = fds.pinned(),
+            cached_fds = fds.cached(),
+            handle_opens = fds.misses(),
             "session ending"
         );
         if let Some(j) = &self.journal {
@@ -180,7 +184,10 @@ impl fuser::Filesystem for SessionFs {
         let Ok(inode) = self.inode(ino.0) else {
             return reply.error(FErrno::ENOENT);
         };
-        match nix::fcntl::readlinkat(inode.fd(), "") {
+        match inode
+            .fd()
+            .and_then(|fd| nix::fcntl::readlinkat(fd, ""))
+        {
             Ok(target) => reply.data(target.as_encoded_bytes()),
             Err(e) => reply.error(err(e)),
         }
@@ -456,6 +463,8 @@ impl fuser::Filesystem for SessionFs {
             Ok(e) => e,
             Err(e) => return reply.error(err(e)),
         };
+        // One fd of the directory for the whole reply.
+        let dir_fd = dh.inode.fd();
         for (i, ent) in entries.iter().enumerate().skip(offset as usize) {
             let name = ent.name.as_os_str();
             let next = i as u64 + 1;
@@ -473,7 +482,7 @@ impl fuser::Filesystem for SessionFs {
             if name == "." || name == ".." {
                 // The kernel ignores attributes of `.`/`..` in READDIRPLUS and takes no
                 // lookup count on them.
-                let Ok(st) = sys::fstat(dh.inode.fd()) else {
+                let Ok(st) = dir_fd.as_ref().map_err(|e| *e).and_then(sys::fstat) else {
                     continue;
                 };
                 let id = if dh.inode.id == ROOT_ID {
@@ -488,7 +497,11 @@ impl fuser::Filesystem for SessionFs {
                 continue;
             }
             let Ok(c) = sys::cname(name) else { continue };
-            let Ok(fd) = sys::openat(dh.inode.fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0) else {
+            let Ok(fd) = dir_fd
+                .as_ref()
+                .map_err(|e| *e)
+                .and_then(|d| sys::openat(d, &c, libc::O_PATH | libc::O_NOFOLLOW, 0))
+            else {
                 continue;
             };
             let Ok(st) = sys::fstat(fd.as_fd()) else {
@@ -545,7 +558,7 @@ impl fuser::Filesystem for SessionFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let root = self.inodes.root();
-        match nix::sys::statvfs::fstatvfs(root.fd()) {
+        match root.fd().and_then(nix::sys::statvfs::fstatvfs) {
             Ok(s) => reply.statfs(
                 s.blocks(),
                 s.blocks_free(),
@@ -607,7 +620,7 @@ impl fuser::Filesystem for SessionFs {
                     Err(e) => return reply.error(err(e)),
                 };
                 let mut buf = vec![0u8; size as usize];
-                match sys::getxattr(inode.fd(), &c, &mut buf) {
+                match inode.fd().and_then(|fd| sys::getxattr(fd, &c, &mut buf)) {
                     Ok(n) if size == 0 => return reply.size(n as u32),
                     Ok(n) => {
                         buf.truncate(n);
@@ -643,7 +656,7 @@ impl fuser::Filesystem for SessionFs {
             return reply.error(FErrno::ENOENT);
         };
         let mut buf = vec![0u8; size as usize];
-        match sys::listxattr(inode.fd(), &mut buf) {
+        match inode.fd().and_then(|fd| sys::listxattr(fd, &mut buf)) {
             Ok(n) if size == 0 => reply.size(n as u32),
             Ok(n) => reply.data(&buf[..n]),
             Err(e) => reply.error(err(e)),
@@ -668,7 +681,12 @@ impl fuser::Filesystem for SessionFs {
         let Ok(inode) = self.inode(ino.0) else {
             return reply.error(FErrno::ENOENT);
         };
-        let path = sys::proc_fd_path(inode.fd().as_raw_fd());
+        let fd = match inode.fd() {
+            Ok(fd) => fd,
+            Err(e) => return reply.error(err(e)),
+        };
+        // `fd` is held while its number is in the path.
+        let path = sys::proc_fd_path(fd.as_raw_fd());
         // SAFETY: valid C string; faccessat only reads it.
         let r = unsafe { libc::faccessat(libc::AT_FDCWD, path.as_ptr(), mask.bits(), 0) };
         if r == 0 {

@@ -138,7 +138,7 @@ impl SessionFs {
             || base_of(n).is_some_and(|(b, _)| {
                 sys::cname(OsStr::from_bytes(b))
                     .ok()
-                    .is_some_and(|c| sys::fstatat(parent.fd(), &c).is_ok())
+                    .is_some_and(|c| parent.fd().and_then(|d| sys::fstatat(d, &c)).is_ok())
             });
         if shadows {
             let path = self.child_path(parent, name);
@@ -195,7 +195,7 @@ impl SessionFs {
             let st = self
                 .inodes
                 .get(*parent)
-                .and_then(|p| sys::fstatat(p.fd(), &sys::cname(name).ok()?).ok())?;
+                .and_then(|p| sys::fstatat(p.fd().ok()?, &sys::cname(name).ok()?).ok())?;
             let perm = (st.st_mode & 0o666) as u16;
             return Some(self.vattr_mode(id, 0, st.st_uid, st.st_gid, perm));
         }
@@ -239,7 +239,7 @@ impl SessionFs {
             _ => return None,
         };
         let p = self.inodes.get(parent)?;
-        let st = sys::fstatat(p.fd(), &sys::cname(&name).ok()?).ok()?;
+        let st = sys::fstatat(p.fd().ok()?, &sys::cname(&name).ok()?).ok()?;
         Some(crate::sys::FileKey::of(&st))
     }
 
@@ -318,7 +318,7 @@ impl SessionFs {
     /// Lookup of a name the backing does not have: is it a virtual file?
     pub(super) fn virtual_lookup(&self, parent: &Inode, name: &OsStr) -> Option<FileAttr> {
         let n = name.as_bytes();
-        let root_st = sys::fstat(self.inodes.root().fd()).ok()?;
+        let root_st = sys::fstat(self.inodes.root().fd().ok()?).ok()?;
         if parent.id == ROOT_ID && n == LOCKS_FILE.as_bytes() {
             let (uid, gid) = self.mount_view_owner();
             let id = self.virt.id(VirtualKind::Locks, uid, gid);
@@ -328,7 +328,7 @@ impl SessionFs {
             let base = OsStr::from_bytes(&n[..n.len() - LANE_SUFFIX.len()]);
             let st = sys::cname(base)
                 .ok()
-                .and_then(|c| sys::fstatat(parent.fd(), &c).ok())
+                .and_then(|c| sys::fstatat(parent.fd().ok()?, &c).ok())
                 .filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)?;
             let kind = VirtualKind::Lane {
                 parent: parent.id,
@@ -349,7 +349,7 @@ impl SessionFs {
         // Owner: the watched file's, else the mount root's.
         let owner = sys::cname(base)
             .ok()
-            .and_then(|c| sys::fstatat(parent.fd(), &c).ok())
+            .and_then(|c| sys::fstatat(parent.fd().ok()?, &c).ok())
             .map(|st| (st.st_uid, st.st_gid));
         let known = owner.is_some()
             || if salvage {
@@ -376,7 +376,7 @@ impl SessionFs {
             return Vec::new();
         }
         let c = sys::cname(OsStr::new(MOUNT_JOURNAL)).expect("static name");
-        if sys::fstatat(dir.fd(), &c).is_ok() {
+        if dir.fd().and_then(|d| sys::fstatat(d, &c)).is_ok() {
             return Vec::new(); // a real `.journal` is already listed
         }
         let (uid, gid) = self.mount_view_owner();
