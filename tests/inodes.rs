@@ -99,7 +99,9 @@ fn inode_pressure(args: &[&str]) {
 
 /// Open fds of process `pid`.
 fn fds_of(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
 }
 
 /// 20,000 files, no `--max-inodes`: after an `ls -l` and a stat of every file

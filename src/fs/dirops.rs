@@ -61,9 +61,7 @@ impl SessionFs {
                     c.as_c_str(),
                     nix::sys::stat::Mode::from_bits_truncate(mode),
                 ),
-                NewEntry::Symlink { target } => {
-                    nix::unistd::symlinkat(target, &pfd, c.as_c_str())
-                }
+                NewEntry::Symlink { target } => nix::unistd::symlinkat(target, &pfd, c.as_c_str()),
             })
         });
         let (op, to, mode) = match what {

@@ -3,10 +3,10 @@
 //! needs it, and a bounded cache of the O_PATH fds so opened (model: virtiofsd's and
 //! fuse-backend-rs's passthrough with file handles).
 //!
-//! An inode's fd lives in its [`FdSlot`]. A slot is either
-//! - *cached*: filled on demand from the handle and closed again by the cache's CLOCK
-//!   (second-chance) sweep when more than [`FD_CACHE_CAP`] slots hold fds, or
-//! - *pinned*: the fd stays as long as the inode. That is the fallback, one fd per
+//! An inode's fd is either
+//! - *cached*: opened on demand from the handle and closed again by the cache's CLOCK
+//!   (second-chance) sweep when more than [`FD_CACHE_CAP`] fds are cached, or
+//! - *pinned*: held by the inode for its life. That is the fallback, one fd per
 //!   inode as before, where handles do not work: the backing filesystem has no export
 //!   operations (EOPNOTSUPP), the daemon lacks `CAP_DAC_READ_SEARCH` (EPERM), the
 //!   inode lies on another mount than the source root (`--source` with a mount inside),
@@ -23,65 +23,67 @@
 //! handle cannot open the wrong file. The inode table compares handles when a lookup
 //! meets a known (dev, ino) with no fd open (see `InodeTable::lookup`).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use nix::errno::Errno;
 use parking_lot::Mutex;
 
 use crate::sys::{self, FsHandle, SysResult};
 
-/// Most O_PATH fds the cache keeps open at once (pinned slots not counted). A few
+/// Most O_PATH fds the cache keeps open at once (pinned fds not counted). A few
 /// hundred: enough for the inodes a session directory's writers keep hot (a request
 /// on a cached inode costs no open), small against any fd limit.
 pub const FD_CACHE_CAP: usize = 256;
 
-/// An O_PATH fd on an inode's backing object, held for one request: the cache may
-/// drop its own reference meanwhile, the fd stays open until this is dropped. Keep it
-/// alive for as long as its number is used (a `/proc/self/fd/N` path built from it).
+/// An O_PATH fd on an inode's backing object, held for one request: a pinned fd
+/// borrowed from its inode, or a cached one shared with the cache (which may drop its
+/// own reference meanwhile; the fd stays open until this is dropped). Keep it alive
+/// for as long as its number is used (a `/proc/self/fd/N` path built from it).
 #[derive(Debug, Clone)]
-pub struct PathFd(Arc<OwnedFd>);
+pub enum PathFd<'a> {
+    /// The inode's pinned fd.
+    Pinned(BorrowedFd<'a>),
+    /// A cached fd.
+    Cached(Arc<OwnedFd>),
+}
 
-impl AsFd for PathFd {
+impl AsFd for PathFd<'_> {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.0.as_fd()
+        match self {
+            PathFd::Pinned(fd) => fd.as_fd(),
+            PathFd::Cached(fd) => fd.as_fd(),
+        }
     }
 }
 
-impl AsRawFd for PathFd {
+impl AsRawFd for PathFd<'_> {
     fn as_raw_fd(&self) -> RawFd {
-        self.0.as_raw_fd()
+        self.as_fd().as_raw_fd()
     }
 }
 
-/// Where one inode's fd lives (see the module doc).
+/// A cached fd and its CLOCK bit (used since the sweep last passed).
+#[derive(Debug)]
+struct Entry {
+    fd: Arc<OwnedFd>,
+    referenced: bool,
+}
+
+/// The cached fds by node id, and their CLOCK order.
 #[derive(Debug, Default)]
-pub struct FdSlot {
-    fd: Mutex<Option<Arc<OwnedFd>>>,
-    /// Used since the sweep last passed: spared once (CLOCK).
-    referenced: AtomicBool,
-    /// The fd stays for the inode's life; never swept.
-    pinned: AtomicBool,
-    /// In the cache's ring.
-    queued: AtomicBool,
-}
-
-impl FdSlot {
-    /// Is the fd held for the inode's life (fallback, root, or removed through us)?
-    pub fn is_pinned(&self) -> bool {
-        self.pinned.load(Ordering::Acquire)
-    }
-
-    /// Is an fd open in the slot right now? While one is, the backing inode is alive,
-    /// so its (dev, ino) names no other file.
-    pub fn is_open(&self) -> bool {
-        self.fd.lock().is_some()
-    }
+struct Clock {
+    map: HashMap<u64, Entry>,
+    ring: VecDeque<u64>,
 }
 
 /// The O_PATH fd cache and the mount fd handles are opened on; one per mount.
+///
+/// Cached fds are keyed by node id. An entry always names the live object with that
+/// id's (dev, ino): the open fd keeps the object alive, so no other file can have
+/// its number meanwhile.
 #[derive(Debug)]
 pub struct FdCache {
     /// O_RDONLY|O_DIRECTORY fd on the source root (`open_by_handle_at` refuses an
@@ -90,11 +92,10 @@ pub struct FdCache {
     /// Why handles are off, for the log (empty when on).
     off_reason: String,
     cap: usize,
-    /// Slots holding cached fds, in CLOCK order.
-    ring: Mutex<VecDeque<Weak<FdSlot>>>,
-    /// Inodes whose slot is pinned (what inode pressure bounds by default).
+    clock: Mutex<Clock>,
+    /// Inodes with a pinned fd (what inode pressure bounds by default).
     pinned: AtomicUsize,
-    /// `open_by_handle_at` calls made for cached slots (a miss each).
+    /// `open_by_handle_at` calls made to fill the cache (a miss each).
     misses: AtomicU64,
 }
 
@@ -130,7 +131,7 @@ impl FdCache {
             mount,
             off_reason,
             cap: cap.max(1),
-            ring: Mutex::new(VecDeque::new()),
+            clock: Mutex::new(Clock::default()),
             pinned: AtomicUsize::new(0),
             misses: AtomicU64::new(0),
         }
@@ -145,7 +146,7 @@ impl FdCache {
         }
     }
 
-    /// Most fds the cache keeps open (pinned slots not counted).
+    /// Most fds the cache keeps open (pinned fds not counted).
     pub fn capacity(&self) -> usize {
         self.cap
     }
@@ -155,10 +156,14 @@ impl FdCache {
         self.pinned.load(Ordering::Acquire)
     }
 
-    /// Cached slots holding an fd right now (at most [`Self::capacity`] once a sweep
-    /// has run).
+    /// Cached fds open right now (at most [`Self::capacity`]).
     pub fn cached(&self) -> usize {
-        self.ring.lock().len()
+        self.clock.lock().map.len()
+    }
+
+    /// Is an fd of node `id` cached right now?
+    pub fn is_cached(&self, id: u64) -> bool {
+        self.clock.lock().map.contains_key(&id)
     }
 
     /// `open_by_handle_at` calls made to fill the cache so far.
@@ -177,70 +182,88 @@ impl FdCache {
         }
     }
 
-    /// A slot whose fd stays for its inode's life.
-    pub fn pinned_slot(&self, fd: OwnedFd) -> Arc<FdSlot> {
+    /// Pin `fd` in `slot` (an inode's) for the inode's life; false if it already
+    /// held one (then `fd` is closed).
+    pub fn pin(&self, id: u64, slot: &OnceLock<OwnedFd>, fd: OwnedFd) -> bool {
+        if slot.set(fd).is_err() {
+            return false;
+        }
         self.pinned.fetch_add(1, Ordering::AcqRel);
-        Arc::new(FdSlot {
-            fd: Mutex::new(Some(Arc::new(fd))),
-            pinned: AtomicBool::new(true),
-            ..FdSlot::default()
-        })
+        // The pinned fd serves from now on.
+        self.forget(id);
+        true
     }
 
-    /// A cached slot, holding `fd` (just opened by a lookup, so likely used next).
-    pub fn cached_slot(&self, fd: OwnedFd) -> Arc<FdSlot> {
-        let slot = Arc::new(FdSlot {
-            fd: Mutex::new(Some(Arc::new(fd))),
-            ..FdSlot::default()
-        });
-        self.admit(&slot);
-        slot
-    }
-
-    /// Called when the inode owning `slot` is dropped: a pinned slot leaves the count.
-    pub fn release(&self, slot: &FdSlot) {
-        if slot.is_pinned() {
+    /// The inode with node id `id` and pinned-fd slot `slot` is dropped: a pinned fd
+    /// leaves the count, a cached one closes.
+    pub fn release(&self, id: u64, slot: &OnceLock<OwnedFd>) {
+        if slot.get().is_some() {
             self.pinned.fetch_sub(1, Ordering::AcqRel);
         }
+        self.forget(id);
     }
 
-    /// The O_PATH fd of the inode with `slot` and `handle`: the slot's, else opened
-    /// from the handle (and cached).
+    /// Close the cached fd of node `id`, if any (its inode is gone or replaced).
+    pub fn forget(&self, id: u64) {
+        let gone = {
+            let mut c = self.clock.lock();
+            let e = c.map.remove(&id);
+            if e.is_some() {
+                c.ring.retain(|x| *x != id);
+            }
+            e
+        };
+        drop(gone);
+    }
+
+    /// The O_PATH fd of node `id` (pinned fd `slot`, file handle `handle`): the pinned
+    /// one, else the cached one, else opened from the handle (and cached).
     ///
     /// # Errors
-    /// ENOENT when the handle no longer opens (ESTALE: the file is gone); EBADF for a
-    /// slot with neither fd nor handle (never made so); else the errno of
+    /// ENOENT when the handle no longer opens (ESTALE: the file is gone); EBADF for an
+    /// inode with neither pinned fd nor handle (never made so); else the errno of
     /// `open_by_handle_at` (EPERM, EMFILE, …).
-    pub fn get(&self, slot: &Arc<FdSlot>, handle: Option<&FsHandle>) -> SysResult<PathFd> {
-        {
-            let mut g = slot.fd.lock();
-            if let Some(fd) = &*g {
-                slot.referenced.store(true, Ordering::Relaxed);
-                return Ok(PathFd(fd.clone()));
-            }
-            let (mfd, _) = self.mount.as_ref().ok_or(Errno::EBADF)?;
-            let h = handle.ok_or(Errno::EBADF)?;
-            self.misses.fetch_add(1, Ordering::Relaxed);
-            let fd = Arc::new(
-                sys::open_by_handle(mfd, h, libc::O_PATH | libc::O_NOFOLLOW).map_err(gone)?,
-            );
-            *g = Some(fd.clone());
-            drop(g);
-            self.admit(slot);
-            Ok(PathFd(fd))
+    pub fn get<'a>(
+        &self,
+        id: u64,
+        slot: &'a OnceLock<OwnedFd>,
+        handle: Option<&FsHandle>,
+    ) -> SysResult<PathFd<'a>> {
+        if let Some(fd) = slot.get() {
+            return Ok(PathFd::Pinned(fd.as_fd()));
         }
+        if let Some(e) = self.clock.lock().map.get_mut(&id) {
+            e.referenced = true;
+            return Ok(PathFd::Cached(e.fd.clone()));
+        }
+        let (mfd, _) = self.mount.as_ref().ok_or(Errno::EBADF)?;
+        let h = handle.ok_or(Errno::EBADF)?;
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let fd = sys::open_by_handle(mfd, h, libc::O_PATH | libc::O_NOFOLLOW).map_err(gone)?;
+        Ok(PathFd::Cached(self.insert(id, fd)))
     }
 
-    /// A new fd on the inode of `slot`/`handle`, opened with `flags` (O_CREAT, O_EXCL
-    /// and O_NOFOLLOW stripped, as [`sys::reopen`] does): a reopen of the slot's fd
-    /// when it has one, else straight from the handle (one open, and no cache churn).
+    /// A new fd on node `id`'s object opened with `flags` (O_CREAT, O_EXCL and
+    /// O_NOFOLLOW stripped, as [`sys::reopen`] does): a reopen of its pinned or cached
+    /// fd, else straight from the handle (one open, and no cache churn).
     ///
     /// # Errors
     /// As [`Self::get`], and the errno of the open (EACCES, ETXTBSY, EISDIR, …).
-    pub fn open(&self, slot: &FdSlot, handle: Option<&FsHandle>, flags: i32) -> SysResult<OwnedFd> {
-        let held = slot.fd.lock().clone();
-        if let Some(fd) = held {
-            slot.referenced.store(true, Ordering::Relaxed);
+    pub fn open(
+        &self,
+        id: u64,
+        slot: &OnceLock<OwnedFd>,
+        handle: Option<&FsHandle>,
+        flags: i32,
+    ) -> SysResult<OwnedFd> {
+        if let Some(fd) = slot.get() {
+            return sys::reopen(fd, flags);
+        }
+        let cached = self.clock.lock().map.get_mut(&id).map(|e| {
+            e.referenced = true;
+            e.fd.clone()
+        });
+        if let Some(fd) = cached {
             return sys::reopen(&*fd, flags);
         }
         let (mfd, _) = self.mount.as_ref().ok_or(Errno::EBADF)?;
@@ -249,66 +272,54 @@ impl FdCache {
         sys::open_by_handle(mfd, h, flags).map_err(gone)
     }
 
-    /// `fd`, just opened on the same object by a lookup, fills `slot` if it is empty
-    /// (a request on the inode likely follows).
-    pub fn offer(&self, slot: &Arc<FdSlot>, fd: OwnedFd) {
-        {
-            let mut g = slot.fd.lock();
-            if g.is_some() {
-                return;
-            }
-            *g = Some(Arc::new(fd));
-        }
-        self.admit(slot);
+    /// `fd`, just opened on node `id`'s object by a lookup, is cached unless one is
+    /// already (a request on the inode likely follows).
+    pub fn offer(&self, id: u64, fd: OwnedFd) {
+        drop(self.insert(id, fd));
     }
 
-    /// Keep `fd` (on the slot's object) for the inode's life: see the module doc.
-    pub fn pin(&self, slot: &FdSlot, fd: OwnedFd) {
-        let mut g = slot.fd.lock();
-        if slot.pinned.swap(true, Ordering::AcqRel) {
-            return;
+    /// Cache `fd` for node `id` (keeping an fd already cached: same object) and
+    /// return the cached one; above the capacity, close the fds not used since the
+    /// sweep last passed them (CLOCK).
+    fn insert(&self, id: u64, fd: OwnedFd) -> Arc<OwnedFd> {
+        let mut closed = Vec::new();
+        let mut c = self.clock.lock();
+        if let Some(e) = c.map.get_mut(&id) {
+            e.referenced = true;
+            closed.push(Arc::new(fd));
+            return e.fd.clone();
         }
-        self.pinned.fetch_add(1, Ordering::AcqRel);
-        if g.is_none() {
-            *g = Some(Arc::new(fd));
-        }
-        // Still in the ring: the sweep drops it from there without closing it.
-    }
-
-    /// Put a slot that just got a cached fd in the ring; above the capacity, close
-    /// the fds of slots not used since the sweep last passed them.
-    fn admit(&self, slot: &Arc<FdSlot>) {
-        if slot.queued.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let mut ring = self.ring.lock();
-        ring.push_back(Arc::downgrade(slot));
-        // Each slot is passed at most twice (once to clear its bit, once to close).
-        let mut budget = 2 * ring.len();
-        while ring.len() > self.cap && budget > 0 {
+        let fd = Arc::new(fd);
+        c.map.insert(
+            id,
+            Entry {
+                fd: fd.clone(),
+                referenced: false,
+            },
+        );
+        c.ring.push_back(id);
+        // Each entry is passed at most twice (once to clear its bit, once to close).
+        let mut budget = 2 * c.ring.len();
+        while c.map.len() > self.cap && budget > 0 {
             budget -= 1;
-            let Some(w) = ring.pop_front() else { break };
-            // Its inode was forgotten: the fd closed with it.
-            let Some(s) = w.upgrade() else { continue };
-            if s.is_pinned() {
-                s.queued.store(false, Ordering::Release);
-                continue;
-            }
-            if s.referenced.swap(false, Ordering::AcqRel) {
-                ring.push_back(w);
-                continue;
-            }
-            // A request is filling or reading it right now: spare it this time.
-            let Some(mut g) = s.fd.try_lock() else {
-                ring.push_back(w);
+            let Some(victim) = c.ring.pop_front() else {
+                break;
+            };
+            let Some(e) = c.map.get_mut(&victim) else {
                 continue;
             };
-            let old = g.take();
-            s.queued.store(false, Ordering::Release);
-            drop(g);
-            // Requests still holding a PathFd keep it open until they are done.
-            drop(old);
+            if std::mem::take(&mut e.referenced) {
+                c.ring.push_back(victim);
+                continue;
+            }
+            if let Some(e) = c.map.remove(&victim) {
+                // Requests still holding a PathFd keep it open until they are done.
+                closed.push(e.fd);
+            }
         }
+        drop(c);
+        drop(closed); // closed outside the lock
+        fd
     }
 }
 
@@ -349,8 +360,8 @@ mod tests {
         let h = cache.handle_of(opath(&r, "f").as_fd()).unwrap();
         let again = FsHandle::from_parts(h.handle_type(), h.bytes()).unwrap();
         assert_eq!(again, h);
-        let slot = Arc::new(FdSlot::default());
-        let fd = cache.get(&slot, Some(&again)).unwrap();
+        let slot = OnceLock::new();
+        let fd = cache.get(7, &slot, Some(&again)).unwrap();
         let (a, b) = (
             sys::fstat(&fd).unwrap(),
             sys::fstat(opath(&r, "f")).unwrap(),
@@ -368,41 +379,43 @@ mod tests {
         if cache.handles_on().is_err() {
             return;
         }
-        let mut slots = Vec::new();
-        for i in 0..20 {
+        let mut inodes = Vec::new();
+        for i in 0..20u64 {
             std::fs::write(dir.path().join(format!("f{i}")), b"x").unwrap();
             let fd = opath(&r, &format!("f{i}"));
             let h = cache.handle_of(fd.as_fd()).unwrap();
-            slots.push((cache.cached_slot(fd), h));
+            cache.offer(i, fd);
+            inodes.push((i, OnceLock::new(), h));
         }
-        assert!(cache.cached() <= 4, "{} cached", cache.cached());
-        let open = slots.iter().filter(|(s, _)| s.is_open()).count();
-        assert!(open <= 4, "{open} slots hold fds");
-        // A swept slot reopens from its handle.
-        let (s0, h0) = &slots[0];
-        assert!(!s0.is_open());
-        let fd = cache.get(s0, Some(h0)).unwrap();
+        assert_eq!(cache.cached(), 4);
+        // A swept fd reopens from its handle.
+        let (id0, s0, h0) = &inodes[0];
+        assert!(!cache.is_cached(*id0));
+        let fd = cache.get(*id0, s0, Some(h0)).unwrap();
         let st = sys::fstat(&fd).unwrap();
         assert_eq!(st.st_ino, sys::fstat(opath(&r, "f0")).unwrap().st_ino);
-        // A pinned slot keeps its fd through any number of sweeps.
-        cache.pin(s0, opath(&r, "f0"));
+        drop(fd);
+        // A pinned fd stays through any number of sweeps, outside the cache.
+        assert!(cache.pin(*id0, s0, opath(&r, "f0")));
+        assert!(!cache.pin(*id0, s0, opath(&r, "f0")), "pinned once");
         assert_eq!(cache.pinned(), 1);
-        for (s, h) in &slots[1..] {
-            cache.get(s, Some(h)).unwrap();
+        for (id, s, h) in &inodes[1..] {
+            cache.get(*id, s, Some(h)).unwrap();
         }
-        assert!(s0.is_open());
+        assert!(matches!(
+            cache.get(*id0, s0, Some(h0)),
+            Ok(PathFd::Pinned(_))
+        ));
         assert!(cache.cached() <= 4);
+        cache.release(*id0, s0);
+        assert_eq!(cache.pinned(), 0);
         // A removed file's handle no longer opens once nothing holds it: ENOENT.
-        let (s5, h5) = &slots[5];
-        drop(cache.get(s5, Some(h5)).unwrap());
-        for (s, h) in &slots[6..] {
-            cache.get(s, Some(h)).unwrap();
-        }
-        assert!(!s5.is_open());
+        let (id5, s5, h5) = &inodes[5];
+        cache.forget(*id5);
         std::fs::remove_file(dir.path().join("f5")).unwrap();
         // The kernel may keep the unlinked inode cached a while; drop it first.
         let _ = std::fs::write("/proc/sys/vm/drop_caches", b"2");
-        if let Err(e) = cache.get(s5, Some(h5)) {
+        if let Err(e) = cache.get(*id5, s5, Some(h5)) {
             assert_eq!(e, Errno::ENOENT);
         }
     }

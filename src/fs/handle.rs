@@ -247,6 +247,11 @@ impl DirHandle {
         Ok(snap.as_ref().expect("filled above").clone())
     }
 
+    /// Entries in the stream's snapshot (0 before the first READDIR).
+    pub fn snapshot_len(&self) -> usize {
+        self.snapshot.lock().as_ref().map_or(0, |s| s.len())
+    }
+
     /// fsync/fdatasync of the directory.
     pub fn fsync(&self, datasync: bool) -> crate::sys::SysResult<()> {
         let stream = self.stream.lock();

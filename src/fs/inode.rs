@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use super::fdcache::{FdCache, FdSlot, PathFd};
+use super::fdcache::{FdCache, PathFd};
 use crate::sys::FsHandle;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
@@ -58,8 +58,10 @@ pub struct Inode {
     /// File handle of the backing object; `None`: reached only by the pinned fd in
     /// `slot` (the fallback, see [`super::fdcache`]).
     handle: Option<FsHandle>,
-    /// The O_PATH|O_NOFOLLOW fd on the backing object, when open (see [`Self::fd`]).
-    slot: Arc<FdSlot>,
+    /// The pinned O_PATH|O_NOFOLLOW fd on the backing object (fallback, root, or
+    /// removed through us; else its fd is opened from `handle` and cached, see
+    /// [`Self::fd`]).
+    pinned: std::sync::OnceLock<OwnedFd>,
     /// The mount's fd cache (and the mount fd handles open on).
     fds: Arc<FdCache>,
     /// Kernel lookup count; the entry is dropped when it reaches 0.
@@ -90,7 +92,7 @@ pub struct Inode {
 
 impl Drop for Inode {
     fn drop(&mut self) {
-        self.fds.release(&self.slot);
+        self.fds.release(self.id, &self.pinned);
     }
 }
 
@@ -101,18 +103,22 @@ impl Inode {
         id: u64,
         st: &libc::stat,
         handle: Option<FsHandle>,
-        slot: Arc<FdSlot>,
+        pin: Option<OwnedFd>,
         fds: Arc<FdCache>,
         lookups: u64,
         name: (u64, Arc<OsStr>),
     ) -> Self {
+        let pinned = std::sync::OnceLock::new();
+        if let Some(fd) = pin {
+            fds.pin(id, &pinned, fd);
+        }
         Inode {
             id,
             dev: st.st_dev,
             ino: st.st_ino,
             kind: st.st_mode & libc::S_IFMT,
             handle,
-            slot,
+            pinned,
             fds,
             lookups: AtomicU64::new(lookups),
             names: Mutex::new(vec![name]),
@@ -272,8 +278,8 @@ impl Inode {
     /// ENOENT when the backing file is gone (its handle is stale); else the errno of
     /// `open_by_handle_at` (EMFILE, EPERM if called with a caller's fsuid: take the fd
     /// before [`crate::sys::as_caller`]).
-    pub fn fd(&self) -> crate::sys::SysResult<PathFd> {
-        self.fds.get(&self.slot, self.handle.as_ref())
+    pub fn fd(&self) -> crate::sys::SysResult<PathFd<'_>> {
+        self.fds.get(self.id, &self.pinned, self.handle.as_ref())
     }
 
     /// A new fd on the backing object opened with `flags` (as [`crate::sys::reopen`]
@@ -282,7 +288,8 @@ impl Inode {
     /// # Errors
     /// As [`Self::fd`], and the open's errno.
     pub fn open(&self, flags: i32) -> crate::sys::SysResult<OwnedFd> {
-        self.fds.open(&self.slot, self.handle.as_ref(), flags)
+        self.fds
+            .open(self.id, &self.pinned, self.handle.as_ref(), flags)
     }
 
     /// The backing object's file handle (`None` in the fd-per-inode fallback): names
@@ -298,18 +305,18 @@ impl Inode {
     /// inode's life, so the kernel's remaining requests for it (fstat of an open file,
     /// a cwd) are served as before; its handle would no longer open.
     pub fn pin(&self, fd: OwnedFd) {
-        self.fds.pin(&self.slot, fd);
+        self.fds.pin(self.id, &self.pinned, fd);
     }
 
     /// Is this inode's fd held for its life (fallback, root, or removed through us)?
     pub fn is_pinned(&self) -> bool {
-        self.slot.is_pinned()
+        self.pinned.get().is_some()
     }
 
     /// Is an fd on the backing object open in the inode right now (cached or pinned)?
     #[cfg(test)]
     pub fn fd_is_open(&self) -> bool {
-        self.slot.is_open()
+        self.is_pinned() || self.fds.is_cached(self.id)
     }
 
     /// Is `fd` (an fd just opened on an object with this inode's (dev, ino)) on this
@@ -321,7 +328,7 @@ impl Inode {
         let Some(mine) = &self.handle else {
             return true; // pinned: the number cannot have been reused
         };
-        if self.slot.is_open() {
+        if self.is_pinned() || self.fds.is_cached(self.id) {
             return true;
         }
         match new_handle {
@@ -428,7 +435,7 @@ impl InodeTable {
             ROOT_ID,
             st,
             handle,
-            fds.pinned_slot(root_fd),
+            Some(root_fd),
             fds.clone(),
             1 << 40, // never forgotten
             (ROOT_ID, Arc::from(OsStr::from_bytes(b""))),
@@ -555,8 +562,8 @@ impl InodeTable {
             inode.lookups.fetch_add(1, Ordering::AcqRel);
             let new_name = inode.set_name(parent, name);
             self.touch(&inode);
-            if inode.handle.is_some() {
-                self.fds.offer(&inode.slot, fd);
+            if inode.handle.is_some() && !inode.is_pinned() {
+                self.fds.offer(inode.id, fd);
             }
             return (inode, new_name);
         }
@@ -581,21 +588,26 @@ impl InodeTable {
                         "inode number reused: stale entry replaced"
                     );
                 }
-                let slot = if handle.is_some() {
-                    self.fds.cached_slot(fd)
+                // Without a handle the inode keeps `fd` for its life; else it is cached.
+                let (pin, cache) = if handle.is_some() {
+                    (None, Some(fd))
                 } else {
-                    self.fds.pinned_slot(fd)
+                    (Some(fd), None)
                 };
                 let inode = Arc::new(Inode::new(
                     id,
                     st,
                     handle,
-                    slot,
+                    pin,
                     self.fds.clone(),
                     lookups + 1,
                     (parent, Arc::from(name)),
                 ));
+                // A replaced entry drops here (and its cached fd with it).
                 map.insert(id, inode.clone());
+                if let Some(fd) = cache {
+                    self.fds.offer(id, fd);
+                }
                 (inode, false)
             }
         };

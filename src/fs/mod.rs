@@ -235,10 +235,7 @@ impl SessionFs {
                 fd_cache = inodes.fds().capacity(),
                 "inodes are reached by file handles (O_PATH fds cached)"
             ),
-            Err(why) => tracing::info!(
-                reason = why,
-                "file handles off: one O_PATH fd per inode"
-            ),
+            Err(why) => tracing::info!(reason = why, "file handles off: one O_PATH fd per inode"),
         }
         let bounds = match cfg.max_inodes {
             Some(n) => pressure::Bounds::new(n),

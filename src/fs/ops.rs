@@ -33,6 +33,10 @@ fn empty(reply: ReplyEmpty, res: SysResult<()>) {
     }
 }
 
+/// A directory listing of at least this many entries gives its memory back to the
+/// system when its handle is released (see `releasedir`).
+const TRIM_AFTER_ENTRIES: usize = 10_000;
+
 impl SessionFs {
     fn entry_reply(&self, reply: ReplyEntry, a: &fuser::FileAttr) {
         reply.entry_with_ttls(&self.cfg.attr_ttl, &self.entry_ttl(a), a, Generation(0));
@@ -184,10 +188,7 @@ impl fuser::Filesystem for SessionFs {
         let Ok(inode) = self.inode(ino.0) else {
             return reply.error(FErrno::ENOENT);
         };
-        match inode
-            .fd()
-            .and_then(|fd| nix::fcntl::readlinkat(fd, ""))
-        {
+        match inode.fd().and_then(|fd| nix::fcntl::readlinkat(fd, "")) {
             Ok(target) => reply.data(target.as_encoded_bytes()),
             Err(e) => reply.error(err(e)),
         }
@@ -533,8 +534,20 @@ impl fuser::Filesystem for SessionFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.dirs.remove(fh.0);
-        reply.ok()
+        let big = self
+            .dirs
+            .remove(fh.0)
+            .is_some_and(|dh| dh.snapshot_len() >= TRIM_AFTER_ENTRIES);
+        reply.ok();
+        if big {
+            // The listing's snapshot (~100 B an entry) was freed amid the inode table's
+            // allocations, where malloc keeps it resident: give the pages back.
+            #[cfg(target_env = "gnu")]
+            // SAFETY: malloc_trim only releases free heap pages; no pointer is involved.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
     }
 
     fn fsyncdir(&self, req: &Request, _ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
