@@ -56,7 +56,7 @@ pub struct Inode {
     /// `S_IFMT` bits of the backing mode.
     pub kind: u32,
     /// File handle of the backing object; `None`: reached only by the pinned fd in
-    /// `slot` (the fallback, see [`super::fdcache`]).
+    /// `pinned` (the fallback, see [`super::fdcache`]).
     handle: Option<FsHandle>,
     /// The pinned O_PATH|O_NOFOLLOW fd on the backing object (fallback, root, or
     /// removed through us; else its fd is opened from `handle` and cached, see
@@ -97,7 +97,7 @@ impl Drop for Inode {
 }
 
 impl Inode {
-    /// A new entry with `lookups` lookups, reached through `slot` (and `handle`).
+    /// A new entry with `lookups` lookups, reached by `handle`, else by `pin` (kept for its life).
     #[allow(clippy::too_many_arguments)]
     fn new(
         id: u64,
@@ -545,7 +545,7 @@ impl InodeTable {
     /// (`parent`, `name`): returns the existing inode (count + 1) or inserts a new one
     /// (count 1), and whether `name` was new to an inode already known by other names.
     /// `fd` becomes the new inode's fd (pinned in the fallback, else cached), or fills
-    /// a known inode's empty cache slot. A known (dev, ino) whose file handle differs
+    /// the cache for a known inode without one. A known (dev, ino) whose file handle differs
     /// from `fd`'s is a stale entry (its file is gone and a new one got its number):
     /// it is replaced under the same id, keeping the kernel's lookup count.
     pub fn lookup(
