@@ -34,6 +34,11 @@
 //! rows: 1,000,000 appends to 10,000 files, `journal --since` latency, daemon RSS.
 //! `--count-requests` adds a table of FUSE requests per op by opcode, counted on a
 //! second mount made with `-o debug` (from fuser's request log lines; untimed).
+//! `--scale` adds the scale rows (see [`scale_rows`]): per file count (`--scale-files`,
+//! default 1,000, 10,000, 100,000), creates and warm `ls -l` on a plain directory and
+//! on a fresh mount, and the daemon's RSS and fds; `--scale-only` (or
+//! `SESSIONFS_BENCH_SCALE=only`) runs just those:
+//! `cargo bench --bench bench -- --scale-only --rounds 3`.
 //!
 //! Op counts are sized from a probe on the mount so that one measurement takes about
 //! 1 s there (0.15 s with `--quick`); both sides run the same count.
@@ -82,6 +87,17 @@ struct Opts {
     /// second mount made with `-o debug` (requests read back from its log; untimed).
     #[arg(long)]
     count_requests: bool,
+    /// After the table, add the scale rows: creates, warm `ls -l`, daemon RSS and fds
+    /// at each of `--scale-files` files in one directory, plain directory vs a fresh
+    /// mount per count.
+    #[arg(long)]
+    scale: bool,
+    /// Run only the scale rows (no workload table); also `SESSIONFS_BENCH_SCALE=only`.
+    #[arg(long)]
+    scale_only: bool,
+    /// File counts of the scale rows.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+    scale_files: Vec<usize>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -973,8 +989,238 @@ fn journal_scale(bin: &Path, mnt: &Path, data: &Data) -> Value {
     })
 }
 
+/// One file count of the scale rows.
+struct ScaleRow {
+    files: usize,
+    /// µs per create while filling the directory to `files`, native and mount.
+    fill: (f64, f64),
+    /// Per-round µs per create of [`scale_batch`] more files, native and mount.
+    create: (Vec<f64>, Vec<f64>),
+    /// Per-round ms per warm `ls -l`, native and mount.
+    ls: (Vec<f64>, Vec<f64>),
+    /// ms of one `ls -l` through the mount once every entry is older than the TTL.
+    ls_stale: f64,
+    rss_kib: u64,
+    fds: usize,
+}
+
+/// Files created per timed batch of the scale rows at `n` files: a tenth, 100 to
+/// 1,000.
+fn scale_batch(n: usize) -> usize {
+    (n / 10).clamp(100, 1000)
+}
+
+/// Open fds of process `pid`.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Create `n` empty files `<prefix>000000`… in `dir` (open(O_CREAT|O_EXCL|O_WRONLY) +
+/// close each); µs per create.
+fn create_files(dir: &Path, prefix: &str, n: usize) -> f64 {
+    let t = Instant::now();
+    for i in 0..n {
+        drop(
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(dir.join(format!("{prefix}{i:06}")))
+                .unwrap_or_else(|e| panic!("create in {}: {e}", dir.display())),
+        );
+    }
+    t.elapsed().as_secs_f64() * 1e6 / n as f64
+}
+
+/// One `ls -l` of `dir` (LC_ALL=C, output discarded); ms.
+fn ls_l(dir: &Path) -> f64 {
+    let t = Instant::now();
+    let st = Command::new("ls")
+        .arg("-l")
+        .arg(dir)
+        .env("LC_ALL", "C")
+        .stdout(Stdio::null())
+        .status()
+        .expect("run ls");
+    assert!(st.success(), "ls -l {} failed: {st}", dir.display());
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// The scale rows. For each file count N: a plain directory and a fresh mount (one
+/// mount per count, all alive together; `extra` arguments), each directory filled to
+/// N − rounds × batch / 2 files (timed: `fill`). Then `rounds` rounds, each over
+/// every count and side in alternating order, so the counts are compared under the
+/// same machine load:
+/// - creates: a [`scale_batch`] of more files in the directory (µs per create), kept
+///   (so the directory holds N files on average over the rounds; removing them would
+///   measure ext4, which skips inodes freed in the last ~30 s when it allocates);
+/// - warm `ls -l`: an untimed `ls -l`, then a timed one right after it.
+///
+/// Then, after sleeping past the attr/entry TTL, one `ls -l` per mount (the kernel
+/// looks every entry up again), and the daemons' RSS and open fds.
+fn scale_rows(
+    bin: &Path,
+    base: &Path,
+    extra: &[String],
+    sizes: &[usize],
+    rounds: u32,
+) -> Vec<ScaleRow> {
+    let ttl = extra
+        .iter()
+        .position(|a| a == "--ttl-ms")
+        .and_then(|i| extra.get(i + 1)?.parse::<u64>().ok())
+        .unwrap_or(10_000);
+    let mut mounts = Vec::new();
+    let mut rows = Vec::new();
+    for &n in sizes {
+        check_interrupt();
+        let root = base.join(format!("scale-{n}"));
+        let (native, backing, mnt, state) = (
+            root.join("native"),
+            root.join("backing"),
+            root.join("mnt"),
+            root.join("state"),
+        );
+        for d in [&native, &backing, &mnt] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let guard = Mount::new(bin, &backing, &state, &mnt, extra);
+        let pid = daemon_pid(&mnt).expect("daemon pid file");
+        let (nd, md) = (native.join("d"), mnt.join("d"));
+        std::fs::create_dir(&nd).unwrap();
+        std::fs::create_dir(&md).unwrap();
+        let pre = n - (rounds as usize * scale_batch(n) / 2).min(n / 2);
+        let fill = (create_files(&nd, "f", pre), create_files(&md, "f", pre));
+        eprintln!(
+            "bench: scale {n}: filled at {:.1} µs/create native, {:.1} mount",
+            fill.0, fill.1
+        );
+        mounts.push((guard, pid, nd, md));
+        rows.push(ScaleRow {
+            files: n,
+            fill,
+            create: (Vec::new(), Vec::new()),
+            ls: (Vec::new(), Vec::new()),
+            ls_stale: f64::NAN,
+            rss_kib: 0,
+            fds: 0,
+        });
+    }
+    for r in 0..rounds {
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        if r % 2 == 1 {
+            order.reverse();
+        }
+        for &k in &order {
+            for on_mount in if r % 2 == 0 {
+                [true, false]
+            } else {
+                [false, true]
+            } {
+                check_interrupt();
+                let (_, _, nd, md) = &mounts[k];
+                let d = if on_mount { md } else { nd };
+                let us = create_files(d, &format!("x{r}_"), scale_batch(rows[k].files));
+                ls_l(d); // untimed: the timed run is the one right after it
+                let ms = ls_l(d);
+                let side = if on_mount { "mount" } else { "native" };
+                eprintln!(
+                    "bench: scale {}: round {} {side}: {us:.1} µs/create, ls -l {ms:.1} ms",
+                    rows[k].files,
+                    r + 1
+                );
+                let row = &mut rows[k];
+                if on_mount {
+                    row.create.1.push(us);
+                    row.ls.1.push(ms);
+                } else {
+                    row.create.0.push(us);
+                    row.ls.0.push(ms);
+                }
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(ttl + 500));
+    for (row, (_, pid, _, md)) in rows.iter_mut().zip(&mounts) {
+        row.ls_stale = ls_l(md);
+        eprintln!(
+            "bench: scale {}: ls -l mount past the TTL: {:.1} ms",
+            row.files, row.ls_stale
+        );
+        row.rss_kib = rss_kib(*pid);
+        row.fds = fd_count(*pid);
+    }
+    drop(mounts);
+    rows
+}
+
+/// Print the scale rows with their ratios and targets; their JSON.
+fn print_scale(rows: &[ScaleRow]) -> Value {
+    let ratio = |a: &[f64], b: &[f64]| {
+        let r: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
+        let lo = r.iter().cloned().fold(f64::INFINITY, f64::min);
+        let hi = r.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        (median(&r), lo, hi)
+    };
+    println!();
+    println!(
+        "| files in one dir | fill native / mount | create native | create mount | mount − native | mount create vs {} files (range) | `ls -l` warm native | `ls -l` warm mount | mount/native (range) | `ls -l` mount past TTL | daemon RSS | daemon fds |",
+        rows.first()
+            .map_or(String::new(), |r| group(r.files as f64))
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut out = Vec::new();
+    for r in rows {
+        let (cn, cm) = (median(&r.create.0), median(&r.create.1));
+        // The daemon's share of a create: per round, mount minus native.
+        let diffs: Vec<f64> = r
+            .create
+            .1
+            .iter()
+            .zip(&r.create.0)
+            .map(|(m, n)| m - n)
+            .collect();
+        let cd = median(&diffs);
+        let (ln, lm) = (median(&r.ls.0), median(&r.ls.1));
+        let (lr, llo, lhi) = ratio(&r.ls.1, &r.ls.0);
+        let (cr, clo, chi) = ratio(&r.create.1, &rows[0].create.1);
+        println!(
+            "| {} | {:.0} / {:.0} µs | {cn:.1} µs | {cm:.1} µs | {cd:.1} µs | {cr:.2}× ({clo:.2}–{chi:.2}) | {ln:.1} ms | {lm:.1} ms | {lr:.2}× ({llo:.2}–{lhi:.2}) | {:.0} ms | {:.1} MiB | {} |",
+            group(r.files as f64),
+            r.fill.0,
+            r.fill.1,
+            r.ls_stale,
+            r.rss_kib as f64 / 1024.0,
+            r.fds
+        );
+        out.push(json!({
+            "files": r.files,
+            "fill_us_per_create": [r.fill.0, r.fill.1],
+            "create_us_native": r.create.0, "create_us_mount": r.create.1,
+            "create_mount_vs_first": cr, "create_mount_minus_native_us": cd,
+            "ls_ms_native": r.ls.0, "ls_ms_mount": r.ls.1, "ls_ratio": lr,
+            "ls_ms_mount_past_ttl": r.ls_stale,
+            "daemon_rss_kib": r.rss_kib, "daemon_fds": r.fds,
+        }));
+    }
+    println!(
+        "\nFill: µs per create while filling each directory (before the rounds). \
+         Creates: open(O_CREAT|O_EXCL) + close of a tenth of N (100–1,000) more files \
+         per round, kept, so the directory holds N on average over the rounds; µs each; \
+         \"vs\": median of the per-round ratios to the first count's mount figure \
+         (rounds interleave the counts). Warm `ls -l`: right after \
+         another. Past TTL: after sleeping past the attr/entry TTL (the kernel looks every \
+         entry up again). RSS and fds: each count's daemon at the end, the kernel holding \
+         its N inodes. Targets: create at 100,000 ≤ 1.2× of 1,000; warm `ls -l` ≤ 1.5× \
+         native at 100,000, ≤ 1.2× at 10,000; RSS ≤ 64 MiB and fds ≤ 1,000 at 100,000."
+    );
+    Value::Array(out)
+}
+
 fn main() {
-    let opts = Opts::parse();
+    let mut opts = Opts::parse();
+    if std::env::var("SESSIONFS_BENCH_SCALE").as_deref() == Ok("only") {
+        opts.scale_only = true;
+    }
     let selected: Vec<Workload> = if opts.only.is_empty() {
         Workload::ALL.to_vec()
     } else {
@@ -1050,6 +1296,22 @@ fn main() {
         if opts.quick { ", --quick" } else { "" }
     );
 
+    if opts.scale_only {
+        let rows = scale_rows(&bin, tmp.path(), &extra, &opts.scale_files, opts.rounds);
+        let v = print_scale(&rows);
+        if let Some(dest) = &opts.json {
+            let text = serde_json::to_string_pretty(
+                &json!({ "machine": machine, "mount_args": extra, "rounds": opts.rounds, "scale": v }),
+            )
+            .unwrap();
+            if dest == "-" {
+                println!("\n```json\n{text}\n```");
+            } else {
+                std::fs::write(dest, text + "\n").unwrap_or_else(|e| panic!("write {dest}: {e}"));
+            }
+        }
+        return;
+    }
     let data = Data::build();
     prepare(&native_dir, &data);
     prepare(&backing, &data);
@@ -1204,6 +1466,10 @@ fn main() {
     });
     drop(mount_guard);
     assert!(!is_mounted(&mnt), "{} is still mounted", mnt.display());
+    let scale_rows = opts.scale.then(|| {
+        let rows = scale_rows(&bin, tmp.path(), &extra, &opts.scale_files, opts.rounds);
+        print_scale(&rows)
+    });
 
     if let Some(dest) = &opts.json {
         let doc = json!({
@@ -1214,6 +1480,7 @@ fn main() {
             "quick": opts.quick,
             "results": results,
             "journal_scale": scale,
+            "scale": scale_rows,
             "requests_per_op": requests.map(|c| c.into_iter()
                 .map(|(w, m)| (w.name().to_string(), json!(m)))
                 .collect::<serde_json::Map<String, Value>>()),

@@ -135,10 +135,16 @@ pub struct MountArgs {
     /// Negotiate READDIRPLUS (cheaper cold listings, slower repeated `ls -l`).
     #[arg(long)]
     pub readdirplus: bool,
-    /// Most inodes the daemon holds (one fd each) before it asks the kernel to drop
-    /// idle ones [default: RLIMIT_NOFILE minus a reserve of max(1024, 10%)].
+    /// Most inodes the daemon holds before it asks the kernel to drop idle ones
+    /// [default: no bound on inodes reached by file handles; inodes holding their own
+    /// fd are bounded by RLIMIT_NOFILE minus a reserve of max(1024, 10%)].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(16..))]
     pub max_inodes: Option<u64>,
+    /// Hold one O_PATH fd per inode instead of a file handle (what the daemon does by
+    /// itself where handles do not work: a backing filesystem without export
+    /// operations, or no CAP_DAC_READ_SEARCH).
+    #[arg(long)]
+    pub no_file_handles: bool,
     /// Group (name or number) that may read the whole-mount views `.journal` and
     /// `.locks` besides the daemon's user (they become mode 0440).
     #[arg(long, value_name = "GROUP")]
@@ -368,6 +374,7 @@ impl MountArgs {
             ttl: Duration::from_millis(self.ttl_ms),
             readdirplus: self.readdirplus,
             max_inodes: self.max_inodes.map(|n| n as usize),
+            file_handles: !self.no_file_handles,
             strict_stat: self.strict_stat,
             reap: !self.no_reap,
             journal_group: self.journal_group.as_deref().map(group_id).transpose()?,

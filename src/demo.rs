@@ -166,6 +166,7 @@ pub fn run() -> Result<(), String> {
             ttl: Duration::from_secs(10),
             readdirplus: false,
             max_inodes: None,
+            file_handles: true,
             strict_stat: false,
             reap: true,
             journal_group: None,

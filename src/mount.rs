@@ -88,8 +88,11 @@ pub struct MountSpec {
     pub ttl: Duration,
     /// Negotiate READDIRPLUS.
     pub readdirplus: bool,
-    /// Inode table bound (`--max-inodes`); `None`: from RLIMIT_NOFILE.
+    /// Inode table bound (`--max-inodes`); `None`: only inodes holding their own fd
+    /// are bounded, from RLIMIT_NOFILE.
     pub max_inodes: Option<usize>,
+    /// Reach inodes by file handles where possible (off with `--no-file-handles`).
+    pub file_handles: bool,
     /// `--strict-stat`: forward no-op metadata changes too (see the README, "Stat").
     pub strict_stat: bool,
     /// Reap locks whose holder died (off with `--no-reap`).
@@ -1023,6 +1026,7 @@ fn serve(
         read_only: spec.read_only,
         readdirplus: spec.readdirplus,
         max_inodes: spec.max_inodes,
+        file_handles: spec.file_handles,
         strict_stat: spec.strict_stat,
         reap: spec.reap,
         state_dir: journal.as_ref().map(|_| state_dir.clone()),

@@ -81,7 +81,9 @@ impl SessionFs {
     ) -> SysResult<T> {
         let inode = m.inode();
         let seen = inode.changes();
-        let before = sys::fstat(inode.fd()).ok();
+        // Held for the whole change: `call`'s own uses of the inode's fd find it open.
+        let fd = inode.fd();
+        let before = fd.as_ref().ok().and_then(|fd| sys::fstat(fd).ok());
         if let Some(st) = &before {
             // Only our own guard is in flight: a difference now was made around us.
             self.check_external(inode, st, 1, seen);
@@ -98,7 +100,7 @@ impl SessionFs {
             (Ok(T::default()), before)
         } else {
             let res = call(before.as_ref());
-            let after = sys::fstat(inode.fd()).ok();
+            let after = fd.as_ref().ok().and_then(|fd| sys::fstat(fd).ok());
             if let Some(st) = &after {
                 self.mark_known(inode, st);
             }
@@ -152,14 +154,15 @@ impl SessionFs {
         for m in ms {
             let inode = m.inode();
             let seen = inode.changes();
-            if let Ok(st) = sys::fstat(inode.fd()) {
+            if let Ok(st) = inode.fd().and_then(sys::fstat) {
                 // Only our own guard is in flight: a difference now was made around us.
                 self.check_external(inode, &st, 1, seen);
             }
         }
         let res = call();
         for m in ms {
-            if let Ok(st) = sys::fstat(m.inode().fd()) {
+            // A victim removed through us was pinned by `call`: its fd still answers.
+            if let Ok(st) = m.inode().fd().and_then(sys::fstat) {
                 self.mark_known(m.inode(), &st);
             }
             self.shown.forget(m.inode().key());
@@ -244,7 +247,7 @@ impl SessionFs {
             |st| same_owner(inode, st, uid, gid),
             |_| {
                 nix::unistd::fchownat(
-                    inode.fd(),
+                    inode.fd()?,
                     "",
                     uid.map(nix::unistd::Uid::from_raw),
                     gid.map(nix::unistd::Gid::from_raw),
@@ -290,10 +293,10 @@ impl SessionFs {
                 let cut = cuts.and_then(|st| self.prepare_cut(inode, st.st_size as u64, size));
                 let res = match h {
                     Some(h) => nix::unistd::ftruncate(h.fd(), size as i64),
-                    None => {
-                        let p = sys::proc_fd_path(inode.fd().as_raw_fd());
+                    None => inode.fd().and_then(|fd| {
+                        let p = sys::proc_fd_path(fd.as_raw_fd());
                         nix::unistd::truncate(p.as_c_str(), size as i64)
-                    }
+                    }),
                 };
                 // HANDLE_KILLPRIV_V2: an unprivileged truncate clears suid/sgid, as the
                 // kernel would have (our root daemon has CAP_FSETID, the caller may not).
@@ -336,7 +339,7 @@ impl SessionFs {
                     &nix::sys::time::TimeSpec::from(times[0]),
                     &nix::sys::time::TimeSpec::from(times[1]),
                 ),
-                None => sys::utimens(inode.fd(), &times),
+                None => sys::utimens(inode.fd()?, &times),
             },
             |_, _| {},
         )
@@ -374,7 +377,7 @@ impl SessionFs {
             None,
             Op::Setxattr,
             |_| flags & libc::XATTR_CREATE == 0 && xattr_is(inode, &c, value),
-            |_| sys::setxattr(inode.fd(), &c, value, flags),
+            |_| sys::setxattr(inode.fd()?, &c, value, flags),
             |r, _| {
                 r.name = Some(crate::names::encode_os(name));
                 r.len = Some(value.len() as u64);
@@ -409,7 +412,7 @@ impl SessionFs {
             None,
             Op::Removexattr,
             |_| false,
-            |_| sys::removexattr(inode.fd(), &c),
+            |_| sys::removexattr(inode.fd()?, &c),
             |r, _| r.name = Some(crate::names::encode_os(name)),
         )
     }
@@ -435,11 +438,12 @@ impl SessionFs {
             Op::Link,
             |_| false,
             |_| {
-                let src = sys::proc_fd_path(inode.fd().as_raw_fd());
+                let fd = inode.fd()?;
+                let src = sys::proc_fd_path(fd.as_raw_fd());
                 nix::unistd::linkat(
                     nix::fcntl::AT_FDCWD,
                     src.as_c_str(),
-                    np.fd(),
+                    np.fd()?,
                     c.as_c_str(),
                     nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
                 )
@@ -529,7 +533,10 @@ fn same_owner(inode: &Inode, st: &libc::stat, uid: Option<u32>, gid: Option<u32>
     let kills = mode & libc::S_IFMT != libc::S_IFDIR
         && (mode & libc::S_ISUID != 0
             || mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP
-            || sys::getxattr(inode.fd(), c"security.capability", &mut []).is_ok());
+            || inode
+                .fd()
+                .and_then(|fd| sys::getxattr(fd, c"security.capability", &mut []))
+                .is_ok());
     uid.is_none_or(|u| u == st.st_uid) && gid.is_none_or(|g| g == st.st_gid) && !kills
 }
 
@@ -537,12 +544,13 @@ fn same_owner(inode: &Inode, st: &libc::stat, uid: Option<u32>, gid: Option<u32>
 fn xattr_is(inode: &Inode, name: &std::ffi::CStr, value: &[u8]) -> bool {
     // One byte more than `value`: a longer stored value does not fit and fails ERANGE.
     let mut buf = vec![0u8; value.len() + 1];
-    matches!(sys::getxattr(inode.fd(), name, &mut buf), Ok(n) if buf[..n] == *value)
+    matches!(inode.fd().and_then(|fd| sys::getxattr(fd, name, &mut buf)), Ok(n) if buf[..n] == *value)
 }
 
 /// `chmod` of the object behind the inode's O_PATH fd (through its magic link).
 fn chmod(inode: &Inode, mode: u32) -> SysResult<()> {
-    let p = sys::proc_fd_path(inode.fd().as_raw_fd());
+    let fd = inode.fd()?;
+    let p = sys::proc_fd_path(fd.as_raw_fd());
     nix::sys::stat::fchmodat(
         nix::fcntl::AT_FDCWD,
         p.as_c_str(),
@@ -555,7 +563,7 @@ fn chmod(inode: &Inode, mode: u32) -> SysResult<()> {
 /// truncate by a caller without CAP_FSETID. Only called inside a change the kernel
 /// asked for it on; part of that change (same guard, same record).
 pub(super) fn kill_suid(inode: &Inode) {
-    if let Ok(st) = sys::fstat(inode.fd()) {
+    if let Ok(st) = inode.fd().and_then(sys::fstat) {
         let old = st.st_mode & 0o7777;
         let mut mode = old & !libc::S_ISUID;
         if mode & libc::S_IXGRP != 0 {

@@ -69,8 +69,9 @@ impl SessionFs {
     ) -> Option<PendingCut> {
         let j = self.journal.as_ref()?;
         // Not the cached fd: a truncate by path may have no writable handle to end it.
-        let rfd = sys::reopen(inode.fd(), libc::O_RDONLY | libc::O_NOATIME)
-            .or_else(|_| sys::reopen(inode.fd(), libc::O_RDONLY))
+        let rfd = inode
+            .open(libc::O_RDONLY | libc::O_NOATIME)
+            .or_else(|_| inode.open(libc::O_RDONLY))
             .ok()?;
         let change = self
             .tracker
@@ -151,11 +152,12 @@ impl SessionFs {
         let Some(o) = self.origins.lock().remove(&inode.key()) else {
             return false;
         };
-        let Ok(st) = sys::fstat(inode.fd()) else {
+        let Ok(st) = inode.fd().and_then(sys::fstat) else {
             return false;
         };
-        let Ok(rfd) = sys::reopen(inode.fd(), libc::O_RDONLY | libc::O_NOATIME)
-            .or_else(|_| sys::reopen(inode.fd(), libc::O_RDONLY))
+        let Ok(rfd) = inode
+            .open(libc::O_RDONLY | libc::O_NOATIME)
+            .or_else(|_| inode.open(libc::O_RDONLY))
         else {
             return false;
         };

@@ -51,14 +51,18 @@ impl SessionFs {
         self.ro()?;
         let c = sys::cname(name)?;
         let groups = self.groups(ctx);
-        let res = sys::as_caller(&groups, ctx.uid, ctx.gid, umask, || match what {
-            NewEntry::Node { mode, rdev } => sys::mknodat(p.fd(), &c, mode, rdev),
-            NewEntry::Dir { mode } => nix::sys::stat::mkdirat(
-                p.fd(),
-                c.as_c_str(),
-                nix::sys::stat::Mode::from_bits_truncate(mode),
-            ),
-            NewEntry::Symlink { target } => nix::unistd::symlinkat(target, p.fd(), c.as_c_str()),
+        // The parent's fd is taken before the switch: opening it from its handle needs
+        // the daemon's own credentials.
+        let res = p.fd().and_then(|pfd| {
+            sys::as_caller(&groups, ctx.uid, ctx.gid, umask, || match what {
+                NewEntry::Node { mode, rdev } => sys::mknodat(&pfd, &c, mode, rdev),
+                NewEntry::Dir { mode } => nix::sys::stat::mkdirat(
+                    &pfd,
+                    c.as_c_str(),
+                    nix::sys::stat::Mode::from_bits_truncate(mode),
+                ),
+                NewEntry::Symlink { target } => nix::unistd::symlinkat(target, &pfd, c.as_c_str()),
+            })
         });
         let (op, to, mode) = match what {
             NewEntry::Node { mode, .. } => (Op::Mknod, None, Some(mode)),
@@ -104,8 +108,12 @@ impl SessionFs {
         // A lock name: no reap of the name may interleave with its creation.
         let lock_name = is_lock_name(name.as_bytes());
         let gate = lock_name.then(|| self.locks.gate());
-        let res = sys::as_caller(&self.groups(ctx), ctx.uid, ctx.gid, umask, || {
-            sys::openat(p.fd(), &c, oflags, mode & 0o7777)
+        // The parent's fd is taken before the switch (see `do_make`), and held.
+        let pfd = p.fd();
+        let res = pfd.clone().and_then(|pfd| {
+            sys::as_caller(&self.groups(ctx), ctx.uid, ctx.gid, umask, || {
+                sys::openat(&pfd, &c, oflags, mode & 0o7777)
+            })
         });
         let path = self.child_path(p, name);
         let fill = |r: &mut crate::journal::record::Record| {
@@ -135,11 +143,14 @@ impl SessionFs {
                 r.size_after = Some(st.st_size as u64);
                 r.after = Some(attr::fingerprint(&st));
             });
-            if lock_name && flags & libc::O_EXCL != 0 {
+            if lock_name
+                && flags & libc::O_EXCL != 0
+                && let Ok(pfd) = &pfd
+            {
                 let caller = self.ids.caller(ctx.pid, ctx.uid, ctx.gid);
                 let info = self.locks.acquired(
                     inode.key(),
-                    p.fd(),
+                    pfd.as_fd(),
                     p.id,
                     name,
                     path.clone(),
@@ -156,7 +167,7 @@ impl SessionFs {
                 let guarded = &name.as_bytes()[..name.len() - ".lock".len()];
                 if let Some(g) = sys::cname(OsStr::from_bytes(guarded))
                     .ok()
-                    .and_then(|c| sys::fstatat(p.fd(), &c).ok())
+                    .and_then(|c| sys::fstatat(pfd, &c).ok())
                     .and_then(|st| self.inodes.find(FileKey::of(&st)))
                 {
                     self.inval_attrs_later(g.id);
@@ -175,14 +186,21 @@ impl SessionFs {
     pub(super) fn do_unlink(&self, ctx: &Ctx, p: &Inode, name: &OsStr, dir: bool) -> SysResult<()> {
         self.ro()?;
         let c = sys::cname(name)?;
-        let victim = sys::openat(p.fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0).ok();
+        let pfd = p.fd();
+        let mut victim = pfd
+            .as_ref()
+            .ok()
+            .and_then(|pfd| sys::openat(pfd, &c, libc::O_PATH | libc::O_NOFOLLOW, 0).ok());
         let vst = victim.as_ref().and_then(|fd| sys::fstat(fd.as_fd()).ok());
         let vkey = vst.as_ref().map(FileKey::of);
         let vref = victim
             .as_ref()
             .and_then(|fd| sys::identity_at(fd.as_fd(), c"").ok())
             .map(record::file_ref);
-        let vinode = vkey.and_then(|k| self.inodes.find(k));
+        let vinode = victim
+            .as_ref()
+            .zip(vst.as_ref())
+            .and_then(|(fd, st)| self.inodes.find_fd(fd.as_fd(), st));
         let path = self.child_path(p, name);
         let ms = Mutation::many(&vinode.iter().map(Arc::as_ref).collect::<Vec<_>>());
         let mut cut = None;
@@ -214,7 +232,7 @@ impl SessionFs {
                 } else {
                     nix::unistd::UnlinkatFlags::NoRemoveDir
                 };
-                let res = nix::unistd::unlinkat(p.fd(), c.as_c_str(), flags);
+                let res = pfd.and_then(|pfd| nix::unistd::unlinkat(&pfd, c.as_c_str(), flags));
                 // The file is gone with every line: nothing can write them back.
                 outcome.set(cut.map(|c| self.finish_cut(c, res.is_ok(), None)));
                 if res.is_ok() {
@@ -223,6 +241,13 @@ impl SessionFs {
                     }
                     if let Some(i) = &vinode {
                         i.drop_name(p.id, name);
+                        // Its last name: the kernel may still ask about it (an open
+                        // file's fstat, a cwd), and its handle will not open.
+                        if (dir || vst.is_some_and(|st| st.st_nlink <= 1))
+                            && let Some(fd) = victim.take()
+                        {
+                            i.pin(fd);
+                        }
                     }
                 }
                 res
@@ -276,12 +301,14 @@ impl SessionFs {
         let gate = (is_lock_name(newname.as_bytes()) || is_lock_name(name.as_bytes()))
             .then(|| self.locks.gate());
         let stat_at = |dir: &Inode, n: &std::ffi::CStr| {
-            sys::openat(dir.fd(), n, libc::O_PATH | libc::O_NOFOLLOW, 0)
+            dir.fd()
+                .and_then(|d| sys::openat(d, n, libc::O_PATH | libc::O_NOFOLLOW, 0))
                 .ok()
                 .and_then(|fd| sys::fstat(fd.as_fd()).ok().map(|st| (fd, st)))
         };
-        // What is at the destination: replaced (kept open until diffed), or exchanged.
-        let target = stat_at(np, &nc);
+        // What is at the destination: replaced (kept open until diffed, and pinned to
+        // its inode if this removes its last name), or exchanged.
+        let mut target = stat_at(np, &nc);
         let rst = target.as_ref().filter(|_| !exchange).map(|(_, st)| *st);
         // The replaced file's journal identity: its salvage, and the view the moved
         // file continues when both have one owner.
@@ -290,10 +317,10 @@ impl SessionFs {
             .filter(|_| !exchange)
             .and_then(|(fd, _)| sys::identity_at(fd.as_fd(), c"").ok())
             .map(record::file_ref);
-        let moved = stat_at(p, &c).and_then(|(_, st)| self.inodes.find(FileKey::of(&st)));
+        let moved = stat_at(p, &c).and_then(|(fd, st)| self.inodes.find_fd(fd.as_fd(), &st));
         let other = target
             .as_ref()
-            .and_then(|(_, st)| self.inodes.find(FileKey::of(st)));
+            .and_then(|(fd, st)| self.inodes.find_fd(fd.as_fd(), st));
         let to = self.child_path(np, newname);
         let path = self.child_path(p, name);
         let ms = Mutation::many(
@@ -331,7 +358,7 @@ impl SessionFs {
             // inherited, on the file it replaced).
             |_| moved_st.get().as_ref().map(FileKey::of),
             || {
-                sys::renameat2(p.fd(), &c, np.fd(), &nc, flags)?;
+                sys::renameat2(p.fd()?, &c, np.fd()?, &nc, flags)?;
                 // Two links of one file: POSIX rename does nothing.
                 let same = matches!((&moved, &other), (Some(m), Some(o)) if m.id == o.id);
                 if same {
@@ -345,6 +372,12 @@ impl SessionFs {
                         o.rename_name(np.id, newname, p.id, name);
                     } else {
                         o.drop_name(np.id, newname);
+                        // Its last name: pinned, as an unlinked inode (see do_unlink).
+                        if let Some((fd, st)) = target.take()
+                            && (sys::is_dir(&st) || st.st_nlink <= 1)
+                        {
+                            o.pin(fd);
+                        }
                     }
                 }
                 if let Some((fd, st)) = stat_at(np, &nc) {

@@ -60,7 +60,7 @@ impl SessionFs {
         // with a SETATTR once its own checks (ETXTBSY) have passed. Stripped here too,
         // so that no OPEN can ever truncate the backing file.
         let seen = inode.changes();
-        let fd = match sys::reopen(inode.fd(), backing_flags(flags) & !libc::O_TRUNC) {
+        let fd = match inode.open(backing_flags(flags) & !libc::O_TRUNC) {
             Ok(fd) => fd,
             Err(e) => {
                 self.record_open(ctx, &inode, flags, None, &Err(e));

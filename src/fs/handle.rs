@@ -160,7 +160,7 @@ pub struct DirEntry {
 
 /// `S_IFMT` bits of entry `name` in directory `dir`, by `fstatat` (no follow); 0 when
 /// it cannot be stated.
-pub(super) fn kind_by_stat(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> u32 {
+pub(super) fn kind_by_stat(dir: impl std::os::fd::AsFd, name: &std::ffi::OsStr) -> u32 {
     crate::sys::cname(name)
         .and_then(|c| crate::sys::fstatat(dir, &c))
         .map_or(0, |st| st.st_mode & libc::S_IFMT)
@@ -169,7 +169,7 @@ pub(super) fn kind_by_stat(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> u32 {
 impl DirHandle {
     /// Open the backing directory for reading.
     pub fn open(inode: Arc<Inode>) -> crate::sys::SysResult<Self> {
-        let fd = crate::sys::reopen(inode.fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+        let fd = inode.open(libc::O_RDONLY | libc::O_DIRECTORY)?;
         let raw = std::os::fd::IntoRawFd::into_raw_fd(fd);
         // SAFETY: `raw` is an open directory fd we own; fdopendir takes ownership of it.
         let dir = unsafe { libc::fdopendir(raw) };
@@ -229,7 +229,13 @@ impl DirHandle {
                     libc::DT_BLK => libc::S_IFBLK,
                     libc::DT_REG => libc::S_IFREG,
                     // DT_UNKNOWN (xfs without ftype, isofs, some network filesystems).
-                    _ => kind_by_stat(self.inode.fd(), &name),
+                    _ => {
+                        // The stream's own fd: a directory fd serves `fstatat` as well.
+                        // SAFETY: valid DIR* under its mutex (held: `stream`).
+                        let fd = unsafe { libc::dirfd(stream.0) };
+                        // SAFETY: `fd` stays open while the stream lock is held.
+                        kind_by_stat(unsafe { BorrowedFd::borrow_raw(fd) }, &name)
+                    }
                 };
                 out.push(DirEntry {
                     ino,
@@ -242,6 +248,11 @@ impl DirHandle {
             *snap = Some(Arc::new(out));
         }
         Ok(snap.as_ref().expect("filled above").clone())
+    }
+
+    /// Entries in the stream's snapshot (0 before the first READDIR).
+    pub fn snapshot_len(&self) -> usize {
+        self.snapshot.lock().as_ref().map_or(0, |s| s.len())
     }
 
     /// fsync/fdatasync of the directory.

@@ -1,13 +1,20 @@
-//! The inode table: one entry per backing (dev, ino), each holding an O_PATH fd and the
-//! exact kernel lookup count (model: libfuse `passthrough_hp.cc`).
+//! The inode table: one entry per backing (dev, ino), each with the exact kernel
+//! lookup count and a file handle of its backing object, opened to an O_PATH fd when a
+//! request needs one (see [`super::fdcache`]; where handles do not work, each inode
+//! holds its O_PATH fd instead, the model of libfuse `passthrough_hp.cc`).
 //!
 //! Node ids: FUSE ties the node id to `st_ino` (fuser sends `attr.ino` as nodeid), so
 //! a backing inode on the root's device whose number is in `[2, 2^62)` is served under
 //! its own `st_ino`, and the root under 1. Every other inode (another device, or a
 //! number outside that range: 0, 1, or ≥ 2^62 as overlayfs with `xino` makes them)
 //! gets a synthetic id in `[2^62, 2^63)`. Ids at and above 2^63 are virtual files. So
-//! no backing number can reach a reserved range. Holding the O_PATH fd pins the
-//! backing inode, so its number cannot be reused while the kernel still knows the id.
+//! no backing number can reach a reserved range. An inode reached by a file handle
+//! holds nothing open, so its backing number may be reused by a new file while the
+//! kernel still holds the id (the old file removed around the mount, or its FORGET
+//! still in flight): a lookup that meets a known (dev, ino) with no fd open compares
+//! file handles, and a different one replaces the stale entry under the same id (the
+//! kernel gets the new file's attributes under it, as after an inode number reuse on
+//! any filesystem). A pinned fd (the fallback) keeps the number from being reused.
 //!
 //! Changes go through [`Inode::mutate`]: the journal-order lock and the busy mark are
 //! taken together and released together, so no handler can take one and forget the
@@ -16,6 +23,9 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use super::fdcache::{FdCache, PathFd};
+use crate::sys::FsHandle;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,8 +55,15 @@ pub struct Inode {
     pub ino: u64,
     /// `S_IFMT` bits of the backing mode.
     pub kind: u32,
-    /// O_PATH|O_NOFOLLOW fd on the backing object.
-    pub fd: OwnedFd,
+    /// File handle of the backing object; `None`: reached only by the pinned fd in
+    /// `pinned` (the fallback, see [`super::fdcache`]).
+    handle: Option<FsHandle>,
+    /// The pinned O_PATH|O_NOFOLLOW fd on the backing object (fallback, root, or
+    /// removed through us; else its fd is opened from `handle` and cached, see
+    /// [`Self::fd`]).
+    pinned: std::sync::OnceLock<OwnedFd>,
+    /// The mount's fd cache (and the mount fd handles open on).
+    fds: Arc<FdCache>,
     /// Kernel lookup count; the entry is dropped when it reaches 0.
     lookups: AtomicU64,
     /// Names (parent id, name) the inode is known by, the one it was last reached by
@@ -133,6 +150,51 @@ impl ReadCount {
         let done = self.done.load(Ordering::SeqCst);
         let before = self.done_at_write.swap(done, Ordering::SeqCst);
         started != before
+    }
+}
+
+impl Drop for Inode {
+    fn drop(&mut self) {
+        self.fds.release(self.id, &self.pinned);
+    }
+}
+
+impl Inode {
+    /// A new entry with `lookups` lookups, reached by `handle`, else by `pin` (kept for its life).
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        id: u64,
+        st: &libc::stat,
+        handle: Option<FsHandle>,
+        pin: Option<OwnedFd>,
+        fds: Arc<FdCache>,
+        lookups: u64,
+        name: (u64, Arc<OsStr>),
+    ) -> Self {
+        let pinned = std::sync::OnceLock::new();
+        if let Some(fd) = pin {
+            fds.pin(id, &pinned, fd);
+        }
+        Inode {
+            id,
+            dev: st.st_dev,
+            ino: st.st_ino,
+            kind: st.st_mode & libc::S_IFMT,
+            handle,
+            pinned,
+            fds,
+            lookups: AtomicU64::new(lookups),
+            names: Mutex::new(vec![name]),
+            known: Mutex::new(Known::default()),
+            read_fd: Mutex::new(None),
+            writers: Default::default(),
+            busy: Default::default(),
+            order: Mutex::new(()),
+            changes: AtomicU64::new(0),
+            used: AtomicU64::new(0),
+            reads: ReadCount::default(),
+            io_modes: Default::default(),
+        }
     }
 }
 
@@ -275,8 +337,9 @@ impl Inode {
         if let Some(fd) = &*slot {
             return Ok(fd.clone());
         }
-        let fd = crate::sys::reopen(self.fd(), libc::O_RDONLY | libc::O_NOATIME)
-            .or_else(|_| crate::sys::reopen(self.fd(), libc::O_RDONLY))?;
+        let fd = self
+            .open(libc::O_RDONLY | libc::O_NOATIME)
+            .or_else(|_| self.open(libc::O_RDONLY))?;
         let fd = Arc::new(fd);
         *slot = Some(fd.clone());
         Ok(fd)
@@ -307,9 +370,71 @@ impl Inode {
         self.busy.load(Ordering::Acquire)
     }
 
-    /// Borrow the O_PATH fd.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    /// The O_PATH|O_NOFOLLOW fd on the backing object: the inode's cached or pinned
+    /// one, else opened from its file handle (and cached). Hold the result for as long
+    /// as its number is used.
+    ///
+    /// # Errors
+    /// ENOENT when the backing file is gone (its handle is stale); else the errno of
+    /// `open_by_handle_at` (EMFILE, EPERM if called with a caller's fsuid: take the fd
+    /// before [`crate::sys::as_caller`]).
+    pub fn fd(&self) -> crate::sys::SysResult<PathFd<'_>> {
+        self.fds.get(self.id, &self.pinned, self.handle.as_ref())
+    }
+
+    /// A new fd on the backing object opened with `flags` (as [`crate::sys::reopen`]
+    /// of [`Self::fd`], in one open when the fd is not cached).
+    ///
+    /// # Errors
+    /// As [`Self::fd`], and the open's errno.
+    pub fn open(&self, flags: i32) -> crate::sys::SysResult<OwnedFd> {
+        self.fds
+            .open(self.id, &self.pinned, self.handle.as_ref(), flags)
+    }
+
+    /// The backing object's file handle (`None` in the fd-per-inode fallback): names
+    /// the same file across renames and daemon restarts; see [`FsHandle`] for its
+    /// serialised form. (For the restart work to come; unit-tested, not yet used.)
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn handle(&self) -> Option<&FsHandle> {
+        self.handle.as_ref()
+    }
+
+    /// The backing object lost its last name through us (unlink, rmdir, replaced by
+    /// a rename): keep `fd` (an O_PATH fd on it, taken before the removal) for the
+    /// inode's life, so the kernel's remaining requests for it (fstat of an open file,
+    /// a cwd) are served as before; its handle would no longer open.
+    pub fn pin(&self, fd: OwnedFd) {
+        self.fds.pin(self.id, &self.pinned, fd);
+    }
+
+    /// Is this inode's fd held for its life (fallback, root, or removed through us)?
+    pub fn is_pinned(&self) -> bool {
+        self.pinned.get().is_some()
+    }
+
+    /// Is an fd on the backing object open in the inode right now (cached or pinned)?
+    #[cfg(test)]
+    pub fn fd_is_open(&self) -> bool {
+        self.is_pinned() || self.fds.is_cached(self.id)
+    }
+
+    /// Is `fd` (an fd just opened on an object with this inode's (dev, ino)) on this
+    /// inode's backing object, not on a later file that reused the inode number? Yes
+    /// while the inode's fd is open (the object is alive, so the number is taken), and
+    /// when the handles agree. `new_handle`: `fd`'s handle, computed here if `None`
+    /// and needed.
+    fn same_object(&self, fd: BorrowedFd<'_>, new_handle: Option<&FsHandle>) -> bool {
+        let Some(mine) = &self.handle else {
+            return true; // pinned: the number cannot have been reused
+        };
+        if self.is_pinned() || self.fds.is_cached(self.id) {
+            return true;
+        }
+        match new_handle {
+            Some(h) => h == mine,
+            None => self.fds.handle_of(fd).is_none_or(|h| &h == mine),
+        }
     }
     /// Is this a regular file?
     pub fn is_file(&self) -> bool {
@@ -392,31 +517,29 @@ pub struct InodeTable {
     root_ino: u64,
     /// Use clock for [`Inode`]'s LRU stamp.
     tick: AtomicU64,
+    /// File handles, the fd cache and the pinned-fd count (see [`super::fdcache`]).
+    fds: Arc<FdCache>,
     /// Set by [`super::SessionFs::new`]: wakes eviction when the table grows too big.
     pub pressure: std::sync::OnceLock<super::pressure::Pressure>,
 }
 
 impl InodeTable {
-    /// Table holding only the root, whose O_PATH fd is `root_fd`.
-    pub fn new(root_fd: OwnedFd, st: &libc::stat) -> Self {
-        let root = Arc::new(Inode {
-            id: ROOT_ID,
-            dev: st.st_dev,
-            ino: st.st_ino,
-            kind: st.st_mode & libc::S_IFMT,
-            fd: root_fd,
-            lookups: AtomicU64::new(1 << 40), // never forgotten
-            names: Mutex::new(vec![(ROOT_ID, Arc::from(OsStr::from_bytes(b"")))]),
-            known: Mutex::new(Known::default()),
-            read_fd: Mutex::new(None),
-            writers: Default::default(),
-            busy: Default::default(),
-            order: Mutex::new(()),
-            changes: AtomicU64::new(0),
-            used: AtomicU64::new(0),
-            reads: ReadCount::default(),
-            io_modes: Default::default(),
-        });
+    /// Table holding only the root, whose O_PATH fd is `root_fd` (pinned: the root is
+    /// never forgotten). `handles`: reach the other inodes by file handles where the
+    /// backing supports them (see [`super::fdcache`]), keeping at most `fd_cache` O_PATH
+    /// fds open for them; else one pinned fd per inode.
+    pub fn new(root_fd: OwnedFd, st: &libc::stat, handles: bool, fd_cache: usize) -> Self {
+        let fds = Arc::new(FdCache::new(root_fd.as_fd(), handles, fd_cache));
+        let handle = fds.handle_of(root_fd.as_fd());
+        let root = Arc::new(Inode::new(
+            ROOT_ID,
+            st,
+            handle,
+            Some(root_fd),
+            fds.clone(),
+            1 << 40, // never forgotten
+            (ROOT_ID, Arc::from(OsStr::from_bytes(b""))),
+        ));
         let mut by_id = HashMap::new();
         by_id.insert(ROOT_ID, root);
         Self {
@@ -426,8 +549,19 @@ impl InodeTable {
             root_dev: st.st_dev,
             root_ino: st.st_ino,
             tick: AtomicU64::new(0),
+            fds,
             pressure: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The mount's fd cache (handle mode, counts).
+    pub fn fds(&self) -> &FdCache {
+        &self.fds
+    }
+
+    /// Inodes holding a pinned fd (root, fallback, removed through us).
+    pub fn pinned(&self) -> usize {
+        self.fds.pinned()
     }
 
     /// Stamp `inode` as used now (LRU order for inode pressure).
@@ -438,13 +572,13 @@ impl InodeTable {
 
     /// Up to `n` node ids of the least recently used inodes that the kernel may drop:
     /// not the root, not directories, no open handle (the table holds the only
-    /// reference).
-    pub fn idle_lru(&self, n: usize) -> Vec<u64> {
+    /// reference); with `pinned_only`, only inodes that hold a pinned fd.
+    pub fn idle_lru(&self, n: usize, pinned_only: bool) -> Vec<u64> {
         let mut idle: Vec<(u64, u64)> = self
             .by_id
             .read()
             .values()
-            .filter(|i| is_idle(i, 1))
+            .filter(|i| is_idle(i, 1) && (!pinned_only || i.is_pinned()))
             .map(|i| (i.used.load(Ordering::Relaxed), i.id))
             .collect();
         idle.sort_unstable_by_key(|(used, _)| *used);
@@ -510,7 +644,10 @@ impl InodeTable {
     /// Record one kernel lookup of the backing object `fd`/`st` reached as
     /// (`parent`, `name`): returns the existing inode (count + 1) or inserts a new one
     /// (count 1), and whether `name` was new to an inode already known by other names.
-    /// `fd` is dropped if the inode was already known.
+    /// `fd` becomes the new inode's fd (pinned in the fallback, else cached), or fills
+    /// the cache for a known inode without one. A known (dev, ino) whose file handle differs
+    /// from `fd`'s is a stale entry (its file is gone and a new one got its number):
+    /// it is replaced under the same id, keeping the kernel's lookup count.
     pub fn lookup(
         &self,
         fd: OwnedFd,
@@ -519,44 +656,75 @@ impl InodeTable {
         name: &OsStr,
     ) -> (Arc<Inode>, bool) {
         let id = self.id_for(st.st_dev, st.st_ino);
-        if let Some(inode) = self.by_id.read().get(&id) {
+        let known = self.by_id.read().get(&id).cloned();
+        // Checked outside the table lock (it may cost a name_to_handle_at).
+        if let Some(inode) = known.filter(|i| i.same_object(fd.as_fd(), None)) {
             inode.lookups.fetch_add(1, Ordering::AcqRel);
             let new_name = inode.set_name(parent, name);
-            self.touch(inode);
-            return (inode.clone(), new_name);
+            self.touch(&inode);
+            if inode.handle.is_some() && !inode.is_pinned() {
+                self.fds.offer(inode.id, fd);
+            }
+            return (inode, new_name);
         }
+        let handle = self.fds.handle_of(fd.as_fd());
         let mut map = self.by_id.write();
-        let inode = map.entry(id).or_insert_with(|| {
-            Arc::new(Inode {
-                id,
-                dev: st.st_dev,
-                ino: st.st_ino,
-                kind: st.st_mode & libc::S_IFMT,
-                fd,
-                lookups: AtomicU64::new(0),
-                names: Mutex::new(vec![(parent, Arc::from(name))]),
-                known: Mutex::new(Known::default()),
-                read_fd: Mutex::new(None),
-                writers: Default::default(),
-                busy: Default::default(),
-                order: Mutex::new(()),
-                changes: AtomicU64::new(0),
-                used: AtomicU64::new(0),
-                reads: ReadCount::default(),
-                io_modes: Default::default(),
-            })
-        });
-        inode.lookups.fetch_add(1, Ordering::AcqRel);
-        // Inserted by a racing lookup meanwhile: the name may be new to it.
-        let new_name = inode.set_name(parent, name) && Arc::strong_count(inode) > 1;
-        let inode = inode.clone();
+        let (inode, new_name) = match map.get(&id) {
+            // Inserted or refilled by a racing lookup meanwhile: the name may be new.
+            Some(i) if i.same_object(fd.as_fd(), handle.as_ref()) => {
+                i.lookups.fetch_add(1, Ordering::AcqRel);
+                let new_name = i.set_name(parent, name);
+                (i.clone(), new_name)
+            }
+            stale => {
+                // Replacing a stale entry: the kernel's lookups of the id go on, and
+                // the old file's names are gone with it.
+                let lookups = stale.map_or(0, |i| i.lookups.load(Ordering::Acquire));
+                if let Some(old) = stale {
+                    tracing::debug!(
+                        id,
+                        old = ?old.handle,
+                        new = ?handle,
+                        "inode number reused: stale entry replaced"
+                    );
+                }
+                // Without a handle the inode keeps `fd` for its life; else it is cached.
+                let (pin, cache) = if handle.is_some() {
+                    (None, Some(fd))
+                } else {
+                    (Some(fd), None)
+                };
+                let inode = Arc::new(Inode::new(
+                    id,
+                    st,
+                    handle,
+                    pin,
+                    self.fds.clone(),
+                    lookups + 1,
+                    (parent, Arc::from(name)),
+                ));
+                // A replaced entry drops here (and its cached fd with it).
+                map.insert(id, inode.clone());
+                if let Some(fd) = cache {
+                    self.fds.offer(id, fd);
+                }
+                (inode, false)
+            }
+        };
         let len = map.len();
         drop(map);
         self.touch(&inode);
         if let Some(p) = self.pressure.get() {
-            p.check(len);
+            p.check(len, self.fds.pinned());
         }
         (inode, new_name)
+    }
+
+    /// The inode of backing object `fd` (stat `st`), if the kernel holds it: as
+    /// [`Self::find`], and not a stale entry whose inode number `fd`'s file reused.
+    pub fn find_fd(&self, fd: BorrowedFd<'_>, st: &libc::stat) -> Option<Arc<Inode>> {
+        self.find(FileKey::of(st))
+            .filter(|i| i.same_object(fd, None))
     }
 
     /// Add one lookup to an inode already in the table (link, readdirplus of a known entry).

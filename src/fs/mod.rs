@@ -16,12 +16,14 @@
 //!   unlink or fallocate removes).
 //! - [`record`]: building journal records; [`inode`], [`handle`]: the tables;
 //!   [`attr`]: stat → FUSE attributes; [`virt`]: `.journal`/`.salvage` files;
-//!   [`pressure`]: fd budget; [`replied`]: early replies vs journal readers.
+//!   [`fdcache`]: file handles and the O_PATH fd cache; [`pressure`]: fd budget;
+//!   [`replied`]: early replies vs journal readers.
 
 pub(crate) mod attr;
 mod change;
 mod cut;
 mod dirops;
+mod fdcache;
 mod fence;
 mod files;
 mod handle;
@@ -85,9 +87,14 @@ pub struct FsConfig {
     /// `ls -l` then costs one GETXATTR round trip per file (measured: 6× native for
     /// 10k files, against 0.8× with plain READDIR and cached entries).
     pub readdirplus: bool,
-    /// Most inodes (so O_PATH fds) the daemon holds before it asks the kernel to drop
-    /// idle ones; `None`: from `RLIMIT_NOFILE` (all but max(1,024, 10%) of the fds).
+    /// Most inodes the daemon holds before it asks the kernel to drop idle ones;
+    /// `None`: only inodes holding a pinned fd are bounded, by `RLIMIT_NOFILE` (all but
+    /// max(1,024, 10%) of the fds). See [`pressure`].
     pub max_inodes: Option<usize>,
+    /// Reach inodes by file handles where the backing supports them, with at most
+    /// [`fdcache::FD_CACHE_CAP`] O_PATH fds open; `false` (`--no-file-handles`): one
+    /// fd per inode. See [`fdcache`].
+    pub file_handles: bool,
     /// Group allowed to read the whole-mount views (`.journal`, `.locks`), besides the
     /// daemon's user (`--journal-group`); `None`: the daemon's user only.
     pub journal_group: Option<u32>,
@@ -114,6 +121,7 @@ impl Default for FsConfig {
             tracked_files: 1024,
             readdirplus: false,
             max_inodes: None,
+            file_handles: true,
             strict_stat: false,
             state_dir: None,
             journal_group: None,
@@ -223,7 +231,19 @@ impl SessionFs {
         if !sys::is_dir(&st) {
             return Err(Errno::ENOTDIR);
         }
-        let inodes = Arc::new(InodeTable::new(root, &st));
+        let inodes = Arc::new(InodeTable::new(
+            root,
+            &st,
+            cfg.file_handles,
+            fdcache::FD_CACHE_CAP,
+        ));
+        match inodes.fds().handles_on() {
+            Ok(()) => tracing::info!(
+                fd_cache = inodes.fds().capacity(),
+                "inodes are reached by file handles (O_PATH fds cached)"
+            ),
+            Err(why) => tracing::info!(reason = why, "file handles off: one O_PATH fd per inode"),
+        }
         let bounds = match cfg.max_inodes {
             Some(n) => pressure::Bounds::new(n),
             None => pressure::Bounds::from_nofile(
@@ -288,7 +308,7 @@ impl SessionFs {
 
     /// Stat of an inode's backing object, with `FileAttr` served under its node id.
     fn stat_attr(&self, inode: &Inode) -> SysResult<(libc::stat, fuser::FileAttr)> {
-        let st = sys::fstat(inode.fd())?;
+        let st = sys::fstat(inode.fd()?)?;
         Ok((st, self.attr_of(inode.id, &st)))
     }
 
@@ -299,7 +319,7 @@ impl SessionFs {
     fn do_getattr(&self, ctx: &Ctx, inode: &Inode) -> SysResult<(fuser::FileAttr, Duration)> {
         self.inodes.touch(inode);
         let seen = inode.changes();
-        let st = sys::fstat(inode.fd())?;
+        let st = sys::fstat(inode.fd()?)?;
         self.check_external(inode, &st, 0, seen);
         let a = self.attr_of(inode.id, &st);
         let locked = self.note_holder_stat(ctx, inode, &st);
@@ -406,7 +426,7 @@ impl SessionFs {
             return Ok((root, a));
         }
         let c = sys::cname(name)?;
-        let fd = sys::openat(parent.fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let fd = sys::openat(parent.fd()?, &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let st = sys::fstat(fd.as_fd())?;
         let (inode, new_name) = self.inodes.lookup(fd, &st, parent.id, name);
         if new_name && st.st_nlink > 1 {
@@ -417,7 +437,7 @@ impl SessionFs {
         let mut st = st;
         if inode.is_file() {
             let seen = inode.changes();
-            if let Ok(now) = sys::fstat(inode.fd()) {
+            if let Ok(now) = inode.fd().and_then(sys::fstat) {
                 self.check_external(&inode, &now, 0, seen);
                 st = now;
             }

@@ -34,6 +34,10 @@ fn empty(reply: ReplyEmpty, res: SysResult<()>) {
     }
 }
 
+/// A directory listing of at least this many entries gives its memory back to the
+/// system when its handle is released (see `releasedir`).
+const TRIM_AFTER_ENTRIES: usize = 10_000;
+
 impl SessionFs {
     fn entry_reply(&self, reply: ReplyEntry, a: &fuser::FileAttr) {
         reply.entry_with_ttls(&self.cfg.attr_ttl, &self.entry_ttl(a), a, Generation(0));
@@ -82,10 +86,14 @@ impl fuser::Filesystem for SessionFs {
 
     fn destroy(&mut self) {
         let (inodes, files, dirs) = self.counts();
+        let fds = self.inodes.fds();
         tracing::info!(
             inodes,
             open_files = files,
             open_dirs = dirs,
+            pinned = fds.pinned(),
+            cached_fds = fds.cached(),
+            handle_opens = fds.misses(),
             "session ending"
         );
         if let Some(j) = &self.journal {
@@ -191,7 +199,7 @@ impl fuser::Filesystem for SessionFs {
         let Ok(inode) = self.inode(ino.0) else {
             return reply.error(FErrno::ENOENT);
         };
-        match nix::fcntl::readlinkat(inode.fd(), "") {
+        match inode.fd().and_then(|fd| nix::fcntl::readlinkat(fd, "")) {
             Ok(target) => reply.data(target.as_encoded_bytes()),
             Err(e) => reply.error(err(e)),
         }
@@ -487,6 +495,8 @@ impl fuser::Filesystem for SessionFs {
             Ok(e) => e,
             Err(e) => return reply.error(err(e)),
         };
+        // One fd of the directory for the whole reply.
+        let dir_fd = dh.inode.fd();
         for (i, ent) in entries.iter().enumerate().skip(offset as usize) {
             let name = ent.name.as_os_str();
             let next = i as u64 + 1;
@@ -504,7 +514,7 @@ impl fuser::Filesystem for SessionFs {
             if name == "." || name == ".." {
                 // The kernel ignores attributes of `.`/`..` in READDIRPLUS and takes no
                 // lookup count on them.
-                let Ok(st) = sys::fstat(dh.inode.fd()) else {
+                let Ok(st) = dir_fd.as_ref().map_err(|e| *e).and_then(sys::fstat) else {
                     continue;
                 };
                 let id = if dh.inode.id == ROOT_ID {
@@ -519,7 +529,11 @@ impl fuser::Filesystem for SessionFs {
                 continue;
             }
             let Ok(c) = sys::cname(name) else { continue };
-            let Ok(fd) = sys::openat(dh.inode.fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0) else {
+            let Ok(fd) = dir_fd
+                .as_ref()
+                .map_err(|e| *e)
+                .and_then(|d| sys::openat(d, &c, libc::O_PATH | libc::O_NOFOLLOW, 0))
+            else {
                 continue;
             };
             let Ok(st) = sys::fstat(fd.as_fd()) else {
@@ -552,8 +566,20 @@ impl fuser::Filesystem for SessionFs {
         reply: ReplyEmpty,
     ) {
         self.stats.hit(Req::Releasedir);
-        self.dirs.remove(fh.0);
-        reply.ok()
+        let big = self
+            .dirs
+            .remove(fh.0)
+            .is_some_and(|dh| dh.snapshot_len() >= TRIM_AFTER_ENTRIES);
+        reply.ok();
+        if big {
+            // The listing's snapshot (~100 B an entry) was freed amid the inode table's
+            // allocations, where malloc keeps it resident: give the pages back.
+            #[cfg(target_env = "gnu")]
+            // SAFETY: malloc_trim only releases free heap pages; no pointer is involved.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
     }
 
     fn fsyncdir(&self, req: &Request, _ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
@@ -579,7 +605,7 @@ impl fuser::Filesystem for SessionFs {
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         self.stats.hit(Req::Statfs);
         let root = self.inodes.root();
-        match nix::sys::statvfs::fstatvfs(root.fd()) {
+        match root.fd().and_then(nix::sys::statvfs::fstatvfs) {
             Ok(s) => reply.statfs(
                 s.blocks(),
                 s.blocks_free(),
@@ -643,7 +669,7 @@ impl fuser::Filesystem for SessionFs {
                     Err(e) => return reply.error(err(e)),
                 };
                 let mut buf = vec![0u8; size as usize];
-                match sys::getxattr(inode.fd(), &c, &mut buf) {
+                match inode.fd().and_then(|fd| sys::getxattr(fd, &c, &mut buf)) {
                     Ok(n) if size == 0 => return reply.size(n as u32),
                     Ok(n) => {
                         buf.truncate(n);
@@ -680,7 +706,7 @@ impl fuser::Filesystem for SessionFs {
             return reply.error(FErrno::ENOENT);
         };
         let mut buf = vec![0u8; size as usize];
-        match sys::listxattr(inode.fd(), &mut buf) {
+        match inode.fd().and_then(|fd| sys::listxattr(fd, &mut buf)) {
             Ok(n) if size == 0 => reply.size(n as u32),
             Ok(n) => reply.data(&buf[..n]),
             Err(e) => reply.error(err(e)),
@@ -707,7 +733,12 @@ impl fuser::Filesystem for SessionFs {
         let Ok(inode) = self.inode(ino.0) else {
             return reply.error(FErrno::ENOENT);
         };
-        let path = sys::proc_fd_path(inode.fd().as_raw_fd());
+        let fd = match inode.fd() {
+            Ok(fd) => fd,
+            Err(e) => return reply.error(err(e)),
+        };
+        // `fd` is held while its number is in the path.
+        let path = sys::proc_fd_path(fd.as_raw_fd());
         // SAFETY: valid C string; faccessat only reads it.
         let r = unsafe { libc::faccessat(libc::AT_FDCWD, path.as_ptr(), mask.bits(), 0) };
         if r == 0 {

@@ -1,13 +1,17 @@
-//! Inode pressure: keep the daemon's fds under its limit.
+//! Inode pressure: keep the daemon's fds (or, with `--max-inodes`, its inodes) under a
+//! bound.
 //!
-//! Every inode the kernel holds costs the daemon one O_PATH fd (the inode table's
-//! model, libfuse `passthrough_hp.cc`). The kernel forgets an inode only when its
-//! dentries go, which without memory pressure may be never, so a tree with more files
-//! than `RLIMIT_NOFILE` allows would end in EMFILE on lookups. When the table passes
-//! its high-water mark, a background thread asks the kernel to drop the dentries of
-//! the least recently used idle inodes (`FUSE_NOTIFY_INVAL_ENTRY`); the kernel then
-//! sends FORGET for them, and the table (and its fds) shrinks to the low-water mark.
-//! A dropped dentry costs one LOOKUP when the name is used again, nothing else.
+//! An inode reached by a file handle costs no fd (see [`super::fdcache`]), but one
+//! in the fallback holds a pinned O_PATH fd (the model of libfuse `passthrough_hp.cc`).
+//! The kernel forgets an inode only when its dentries go, which without memory
+//! pressure may be never, so a tree with more fallback inodes than `RLIMIT_NOFILE`
+//! allows would end in EMFILE on lookups. By default the bound counts the inodes
+//! holding pinned fds; `--max-inodes` bounds every inode (the daemon's memory, ~0.4 KiB
+//! each). When the count passes its high-water mark, a background thread asks the
+//! kernel to drop the dentries of the least recently used idle inodes (of those
+//! counted) (`FUSE_NOTIFY_INVAL_ENTRY`); the kernel then sends FORGET for them, and
+//! the count shrinks to the low-water mark. A dropped dentry costs one LOOKUP when the
+//! name is used again, nothing else.
 //!
 //! Only regular files, symlinks and special files with no open handle are dropped:
 //! a directory's dentry pins its subtree, and dropping it would unhash children in
@@ -38,23 +42,36 @@ pub struct Bounds {
     pub high: usize,
     /// Inodes left after a round of eviction.
     pub low: usize,
+    /// Count (and drop) only the inodes that hold a pinned fd; else every inode.
+    pub pinned_only: bool,
 }
 
 impl Bounds {
-    /// Bounds for at most `max_inodes` inodes.
+    /// Bounds for at most `max_inodes` inodes, all counted.
     pub fn new(max_inodes: usize) -> Self {
         let high = max_inodes.max(16);
         Self {
             high,
             low: high - high / 4,
+            pinned_only: false,
         }
     }
 
     /// Bounds from the fd limit `nofile`: all but a reserve of
-    /// max([`FD_RESERVE_MIN`], nofile / 10) fds may hold inodes.
+    /// max([`FD_RESERVE_MIN`], nofile / 10) fds may be pinned by inodes (only those
+    /// are counted).
     pub fn from_nofile(nofile: u64) -> Self {
         let reserve = FD_RESERVE_MIN.max(nofile / 10);
-        Self::new(nofile.saturating_sub(reserve).min(usize::MAX as u64) as usize)
+        Self {
+            pinned_only: true,
+            ..Self::new(nofile.saturating_sub(reserve).min(usize::MAX as u64) as usize)
+        }
+    }
+
+    /// The count these bounds apply to, of a table of `len` inodes of which `pinned`
+    /// hold pinned fds.
+    fn count(&self, len: usize, pinned: usize) -> usize {
+        if self.pinned_only { pinned } else { len }
     }
 }
 
@@ -84,10 +101,10 @@ impl Pressure {
         Ok(Self { bounds, wake })
     }
 
-    /// The table now holds `len` inodes: wake the thread if that is above the
-    /// high-water mark. Never blocks.
-    pub fn check(&self, len: usize) {
-        if len > self.bounds.high {
+    /// The table now holds `len` inodes, `pinned` of them with pinned fds: wake the
+    /// thread if the bounded count is above the high-water mark. Never blocks.
+    pub fn check(&self, len: usize, pinned: usize) {
+        if self.bounds.count(len, pinned) > self.bounds.high {
             // Full: a wake-up is already pending. Disconnected: the thread is gone.
             let _ = self.wake.try_send(());
         }
@@ -110,7 +127,7 @@ fn evict_loop(
         let mut stalls = 0;
         while let Some(n) = notifier.get() {
             let Some(table) = table.upgrade() else { return };
-            let len = table.len();
+            let len = b.count(table.len(), table.pinned());
             if len <= b.high {
                 break;
             }
@@ -124,7 +141,7 @@ fn evict_loop(
             }
             before = len;
             let mut sent = 0usize;
-            for id in table.idle_lru(len - b.low) {
+            for id in table.idle_lru(len - b.low, b.pinned_only) {
                 if let Some((parent, name)) = table.still_idle(id)
                     && n.inval_entry(INodeNo(parent), &name).is_ok()
                 {
@@ -137,6 +154,7 @@ fn evict_loop(
                 last_log = Some(Instant::now());
                 tracing::info!(
                     inodes = len,
+                    pinned_only = b.pinned_only,
                     high = b.high,
                     low = b.low,
                     dropped = sent,
@@ -161,6 +179,8 @@ mod tests {
     #[test]
     fn bounds_keep_a_reserve() {
         let b = Bounds::from_nofile(20_000);
+        assert!(b.pinned_only);
+        assert!(!Bounds::new(300).pinned_only);
         assert_eq!(b.high, 18_000);
         assert_eq!(b.low, 13_500);
         let small = Bounds::from_nofile(1024);

@@ -243,7 +243,10 @@ impl SessionFs {
     /// The journal identity of `inode` (one `statx`): the key of its per-file views.
     /// `None` when the backing object cannot be stat-ed.
     pub(super) fn file_ref(&self, inode: &Inode) -> Option<FileRef> {
-        sys::identity_at(inode.fd(), c"").ok().map(file_ref)
+        let fd = inode.fd().ok()?;
+        sys::identity_at(std::os::fd::AsFd::as_fd(&fd), c"")
+            .ok()
+            .map(file_ref)
     }
 
     /// [`Self::file_ref`], or, when it cannot be stat-ed, a key only root reads (owner

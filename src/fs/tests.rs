@@ -164,7 +164,7 @@ fn a_stat_older_than_the_known_state_is_no_external_change() {
     let f = fixture();
     f.backing_write("t", b"x\n");
     let inode = f.lookup("t");
-    let st = sys::fstat(inode.fd()).unwrap();
+    let st = sys::fstat(inode.fd().unwrap().as_fd()).unwrap();
     let mut old = st;
     old.st_ctime -= 1;
     f.fs.mark_known(&inode, &st);
@@ -275,7 +275,7 @@ fn node_ids_never_reach_reserved_ranges() {
     )
     .unwrap();
     let st = sys::fstat(root.as_fd()).unwrap();
-    let t = InodeTable::new(root, &st);
+    let t = InodeTable::new(root, &st, true, 16);
     let dev = st.st_dev;
     assert_eq!(t.id_for(dev, st.st_ino), ROOT_ID);
     assert_eq!(t.id_for(dev, 12345), 12345, "in range: its own number");
@@ -337,11 +337,11 @@ fn unknown_dirent_types_are_resolved_by_stat() {
     // The DT_UNKNOWN branch itself.
     let root = f.fs.inodes.root();
     assert_eq!(
-        super::handle::kind_by_stat(root.fd(), OsStr::new("l")),
+        super::handle::kind_by_stat(root.fd().unwrap(), OsStr::new("l")),
         libc::S_IFLNK
     );
     assert_eq!(
-        super::handle::kind_by_stat(root.fd(), OsStr::new("gone")),
+        super::handle::kind_by_stat(root.fd().unwrap(), OsStr::new("gone")),
         0
     );
 }
@@ -397,7 +397,7 @@ fn no_op_metadata_changes_stop_at_the_daemon() {
     std::thread::sleep(Duration::from_millis(20));
     // Same mode, same owner, same xattr value: success, nothing forwarded.
     f.fs.do_setattr(&me(), &a, None, chmod(0o640)).unwrap();
-    let st = sys::fstat(a.fd()).unwrap();
+    let st = sys::fstat(a.fd().unwrap()).unwrap();
     let owner = SetAttr {
         uid: Some(st.st_uid),
         gid: Some(st.st_gid),
@@ -460,11 +460,11 @@ fn chown_to_the_same_owner_of_a_suid_file_is_forwarded() {
     };
     f.fs.do_setattr(&me(), &s, None, set(Some(0o4755), None))
         .unwrap();
-    let st = sys::fstat(s.fd()).unwrap();
+    let st = sys::fstat(s.fd().unwrap()).unwrap();
     f.fs.do_setattr(&me(), &s, None, set(None, Some((st.st_uid, st.st_gid))))
         .unwrap();
     // As on ext4: the chown clears suid, so it was not a no-op.
-    assert_eq!(sys::fstat(s.fd()).unwrap().st_mode & 0o7777, 0o755);
+    assert_eq!(sys::fstat(s.fd().unwrap()).unwrap().st_mode & 0o7777, 0o755);
     assert_eq!(f.records().last().unwrap()["class"], "metadata");
 }
 
@@ -484,15 +484,15 @@ fn strict_stat_forwards_no_op_changes() {
     let fs = SessionFs::new(root, None, cfg).unwrap();
     std::fs::write(dir.path().join("a"), b"x").unwrap();
     let a = fs.do_lookup(&fs.inodes.root(), OsStr::new("a")).unwrap().0;
-    let mode = sys::fstat(a.fd()).unwrap().st_mode & 0o7777;
-    let c0 = sys::fstat(a.fd()).unwrap().st_ctime_nsec;
+    let mode = sys::fstat(a.fd().unwrap()).unwrap().st_mode & 0o7777;
+    let c0 = sys::fstat(a.fd().unwrap()).unwrap().st_ctime_nsec;
     std::thread::sleep(Duration::from_millis(20));
     let set = SetAttr {
         mode: Some(mode),
         ..Default::default()
     };
     fs.do_setattr(&me(), &a, None, set).unwrap();
-    assert_ne!(sys::fstat(a.fd()).unwrap().st_ctime_nsec, c0);
+    assert_ne!(sys::fstat(a.fd().unwrap()).unwrap().st_ctime_nsec, c0);
 }
 
 #[test]
@@ -509,10 +509,10 @@ fn synthetic_id_survives_a_forget_between_reply_and_lookup() {
     .unwrap();
     let mut rst = sys::fstat(root.as_fd()).unwrap();
     rst.st_dev ^= 0xdead; // every file is "foreign": served under a synthetic id
-    let t = InodeTable::new(root, &rst);
+    let t = InodeTable::new(root, &rst, true, 16);
     let open_f = || {
         let fd = nix::fcntl::openat(
-            t.root().fd(),
+            t.root().fd().unwrap(),
             "f",
             OFlag::O_PATH | OFlag::O_NOFOLLOW,
             Mode::empty(),
@@ -535,4 +535,179 @@ fn synthetic_id_survives_a_forget_between_reply_and_lookup() {
         filed, first,
         "one st_ino for the file for the life of the mount"
     );
+}
+
+/// A table over a fresh temp dir, its files reached by handles with `cap` cached fds.
+fn handle_table(cap: usize, handles: bool) -> (tempfile::TempDir, InodeTable) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = nix::fcntl::open(
+        dir.path(),
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap();
+    let st = sys::fstat(root.as_fd()).unwrap();
+    let t = InodeTable::new(root, &st, handles, cap);
+    (dir, t)
+}
+
+/// O_PATH fd and stat of `name` in the table's root.
+fn opath_of(t: &InodeTable, name: &str) -> (std::os::fd::OwnedFd, libc::stat) {
+    let c = std::ffi::CString::new(name).unwrap();
+    let fd = sys::openat(
+        t.root().fd().unwrap(),
+        &c,
+        libc::O_PATH | libc::O_NOFOLLOW,
+        0,
+    )
+    .unwrap();
+    let st = sys::fstat(fd.as_fd()).unwrap();
+    (fd, st)
+}
+
+#[test]
+fn inodes_hold_no_fd_beyond_the_cache_and_reopen_from_their_handle() {
+    let (dir, t) = handle_table(4, true);
+    if t.fds().handles_on().is_err() {
+        eprintln!("no file handles here: {:?}", t.fds().handles_on());
+        return;
+    }
+    let mut inodes = Vec::new();
+    for i in 0..50 {
+        std::fs::write(dir.path().join(format!("f{i}")), format!("{i}")).unwrap();
+        let (fd, st) = opath_of(&t, &format!("f{i}"));
+        inodes.push(t.lookup(fd, &st, ROOT_ID, OsStr::new(&format!("f{i}"))).0);
+    }
+    assert_eq!(t.len(), 51);
+    assert_eq!(t.pinned(), 1, "only the root holds its fd");
+    let open = inodes.iter().filter(|i| i.fd_is_open()).count();
+    assert!(open <= 4, "{open} inodes hold an fd, cache of 4");
+    assert!(t.fds().cached() <= 4);
+    // Every inode still reaches its own file, and has a handle to serialise.
+    for (i, inode) in inodes.iter().enumerate() {
+        let fd = inode.open(libc::O_RDONLY).unwrap();
+        let mut buf = [0u8; 8];
+        let n = sys::pread(fd.as_fd(), &mut buf, 0).unwrap();
+        assert_eq!(&buf[..n], format!("{i}").as_bytes());
+        let st = sys::fstat(inode.fd().unwrap()).unwrap();
+        assert_eq!((st.st_dev, st.st_ino), (inode.dev, inode.ino));
+        let h = inode.handle().expect("reached by a handle");
+        assert_eq!(
+            sys::FsHandle::from_parts(h.handle_type(), h.bytes()).as_ref(),
+            Some(h)
+        );
+    }
+    assert!(t.fds().cached() <= 4);
+    // Exact counts: a second lookup adds one, FORGET of both drops the entry.
+    let (fd, st) = opath_of(&t, "f0");
+    let again = t.lookup(fd, &st, ROOT_ID, OsStr::new("f0")).0;
+    assert!(Arc::ptr_eq(&again, &inodes[0]));
+    let id = again.id;
+    drop(again);
+    inodes.clear();
+    t.forget(id, 1);
+    assert!(t.get(id).is_some());
+    t.forget(id, 1);
+    assert!(t.get(id).is_none());
+}
+
+#[test]
+fn a_reused_inode_number_replaces_the_stale_entry_keeping_the_count() {
+    let (dir, t) = handle_table(1, true);
+    if t.fds().handles_on().is_err() {
+        return;
+    }
+    std::fs::write(dir.path().join("old"), b"old").unwrap();
+    std::fs::write(dir.path().join("new"), b"new").unwrap();
+    std::fs::write(dir.path().join("other"), b"").unwrap();
+    let (fd, old_st) = opath_of(&t, "old");
+    let old = t.lookup(fd, &old_st, ROOT_ID, OsStr::new("old")).0;
+    let (fd, st) = opath_of(&t, "old");
+    t.lookup(fd, &st, ROOT_ID, OsStr::new("old")); // the kernel holds 2 lookups
+    // Other inodes take the cached fds: `old` holds none, so nothing pins it.
+    for _ in 0..3 {
+        let (fd, st) = opath_of(&t, "other");
+        t.lookup(fd, &st, ROOT_ID, OsStr::new("other"));
+    }
+    t.fds().forget(old.id);
+    assert!(!old.fd_is_open());
+    // A new file with old's (dev, ino), as after `rm old` around the mount and an
+    // allocation that reuses the number (forged here: ext4 does not reuse at once).
+    let (fd, mut st) = opath_of(&t, "new");
+    st.st_ino = old_st.st_ino;
+    let (new, _) = t.lookup(fd, &st, ROOT_ID, OsStr::new("new"));
+    assert_eq!(new.id, old.id, "same node id: the kernel's inode number");
+    assert!(!Arc::ptr_eq(&new, &old), "the stale entry was replaced");
+    assert_ne!(new.handle(), old.handle());
+    let rfd = new.open(libc::O_RDONLY).unwrap();
+    let mut buf = [0u8; 8];
+    let n = sys::pread(rfd.as_fd(), &mut buf, 0).unwrap();
+    assert_eq!(&buf[..n], b"new", "the new entry reaches the new file");
+    assert_eq!(&*new.name().1, "new");
+    // The kernel's 2 earlier lookups of the id plus this one: 3 FORGETs to go.
+    drop((new, old));
+    t.forget(st.st_ino, 2);
+    assert!(t.get(st.st_ino).is_some());
+    t.forget(st.st_ino, 1);
+    assert!(t.get(st.st_ino).is_none());
+}
+
+#[test]
+fn a_known_inode_with_its_fd_open_is_not_taken_for_stale() {
+    let (dir, t) = handle_table(16, true);
+    if t.fds().handles_on().is_err() {
+        return;
+    }
+    std::fs::write(dir.path().join("a"), b"a").unwrap();
+    let (fd, st) = opath_of(&t, "a");
+    let a = t.lookup(fd, &st, ROOT_ID, OsStr::new("a")).0;
+    assert!(a.fd_is_open());
+    let (fd, st) = opath_of(&t, "a");
+    assert!(Arc::ptr_eq(
+        &t.lookup(fd, &st, ROOT_ID, OsStr::new("a")).0,
+        &a
+    ));
+}
+
+#[test]
+fn without_handles_every_inode_pins_its_fd() {
+    let (dir, t) = handle_table(4, false);
+    for i in 0..10 {
+        std::fs::write(dir.path().join(format!("f{i}")), b"").unwrap();
+        let (fd, st) = opath_of(&t, &format!("f{i}"));
+        let inode = t.lookup(fd, &st, ROOT_ID, OsStr::new(&format!("f{i}"))).0;
+        assert!(inode.is_pinned() && inode.handle().is_none());
+    }
+    assert_eq!(t.pinned(), 11);
+    assert_eq!(t.fds().cached(), 0);
+    assert_eq!(t.idle_lru(100, true).len(), 10);
+}
+
+#[test]
+fn a_file_unlinked_through_the_mount_keeps_answering_by_its_pinned_fd() {
+    let f = fixture();
+    f.backing_write("a", b"abc");
+    let a = f.lookup("a");
+    let root = f.fs.inodes.root();
+    f.fs.do_unlink(&me(), &root, OsStr::new("a"), false)
+        .unwrap();
+    assert!(a.is_pinned(), "its last name is gone: pinned");
+    // Nothing else holds the backing inode now: drop the caches, as time would.
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", b"2");
+    let st = sys::fstat(a.fd().unwrap()).unwrap();
+    assert_eq!(st.st_nlink, 0);
+    assert_eq!(st.st_size, 3);
+    // A removed directory too (its handle never opens once it is removed).
+    std::fs::create_dir(f.dir.path().join("d")).unwrap();
+    let d = f.lookup("d");
+    f.fs.do_unlink(&me(), &root, OsStr::new("d"), true).unwrap();
+    assert!(d.is_pinned());
+    assert!(sys::fstat(d.fd().unwrap()).is_ok());
+    // A file with another link left is not pinned (its handle still opens).
+    f.backing_write("b", b"");
+    std::fs::hard_link(f.dir.path().join("b"), f.dir.path().join("b2")).unwrap();
+    let b = f.lookup("b");
+    f.fs.do_unlink(&me(), &root, OsStr::new("b"), false)
+        .unwrap();
+    assert_eq!(b.is_pinned(), f.fs.inodes.fds().handles_on().is_err());
 }

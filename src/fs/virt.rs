@@ -143,7 +143,7 @@ impl SessionFs {
             || base_of(n).is_some_and(|(b, _)| {
                 sys::cname(OsStr::from_bytes(b))
                     .ok()
-                    .is_some_and(|c| sys::fstatat(parent.fd(), &c).is_ok())
+                    .is_some_and(|c| parent.fd().and_then(|d| sys::fstatat(d, &c)).is_ok())
             });
         if shadows {
             let path = self.child_path(parent, name);
@@ -204,7 +204,7 @@ impl SessionFs {
             let st = self
                 .inodes
                 .get(*parent)
-                .and_then(|p| sys::fstatat(p.fd(), &sys::cname(name).ok()?).ok())?;
+                .and_then(|p| sys::fstatat(p.fd().ok()?, &sys::cname(name).ok()?).ok())?;
             let perm = (st.st_mode & 0o666) as u16;
             return Some(self.vattr_mode(id, 0, st.st_uid, st.st_gid, perm));
         }
@@ -236,7 +236,10 @@ impl SessionFs {
         );
         let source = std::fs::read_link(format!(
             "/proc/self/fd/{}",
-            std::os::fd::AsRawFd::as_raw_fd(&self.inodes.root().fd())
+            self.inodes
+                .root()
+                .fd()
+                .map_or(-1, |f| std::os::fd::AsRawFd::as_raw_fd(&f))
         ))
         .ok()
         .map(|p| crate::names::encode_os(p.as_os_str()));
@@ -289,7 +292,7 @@ impl SessionFs {
             _ => return None,
         };
         let p = self.inodes.get(parent)?;
-        let st = sys::fstatat(p.fd(), &sys::cname(&name).ok()?).ok()?;
+        let st = sys::fstatat(p.fd().ok()?, &sys::cname(&name).ok()?).ok()?;
         Some(crate::sys::FileKey::of(&st))
     }
 
@@ -386,7 +389,7 @@ impl SessionFs {
             let base = OsStr::from_bytes(&n[..n.len() - LANE_SUFFIX.len()]);
             let st = sys::cname(base)
                 .ok()
-                .and_then(|c| sys::fstatat(parent.fd(), &c).ok())
+                .and_then(|c| sys::fstatat(parent.fd().ok()?, &c).ok())
                 .filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)?;
             let kind = VirtualKind::Lane {
                 parent: parent.id,
@@ -407,8 +410,11 @@ impl SessionFs {
         // since): its view, owned by that file's owner. Never another file's view
         // under a reused name.
         let here = sys::cname(base).ok().and_then(|c| {
-            let (ino, birth_ns, uid) = sys::identity_at(parent.fd(), &c).ok()?;
-            let gid = sys::fstatat(parent.fd(), &c).ok()?.st_gid;
+            let pfd = parent.fd().ok()?;
+            let (ino, birth_ns, uid) = sys::identity_at(std::os::fd::AsFd::as_fd(&pfd), &c).ok()?;
+            let gid = sys::fstatat(std::os::fd::AsFd::as_fd(&pfd), &c)
+                .ok()?
+                .st_gid;
             Some((FileRef { ino, birth_ns, uid }, gid))
         });
         let (file, gid) = match here {
@@ -443,7 +449,7 @@ impl SessionFs {
             return Vec::new();
         }
         let c = sys::cname(OsStr::new(MOUNT_JOURNAL)).expect("static name");
-        if sys::fstatat(dir.fd(), &c).is_ok() {
+        if dir.fd().and_then(|d| sys::fstatat(d, &c)).is_ok() {
             return Vec::new(); // a real `.journal` is already listed
         }
         let (uid, gid) = self.mount_view_owner();
