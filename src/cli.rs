@@ -335,7 +335,7 @@ fn group_id(g: &str) -> Result<u32, String> {
 }
 
 /// Every `-o` option, as the error for an unknown one lists them.
-pub const MOUNT_OPTIONS: &str = "allow_other, ro, rw, debug, strict_stat, no_reap, no_journal, readdirplus, fail_closed, \
+pub const MOUNT_OPTIONS: &str = "allow_other, ro, rw, debug, strict_stat, no_reap, no_journal, readdirplus, fail_closed, no_file_handles, \
 state_dir=DIR, lanes=FILE, journal_max_size=SIZE, journal_max_age=AGE, threads=N, max_inodes=N, \
 ttl_ms=MS, journal_group=GROUP, salvage_max_size=SIZE, salvage_max_file_size=SIZE, \
 journal_max_pending=SIZE";
@@ -448,6 +448,7 @@ impl MountArgs {
                 "no_reap" => spec.reap = false,
                 "no_journal" => spec.no_journal = true,
                 "fail_closed" => spec.fail_closed = true,
+                "no_file_handles" => spec.file_handles = false,
                 "readdirplus" => spec.readdirplus = true,
                 "default_permissions" => {}
                 other => return Err(unknown_option(other)),
