@@ -88,6 +88,10 @@ pub struct Inode {
     changes: AtomicU64,
     /// Table tick of the last lookup, getattr or open (LRU order for inode pressure).
     used: AtomicU64,
+    /// Birth time of the backing inode, ns (statx btime; 0 where none), read once: the
+    /// journal's per-file key ([`crate::journal::record::FileRef`]) without a statx
+    /// per record.
+    pub birth: std::sync::OnceLock<i64>,
     /// READs of this inode served by us: see [`ReadCount`].
     pub reads: ReadCount,
     /// Open handles by kernel I/O mode: see [`IoModes`].
@@ -192,6 +196,7 @@ impl Inode {
             order: Mutex::new(()),
             changes: AtomicU64::new(0),
             used: AtomicU64::new(0),
+            birth: std::sync::OnceLock::new(),
             reads: ReadCount::default(),
             io_modes: Default::default(),
         }

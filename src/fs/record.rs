@@ -243,10 +243,23 @@ impl SessionFs {
     /// The journal identity of `inode` (one `statx`): the key of its per-file views.
     /// `None` when the backing object cannot be stat-ed.
     pub(super) fn file_ref(&self, inode: &Inode) -> Option<FileRef> {
+        // The owner as of our last stat of the file (every change of ours and every
+        // outside change seen refresh it), and the birth time read once: no statx on
+        // the WRITE path.
+        let uid = inode.known.lock().meta.map(|m| m.1);
+        if let (Some(uid), Some(birth_ns)) = (uid, inode.birth.get().copied()) {
+            return Some(FileRef {
+                ino: inode.ino,
+                birth_ns,
+                uid,
+            });
+        }
         let fd = inode.fd().ok()?;
-        sys::identity_at(std::os::fd::AsFd::as_fd(&fd), c"")
+        let r = sys::identity_at(std::os::fd::AsFd::as_fd(&fd), c"")
             .ok()
-            .map(file_ref)
+            .map(file_ref)?;
+        let _ = inode.birth.set(r.birth_ns);
+        Some(r)
     }
 
     /// [`Self::file_ref`], or, when it cannot be stat-ed, a key only root reads (owner
