@@ -1533,29 +1533,7 @@ fn window_json(a: &Analysis, w: &Window, file: &str, rules: Rules) -> Value {
 }
 
 fn entries_text(r: &Rec) -> String {
-    let describe = |e: &Value| {
-        let kind = e["role"]
-            .as_str()
-            .or(e["customType"].as_str())
-            .or(e["type"].as_str())
-            .unwrap_or("?");
-        match e["id"].as_str() {
-            Some(id) => format!("{kind}:{id}"),
-            None => kind.to_string(),
-        }
-    };
-    let mut parts: Vec<String> = r
-        .entries()
-        .iter()
-        .map(|e| format!("+{}", describe(e)))
-        .collect();
-    parts.extend(r.removed().iter().map(|e| format!("-{}", describe(e))));
-    if parts.len() > 6 {
-        let n = parts.len();
-        parts.truncate(5);
-        parts.push(format!("(+{} more)", n - 5));
-    }
-    parts.join(" ")
+    crate::journal::cli::summarize_entries(r.entries(), r.removed())
 }
 
 /// A table row for a change: time, seq, op, process (tid), lane, class, lock, entries.

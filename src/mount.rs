@@ -689,18 +689,40 @@ fn open_pid_dir() -> Result<PidDir, String> {
     })
 }
 
-/// Write `<id>.pid` in the held pid dir: a fresh temporary file (O_CREAT|O_EXCL|
-/// O_NOFOLLOW, mode 0644) renamed over the name, so that a planted symlink is replaced,
-/// never followed, and readers never see a partial file.
+/// Write `<id>.pid` in the held pid dir: our pid and a newline (see
+/// [`replace_in_pid_dir`]).
 fn write_pid_file(dir: &PidDir, id: &str) -> io::Result<()> {
     let pid = std::process::id();
-    let name = format!("{id}.pid");
-    let tmp = format!(".{id}.pid.{pid}.tmp");
-    let _ = nix::unistd::unlinkat(
-        &dir.fd,
-        tmp.as_str(),
-        nix::unistd::UnlinkatFlags::NoRemoveDir,
-    );
+    replace_in_pid_dir(dir, &format!("{id}.pid"), format!("{pid}\n").as_bytes())
+}
+
+/// Write `<id>.lost` in the held pid dir: `<pid>\n<msg>\n`, where `msg` is the
+/// journal's one-line [`crate::journal::Loss`] (see [`replace_in_pid_dir`]). Read and
+/// removed by [`umount`] once the daemon has exited; removed by the next mount of the
+/// id.
+fn write_loss_file(dir: &PidDir, id: &str, msg: &str) -> io::Result<()> {
+    let pid = std::process::id();
+    replace_in_pid_dir(
+        dir,
+        &loss_file_name(id),
+        format!("{pid}\n{msg}\n").as_bytes(),
+    )
+}
+
+/// Put `bytes` at `name` in the held pid dir: a fresh temporary file
+/// (O_CREAT|O_EXCL|O_NOFOLLOW, mode 0644 whatever the umask) renamed over the name, so
+/// that a planted symlink is replaced, never followed, and readers never see a partial
+/// file. The temporary file is removed on failure.
+fn replace_in_pid_dir(dir: &PidDir, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let tmp = format!(".{name}.{}.tmp", std::process::id());
+    let unlink_tmp = || {
+        let _ = nix::unistd::unlinkat(
+            &dir.fd,
+            tmp.as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+    };
+    unlink_tmp();
     let fd = nix::fcntl::openat(
         &dir.fd,
         tmp.as_str(),
@@ -710,48 +732,13 @@ fn write_pid_file(dir: &PidDir, id: &str) -> io::Result<()> {
     let r = (|| {
         nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(0o644))?;
         let mut f = fs::File::from(fd);
-        f.write_all(format!("{pid}\n").as_bytes())?;
+        f.write_all(bytes)?;
         drop(f);
-        nix::fcntl::renameat(&dir.fd, tmp.as_str(), &dir.fd, name.as_str())?;
+        nix::fcntl::renameat(&dir.fd, tmp.as_str(), &dir.fd, name)?;
         Ok(())
     })();
     if r.is_err() {
-        let _ = nix::unistd::unlinkat(
-            &dir.fd,
-            tmp.as_str(),
-            nix::unistd::UnlinkatFlags::NoRemoveDir,
-        );
-    }
-    r
-}
-
-/// Write `<id>.lost` in the held pid dir: `<pid>\n<msg>\n`, where `msg` is the
-/// journal's one-line [`crate::journal::Loss`]. Same way as the pid file (fresh
-/// temporary file, mode 0644, renamed over the name). Read and removed by
-/// [`umount`] once the daemon has exited; removed by the next mount of the id.
-fn write_loss_file(dir: &PidDir, id: &str, msg: &str) -> io::Result<()> {
-    let pid = std::process::id();
-    let name = loss_file_name(id);
-    let tmp = format!(".{id}.lost.{pid}.tmp");
-    let fd = nix::fcntl::openat(
-        &dir.fd,
-        tmp.as_str(),
-        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(0o644),
-    )?;
-    let r = (|| {
-        let mut f = fs::File::from(fd);
-        f.write_all(format!("{pid}\n{msg}\n").as_bytes())?;
-        drop(f);
-        nix::fcntl::renameat(&dir.fd, tmp.as_str(), &dir.fd, name.as_str())?;
-        Ok(())
-    })();
-    if r.is_err() {
-        let _ = nix::unistd::unlinkat(
-            &dir.fd,
-            tmp.as_str(),
-            nix::unistd::UnlinkatFlags::NoRemoveDir,
-        );
+        unlink_tmp();
     }
     r
 }

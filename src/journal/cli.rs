@@ -280,7 +280,15 @@ fn keep(rec: &Value, args: &JournalArgs) -> bool {
 }
 
 fn entries_summary(rec: &Value) -> String {
-    let mut parts = Vec::new();
+    let list = |k: &str| rec[k].as_array().map_or(&[][..], Vec::as_slice);
+    summarize_entries(list("entries"), list("removed"))
+}
+
+/// The table form of a change's transcript entries: `+role:id` for each one added,
+/// `-role:id` for each one removed (`customType` or `type` when there is no role,
+/// `lineN:<reason>` for an unparsed line), at most 6, then `(+N more)`. Shared by the
+/// `journal` and `explain` tables.
+pub(crate) fn summarize_entries(added: &[Value], removed: &[Value]) -> String {
     let describe = |e: &Value| -> String {
         if let Some(u) = e["unparsed"].as_str() {
             return format!("line{}:{u}", e["line"]);
@@ -295,12 +303,8 @@ fn entries_summary(rec: &Value) -> String {
             None => kind.to_string(),
         }
     };
-    for e in rec["entries"].as_array().into_iter().flatten() {
-        parts.push(format!("+{}", describe(e)));
-    }
-    for e in rec["removed"].as_array().into_iter().flatten() {
-        parts.push(format!("-{}", describe(e)));
-    }
+    let mut parts: Vec<String> = added.iter().map(|e| format!("+{}", describe(e))).collect();
+    parts.extend(removed.iter().map(|e| format!("-{}", describe(e))));
     if parts.len() > 6 {
         let n = parts.len();
         parts.truncate(5);
