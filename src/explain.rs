@@ -41,9 +41,10 @@
 //!   entry appended by another process 1 s into the model call did not trip. But only
 //!   what changed between two of the holder's stats of the file: the check stats it
 //!   only after the lock file is created (a change between the `O_EXCL` create and
-//!   that stat is seen by the check), and `releaseForPrompt` stats it, reads the
-//!   snapshot, then unlinks the lock (a change between that last stat and the unlink
-//!   is not in the fence: the next check sees it). Measured with the real gateway
+//!   that stat is seen by the check), and `releaseForPrompt` stats it (the fence:
+//!   `fenceFingerprint = fingerprint`), stats it again and reads the snapshot
+//!   (`readSessionFileFenceSnapshot`), then unlinks the lock (a change between the
+//!   first of those stats and the unlink is not in the fence: the next check sees it). Measured with the real gateway
 //!   (tests/gateway_e2e.rs): chmods within ~2 ms of a hold's edge tripped.
 //! - **What is accepted in a gap** (`sessionFenceAdvanceIsBenign`): same dev and ino,
 //!   the file grew by at most `MAX_BENIGN_SESSION_FENCE_ADVANCE_BYTES = 1024 * 1024`,
@@ -87,8 +88,10 @@
 //!   hold also wrote the `session` header: pi writes a new file only at its first
 //!   assistant message), and the attempt runs to the next start.
 //! - The **absorbed stretch** of a hold: from the holder's first `stat` of the file
-//!   after the acquisition (the check) to its last `stat` before the release (the
-//!   last fence refresh). While a session file's lock is held the mount journals the
+//!   after the acquisition (the check) to its fence read before the release: the
+//!   first of its last two stats when they come one after the other
+//!   (`releaseForPrompt`'s fingerprint and snapshot stats), else its last stat (a
+//!   locked write's refresh). While a session file's lock is held the mount journals the
 //!   holder's stats of it (`op` `stat`, class `read`; other processes' stats are not
 //!   journaled). A hold without such records (a journal from before them, or a mount
 //!   that does not write them) is absorbed whole, and its windows say so in a note:
@@ -97,7 +100,7 @@
 //! - A **release window** is the gap from a release by P to P's next acquisition in
 //!   the same attempt, plus that next hold. The gap runs from the end of the released
 //!   hold's absorbed stretch to the start of the next hold's, so a change after P's
-//!   last stat and before the unlink (`in_hold: "after_last_stat"`), or after the
+//!   fence read and before the unlink (`in_hold: "after_fence_read"`), or after the
 //!   `O_EXCL` create and before P's first stat (`in_hold: "before_check"`), is judged
 //!   with the gap. Changes in the gap are judged; changes in the next hold's absorbed
 //!   stretch are listed with `absorbed: true`. A tripped window ends the attempt (the
@@ -922,34 +925,64 @@ pub(crate) struct Window {
 }
 
 /// The holder's `stat` records of the session file in hold `h` (the mount journals a
-/// stat of a locked transcript by its holder's process only): the first and the last,
-/// None when the hold has none (a journal from before `stat` records, or a mount that
-/// does not write them).
+/// stat of a locked transcript by its holder's process only): the first (the check)
+/// and the fence read, None when the hold has none (a journal from before `stat`
+/// records, or a mount that does not write them).
+///
+/// The fence read is the first of the last two path stats of the hold when they
+/// follow each other with nothing of the holder's in between but handle releases,
+/// else the last one. `releaseForPrompt` (2026.5.22) stats the path twice: `const
+/// fingerprint = await readSessionFileFingerprint(...)` (the fence, A), then
+/// `readSessionFileFenceSnapshot` (B, with its readFile); `fenceFingerprint =
+/// fingerprint` keeps A, so a change between A and B trips the next check. A
+/// `withSessionWriteLock` run ends with one stat (`refreshSessionFileFence`) after
+/// its write, which breaks the pair.
 ///
 /// Stats made while the holder has a handle of the file open (between its `open` and
-/// that handle's `release`) are the `fstat`s of its reads and writes, not fence reads:
-/// the gateway takes its fingerprint with a stat of the path, then reads the snapshot
-/// (measured on the real gateway: a change between the fingerprint stat and the
-/// snapshot read's `fstat` trips the next check).
+/// that handle's `release`) are the `fstat`s of its reads and writes, not fence reads
+/// (the kernel sends a GETATTR without a file handle for `fstat` too, so the open
+/// count is what tells them apart): the gateway takes its fingerprint with a stat of
+/// the path, then reads the snapshot (measured on the real gateway: a change between
+/// the fingerprint stat and the snapshot read's `fstat` trips the next check).
 fn hold_stats(h: &Hold, frecs: &[&Rec]) -> Option<(Mark, Mark)> {
     let end = h.released.as_ref().map_or(u64::MAX, |m| m.seq);
     let lo = frecs.partition_point(|r| r.seq <= h.acquired.seq);
     let mine = |r: &Rec| r.ok() && r.pid() == Some(h.holder.pid);
     let mut open = 0i64;
     let mut first = None;
-    let mut last = None;
+    // The last path stat, the one before it when nothing of the holder's but handle
+    // releases came between them, and whether the run of such stats goes on.
+    let mut last: Option<Mark> = None;
+    let mut pair: Option<Mark> = None;
+    let mut run = false;
     for r in frecs[lo..].iter().take_while(|r| r.seq < end) {
+        if !mine(r) {
+            continue;
+        }
         match r.op() {
-            "open" | "create" if mine(r) => open += 1,
-            "release" if mine(r) => open = (open - 1).max(0),
-            "stat" if mine(r) && open == 0 => {
+            "release" => open = (open - 1).max(0),
+            "stat" if open == 0 => {
                 first.get_or_insert_with(|| r.mark());
-                last = Some(r.mark());
+                let prev = last.replace(r.mark());
+                pair = if run { prev } else { None };
+                run = true;
             }
-            _ => {}
+            "stat" => {}
+            op => {
+                if matches!(op, "open" | "create") {
+                    open += 1;
+                }
+                run = false;
+            }
         }
     }
-    Some((first?, last?))
+    let (first, last) = (first?, last?);
+    // Never the check itself (a hold whose only stats are the check and one more).
+    let fence = match pair {
+        Some(p) if p.seq != first.seq => p,
+        _ => last,
+    };
+    Some((first, fence))
 }
 
 /// The windows of every attempt, in order of release. `frecs` are the records of the
@@ -1464,12 +1497,12 @@ fn change_json(r: &Rec, extra: &[(&str, Value)]) -> Value {
     Value::Object(m)
 }
 
-/// For a gap record made while a lock was held: `after_last_stat` (in the released
-/// hold, after the holder's last stat: the fence never saw it) or `before_check` (in
+/// For a gap record made while a lock was held: `after_fence_read` (in the released
+/// hold, after the holder's fence read: the fence never saw it) or `before_check` (in
 /// the next hold, before the holder's first stat: the check sees it).
 fn hold_edge(w: &Window, r: &Rec) -> Option<&'static str> {
     if r.seq < w.released.seq {
-        Some("after_last_stat")
+        Some("after_fence_read")
     } else if w.reacquired.as_ref().is_some_and(|m| r.seq > m.seq) {
         Some("before_check")
     } else {
@@ -2396,10 +2429,14 @@ mod tests {
                 "lock_context": ctx, "after": {"ino": 1, "size": 10, "mtime_ns": 1, "ctime_ns": 1}}))
         }
         /// A 5.22 turn of GW in four holds (1 the controller's, 2 the model call, 3 a
-        /// locked write, 4 the cleanup), with the gateway's stats when `stats`: the
-        /// check right after the create, the fingerprint right before the unlink.
-        /// `edge(j, k, p)` runs in hold k after the create (p = 0), between the stats
-        /// (p = 1) and after the last stat (p = 2). Returns the acquisitions' seqs.
+        /// locked write, 4 the cleanup), with the gateway's stats when `stats`, in the
+        /// order the real gateway makes them: the check K right after the create;
+        /// holds 1 and 2 end in `releaseForPrompt` (the message persist's stat P after
+        /// the append, then the fence stat A and the snapshot stat B), hold 3 is a
+        /// `withSessionWriteLock` run (K, W0, the write, S). `edge(j, k, p)` runs in
+        /// hold k after the create (p = 0), after the check (p = 1), after the last
+        /// stat (p = 2) and, in holds 1 and 2, between A and B (p = 3). Returns the
+        /// acquisitions' seqs.
         fn stat_turn(
             &mut self,
             stats: bool,
@@ -2414,7 +2451,11 @@ mod tests {
                 edge(self, k, 0);
                 if stats {
                     self.stat(GW);
+                    if k == 3 {
+                        self.stat(GW);
+                    }
                 }
+                edge(self, k, 1);
                 match k {
                     1 => {
                         self.user(GW, "u");
@@ -2428,12 +2469,13 @@ mod tests {
                     }
                     _ => {}
                 }
-                if stats {
+                if stats && k != 4 {
                     self.stat(GW);
-                }
-                edge(self, k, 1);
-                if stats {
-                    self.stat(GW);
+                    if k != 3 {
+                        self.stat(GW);
+                        edge(self, k, 3);
+                        self.stat(GW);
+                    }
                 }
                 edge(self, k, 2);
                 self.read(GW);
@@ -2714,7 +2756,7 @@ mod tests {
         let c = change_of(&a, w2, chmod);
         assert_eq!(c["absorbed"], false);
         assert_eq!(c["fence"], "trips");
-        assert_eq!(c["in_hold"], "after_last_stat");
+        assert_eq!(c["in_hold"], "after_fence_read");
         assert_eq!(c["lock"], "held_by_other");
         // The same after the first hold's last stat: window 1 trips.
         let mut j = J::default();
@@ -2772,6 +2814,41 @@ mod tests {
         let mut j = J::default();
         j.stat_turn(true, |j, k, p| {
             if (k, p) == (1, 0) {
+                j.chmod(OTHER, false);
+            }
+        });
+        let a = j.analyze(Rules::V2026_5_22);
+        assert!(a.windows.iter().all(|w| !w.verdict.tripped));
+    }
+
+    /// `releaseForPrompt` keeps its first stat (A) as the fence and stats again (B)
+    /// for the snapshot: a chmod between them trips the next check. Seen on the real
+    /// gateway (agreement test, seed 1796603129046194417, turn 11) while explain took
+    /// B for the fence and called the chmod absorbed.
+    #[test]
+    fn a_chmod_between_the_fence_stat_and_the_snapshot_stat_trips() {
+        for k in 1..=2 {
+            let mut j = J::default();
+            let mut chmod = 0;
+            let acq = j.stat_turn(true, |j, kk, p| {
+                if (kk, p) == (k, 3) {
+                    chmod = j.chmod(OTHER, false);
+                }
+            });
+            let a = j.analyze(Rules::V2026_5_22);
+            let w = &a.windows[k - 1];
+            assert!(w.verdict.tripped, "hold {k}: {:?}", a.windows);
+            assert_eq!(w.verdict.first_trip, Some(chmod));
+            assert_eq!(w.reacquired.as_ref().unwrap().seq, acq[k]);
+            assert!(w.fence_taken.as_ref().unwrap().seq < chmod);
+            assert_eq!(change_of(&a, w, chmod)["in_hold"], "after_fence_read");
+            assert_eq!(a.windows.len(), k, "the trip ends the attempt");
+        }
+        // In a withSessionWriteLock run the stat after its write is the fence: a chmod
+        // before it is absorbed.
+        let mut j = J::default();
+        j.stat_turn(true, |j, k, p| {
+            if (k, p) == (3, 1) {
                 j.chmod(OTHER, false);
             }
         });
