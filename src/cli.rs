@@ -24,19 +24,11 @@ pub struct Cli {
 pub enum Command {
     /// Mount sessionfs over MOUNTPOINT (over its own contents unless --source is given).
     Mount(MountArgs),
-    /// Watch a daemon and detach its mount if it dies without unmounting (started by
-    /// the daemon; see --fail-closed).
+    /// Watch a daemon; if it dies without unmounting, start a new one on the live
+    /// connection (`--supervise`) or detach the mount (fail open). Started by the
+    /// daemon; see --supervise and --fail-closed.
     #[command(hide = true)]
-    Sentinel {
-        /// The daemon's pid.
-        #[arg(long)]
-        pid: i32,
-        /// The mount's kernel device number.
-        #[arg(long)]
-        dev: u64,
-        /// The mountpoint.
-        mountpoint: PathBuf,
-    },
+    Sentinel(crate::supervisor::SentinelArgs),
     /// Mount sessionfs over `<root>/agents`, so every agent's sessions directory, now
     /// and created later, is on the mount before its first write. Idempotent.
     MountAll(MountAllArgs),
@@ -166,6 +158,12 @@ pub struct MountArgs {
     /// closed.
     #[arg(long)]
     pub fail_closed: bool,
+    /// Keep the mount across a daemon crash: a supervisor process holds the FUSE
+    /// connection and starts a new daemon on it, which resumes the requests in flight
+    /// (Linux 6.9+), so callers wait a moment instead of failing. After 5 crashes in
+    /// 60 s it gives up (fail open, or closed with --fail-closed).
+    #[arg(long)]
+    pub supervise: bool,
     /// Attribute/entry cache TTL in milliseconds. Every change through the mount keeps
     /// the kernel cache coherent whatever the TTL; it bounds how long a change made
     /// around the mount (a pre-mount fd, the --source directory) stays unseen.
@@ -335,7 +333,7 @@ fn group_id(g: &str) -> Result<u32, String> {
 }
 
 /// Every `-o` option, as the error for an unknown one lists them.
-pub const MOUNT_OPTIONS: &str = "allow_other, ro, rw, debug, strict_stat, no_reap, no_journal, readdirplus, fail_closed, no_file_handles, \
+pub const MOUNT_OPTIONS: &str = "allow_other, ro, rw, debug, strict_stat, no_reap, no_journal, readdirplus, fail_closed, supervise, no_file_handles, \
 state_dir=DIR, lanes=FILE, journal_max_size=SIZE, journal_max_age=AGE, threads=N, max_inodes=N, \
 ttl_ms=MS, journal_group=GROUP, salvage_max_size=SIZE, salvage_max_file_size=SIZE, \
 journal_max_pending=SIZE";
@@ -379,6 +377,7 @@ impl MountArgs {
             reap: !self.no_reap,
             journal_group: self.journal_group.as_deref().map(group_id).transpose()?,
             fail_closed: self.fail_closed,
+            supervise: self.supervise,
         };
         for o in self
             .options
@@ -448,6 +447,7 @@ impl MountArgs {
                 "no_reap" => spec.reap = false,
                 "no_journal" => spec.no_journal = true,
                 "fail_closed" => spec.fail_closed = true,
+                "supervise" => spec.supervise = true,
                 "no_file_handles" => spec.file_handles = false,
                 "readdirplus" => spec.readdirplus = true,
                 "default_permissions" => {}

@@ -171,6 +171,7 @@ pub fn run() -> Result<(), String> {
             reap: true,
             journal_group: None,
             fail_closed: false,
+            supervise: false,
         })?;
         say!(
             "2. mounted sessionfs over it (overlay: same path, journal in {})",

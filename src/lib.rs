@@ -22,7 +22,9 @@ pub(crate) mod mount;
 pub(crate) mod names;
 pub(crate) mod notify;
 pub(crate) mod reconcile;
+pub(crate) mod resume;
 pub(crate) mod status;
+pub(crate) mod supervisor;
 pub(crate) mod sys;
 pub(crate) mod transcript;
 
@@ -36,5 +38,6 @@ pub use journal::cli::{run_journal, run_salvage};
 pub use journal::record::{FileRef, Op, Record};
 pub use journal::{Journal, JournalOptions, View};
 pub use locks::run_locks;
-pub use mount::{mount, mount_all, mount_id, pid_file, run_sentinel, umount};
+pub use mount::{mount, mount_all, mount_id, pid_file, umount};
 pub use status::run_status;
+pub use supervisor::run as run_sentinel;

@@ -131,11 +131,7 @@ fn main() {
                 })
         }
         Command::Umount { mountpoint } => sessionfs::umount(mountpoint),
-        Command::Sentinel {
-            pid,
-            dev,
-            mountpoint,
-        } => sessionfs::run_sentinel(*pid, *dev, mountpoint),
+        Command::Sentinel(args) => sessionfs::run_sentinel(args),
         Command::Status { mountpoint, json } => sessionfs::run_status(mountpoint.as_deref(), *json),
         Command::Demo => {
             init_logging(false, std::io::stderr().is_terminal());

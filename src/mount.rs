@@ -101,6 +101,8 @@ pub struct MountSpec {
     pub journal_group: Option<u32>,
     /// Keep a dead daemon's mount (ENOTCONN) instead of detaching it (`--fail-closed`).
     pub fail_closed: bool,
+    /// Restart a crashed daemon on the live connection (`--supervise`).
+    pub supervise: bool,
 }
 
 /// The mount id: a canonical mountpoint escaped exactly like `systemd-escape --path`
@@ -292,6 +294,9 @@ fn sessionfs_mounts_below(dir: &Path) -> Vec<PathBuf> {
 /// (an older per-agent mount) would be hidden, so it must be unmounted first; else as
 /// [`mount`].
 pub fn mount_all(spec: MountSpec) -> Result<(), String> {
+    if std::env::var_os(crate::supervisor::ENV_FUSE_FD).is_some() {
+        return mount(spec); // a restart: the mount exists (see `resume`)
+    }
     let dir = fs::canonicalize(&spec.mountpoint).map_err(|e| {
         format!(
             "{}: {e} (is OpenClaw's state root right? pass --root)",
@@ -847,7 +852,14 @@ fn which(bin: &str) -> Option<PathBuf> {
 ///
 /// In foreground mode a failure of the FUSE session after the mount was live is
 /// returned as `fuse session: …` (the mount is gone by then).
-pub fn mount(spec: MountSpec) -> Result<(), String> {
+pub fn mount(mut spec: MountSpec) -> Result<(), String> {
+    if std::env::var_os(crate::supervisor::ENV_FUSE_FD).is_some() {
+        return resume(&spec);
+    }
+    // A daemon restarted by its supervisor runs with `/` for its cwd.
+    if let Some(l) = &spec.lanes {
+        spec.lanes = Some(absolute_path(l).map_err(|e| format!("lanes {}: {e}", l.display()))?);
+    }
     let plan = prepare(&spec)?;
     let (created, state_dir) = (plan.created_state_dir, plan.state_dir.clone());
     let res = mount_planned(&spec, plan);
@@ -857,6 +869,67 @@ pub fn mount(spec: MountSpec) -> Result<(), String> {
         let _ = fs::remove_dir_all(&state_dir);
     }
     res
+}
+
+/// A descriptor number from the environment a supervisor started us with, owned from
+/// here on (close-on-exec).
+fn inherited_fd(var: &str) -> Result<OwnedFd, String> {
+    let n: i32 = std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 2)
+        .ok_or_else(|| format!("{var}: not a descriptor number"))?;
+    // SAFETY: the supervisor passed this descriptor to us for our use alone; nothing
+    // else in this process refers to it.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n) };
+    nix::fcntl::fcntl(
+        &fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(|e| format!("{var}: descriptor {n}: {e}"))?;
+    Ok(fd)
+}
+
+/// Serve the live connection of a crashed daemon (started by its supervisor, see
+/// [`crate::supervisor`]): the mount, the backing root and the paths come from the
+/// supervisor, because the mountpoint must not be looked at while no daemon serves it.
+fn resume(spec: &MountSpec) -> Result<(), String> {
+    use crate::supervisor::*;
+    let ready = inherited_fd(ENV_READY_FD)?;
+    let fail = |msg: String| {
+        let _ = nix::unistd::write(&ready, msg.as_bytes());
+        msg
+    };
+    let live = inherited_fd(ENV_FUSE_FD).map_err(fail)?;
+    let root = inherited_fd(ENV_ROOT_FD).map_err(fail)?;
+    let mountpoint = std::env::var_os(ENV_MOUNTPOINT)
+        .map(PathBuf::from)
+        .ok_or_else(|| fail(format!("{ENV_MOUNTPOINT} is not set")))?;
+    let source = std::env::var_os(ENV_SOURCE).map_or_else(|| mountpoint.clone(), PathBuf::from);
+    let id = mount_id(&mountpoint);
+    let state_dir = match std::env::var_os(ENV_STATE_DIR) {
+        Some(d) => PathBuf::from(d),
+        None => default_state_dir(&id).map_err(fail)?,
+    };
+    let lane_rules = match &spec.lanes {
+        Some(p) => LaneRules::load(p).map_err(fail)?,
+        None => LaneRules::empty(),
+    };
+    let pid_dir = if id.len() <= MAX_PID_ID_LEN {
+        Some(open_pid_dir().map_err(fail)?)
+    } else {
+        None
+    };
+    let plan = Plan {
+        mountpoint,
+        source,
+        id,
+        state_dir,
+        created_state_dir: false,
+        pid_dir,
+        log: None,
+    };
+    serve(spec, plan, root, lane_rules, Some(ready), Some(live))
 }
 
 /// [`mount`] once the plan is made.
@@ -869,7 +942,7 @@ fn mount_planned(spec: &MountSpec, plan: Plan) -> Result<(), String> {
     let root = open_dir(&plan.source)?;
 
     if spec.foreground {
-        return serve(spec, plan, root, lane_rules, None);
+        return serve(spec, plan, root, lane_rules, None, None);
     }
     // O_CLOEXEC: nothing the daemon spawns (fusermount3 for a non-root mount) may
     // inherit the write end, or our read below would wait for that helper as well.
@@ -893,7 +966,7 @@ fn mount_planned(spec: &MountSpec, plan: Plan) -> Result<(), String> {
         nix::unistd::ForkResult::Child => {
             drop(rd);
             let r = match daemonize(&plan) {
-                Ok(()) => serve(spec, plan, root, lane_rules, Some(wr)),
+                Ok(()) => serve(spec, plan, root, lane_rules, Some(wr), None),
                 Err(e) => {
                     let _ = nix::unistd::write(&wr, e.as_bytes());
                     Err(e)
@@ -939,7 +1012,13 @@ fn serve(
     root: OwnedFd,
     lane_rules: LaneRules,
     ready: Option<OwnedFd>,
+    live: Option<OwnedFd>,
 ) -> Result<(), String> {
+    // `live`: the `/dev/fuse` descriptor of a mount an earlier daemon served (a
+    // `--supervise` restart, see `crate::resume`): no mount(2), no handshake with the
+    // kernel; reconcile journals the crashed daemon's unwritten changes as
+    // `unjournaled`, not `external` (the mount stayed in place).
+    let resumed = live.is_some();
     let fail = |msg: String, ready: &Option<OwnedFd>| {
         if let Some(w) = ready {
             let _ = nix::unistd::write(w, msg.as_bytes());
@@ -997,7 +1076,7 @@ fn serve(
     // Before serving (the backing directory is not mounted over yet): what changed
     // while we were away is journaled first, as `external`.
     if let Some(j) = &journal {
-        let n = crate::reconcile::reconcile(j, root.as_fd());
+        let n = crate::reconcile::reconcile(j, root.as_fd(), resumed);
         if n > 0 {
             tracing::warn!(
                 files = n,
@@ -1019,7 +1098,14 @@ fn serve(
         state_dir: journal.as_ref().map(|_| state_dir.clone()),
         journal_group: spec.journal_group,
         lane_rules,
+        resumed,
         ..FsConfig::default()
+    };
+    // The supervisor's copy of the backing root, for the daemons it restarts.
+    let root_dup = if spec.supervise && !resumed {
+        nix::unistd::dup(&root).ok()
+    } else {
+        None
     };
     let fs = SessionFs::new(root, journal.clone(), cfg)
         .map_err(|e| fail(format!("source directory: {e}"), &ready))?;
@@ -1043,7 +1129,11 @@ fn serve(
         SessionACL::Owner
     };
     config.n_threads = Some(spec.threads.max(1));
-    config.clone_fd = true;
+    // A descriptor per worker is faster, but each one closes with a crashed daemon
+    // and the kernel then fails the requests read through it (ECONNABORTED). Under a
+    // supervisor every worker reads the one descriptor the supervisor also holds, so
+    // those requests survive for the next daemon.
+    config.clone_fd = !(spec.supervise || resumed);
 
     // As root we mount(2) ourselves and give fuser only the /dev/fuse fd, so fuser
     // owns no mount and never unmounts by path (see `mount_direct`); otherwise fuser
@@ -1051,12 +1141,22 @@ fn serve(
     // A direct mount is ours to undo: fuser will not unmount it when the session
     // drops, so every exit path below detaches it (`undo`), and only if the mount at
     // the path is still ours (its device), never a newer one.
-    let mounted = mount_direct(&canon, &source, spec.read_only, spec.allow_other);
-    let direct = matches!(mounted, Ok(Some(_)));
-    let session = match mounted {
-        Ok(Some(fd)) => fuser::Session::from_fd(fs, fd, config.acl, config),
-        Ok(None) => fuser::Session::new(fs, &canon, &config),
-        Err(e) => Err(e),
+    let (session, direct) = match live {
+        // Not ours to undo: the supervisor decides what happens to the mount.
+        Some(fd) => (
+            crate::resume::session_on_live_fd(fs, fd, config.acl, config),
+            false,
+        ),
+        None => {
+            let mounted = mount_direct(&canon, &source, spec.read_only, spec.allow_other);
+            let direct = matches!(mounted, Ok(Some(_)));
+            let session = match mounted {
+                Ok(Some(fd)) => fuser::Session::from_fd(fs, fd, config.acl, config),
+                Ok(None) => fuser::Session::new(fs, &canon, &config),
+                Err(e) => Err(e),
+            };
+            (session, direct)
+        }
     };
     // Our mount's device, to never unmount somebody else's mount stacked on top later.
     let dev = mount_entry_at(&canon)
@@ -1078,6 +1178,19 @@ fn serve(
         }
     };
     let _ = notifier.set(session.notifier());
+    if resumed {
+        // What the dead daemon read and never answered, the kernel sends again.
+        match crate::resume::notify_resend(session.as_fd()) {
+            Ok(()) => tracing::warn!(
+                mountpoint = %canon.display(),
+                "resumed the live FUSE connection of a crashed daemon; requests in flight re-sent"
+            ),
+            Err(e) => tracing::error!(
+                error = %e,
+                "resumed the live FUSE connection, but the kernel cannot re-send requests in flight (Linux 6.9+ needed): those callers wait until unmount"
+            ),
+        }
+    }
     if let Some(d) = &pid_dir
         && let Err(e) = write_pid_file(d, &id)
     {
@@ -1139,12 +1252,24 @@ fn serve(
     // served. A mount with another --source would leave writers in the mountpoint's
     // own (hidden) directory, apart from the files they were writing.
     let overlay = source == canon; // both canonical (the plan); no stat through our own mount
-    if !spec.fail_closed
-        && overlay
+    let fail_open = !spec.fail_closed && overlay;
+    if !resumed
+        && (fail_open || spec.supervise)
         && let Some(d) = dev
     {
-        spawn_sentinel(&canon, d);
+        crate::supervisor::spawn(crate::supervisor::Spawn {
+            mountpoint: &canon,
+            dev: d,
+            fail_open,
+            supervise: root_dup.as_ref().map(|r| crate::supervisor::Supervised {
+                fuse: session.as_fd(),
+                root: r.as_fd(),
+                source: &source,
+                state_dir: &state_dir,
+            }),
+        });
     }
+    drop(root_dup);
     let notifier = crate::notify::Notifier::from_env().map(Arc::new);
     if let Some(n) = &notifier {
         let _ = n.send(&format!(
@@ -1216,97 +1341,6 @@ fn serve(
         Some(msg) => Err(msg),
         None => Ok(()),
     }
-}
-
-/// Start the sentinel (`sessionfs sentinel`, see [`run_sentinel`]) that detaches this
-/// daemon's mount if the daemon dies without unmounting (fail open). Logged, not
-/// fatal, when it cannot start.
-fn spawn_sentinel(mp: &Path, dev: u64) {
-    let exe = match std::env::current_exe() {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::warn!(error = %e, "no sentinel (fail open off): cannot find our binary");
-            return;
-        }
-    };
-    let r = Command::new(exe)
-        .arg("sentinel")
-        .arg("--pid")
-        .arg(std::process::id().to_string())
-        .arg("--dev")
-        .arg(dev.to_string())
-        .arg(mp)
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn();
-    match r {
-        // Not waited for: it outlives us by design, and init reaps it.
-        Ok(c) => tracing::info!(
-            pid = c.id(),
-            "sentinel started: a crash detaches the mount (fail open)"
-        ),
-        Err(e) => tracing::warn!(error = %e, "no sentinel (fail open off)"),
-    }
-}
-
-/// `sessionfs sentinel --pid P --dev D MOUNTPOINT` (started by the daemon of an overlay
-/// mount, hidden):
-/// wait for daemon `pid` to exit; if the sessionfs mount with kernel device `dev` is
-/// still at `mp` (the daemon died without unmounting: `kill -9`, OOM), detach it
-/// (`MNT_DETACH`), so the path serves the backing directory again within a second
-/// instead of answering ENOTCONN (fail open: the gateway goes on writing the same
-/// files, unjournaled, until sessionfs is mounted again). It closes every inherited fd
-/// first: holding the daemon's `/dev/fuse` would keep the dead connection alive.
-///
-/// # Errors
-/// One line when the daemon cannot be watched (`pidfd_open`).
-pub fn run_sentinel(pid: i32, dev: u64, mp: &Path) -> Result<(), String> {
-    // A service manager stopping the unit after the daemon died signals us too: we
-    // end by ourselves within milliseconds, after the detach that matters.
-    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-        // SAFETY: installing SIG_IGN runs no handler code.
-        let _ = unsafe { nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigIgn) };
-    }
-    // SAFETY: close_range on fds we do not use (3 and up); std's own fds are 0-2.
-    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) };
-    if fd < 0 {
-        return Err(format!(
-            "sentinel: cannot watch pid {pid}: {}",
-            io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: a fresh fd returned by pidfd_open, owned from here on.
-    let pidfd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
-    loop {
-        let mut fds = [nix::poll::PollFd::new(
-            pidfd.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
-            Ok(_) => break,
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(format!("sentinel: poll: {e}")),
-        }
-    }
-    let ours = mount_entry_at(mp).is_some_and(|e| e.is_sessionfs() && e.kernel_dev() == dev);
-    if !ours {
-        return Ok(()); // unmounted cleanly, or replaced by another mount
-    }
-    let when = crate::clock::now_rfc3339();
-    match nix::mount::umount2(mp, MntFlags::MNT_DETACH) {
-        Ok(()) => eprintln!(
-            "{when} WARN sessionfs sentinel: daemon {pid} died without unmounting; detached {} (fail open: writes now reach the backing directory unjournaled until sessionfs is mounted again)",
-            mp.display()
-        ),
-        Err(e) => eprintln!(
-            "{when} ERROR sessionfs sentinel: daemon {pid} died; could not detach {}: {e}",
-            mp.display()
-        ),
-    }
-    Ok(())
 }
 
 /// How often the `STATUS=` line is refreshed under systemd (more often when

@@ -12,10 +12,15 @@ use crate::journal::Journal;
 use crate::journal::record::{Class, Entry, FileRef, Op, Record};
 use crate::sys;
 
-/// Compare and journal (see the module doc); returns how many `external` records were
-/// written. A file whose last path is gone is left alone (its unlink is not known).
-/// Reads only: no backing file is changed.
-pub fn reconcile(j: &Journal, root: BorrowedFd<'_>) -> usize {
+/// Compare and journal (see the module doc); returns how many records were written. A
+/// file whose last path is gone is left alone (its unlink is not known). Reads only:
+/// no backing file is changed.
+///
+/// `restart`: this daemon resumes the live mount of a crashed one (`--supervise`).
+/// The mount stayed in place, so a difference is the crashed daemon's own last
+/// unwritten batch: op `unjournaled` (flag `restart`, class `append` when the file only
+/// grew, else `rewrite`), never `external`.
+pub fn reconcile(j: &Journal, root: BorrowedFd<'_>, restart: bool) -> usize {
     let mut n = 0;
     for (_, path, fp) in j.last_known() {
         let Ok(c) = CString::new(crate::names::decode(&path)) else {
@@ -48,6 +53,15 @@ pub fn reconcile(j: &Journal, root: BorrowedFd<'_>) -> usize {
             flags: Some(vec!["reconcile".into()]),
             ..Default::default()
         };
+        if restart {
+            rec.op = Op::Unjournaled;
+            rec.flags = Some(vec!["restart".into()]);
+            rec.class = Some(if now.ino == fp.ino && now.size > fp.size {
+                Class::Append
+            } else {
+                Class::Rewrite
+            });
+        }
         if now.ino == fp.ino
             && now.size > fp.size
             && crate::transcript::is_transcript(path.as_bytes())
@@ -56,7 +70,11 @@ pub fn reconcile(j: &Journal, root: BorrowedFd<'_>) -> usize {
             rec.entries = Some(entries).filter(|v| !v.is_empty());
             rec.partial = Some(partial).filter(|p| *p > 0);
         }
-        tracing::warn!(path = %path, size_before = fp.size, size_after = now.size, "changed while sessionfs was away: journaled as external");
+        if restart {
+            tracing::warn!(path = %path, size_before = fp.size, size_after = now.size, "changed through the mount by the crashed daemon without a record: journaled as unjournaled");
+        } else {
+            tracing::warn!(path = %path, size_before = fp.size, size_after = now.size, "changed while sessionfs was away: journaled as external");
+        }
         j.append(rec);
         n += 1;
     }

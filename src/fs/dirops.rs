@@ -467,13 +467,27 @@ impl SessionFs {
         inode: Arc<Inode>,
         flags: i32,
     ) -> (u64, bool) {
+        let h = self.new_handle(ctx, fd, inode, flags);
+        let direct = h.direct;
+        (self.files.insert(h), direct)
+    }
+
+    /// A file handle for backing fd `fd` of `inode`, opened by `ctx` with `flags`
+    /// (counts the inode's writers).
+    pub(super) fn new_handle(
+        &self,
+        ctx: &Ctx,
+        fd: std::os::fd::OwnedFd,
+        inode: Arc<Inode>,
+        flags: i32,
+    ) -> FileHandle {
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         if writable {
             inode.writer_opened();
         }
         let direct = inode.is_file() && inode.open_direct(flags);
         let via = inode.name();
-        let fh = self.files.insert(FileHandle {
+        FileHandle {
             fd,
             inode,
             via,
@@ -489,7 +503,6 @@ impl SessionFs {
                 .as_ref()
                 .map(|_| self.ids.caller(ctx.pid, ctx.uid, ctx.gid)),
             last_writer: Default::default(),
-        });
-        (fh, direct)
+        }
     }
 }

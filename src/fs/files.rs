@@ -116,11 +116,11 @@ impl SessionFs {
     /// FSYNC (or fdatasync) of file handle `fh`; journaled for writable handles. A
     /// virtual file has nothing to sync: success, as for a read-only file. Errors:
     /// EBADF for an unknown handle, else the backing errno.
-    pub(super) fn do_fsync(&self, ctx: &Ctx, fh: u64, datasync: bool) -> SysResult<()> {
+    pub(super) fn do_fsync(&self, ctx: &Ctx, ino: u64, fh: u64, datasync: bool) -> SysResult<()> {
         if is_virtual(fh) {
             return Ok(());
         }
-        let h = self.files.get(fh).ok_or(Errno::EBADF)?;
+        let h = self.file(fh, ino, None).ok_or(Errno::EBADF)?;
         let _order = h.inode.ordered();
         let res = if datasync {
             nix::unistd::fdatasync(h.fd())
@@ -145,7 +145,9 @@ impl SessionFs {
     /// negative offset or unknown whence, else the backing errno.
     pub(super) fn do_lseek(&self, ino: u64, fh: u64, offset: i64, whence: i32) -> SysResult<i64> {
         if !is_virtual(fh) {
-            let h = self.files.get(fh).ok_or(Errno::EBADF)?;
+            let h = self
+                .file(fh, ino, Some(libc::O_RDONLY))
+                .ok_or(Errno::EBADF)?;
             return sys::lseek(h.fd(), offset, whence);
         }
         let size = self.virtual_attr(ino).ok_or(Errno::EBADF)?.size as i64;

@@ -116,11 +116,13 @@ pub struct Handles<T> {
 }
 
 impl<T> Handles<T> {
-    /// Empty table; handle numbers start at 1.
+    /// Empty table; handle numbers start at [`crate::resume::handle_base`], so a
+    /// daemon resuming a live connection never hands out a number the kernel still
+    /// holds from the daemon before it.
     pub fn new() -> Self {
         Self {
             map: RwLock::new(HashMap::new()),
-            next: AtomicU64::new(1),
+            next: AtomicU64::new(crate::resume::handle_base()),
         }
     }
     /// Insert, returning the fh.
@@ -128,6 +130,16 @@ impl<T> Handles<T> {
         let fh = self.next.fetch_add(1, Ordering::Relaxed);
         self.map.write().insert(fh, Arc::new(h));
         fh
+    }
+    /// Insert under the number `fh` an earlier daemon gave the kernel (resuming a live
+    /// connection), unless a racing request inserted it first; returns the handle now
+    /// under `fh`.
+    pub fn insert_at(&self, fh: u64, h: T) -> Arc<T> {
+        self.map
+            .write()
+            .entry(fh)
+            .or_insert_with(|| Arc::new(h))
+            .clone()
     }
     /// Look up by fh.
     pub fn get(&self, fh: u64) -> Option<Arc<T>> {

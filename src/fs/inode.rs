@@ -40,9 +40,12 @@ const MAX_NAMES: usize = 8;
 /// FUSE node id of the mount root.
 pub const ROOT_ID: u64 = 1;
 /// First synthetic node id (foreign devices, out-of-range inode numbers).
-const SYNTHETIC_BASE: u64 = 1 << 62;
+pub const SYNTHETIC_BASE: u64 = 1 << 62;
 /// Node ids at and above this are virtual files (journals), never backing inodes.
 pub const VIRTUAL_BASE: u64 = 1 << 63;
+/// Lookup count mark of an adopted inode ([`InodeTable::adopt`]): far above any real
+/// count, so that one FORGET drops it.
+pub const ADOPTED: u64 = 1 << 48;
 
 /// One backing inode known to the kernel.
 #[derive(Debug)]
@@ -732,6 +735,18 @@ impl InodeTable {
             .filter(|i| i.same_object(fd, None))
     }
 
+    /// Insert the backing object `fd`/`st`, reached as (`parent`, `name`), under a
+    /// node id the kernel holds from an earlier daemon of the connection: its lookup
+    /// count is unknown, so it is marked [`ADOPTED`] and its next FORGET (the kernel
+    /// sends its whole count when it evicts the inode) drops it.
+    pub fn adopt(&self, fd: OwnedFd, st: &libc::stat, parent: u64, name: &OsStr) -> Arc<Inode> {
+        let (inode, _) = self.lookup(fd, st, parent, name);
+        if inode.lookups.load(Ordering::Acquire) < ADOPTED {
+            inode.lookups.fetch_add(ADOPTED, Ordering::AcqRel);
+        }
+        inode
+    }
+
     /// Add one lookup to an inode already in the table (link, readdirplus of a known entry).
     pub fn add_lookup(&self, inode: &Inode) {
         inode.lookups.fetch_add(1, Ordering::AcqRel);
@@ -749,7 +764,7 @@ impl InodeTable {
                     n.min(inode.lookups.load(Ordering::Acquire)),
                     Ordering::AcqRel,
                 );
-                prev <= n
+                prev <= n || prev >= ADOPTED
             }
             None => false,
         };

@@ -19,6 +19,7 @@
 //!   [`fdcache`]: file handles and the O_PATH fd cache; [`pressure`]: fd budget;
 //!   [`replied`]: early replies vs journal readers.
 
+mod adopt;
 pub(crate) mod attr;
 mod change;
 mod cut;
@@ -106,6 +107,10 @@ pub struct FsConfig {
     /// change nothing (a chmod to the current mode, a chown to the current owner, a
     /// setxattr of the stored value), as ext4 does (its ctime then moves).
     pub strict_stat: bool,
+    /// This daemon serves a live connection an earlier daemon served (`--supervise`
+    /// restart): node ids and file handles it never handed out are found again in the
+    /// backing tree ([`adopt`]).
+    pub resumed: bool,
     /// Filled in by the mount once the FUSE session exists (inode pressure sends its
     /// notifications through it).
     pub notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
@@ -126,6 +131,7 @@ impl Default for FsConfig {
             state_dir: None,
             journal_group: None,
             reap: true,
+            resumed: false,
             notifier: Default::default(),
         }
     }
@@ -184,6 +190,9 @@ pub struct SessionFs {
     selinux: bool,
     /// Request counters and the last error (`.status`).
     stats: stats::Stats,
+    /// Where the backing tree's inode numbers are, for ids adopted after a restart
+    /// (see [`adopt`]); built on first need.
+    adopted: parking_lot::Mutex<Option<adopt::Index>>,
 }
 
 /// fuser's errno from ours.
@@ -283,6 +292,7 @@ impl SessionFs {
             cfg,
             selinux: Path::new("/sys/fs/selinux/enforce").exists(),
             stats: stats::Stats::default(),
+            adopted: Default::default(),
         })
     }
 
@@ -294,7 +304,12 @@ impl SessionFs {
 
     /// The inode of node id `ino`; ENOENT when the kernel does not hold it.
     fn inode(&self, ino: u64) -> SysResult<Arc<Inode>> {
-        self.inodes.get(ino).ok_or(Errno::ENOENT)
+        match self.inodes.get(ino) {
+            Some(i) => Ok(i),
+            // A node id the kernel holds from the daemon before us (`--supervise`).
+            None if self.cfg.resumed => self.adopt_inode(ino).ok_or(Errno::ENOENT),
+            None => Err(Errno::ENOENT),
+        }
     }
 
     /// EROFS on a read-only mount.

@@ -336,7 +336,7 @@ impl fuser::Filesystem for SessionFs {
         fh: Fh,
         offset: u64,
         size: u32,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
@@ -350,7 +350,7 @@ impl fuser::Filesystem for SessionFs {
                 None => reply.error(FErrno::ENOENT),
             };
         }
-        let Some(h) = self.files.get(fh.0) else {
+        let Some(h) = self.file(fh.0, ino.0, Some(flags.0)) else {
             return reply.error(FErrno::EBADF);
         };
         let mut buf = vec![0u8; size as usize];
@@ -370,7 +370,7 @@ impl fuser::Filesystem for SessionFs {
     fn write(
         &self,
         req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: Fh,
         offset: u64,
         data: &[u8],
@@ -386,13 +386,24 @@ impl fuser::Filesystem for SessionFs {
                 Err(e) => reply.error(err(e)),
             };
         }
-        let Some(h) = self.files.get(fh.0) else {
+        let Some(h) = self.file(fh.0, ino.0, Some(flags.0)) else {
             return reply.error(FErrno::EBADF);
         };
         // The caller's file flags now (F_SETFL may have set or cleared O_APPEND since
         // the open); page-cache writeback (FUSE_WRITE_CACHE) is always positional.
         let append =
             flags.0 & libc::O_APPEND != 0 && !write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
+        // Re-sent after a crash (`--supervise`): the dead daemon may have appended it
+        // already. A positional write is idempotent; an append is not.
+        if append && crate::resume::is_resend(req.unique().0) && self.write_landed(&h, offset, data)
+        {
+            tracing::warn!(
+                path = %self.handle_path(&h),
+                bytes = data.len(),
+                "a re-sent append had landed before the crash: not written twice"
+            );
+            return reply.written(data.len() as u32);
+        }
         self.do_write(
             &Ctx::from(req),
             &h,
@@ -437,9 +448,9 @@ impl fuser::Filesystem for SessionFs {
         reply.ok()
     }
 
-    fn fsync(&self, req: &Request, _ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
+    fn fsync(&self, req: &Request, ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
         self.stats.hit(Req::Fsync);
-        empty(reply, self.do_fsync(&Ctx::from(req), fh.0, datasync))
+        empty(reply, self.do_fsync(&Ctx::from(req), ino.0, fh.0, datasync))
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -453,13 +464,13 @@ impl fuser::Filesystem for SessionFs {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: Fh,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
         self.stats.hit(Req::Readdir);
-        let Some(dh) = self.dirs.get(fh.0) else {
+        let Some(dh) = self.dir(fh.0, ino.0) else {
             return reply.error(FErrno::EBADF);
         };
         let entries = match dh.entries(offset, self.virt_dir_extra(&dh.inode)) {
@@ -482,13 +493,13 @@ impl fuser::Filesystem for SessionFs {
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: Fh,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
         self.stats.hit(Req::Readdirplus);
-        let Some(dh) = self.dirs.get(fh.0) else {
+        let Some(dh) = self.dir(fh.0, ino.0) else {
             return reply.error(FErrno::EBADF);
         };
         let entries = match dh.entries(offset, self.virt_dir_extra(&dh.inode)) {
@@ -582,9 +593,9 @@ impl fuser::Filesystem for SessionFs {
         }
     }
 
-    fn fsyncdir(&self, req: &Request, _ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(&self, req: &Request, ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
         self.stats.hit(Req::Fsyncdir);
-        let Some(dh) = self.dirs.get(fh.0) else {
+        let Some(dh) = self.dir(fh.0, ino.0) else {
             return reply.error(FErrno::EBADF);
         };
         let res = dh.fsync(datasync);
@@ -793,7 +804,7 @@ impl fuser::Filesystem for SessionFs {
     fn fallocate(
         &self,
         req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: Fh,
         offset: u64,
         length: u64,
@@ -802,7 +813,7 @@ impl fuser::Filesystem for SessionFs {
     ) {
         self.stats.hit(Req::Fallocate);
         // A virtual file's handle is read-only: EBADF, as fallocate on an O_RDONLY fd.
-        let Some(h) = self.files.get(fh.0) else {
+        let Some(h) = self.file(fh.0, ino.0, None) else {
             return reply.error(FErrno::EBADF);
         };
         empty(
@@ -833,7 +844,7 @@ impl fuser::Filesystem for SessionFs {
         ino_in: INodeNo,
         fh_in: Fh,
         offset_in: u64,
-        _ino_out: INodeNo,
+        ino_out: INodeNo,
         fh_out: Fh,
         offset_out: u64,
         len: u64,
@@ -841,7 +852,7 @@ impl fuser::Filesystem for SessionFs {
         reply: ReplyWrite,
     ) {
         self.stats.hit(Req::CopyFileRange);
-        let Some(ho) = self.files.get(fh_out.0) else {
+        let Some(ho) = self.file(fh_out.0, ino_out.0, None) else {
             return reply.error(FErrno::EBADF);
         };
         // Read then write through our own write path, so the journal and transcript
@@ -850,7 +861,7 @@ impl fuser::Filesystem for SessionFs {
         let data = if is_virtual(fh_in.0) {
             self.virtual_read(ino_in.0, offset_in, want)
                 .ok_or(Errno::EBADF)
-        } else if let Some(hi) = self.files.get(fh_in.0) {
+        } else if let Some(hi) = self.file(fh_in.0, ino_in.0, Some(libc::O_RDONLY)) {
             let mut buf = vec![0u8; want];
             sys::pread(hi.fd(), &mut buf, offset_in).map(|n| {
                 hi.count_read(n);

@@ -365,15 +365,15 @@ fn virtual_handles_sync_and_seek_like_a_read_only_file() {
     let va = f.fs.virtual_lookup(&root, OsStr::new(".journal")).unwrap();
     let (id, size) = (va.ino.0, va.size as i64);
     assert!(size > 0);
-    assert_eq!(f.fs.do_fsync(&me(), id, false), Ok(()));
-    assert_eq!(f.fs.do_fsync(&me(), id, true), Ok(()));
+    assert_eq!(f.fs.do_fsync(&me(), id, id, false), Ok(()));
+    assert_eq!(f.fs.do_fsync(&me(), id, id, true), Ok(()));
     assert_eq!(f.fs.do_lseek(id, id, 0, libc::SEEK_DATA), Ok(0));
     assert_eq!(f.fs.do_lseek(id, id, 0, libc::SEEK_HOLE), Ok(size));
     assert_eq!(
         f.fs.do_lseek(id, id, size, libc::SEEK_DATA),
         Err(Errno::ENXIO)
     );
-    assert_eq!(f.fs.do_fsync(&me(), 12345, false), Err(Errno::EBADF));
+    assert_eq!(f.fs.do_fsync(&me(), 2, 12345, false), Err(Errno::EBADF));
 }
 
 /// ctime of the backing file `name`, in ns.

@@ -83,6 +83,11 @@ pub enum Op {
     /// (`external`) A change made around the mount, seen at the next lookup,
     /// getattr, open or change.
     External,
+    /// (`unjournaled`) A change a crashed daemon made through the mount and did not
+    /// journal (its last unwritten batch), found by the daemon its supervisor started
+    /// on the same connection (`--supervise`): the writer is unknown, and it is no
+    /// outside change.
+    Unjournaled,
     /// (`stat`) A stat of a session file by the process holding its lock, while it
     /// holds it (the gateway's fence reads and checks): the boundaries of what a hold
     /// folds into the fence.
@@ -115,7 +120,7 @@ pub enum Op {
 
 impl Op {
     /// Every op, in the order of the README's table.
-    pub const ALL: [Op; 29] = [
+    pub const ALL: [Op; 30] = [
         Op::Open,
         Op::Create,
         Op::Write,
@@ -136,6 +141,7 @@ impl Op {
         Op::Fsync,
         Op::Release,
         Op::External,
+        Op::Unjournaled,
         Op::Stat,
         Op::CtimeDrift,
         Op::LockAcquire,
@@ -170,6 +176,7 @@ impl Op {
             Op::Fsync => "fsync",
             Op::Release => "release",
             Op::External => "external",
+            Op::Unjournaled => "unjournaled",
             Op::Stat => "stat",
             Op::CtimeDrift => "ctime-drift",
             Op::LockAcquire => "lock-acquire",
@@ -227,6 +234,7 @@ impl Class {
                 Class::Rewrite
             }
             Op::External => Class::External,
+            Op::Unjournaled => Class::Rewrite,
             Op::CtimeDrift => Class::Noop,
             Op::LockAcquire | Op::LockRelease | Op::LockSteal | Op::LockReap => Class::Lock,
             Op::SalvageEvict => return None,

@@ -1,0 +1,210 @@
+//! A crash the writers never notice (`--supervise`): the supervisor holds the FUSE
+//! connection across `kill -9` of the daemon and starts a new daemon on it, which
+//! resumes the requests in flight. Measured under 8 OpenClaw-style writers (open
+//! O_APPEND, one JSONL line, close, every 2 ms): writer errors, the longest stall,
+//! and the journal's continuity (every line in a record, none twice, no `external`).
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::Mount;
+
+const WRITERS: usize = 8;
+
+struct Outcome {
+    acked: Vec<String>,
+    errors: Vec<String>,
+    longest: Duration,
+}
+
+/// Append a line with a fresh id to `f` every 2 ms (open, write, close) until `stop`.
+fn writer(f: PathBuf, tag: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Outcome> {
+    std::thread::spawn(move || {
+        let mut o = Outcome {
+            acked: Vec::new(),
+            errors: Vec::new(),
+            longest: Duration::ZERO,
+        };
+        let mut i = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let id = format!("w{tag}-{i:06}");
+            let line = format!(
+                "{{\"type\":\"message\",\"id\":\"{id}\",\"message\":{{\"role\":\"user\",\"content\":\"x\"}}}}\n"
+            );
+            let t = Instant::now();
+            let r = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&f)
+                .and_then(|mut h| h.write_all(line.as_bytes()));
+            o.longest = o.longest.max(t.elapsed());
+            match r {
+                Ok(()) => o.acked.push(id),
+                Err(e) => o.errors.push(format!("{id}: {e}")),
+            }
+            i += 1;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        o
+    })
+}
+
+fn kill9(pid: i32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}
+
+fn ids_in(f: &Path) -> Vec<String> {
+    common::read_jsonl(f)
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Every record of the journal in `state`.
+fn journal(state: &Path) -> Vec<serde_json::Value> {
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(state.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    segs.sort();
+    segs.iter().flat_map(|p| common::read_jsonl(p)).collect()
+}
+
+#[test]
+fn a_supervised_daemon_killed_three_times_costs_the_writers_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sessions");
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = tmp.path().join("state");
+    let mut m = Mount::overlay(&dir, &state, &["--supervise"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let files: Vec<PathBuf> = (0..WRITERS)
+        .map(|k| dir.join(format!("s{k}.jsonl")))
+        .collect();
+    let ws: Vec<_> = files
+        .iter()
+        .enumerate()
+        .map(|(k, f)| writer(f.clone(), k, stop.clone()))
+        .collect();
+    let mut pids = vec![common::daemon_pid(&dir).expect("daemon pid")];
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(700));
+        let old = *pids.last().unwrap();
+        kill9(old);
+        assert!(
+            common::wait_for(10, || common::daemon_pid(&dir).is_some_and(|p| p != old)),
+            "no new daemon after kill -9 of {old}"
+        );
+        pids.push(common::daemon_pid(&dir).unwrap());
+        assert!(common::is_mounted(&dir), "the mount went away");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let outs: Vec<Outcome> = ws.into_iter().map(|w| w.join().unwrap()).collect();
+    let errors: Vec<&String> = outs.iter().flat_map(|o| &o.errors).collect();
+    let longest = outs.iter().map(|o| o.longest).max().unwrap();
+    let acked: usize = outs.iter().map(|o| o.acked.len()).sum();
+
+    // Every acknowledged line is in its file once, whole, in order.
+    for (k, o) in outs.iter().enumerate() {
+        assert_eq!(
+            ids_in(&files[k]),
+            o.acked,
+            "file {k}: lines vs acknowledged appends"
+        );
+    }
+    // The journal: every line in a record of its file (a `write`, or `unjournaled`
+    // for the crashed daemon's unwritten batch), none twice, and nothing `external`.
+    let recs = journal(&state);
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut unjournaled = 0;
+    for r in &recs {
+        assert_ne!(r["op"], "external", "a false external record: {r}");
+        if r["op"] == "unjournaled" {
+            unjournaled += r["entries"].as_array().map_or(0, Vec::len);
+        }
+        if let Some(es) = r["entries"].as_array() {
+            for e in es {
+                if let Some(id) = e["id"].as_str() {
+                    *seen.entry(id.to_string()).or_default() += 1;
+                }
+            }
+        }
+    }
+    let missing = outs
+        .iter()
+        .flat_map(|o| &o.acked)
+        .filter(|id| !seen.contains_key(*id))
+        .count();
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    let mut seqs: Vec<u64> = recs.iter().filter_map(|r| r["seq"].as_u64()).collect();
+    seqs.sort_unstable();
+    let seq_dups = seqs.windows(2).filter(|w| w[0] == w[1]).count();
+    eprintln!(
+        "supervise: {} kill -9 (daemons {pids:?}), {WRITERS} writers: {acked} appends, {} errors, longest append {longest:.0?}; journal: {} records, {unjournaled} lines as `unjournaled`, {missing} lines in no record, {} twice",
+        pids.len() - 1,
+        errors.len(),
+        recs.len(),
+        twice.len()
+    );
+    assert!(errors.is_empty(), "writer errors: {errors:?}");
+    assert!(longest < Duration::from_secs(5), "a stall of {longest:?}");
+    assert_eq!(missing, 0, "lines the journal never recorded");
+    assert!(twice.is_empty(), "lines recorded twice: {twice:?}");
+    assert_eq!(seq_dups, 0, "a seq handed out twice");
+    // A clean unmount ends the last daemon and the supervisor.
+    m.unmount();
+    assert!(!common::is_mounted(&dir));
+    let sup_gone = common::wait_for(5, || {
+        !std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+                c.windows(9).any(|w| w == b"sentinel\0")
+                    && c.windows(dir.as_os_str().len())
+                        .any(|w| w == dir.as_os_str().as_encoded_bytes())
+            })
+        })
+    });
+    assert!(sup_gone, "the supervisor outlived the unmount");
+}
+
+/// A daemon that keeps crashing is given up on after 5 restarts in 60 s: the
+/// supervisor fails open (the overlay path serves the backing files again).
+#[test]
+fn a_crash_loop_ends_in_fail_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sessions");
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = tmp.path().join("state");
+    let _m = Mount::overlay(&dir, &state, &["--supervise"]);
+    std::fs::write(dir.join("a.jsonl"), b"{}\n").unwrap();
+    for round in 0..6 {
+        let Some(old) = common::daemon_pid(&dir) else {
+            panic!("no daemon in round {round}");
+        };
+        kill9(old);
+        if round < 5 {
+            assert!(
+                common::wait_for(10, || common::daemon_pid(&dir).is_some_and(|p| p != old)),
+                "round {round}: no restart"
+            );
+        }
+    }
+    assert!(
+        common::wait_for(3, || !common::is_mounted(&dir)),
+        "still mounted after the 6th crash"
+    );
+    assert_eq!(std::fs::read(dir.join("a.jsonl")).unwrap(), b"{}\n");
+    let log = std::fs::read_to_string(state.join("sessionfs.log")).unwrap();
+    assert!(log.contains("giving up"), "{log}");
+}
