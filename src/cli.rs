@@ -29,6 +29,13 @@ pub enum Command {
     /// daemon; see --supervise and --fail-closed.
     #[command(hide = true)]
     Sentinel(crate::supervisor::SentinelArgs),
+    /// Hand a mount to the sessionfs binary now installed, without unmounting: the
+    /// mount must have a supervisor (--supervise). The mount, its device and inode
+    /// numbers stay; requests in flight go to the new daemon.
+    Upgrade {
+        /// The mountpoint.
+        mountpoint: PathBuf,
+    },
     /// Mount sessionfs over `<root>/agents`, so every agent's sessions directory, now
     /// and created later, is on the mount before its first write. Idempotent.
     MountAll(MountAllArgs),

@@ -40,4 +40,4 @@ pub use journal::{Journal, JournalOptions, View};
 pub use locks::run_locks;
 pub use mount::{mount, mount_all, mount_id, pid_file, umount};
 pub use status::run_status;
-pub use supervisor::run as run_sentinel;
+pub use supervisor::{run as run_sentinel, upgrade};

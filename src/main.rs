@@ -132,6 +132,7 @@ fn main() {
         }
         Command::Umount { mountpoint } => sessionfs::umount(mountpoint),
         Command::Sentinel(args) => sessionfs::run_sentinel(args),
+        Command::Upgrade { mountpoint } => sessionfs::upgrade(mountpoint),
         Command::Status { mountpoint, json } => sessionfs::run_status(mountpoint.as_deref(), *json),
         Command::Demo => {
             init_logging(false, std::io::stderr().is_terminal());

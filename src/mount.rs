@@ -1040,7 +1040,12 @@ fn serve(
     // to another thread would kill the process with its default action and leave a
     // dead mount behind.
     let mut sigs = SigSet::empty();
-    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGUSR2,
+    ] {
         sigs.add(s);
     }
     let _ = sigs.thread_block();
@@ -1085,6 +1090,8 @@ fn serve(
         }
     }
     let notifier = Arc::new(std::sync::OnceLock::new());
+    // Under a supervisor, `sessionfs upgrade` hands the mount to a new daemon.
+    let gate = (spec.supervise || resumed).then(|| Arc::new(parking_lot::RwLock::new(())));
     let cfg = FsConfig {
         notifier: notifier.clone(),
         attr_ttl: spec.ttl,
@@ -1099,6 +1106,7 @@ fn serve(
         journal_group: spec.journal_group,
         lane_rules,
         resumed,
+        gate: gate.clone(),
         ..FsConfig::default()
     };
     // The supervisor's copy of the backing root, for the daemons it restarts.
@@ -1232,10 +1240,21 @@ fn serve(
             "RLIMIT_NOFILE is low: each file the kernel holds costs one fd; raise LimitNOFILE"
         );
     }
+    // The supervisor: our parent when we were restarted on a live connection, else
+    // started below (before the signal thread can ask for it).
+    let supervisor = Arc::new(std::sync::OnceLock::new());
+    if resumed {
+        let _ = supervisor.set(nix::unistd::getppid().as_raw());
+    }
+    let handover = gate.clone().map(|gate| Handover {
+        gate,
+        journal: journal.clone(),
+        supervisor: supervisor.clone(),
+    });
     let mp = canon.clone();
     let spawned = std::thread::Builder::new()
         .name("signals".into())
-        .spawn(move || signal_loop(sigs, &mp, dev));
+        .spawn(move || signal_loop(sigs, &mp, dev, handover));
     if let Err(e) = spawned {
         undo("the signal thread failed");
         drop(session);
@@ -1257,7 +1276,7 @@ fn serve(
         && (fail_open || spec.supervise)
         && let Some(d) = dev
     {
-        crate::supervisor::spawn(crate::supervisor::Spawn {
+        let pid = crate::supervisor::spawn(crate::supervisor::Spawn {
             mountpoint: &canon,
             dev: d,
             fail_open,
@@ -1268,6 +1287,9 @@ fn serve(
                 state_dir: &state_dir,
             }),
         });
+        if let Some(pid) = pid.filter(|_| spec.supervise) {
+            let _ = supervisor.set(pid as i32);
+        }
     }
     drop(root_dup);
     let notifier = crate::notify::Notifier::from_env().map(Arc::new);
@@ -1426,9 +1448,18 @@ fn mount_direct(
 /// signal detaches the mount lazily (MNT_DETACH / `fusermount3 -uz`): it disappears
 /// from the namespace at once, and the daemon keeps serving the files still open on it
 /// and exits when the last one is closed.
-fn signal_loop(sigs: SigSet, mp: &Path, dev: Option<u64>) {
+fn signal_loop(sigs: SigSet, mp: &Path, dev: Option<u64>, handover: Option<Handover>) {
     let mut failed_once = false;
     while let Ok(sig) = sigs.wait() {
+        if sig == Signal::SIGUSR2 {
+            match &handover {
+                Some(h) => h.exit_for_upgrade(),
+                None => tracing::warn!(
+                    "SIGUSR2 (sessionfs upgrade) ignored: no supervisor would start the new daemon (mount with --supervise)"
+                ),
+            }
+            continue;
+        }
         let lazy = failed_once;
         if lazy {
             tracing::warn!(
@@ -1448,6 +1479,45 @@ fn signal_loop(sigs: SigSet, mp: &Path, dev: Option<u64>) {
                 );
             }
         }
+    }
+}
+
+/// What a supervised daemon needs to hand its mount over (`sessionfs upgrade`).
+struct Handover {
+    gate: Arc<parking_lot::RwLock<()>>,
+    journal: Option<Arc<Journal>>,
+    /// The supervisor's pid, once known.
+    supervisor: Arc<std::sync::OnceLock<i32>>,
+}
+
+impl Handover {
+    /// Exit between requests, the journal written, for the supervisor to start the
+    /// new binary on the live connection: the requests already read and not begun
+    /// wait at the gate and go to the new daemon (FUSE_NOTIFY_RESEND), so none runs
+    /// twice and none fails.
+    fn exit_for_upgrade(&self) {
+        let Some(&sup) = self.supervisor.get() else {
+            tracing::warn!("SIGUSR2 (sessionfs upgrade) ignored: no supervisor");
+            return;
+        };
+        // Tell the supervisor first: this exit is an upgrade, not a crash.
+        if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(sup), Signal::SIGUSR2) {
+            tracing::error!(error = %e, supervisor = sup, "upgrade: cannot reach the supervisor; still serving");
+            return;
+        }
+        let t = Instant::now();
+        let _closed = self.gate.write();
+        if let Some(j) = &self.journal {
+            j.shutdown();
+        }
+        tracing::warn!(
+            waited_us = t.elapsed().as_micros() as u64,
+            "upgrade: requests drained and journal written; exiting for the new daemon"
+        );
+        // SAFETY: _exit ends the process at once; the gate stays closed so no
+        // request starts, and nothing of ours needs a destructor (the journal is
+        // written, the mount stays with the supervisor's descriptor).
+        unsafe { libc::_exit(0) };
     }
 }
 

@@ -75,6 +75,9 @@ pub struct SentinelArgs {
     /// Absolute state dir.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// The sessionfs binary to restart, by path.
+    #[arg(long)]
+    pub exe: Option<PathBuf>,
     /// The mountpoint.
     pub mountpoint: PathBuf,
     /// The daemon's command line (after `--`), run again for a restart.
@@ -107,16 +110,17 @@ pub struct Supervised<'a> {
     pub state_dir: &'a Path,
 }
 
-/// Start the sentinel for this daemon. Logged, not fatal, when it cannot start.
-pub fn spawn(s: Spawn<'_>) {
+/// Start the sentinel for this daemon; its pid. Logged, not fatal, when it cannot
+/// start.
+pub fn spawn(s: Spawn<'_>) -> Option<u32> {
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => {
             tracing::warn!(error = %e, "no sentinel: cannot find our binary");
-            return;
+            return None;
         }
     };
-    let mut cmd = Command::new(exe);
+    let mut cmd = Command::new(&exe);
     cmd.arg("sentinel")
         .arg("--pid")
         .arg(std::process::id().to_string())
@@ -130,8 +134,10 @@ pub fn spawn(s: Spawn<'_>) {
     if let Some(sv) = &s.supervise {
         let (Ok(f), Ok(r)) = (nix::unistd::dup(sv.fuse), nix::unistd::dup(sv.root)) else {
             tracing::warn!("no supervisor: cannot duplicate the FUSE descriptor");
-            return;
+            return None;
         };
+        // The binary by its path: after a package upgrade the path holds the new one.
+        cmd.arg("--exe").arg(&exe);
         cmd.arg("--fuse-fd")
             .arg(f.as_raw_fd().to_string())
             .arg("--root-fd")
@@ -155,13 +161,19 @@ pub fn spawn(s: Spawn<'_>) {
     drop(inherited);
     match r {
         // Not waited for: it outlives us by design, and init reaps it.
-        Ok(c) => tracing::info!(
-            pid = c.id(),
-            supervise = s.supervise.is_some(),
-            fail_open = s.fail_open,
-            "sentinel started"
-        ),
-        Err(e) => tracing::warn!(error = %e, "no sentinel"),
+        Ok(c) => {
+            tracing::info!(
+                pid = c.id(),
+                supervise = s.supervise.is_some(),
+                fail_open = s.fail_open,
+                "sentinel started"
+            );
+            Some(c.id())
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no sentinel");
+            None
+        }
     }
 }
 
@@ -179,6 +191,16 @@ fn close_others(keep: &[RawFd]) {
     }
     // SAFETY: as above.
     unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32) };
+}
+
+/// Whether SIGUSR2 (blocked) is pending.
+fn usr2_pending() -> bool {
+    // SAFETY: sigemptyset/sigpending/sigismember only write the local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigpending(&mut set) == 0 && libc::sigismember(&set, libc::SIGUSR2) == 1
+    }
 }
 
 /// Wait until process `pid` ends (a pidfd; a child of ours is reaped too).
@@ -223,6 +245,11 @@ pub fn run(a: &SentinelArgs) -> Result<(), String> {
         // SAFETY: installing SIG_IGN runs no handler code.
         let _ = unsafe { nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigIgn) };
     }
+    // The daemon's "my next exit is an upgrade" (see `sessionfs upgrade`): blocked,
+    // and read from the pending set when the daemon has gone.
+    let mut usr2 = nix::sys::signal::SigSet::empty();
+    usr2.add(Signal::SIGUSR2);
+    let _ = usr2.thread_block();
     // Holding anything else of the daemon's would keep it alive; holding the FUSE
     // descriptor without --supervise would keep a dead connection (ENOTCONN) alive.
     let held: Vec<RawFd> = [a.fuse_fd, a.root_fd].into_iter().flatten().collect();
@@ -239,8 +266,28 @@ pub fn run(a: &SentinelArgs) -> Result<(), String> {
         }
         let when = crate::clock::now_rfc3339();
         restarts.retain(|t| t.elapsed() < RESTART_WINDOW);
+        let upgrade = usr2_pending();
+        if upgrade {
+            let _ = usr2.wait(); // consume it
+        }
         if let (Some(fuse), Some(root)) = (a.fuse_fd, a.root_fd) {
-            if restarts.len() < MAX_RESTARTS {
+            if upgrade {
+                let t = Instant::now();
+                match restart(a, fuse, root) {
+                    Ok(new) => {
+                        eprintln!(
+                            "{when} INFO sessionfs supervisor: upgrade: daemon {pid} handed over; daemon {new} serves {} after {} ms",
+                            mp.display(),
+                            t.elapsed().as_millis()
+                        );
+                        pid = new;
+                        continue;
+                    }
+                    Err(e) => eprintln!(
+                        "{when} ERROR sessionfs supervisor: upgrade: the new daemon failed: {e}"
+                    ),
+                }
+            } else if restarts.len() < MAX_RESTARTS {
                 restarts.push(Instant::now());
                 let t = Instant::now();
                 match restart(a, fuse, root) {
@@ -294,7 +341,10 @@ fn give_up(a: &SentinelArgs, pid: i32, mp: &Path) {
 /// Start a daemon on the live connection with the dead one's command line; returns
 /// its pid once it reports that it serves.
 fn restart(a: &SentinelArgs, fuse: RawFd, root: RawFd) -> Result<i32, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("our binary: {e}"))?;
+    let exe = match &a.exe {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().map_err(|e| format!("our binary: {e}"))?,
+    };
     let (rd, wr) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
     // The read end stays ours: close-on-exec so the daemon holds only the write end.
     let _ = nix::fcntl::fcntl(
@@ -349,4 +399,67 @@ fn restart(a: &SentinelArgs, fuse: RawFd, root: RawFd) -> Result<i32, String> {
     } else {
         msg.trim().to_string()
     })
+}
+
+/// Whether a supervisor (`sessionfs sentinel --fuse-fd …`) holds the connection of
+/// the mount with kernel device `dev`.
+fn supervised(dev: u64) -> bool {
+    let want = format!("--dev\0{dev}\0");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+                let has = |n: &[u8]| c.windows(n.len()).any(|w| w == n);
+                has(b"sentinel\0") && has(b"--fuse-fd\0") && has(want.as_bytes())
+            })
+        })
+}
+
+/// `sessionfs upgrade MOUNTPOINT`: the supervised daemon drains its requests, writes
+/// its journal and exits; the supervisor starts the sessionfs binary now at the path
+/// the daemon was started from on the same connection. The mount, its `st_dev` and
+/// every inode number stay; requests read and not begun are re-sent to the new
+/// daemon. Prints one line with both pids and the time taken.
+///
+/// # Errors
+/// One line: not a sessionfs mount, no supervisor (mounted without `--supervise`),
+/// no pid file, the signal failed, or no new daemon within 20 s.
+pub fn upgrade(mp: &Path) -> Result<(), String> {
+    let canon = std::fs::canonicalize(mp).map_err(|e| format!("{}: {e}", mp.display()))?;
+    let dev = mount_entry_at(&canon)
+        .filter(|e| e.is_sessionfs())
+        .map(|e| e.kernel_dev())
+        .ok_or_else(|| format!("{} is not a sessionfs mount", canon.display()))?;
+    if !supervised(dev) {
+        return Err(format!(
+            "{} has no supervisor: mount it with --supervise (-o supervise) to upgrade without unmounting, or unmount and mount again",
+            canon.display()
+        ));
+    }
+    let pf = crate::mount::pid_file(&crate::mount::mount_id(&canon));
+    let read_pid = || -> Option<i32> { std::fs::read_to_string(&pf).ok()?.trim().parse().ok() };
+    let old = read_pid().ok_or_else(|| format!("no daemon pid file {}", pf.display()))?;
+    let t = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(old), Signal::SIGUSR2)
+        .map_err(|e| format!("signal daemon {old}: {e}"))?;
+    while t.elapsed() < Duration::from_secs(20) {
+        if let Some(new) = read_pid().filter(|&p| p != old)
+            && Path::new(&format!("/proc/{new}")).exists()
+        {
+            println!(
+                "{}: upgraded, daemon {old} -> {new} in {} ms",
+                canon.display(),
+                t.elapsed().as_millis()
+            );
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Err(format!(
+        "{}: no new daemon 20 s after the upgrade signal: see {}",
+        canon.display(),
+        "the daemon's log (sessionfs.log in its state dir)"
+    ))
 }

@@ -111,6 +111,11 @@ pub struct FsConfig {
     /// restart): node ids and file handles it never handed out are found again in the
     /// backing tree ([`adopt`]).
     pub resumed: bool,
+    /// Held for reading by every request while it runs; an upgrade takes it for
+    /// writing (see `crate::supervisor`), so the daemon exits between requests: what
+    /// it has read and not begun, the kernel re-sends to the next daemon. None when
+    /// no supervisor can restart the daemon.
+    pub gate: Option<Arc<parking_lot::RwLock<()>>>,
     /// Filled in by the mount once the FUSE session exists (inode pressure sends its
     /// notifications through it).
     pub notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
@@ -132,6 +137,7 @@ impl Default for FsConfig {
             journal_group: None,
             reap: true,
             resumed: false,
+            gate: None,
             notifier: Default::default(),
         }
     }
@@ -303,6 +309,13 @@ impl SessionFs {
     }
 
     /// The inode of node id `ino`; ENOENT when the kernel does not hold it.
+    /// Count a request of kind `r` and hold the upgrade gate while it runs (see
+    /// [`FsConfig::gate`]).
+    fn enter(&self, r: stats::Req) -> Option<parking_lot::RwLockReadGuard<'_, ()>> {
+        self.stats.hit(r);
+        self.cfg.gate.as_ref().map(|g| g.read())
+    }
+
     fn inode(&self, ino: u64) -> SysResult<Arc<Inode>> {
         match self.inodes.get(ino) {
             Some(i) => Ok(i),

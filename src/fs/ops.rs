@@ -102,7 +102,7 @@ impl fuser::Filesystem for SessionFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.stats.hit(Req::Lookup);
+        let _gate = self.enter(Req::Lookup);
         let Ok(p) = self.inode(parent.0) else {
             return reply.error(FErrno::ENOENT);
         };
@@ -123,14 +123,14 @@ impl fuser::Filesystem for SessionFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.stats.hit(Req::Forget);
+        let _gate = self.enter(Req::Forget);
         if ino.0 < VIRTUAL_BASE {
             self.inodes.forget(ino.0, nlookup);
         }
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<Fh>, reply: ReplyAttr) {
-        self.stats.hit(Req::Getattr);
+        let _gate = self.enter(Req::Getattr);
         if ino.0 >= VIRTUAL_BASE {
             return match self.virtual_attr(ino.0) {
                 Some(a) => reply.attr(&Duration::ZERO, &a),
@@ -164,7 +164,7 @@ impl fuser::Filesystem for SessionFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        self.stats.hit(Req::Setattr);
+        let _gate = self.enter(Req::Setattr);
         if ino.0 >= VIRTUAL_BASE {
             // `fs.writeFileSync` opens a lane file with O_TRUNC: a size change of it
             // is accepted (there is nothing to truncate).
@@ -195,7 +195,7 @@ impl fuser::Filesystem for SessionFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.stats.hit(Req::Readlink);
+        let _gate = self.enter(Req::Readlink);
         let Ok(inode) = self.inode(ino.0) else {
             return reply.error(FErrno::ENOENT);
         };
@@ -215,7 +215,7 @@ impl fuser::Filesystem for SessionFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.stats.hit(Req::Mknod);
+        let _gate = self.enter(Req::Mknod);
         let what = NewEntry::Node {
             mode,
             rdev: rdev.into(),
@@ -235,7 +235,7 @@ impl fuser::Filesystem for SessionFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        self.stats.hit(Req::Mkdir);
+        let _gate = self.enter(Req::Mkdir);
         let what = NewEntry::Dir { mode };
         let res = self
             .inode(parent.0)
@@ -244,7 +244,7 @@ impl fuser::Filesystem for SessionFs {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.stats.hit(Req::Unlink);
+        let _gate = self.enter(Req::Unlink);
         let res = self
             .inode(parent.0)
             .and_then(|p| self.do_unlink(&Ctx::from(req), &p, name, false));
@@ -252,7 +252,7 @@ impl fuser::Filesystem for SessionFs {
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.stats.hit(Req::Rmdir);
+        let _gate = self.enter(Req::Rmdir);
         let res = self
             .inode(parent.0)
             .and_then(|p| self.do_unlink(&Ctx::from(req), &p, name, true));
@@ -267,7 +267,7 @@ impl fuser::Filesystem for SessionFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        self.stats.hit(Req::Symlink);
+        let _gate = self.enter(Req::Symlink);
         let what = NewEntry::Symlink { target };
         let res = self
             .inode(parent.0)
@@ -285,7 +285,7 @@ impl fuser::Filesystem for SessionFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        self.stats.hit(Req::Rename);
+        let _gate = self.enter(Req::Rename);
         let res = self
             .inode(parent.0)
             .and_then(|p| Ok((p, self.inode(newparent.0)?)))
@@ -303,7 +303,7 @@ impl fuser::Filesystem for SessionFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.stats.hit(Req::Link);
+        let _gate = self.enter(Req::Link);
         let res = self
             .inode(ino.0)
             .and_then(|i| Ok((i, self.inode(newparent.0)?)))
@@ -312,7 +312,7 @@ impl fuser::Filesystem for SessionFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.stats.hit(Req::Open);
+        let _gate = self.enter(Req::Open);
         let flags = flags.0;
         if ino.0 >= VIRTUAL_BASE {
             if flags & libc::O_ACCMODE != libc::O_RDONLY && !self.is_lane_file(ino.0) {
@@ -340,7 +340,7 @@ impl fuser::Filesystem for SessionFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.stats.hit(Req::Read);
+        let _gate = self.enter(Req::Read);
         if ino.0 >= VIRTUAL_BASE && self.is_lane_file(ino.0) {
             return reply.data(&self.read_lane(&Ctx::from(req), ino.0, offset, size as usize));
         }
@@ -379,7 +379,7 @@ impl fuser::Filesystem for SessionFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        self.stats.hit(Req::Write);
+        let _gate = self.enter(Req::Write);
         if is_virtual(fh.0) {
             return match self.write_lane(&Ctx::from(req), fh.0, offset, data) {
                 Ok(n) => reply.written(n as u32),
@@ -426,7 +426,7 @@ impl fuser::Filesystem for SessionFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.stats.hit(Req::Flush);
+        let _gate = self.enter(Req::Flush);
         // Locks stay kernel-local and the backing fd is closed at release, so there is
         // nothing to do; ENOSYS makes the kernel stop sending FLUSH (one round trip
         // less per close).
@@ -443,18 +443,18 @@ impl fuser::Filesystem for SessionFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.stats.hit(Req::Release);
+        let _gate = self.enter(Req::Release);
         self.do_release(&Ctx::from(req), fh.0);
         reply.ok()
     }
 
     fn fsync(&self, req: &Request, ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
-        self.stats.hit(Req::Fsync);
+        let _gate = self.enter(Req::Fsync);
         empty(reply, self.do_fsync(&Ctx::from(req), ino.0, fh.0, datasync))
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.stats.hit(Req::Opendir);
+        let _gate = self.enter(Req::Opendir);
         match self.inode(ino.0).and_then(DirHandle::open) {
             Ok(dh) => reply.opened(Fh(self.dirs.insert(dh)), FopenFlags::empty()),
             Err(e) => reply.error(err(e)),
@@ -469,7 +469,7 @@ impl fuser::Filesystem for SessionFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        self.stats.hit(Req::Readdir);
+        let _gate = self.enter(Req::Readdir);
         let Some(dh) = self.dir(fh.0, ino.0) else {
             return reply.error(FErrno::EBADF);
         };
@@ -498,7 +498,7 @@ impl fuser::Filesystem for SessionFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        self.stats.hit(Req::Readdirplus);
+        let _gate = self.enter(Req::Readdirplus);
         let Some(dh) = self.dir(fh.0, ino.0) else {
             return reply.error(FErrno::EBADF);
         };
@@ -576,7 +576,7 @@ impl fuser::Filesystem for SessionFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.stats.hit(Req::Releasedir);
+        let _gate = self.enter(Req::Releasedir);
         let big = self
             .dirs
             .remove(fh.0)
@@ -594,7 +594,7 @@ impl fuser::Filesystem for SessionFs {
     }
 
     fn fsyncdir(&self, req: &Request, ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
-        self.stats.hit(Req::Fsyncdir);
+        let _gate = self.enter(Req::Fsyncdir);
         let Some(dh) = self.dir(fh.0, ino.0) else {
             return reply.error(FErrno::EBADF);
         };
@@ -614,7 +614,7 @@ impl fuser::Filesystem for SessionFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        self.stats.hit(Req::Statfs);
+        let _gate = self.enter(Req::Statfs);
         let root = self.inodes.root();
         match root.fd().and_then(nix::sys::statvfs::fstatvfs) {
             Ok(s) => reply.statfs(
@@ -641,7 +641,7 @@ impl fuser::Filesystem for SessionFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        self.stats.hit(Req::Setxattr);
+        let _gate = self.enter(Req::Setxattr);
         if ino.0 >= VIRTUAL_BASE {
             return reply.error(FErrno::EACCES);
         }
@@ -652,7 +652,7 @@ impl fuser::Filesystem for SessionFs {
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        self.stats.hit(Req::Getxattr);
+        let _gate = self.enter(Req::Getxattr);
         let value: Result<Vec<u8>, FErrno> = if ino.0 >= VIRTUAL_BASE {
             Err(FErrno::NO_XATTR)
         } else {
@@ -705,7 +705,7 @@ impl fuser::Filesystem for SessionFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.stats.hit(Req::Listxattr);
+        let _gate = self.enter(Req::Listxattr);
         if ino.0 >= VIRTUAL_BASE {
             return if size == 0 {
                 reply.size(0)
@@ -725,7 +725,7 @@ impl fuser::Filesystem for SessionFs {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.stats.hit(Req::Removexattr);
+        let _gate = self.enter(Req::Removexattr);
         if ino.0 >= VIRTUAL_BASE {
             return reply.error(FErrno::EACCES);
         }
@@ -736,7 +736,7 @@ impl fuser::Filesystem for SessionFs {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        self.stats.hit(Req::Access);
+        let _gate = self.enter(Req::Access);
         // Only reached without default_permissions (we always set it); kept exact anyway.
         if ino.0 >= VIRTUAL_BASE {
             return reply.ok();
@@ -769,7 +769,7 @@ impl fuser::Filesystem for SessionFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        self.stats.hit(Req::Create);
+        let _gate = self.enter(Req::Create);
         let res = self
             .inode(parent.0)
             .and_then(|p| self.do_create(&Ctx::from(req), &p, name, mode, umask, flags));
@@ -796,7 +796,7 @@ impl fuser::Filesystem for SessionFs {
         _out: u32,
         reply: ReplyIoctl,
     ) {
-        self.stats.hit(Req::Other);
+        let _gate = self.enter(Req::Other);
         // Python's open() probes TCGETS on every file; regular files answer ENOTTY.
         reply.error(FErrno::ENOTTY)
     }
@@ -811,7 +811,7 @@ impl fuser::Filesystem for SessionFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        self.stats.hit(Req::Fallocate);
+        let _gate = self.enter(Req::Fallocate);
         // A virtual file's handle is read-only: EBADF, as fallocate on an O_RDONLY fd.
         let Some(h) = self.file(fh.0, ino.0, None) else {
             return reply.error(FErrno::EBADF);
@@ -831,7 +831,7 @@ impl fuser::Filesystem for SessionFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        self.stats.hit(Req::Lseek);
+        let _gate = self.enter(Req::Lseek);
         match self.do_lseek(ino.0, fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(err(e)),
@@ -851,7 +851,7 @@ impl fuser::Filesystem for SessionFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        self.stats.hit(Req::CopyFileRange);
+        let _gate = self.enter(Req::CopyFileRange);
         let Some(ho) = self.file(fh_out.0, ino_out.0, None) else {
             return reply.error(FErrno::EBADF);
         };
