@@ -13,8 +13,8 @@ use crate::journal::record::{Class, Entry, FileRef, Op, Record};
 use crate::sys;
 
 /// Compare and journal (see the module doc); returns how many records were written. A
-/// file whose last path is gone is left alone (its unlink is not known). Reads only:
-/// no backing file is changed.
+/// file whose last path is gone gets one record with flag `gone` (see [`gone`]).
+/// Reads only: no backing file is changed.
 ///
 /// `restart`: this daemon resumes the live mount of a crashed one (`--supervise`).
 /// The mount stayed in place, so a difference is the crashed daemon's own last
@@ -22,12 +22,18 @@ use crate::sys;
 /// grew, else `rewrite`), never `external`.
 pub fn reconcile(j: &Journal, root: BorrowedFd<'_>, restart: bool) -> usize {
     let mut n = 0;
-    for (_, path, fp) in j.last_known() {
+    for (key, path, fp) in j.last_known() {
         let Ok(c) = CString::new(crate::names::decode(&path)) else {
             continue;
         };
-        let Ok(st) = sys::fstatat(root, &c) else {
-            continue;
+        let st = match sys::fstatat(root, &c) {
+            Ok(st) => st,
+            Err(nix::errno::Errno::ENOENT) => {
+                j.append(gone(key, &path, fp, restart));
+                n += 1;
+                continue;
+            }
+            Err(_) => continue,
         };
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
             continue;
@@ -79,6 +85,42 @@ pub fn reconcile(j: &Journal, root: BorrowedFd<'_>, restart: bool) -> usize {
         n += 1;
     }
     n
+}
+
+/// The record of a file whose last known path is gone (unlinked or renamed away while
+/// sessionfs was away): flag `gone`, no `after`; the journal then forgets the path, so
+/// the next start does not report it again. Its entries are not known (the file
+/// cannot be read, and nothing was salvaged).
+fn gone(
+    key: FileRef,
+    path: &str,
+    fp: crate::journal::record::Fingerprint,
+    restart: bool,
+) -> Record {
+    tracing::warn!(path = %path, size_before = fp.size, restart, "gone while sessionfs was away (unlinked or renamed)");
+    Record {
+        op: if restart {
+            Op::Unjournaled
+        } else {
+            Op::External
+        },
+        path: path.to_string(),
+        file: Some(key),
+        result: "ok".into(),
+        size_before: Some(fp.size),
+        before: Some(fp),
+        class: Some(if restart {
+            Class::Rewrite
+        } else {
+            Class::External
+        }),
+        fence_moved: Some(true),
+        flags: Some(vec![
+            if restart { "restart" } else { "reconcile" }.into(),
+            "gone".into(),
+        ]),
+        ..Default::default()
+    }
 }
 
 /// The complete lines of `name` past byte `from`, decoded (line numbers counted from

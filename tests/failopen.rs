@@ -180,3 +180,38 @@ fn a_restart_journals_what_was_written_while_away() {
         .count();
     assert_eq!(again, 1, "a clean restart reconciled something");
 }
+
+/// A file the journal knew that is gone at start (deleted while sessionfs was away)
+/// gets one `external` record with flag `gone`, once: the next start says nothing.
+#[test]
+fn a_file_deleted_while_away_is_journaled_once_as_gone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sessions");
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = tmp.path().join("state");
+    let mut m = Mount::overlay(&dir, &state, &[]);
+    std::fs::write(dir.join("a.jsonl"), b"{\"id\":\"1\"}\n").unwrap();
+    std::fs::write(dir.join("b.jsonl"), b"{\"id\":\"2\"}\n").unwrap();
+    m.unmount();
+    std::fs::remove_file(dir.join("a.jsonl")).unwrap();
+    let gone = |m: &Mount| -> Vec<serde_json::Value> {
+        common::read_jsonl(&m.mnt.join(".journal"))
+            .into_iter()
+            .filter(|r| {
+                r["flags"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|x| x == "gone"))
+            })
+            .collect()
+    };
+    let m2 = Mount::overlay(&dir, &state, &[]);
+    let g = gone(&m2);
+    assert_eq!(g.len(), 1, "{g:?}");
+    assert_eq!(g[0]["op"], "external");
+    assert_eq!(g[0]["path"], "a.jsonl");
+    assert_eq!(g[0]["size_before"], 11);
+    assert!(g[0].get("after").is_none_or(|a| a.is_null()), "{}", g[0]);
+    drop(m2);
+    let m3 = Mount::overlay(&dir, &state, &[]);
+    assert_eq!(gone(&m3).len(), 1, "reported again at the next start");
+}

@@ -328,7 +328,7 @@ impl State {
 struct Indexed<'a> {
     seq: u64,
     /// The backing fingerprint after a successful change, and whether the change was
-    /// an unlink (the file's name gone).
+    /// an unlink (the file's name gone; also a reconcile record with flag `gone`).
     after: Option<record::Fingerprint>,
     unlinked: bool,
     to: Option<&'a str>,
@@ -604,6 +604,8 @@ struct Scan<'a> {
     replaced: Option<FileRef>,
     #[serde(default)]
     after: Option<record::Fingerprint>,
+    #[serde(default)]
+    flags: Option<Vec<String>>,
 }
 
 fn seg_name(n: u32) -> String {
@@ -650,6 +652,12 @@ fn private_dir(p: &Path) -> io::Result<()> {
         fs::set_permissions(p, Permissions::from_mode(DIR_MODE))?;
     }
     Ok(())
+}
+
+/// A reconcile record of a file whose last known path was gone at start
+/// (`crate::reconcile`): the path ends there, as after an unlink.
+fn gone(op: &str, flags: Option<&[String]>) -> bool {
+    matches!(op, "external" | "unjournaled") && flags.is_some_and(|f| f.iter().any(|x| x == "gone"))
 }
 
 /// Replace `<dir>/next_seq` by `v`: temp file (mode 0600), fsync, rename, fsync of the
@@ -874,7 +882,9 @@ impl Journal {
                 renamed_over: rec.op == record::Op::Rename && rec.result == "ok",
                 disk_fseq: None,
                 after: rec.after.filter(|_| rec.result == "ok"),
-                unlinked: rec.op == record::Op::Unlink && rec.result == "ok",
+                unlinked: rec.result == "ok"
+                    && (rec.op == record::Op::Unlink
+                        || gone(rec.op.as_str(), rec.flags.as_deref())),
             }
         }
         rec.fseq = st.next_fseq(&ix(&rec, seq));
@@ -1263,7 +1273,8 @@ fn scan_segment(path: &Path, n: u32, st: &mut State) -> io::Result<(u64, File)> 
                     renamed_over: s.op == "rename" && s.result == "ok",
                     disk_fseq: Some(s.fseq),
                     after: s.after.filter(|_| s.result == "ok"),
-                    unlinked: s.op == "unlink" && s.result == "ok",
+                    unlinked: s.result == "ok"
+                        && (s.op == "unlink" || gone(&s.op, s.flags.as_deref())),
                 },
                 &s.path,
                 n,
