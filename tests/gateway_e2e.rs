@@ -2061,6 +2061,21 @@ fn explain_agrees_with_the_gateway_on_every_turn() {
             ),
         );
     }
+    if !failed.is_empty() {
+        // The evidence for a post-mortem: the journal, the gateway's log and the
+        // session files (transcripts, trajectories), outside the scratch dir.
+        let keep = std::env::temp_dir().join(format!("sessionfs-agree-fail-{seed}"));
+        let _ = fs::create_dir_all(&keep);
+        let _ = fs::copy(&journal, keep.join("journal.jsonl"));
+        let _ = fs::copy(&gw.log, keep.join("gateway.log"));
+        for e in fs::read_dir(&gw.sessions).into_iter().flatten().flatten() {
+            let name = e.file_name();
+            if name.to_string_lossy().ends_with(".jsonl") {
+                let _ = fs::copy(e.path(), keep.join(&name));
+            }
+        }
+        eprintln!("e2e-agree: evidence kept in {}", keep.display());
+    }
     assert!(
         failed.is_empty(),
         "{} checks failed (seed {seed}):\n{}",
