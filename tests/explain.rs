@@ -574,3 +574,70 @@ fn one_line_errors() {
         "is a directory",
     );
 }
+
+/// The holder's stats and other processes' changes are journaled in the order they
+/// happened: a stat journaled after a chmod saw it, one journaled before did not.
+/// (Before the fix the stat was taken, then journaled after a racing chmod that it
+/// had not seen: explain called the chmod absorbed by that fence read, while the
+/// gateway's fence, which held the older ctime, tripped on it.)
+#[test]
+fn holder_stats_and_racing_chmods_are_journaled_in_the_order_they_happened() {
+    let m = Mount::new(&[]);
+    let f = session(&m, "race.jsonl");
+    append_line(&f, &json!({"type": "message", "id": "r1"}));
+    const HOLDER: &str = r#"
+import json, os, sys
+f = sys.argv[1]
+fd = os.open(f + ".lock", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+os.write(fd, (json.dumps({"pid": os.getpid(), "createdAt": "2026-12-06T00:00:00.000Z"}) + "\n").encode())
+open(sys.argv[2], "w").close()
+for _ in range(4000):
+    os.stat(f)
+os.close(fd)
+os.unlink(f + ".lock")
+"#;
+    let ready = m.src.parent().unwrap().join("holder.ready");
+    let mut holder = Command::new("python3")
+        .args(["-c", HOLDER])
+        .arg(&f)
+        .arg(&ready)
+        .spawn()
+        .unwrap();
+    assert!(common::wait_for(10, || ready.exists()));
+    let mut i = 0u32;
+    while holder.try_wait().unwrap().is_none() && i < 20_000 {
+        chmod(&f, if i % 2 == 0 { 0o604 } else { 0o644 });
+        i += 1;
+    }
+    assert!(holder.wait().unwrap().success());
+    let recs = read_jsonl(&m.mnt.join(".journal"));
+    let mut ctime: Option<u64> = None;
+    let (mut stats, mut bad) = (0, Vec::new());
+    for r in recs.iter().filter(|r| r["path"] == "race.jsonl") {
+        let c = r["after"]["ctime_ns"].as_u64();
+        match r["op"].as_str() {
+            Some("stat") => {}
+            // Every change that says its state after: the ctime a later stat must see.
+            Some(_) if r["result"] == "ok" && c.is_some() => ctime = c,
+            _ => {}
+        }
+        if r["op"] == "stat" {
+            stats += 1;
+            if let (Some(want), Some(got)) = (ctime, c)
+                && got != want
+            {
+                bad.push((r["seq"].clone(), got, want));
+            }
+        }
+    }
+    eprintln!(
+        "{stats} holder stats, {i} chmods, {} out of order",
+        bad.len()
+    );
+    assert!(stats > 100, "too few holder stats journaled: {stats}");
+    assert!(
+        bad.is_empty(),
+        "stats that did not see the chmod journaled before them: {:?}",
+        &bad[..bad.len().min(5)]
+    );
+}

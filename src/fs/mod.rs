@@ -346,11 +346,20 @@ impl SessionFs {
     /// of `fstat`.
     fn do_getattr(&self, ctx: &Ctx, inode: &Inode) -> SysResult<(fuser::FileAttr, Duration)> {
         self.inodes.touch(inode);
+        let (locked, holder) = self.holder_stat(ctx, inode);
+        // The holder's stat is taken and journaled under the inode's order lock, so a
+        // change by another process falls wholly before it in seq order or wholly
+        // after, as it does in the stat's result. Without it a chmod could be
+        // journaled before the fence stat that did not see it, and explain call it
+        // absorbed while the gateway's fence tripped on it.
+        let _order = holder.as_ref().map(|_| inode.ordered());
         let seen = inode.changes();
         let st = sys::fstat(inode.fd()?)?;
         self.check_external(inode, &st, 0, seen);
         let a = self.attr_of(inode.id, &st);
-        let locked = self.note_holder_stat(ctx, inode, &st);
+        if let Some((caller, path)) = holder {
+            self.record_holder_stat(&caller, path, inode, &st);
+        }
         Ok((
             a,
             if locked {
@@ -361,31 +370,44 @@ impl SessionFs {
         ))
     }
 
-    /// A stat of a session file whose lock is held, by the holder: journaled as
+    /// A stat of a session file whose lock is held, by the holder, is journaled as
     /// `stat`, in order with the file's changes. These are the gateway's fence reads
     /// and checks; `sessionfs explain` bounds what a hold folds into the fence by
     /// them. (Attr TTL 0 while the lock is held makes every such stat reach us.)
-    /// Returns whether the file's lock is held.
-    fn note_holder_stat(&self, ctx: &Ctx, inode: &Inode, st: &libc::stat) -> bool {
+    /// Returns whether the file's lock is held, and the caller and path when this
+    /// stat is the holder's.
+    fn holder_stat(
+        &self,
+        ctx: &Ctx,
+        inode: &Inode,
+    ) -> (bool, Option<(crate::identity::Caller, String)>) {
         if self.journal.is_none() || !self.is_transcript(inode) {
-            return false;
+            return (false, None);
         }
         let path = self.inodes.path_of(inode);
         let Some((pid, start)) = self.locks.holder_of(&path) else {
-            return false;
+            return (false, None);
         };
         let caller = self.ids.caller(ctx.pid, ctx.uid, ctx.gid);
-        if !caller
+        let is_holder = caller
             .process
             .as_ref()
-            .is_some_and(|p| p.pid == pid && p.starttime == start)
-        {
-            return true;
-        }
-        let _order = inode.ordered();
+            .is_some_and(|p| p.pid == pid && p.starttime == start);
+        (true, is_holder.then_some((caller, path)))
+    }
+
+    /// Journal the holder's stat `st` (see [`Self::holder_stat`]); the caller holds
+    /// the inode's order lock.
+    fn record_holder_stat(
+        &self,
+        caller: &crate::identity::Caller,
+        path: String,
+        inode: &Inode,
+        st: &libc::stat,
+    ) {
         let (ino, size, m, c) = self.reported_fp(st);
         self.record_as(
-            &caller,
+            caller,
             crate::journal::record::Op::Stat,
             path,
             Some(inode.key()),
@@ -399,11 +421,10 @@ impl SessionFs {
                 r.fence_moved = Some(false);
             },
         );
-        true
     }
 
     /// Attr TTL for `inode`: 0 for a session file while its lock is held, so that
-    /// each stat of it reaches the daemon (see [`Self::note_holder_stat`]).
+    /// each stat of it reaches the daemon (see [`Self::holder_stat`]).
     fn attr_ttl_of(&self, inode: &Inode) -> Duration {
         if self.journal.is_some()
             && self.is_transcript(inode)
