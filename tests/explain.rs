@@ -606,7 +606,7 @@ os.unlink(f + ".lock")
     assert!(common::wait_for(10, || ready.exists()));
     let mut i = 0u32;
     while holder.try_wait().unwrap().is_none() && i < 20_000 {
-        chmod(&f, if i % 2 == 0 { 0o604 } else { 0o644 });
+        chmod(&f, if i.is_multiple_of(2) { 0o604 } else { 0o644 });
         i += 1;
     }
     assert!(holder.wait().unwrap().success());
