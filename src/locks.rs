@@ -338,6 +338,15 @@ impl Locks {
         Some((op, lock.info(&alive)))
     }
 
+    /// The file key of the lock file at journal path `path`, if it is a lock.
+    pub fn key_of_path(&self, path: &str) -> Option<FileKey> {
+        self.locks
+            .lock()
+            .iter()
+            .find(|(_, l)| l.path == path)
+            .map(|(k, _)| *k)
+    }
+
     /// The holder (pid, starttime) of `<path>.lock`, if that lock is held.
     pub fn holder_of(&self, path: &str) -> Option<(u32, u64)> {
         self.locks

@@ -130,6 +130,41 @@ pub fn handle_base() -> u64 {
     ((ms << 20) & ((1 << 62) - 1)).max(1)
 }
 
+/// Fault injection for the restart tests: `SESSIONFS_FAULT=<point>:<name>:<marker>`
+/// makes the daemon `SIGKILL` itself at `point` (`after-write`, `after-create`,
+/// `after-unlink`: the backing change made, the reply not sent) of the first request
+/// on a file named `<name>`, once: the marker file is created first, and a daemon
+/// that finds it does nothing. Without the variable this is one load of a cached
+/// `None`.
+pub fn fault(point: &str, name: &[u8]) {
+    static SPEC: std::sync::OnceLock<Option<(String, Vec<u8>, std::path::PathBuf)>> =
+        std::sync::OnceLock::new();
+    let spec = SPEC.get_or_init(|| {
+        let v = std::env::var("SESSIONFS_FAULT").ok()?;
+        let mut it = v.splitn(3, ':');
+        Some((
+            it.next()?.to_string(),
+            it.next()?.as_bytes().to_vec(),
+            std::path::PathBuf::from(it.next()?),
+        ))
+    });
+    let Some((p, n, marker)) = spec else {
+        return;
+    };
+    if p != point || !name.ends_with(n) {
+        return;
+    }
+    let first = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(marker)
+        .is_ok();
+    if first {
+        tracing::warn!(point, "fault injection: SIGKILL");
+        let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

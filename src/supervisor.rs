@@ -271,47 +271,53 @@ pub fn run(a: &SentinelArgs) -> Result<(), String> {
             let _ = usr2.wait(); // consume it
         }
         if let (Some(fuse), Some(root)) = (a.fuse_fd, a.root_fd) {
-            if upgrade {
+            // A new daemon that dies before it serves is one more crash: try again
+            // until the restart budget is spent.
+            let mut upgrade = upgrade;
+            let mut served = None;
+            loop {
+                restarts.retain(|t| t.elapsed() < RESTART_WINDOW);
+                if !upgrade && restarts.len() >= MAX_RESTARTS {
+                    eprintln!(
+                        "{when} ERROR sessionfs supervisor: {} crashes in {} s: giving up",
+                        restarts.len(),
+                        RESTART_WINDOW.as_secs()
+                    );
+                    break;
+                }
+                if !upgrade {
+                    restarts.push(Instant::now());
+                }
                 let t = Instant::now();
                 match restart(a, fuse, root) {
                     Ok(new) => {
-                        eprintln!(
-                            "{when} INFO sessionfs supervisor: upgrade: daemon {pid} handed over; daemon {new} serves {} after {} ms",
-                            mp.display(),
-                            t.elapsed().as_millis()
-                        );
-                        pid = new;
-                        continue;
+                        served = Some((new, t.elapsed()));
+                        break;
                     }
                     Err(e) => eprintln!(
-                        "{when} ERROR sessionfs supervisor: upgrade: the new daemon failed: {e}"
+                        "{when} ERROR sessionfs supervisor: the daemon started after {pid} failed: {e}"
                     ),
                 }
-            } else if restarts.len() < MAX_RESTARTS {
-                restarts.push(Instant::now());
-                let t = Instant::now();
-                match restart(a, fuse, root) {
-                    Ok(new) => {
-                        eprintln!(
-                            "{when} WARN sessionfs supervisor: daemon {pid} died without unmounting; daemon {new} serves {} again after {} ms (restart {} in {} s)",
-                            mp.display(),
-                            t.elapsed().as_millis(),
-                            restarts.len(),
-                            RESTART_WINDOW.as_secs()
-                        );
-                        pid = new;
-                        continue;
-                    }
-                    Err(e) => eprintln!(
-                        "{when} ERROR sessionfs supervisor: daemon {pid} died; the restart failed: {e}"
-                    ),
+                upgrade = false;
+            }
+            if let Some((new, took)) = served {
+                if upgrade {
+                    eprintln!(
+                        "{when} INFO sessionfs supervisor: upgrade: daemon {pid} handed over; daemon {new} serves {} after {} ms",
+                        mp.display(),
+                        took.as_millis()
+                    );
+                } else {
+                    eprintln!(
+                        "{when} WARN sessionfs supervisor: daemon {pid} died without unmounting; daemon {new} serves {} again after {} ms (restart {} in {} s)",
+                        mp.display(),
+                        took.as_millis(),
+                        restarts.len(),
+                        RESTART_WINDOW.as_secs()
+                    );
                 }
-            } else {
-                eprintln!(
-                    "{when} ERROR sessionfs supervisor: {} crashes in {} s: giving up",
-                    restarts.len(),
-                    RESTART_WINDOW.as_secs()
-                );
+                pid = new;
+                continue;
             }
         }
         give_up(a, pid, mp);

@@ -297,3 +297,178 @@ fn an_upgrade_under_eight_writers_loses_nothing_and_keeps_the_journal_continuous
     assert_eq!(missing, 0);
     assert_eq!(twice, 0);
 }
+
+/// Mount `dir` with `--supervise` and the fault injection `fault` (see
+/// `sessionfs::resume::fault`): the daemon kills itself once, at that point.
+fn mount_with_fault(dir: &Path, state: &Path, fault: &str) -> Mount {
+    common::run_ok(
+        std::process::Command::new(common::bin())
+            .env("SESSIONFS_FAULT", fault)
+            .args(["mount", "--supervise", "--state-dir"])
+            .arg(state)
+            .arg(dir),
+    );
+    Mount::adopt(dir, dir, state)
+}
+
+/// The daemon dies after it appended a line and before it answered: the kernel
+/// re-sends the WRITE to the next daemon, which finds the bytes in place and answers
+/// without writing them again. The writer sees one successful write, the file has
+/// the line once.
+#[test]
+fn a_resent_append_the_dead_daemon_had_written_is_not_written_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sessions");
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = tmp.path().join("state");
+    let marker = tmp.path().join("fault.done");
+    let _m = mount_with_fault(
+        &dir,
+        &state,
+        &format!("after-write:t.jsonl:{}", marker.display()),
+    );
+    let f = dir.join("t.jsonl");
+    std::fs::write(&f, b"").unwrap();
+    let line = "{\"type\":\"message\",\"id\":\"once\"}\n";
+    let t = Instant::now();
+    let mut h = std::fs::OpenOptions::new().append(true).open(&f).unwrap();
+    h.write_all(line.as_bytes()).unwrap();
+    drop(h);
+    eprintln!("append across the crash: {:.0?}", t.elapsed());
+    assert!(marker.exists(), "the fault did not fire");
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), line);
+    let log = std::fs::read_to_string(state.join("sessionfs.log")).unwrap();
+    assert!(log.contains("not written twice"), "{log}");
+}
+
+/// OpenClaw's lock across a crash: the daemon dies after it created `<f>.lock` with
+/// O_EXCL and before it answered. The re-sent create succeeds (not EEXIST), the lock
+/// is tracked with its holder; a lock held across another crash is tracked again by
+/// the next daemon; the daemon dies after it unlinked the lock, and the re-sent
+/// unlink succeeds (not ENOENT).
+#[test]
+fn an_openclaw_lock_survives_crashes_at_its_create_and_its_unlink() {
+    const HOLDER: &str = r#"
+import json, os, sys, time
+f, go = sys.argv[1], sys.argv[2]
+fd = os.open(f + ".lock", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+os.write(fd, (json.dumps({"pid": os.getpid(), "createdAt": "2026-12-06T00:00:00.000Z", "maxHoldMs": 300000}) + "\n").encode())
+print("locked", flush=True)
+while not os.path.exists(go + "1"):
+    time.sleep(0.01)
+os.stat(f)
+while not os.path.exists(go + "2"):
+    time.sleep(0.01)
+os.close(fd)
+os.unlink(f + ".lock")
+print("released", flush=True)
+"#;
+    for point in ["after-create", "after-unlink"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("sessions");
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = tmp.path().join("state");
+        let marker = tmp.path().join("fault.done");
+        let _m = mount_with_fault(
+            &dir,
+            &state,
+            &format!("{point}:s.jsonl.lock:{}", marker.display()),
+        );
+        let f = dir.join("s.jsonl");
+        std::fs::write(&f, b"{\"type\":\"session\"}\n").unwrap();
+        let go = tmp.path().join("go");
+        let go = go.as_path();
+        let child = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(HOLDER)
+            .arg(&f)
+            .arg(go)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let holder = child.id() as i32;
+        assert!(
+            common::wait_for(15, || dir.join("s.jsonl.lock").exists()),
+            "{point}: no lock"
+        );
+        // The daemon serving now knows the lock and its holder (after a crash at
+        // its create: by the re-sent create; else by its own create).
+        let locks = || {
+            let out = common::run_ok(
+                std::process::Command::new(common::bin())
+                    .args(["locks", "--json"])
+                    .arg(&dir),
+            );
+            out.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .collect::<Vec<_>>()
+        };
+        assert!(
+            common::wait_for(10, || locks().iter().any(|l| l["holder"]["pid"] == holder)),
+            "{point}: the lock is not tracked: {:?}",
+            locks()
+        );
+        if point == "after-unlink" {
+            // A crash while the lock is held (its records written: a `kill -9` loses
+            // the last ≤ 50 ms batch): the next daemon tracks it again.
+            assert!(common::wait_for(5, || journal(&state)
+                .iter()
+                .any(|r| r["op"] == "lock-acquire")));
+            let old = common::daemon_pid(&dir).unwrap();
+            kill9(old);
+            assert!(common::wait_for(10, || common::daemon_pid(&dir).is_some_and(|p| p != old)));
+            let l = locks();
+            assert!(
+                l.iter().any(|l| l["holder"]["pid"] == holder),
+                "not tracked after the restart: {l:?}"
+            );
+        }
+        std::fs::write(tmp.path().join("go1"), b"").unwrap();
+        if point == "after-unlink" {
+            // The holder's stat after the restart is journaled: its hold is known.
+            assert!(
+                common::wait_for(5, || journal(&state)
+                    .iter()
+                    .any(|r| r["op"] == "stat" && r["pid"] == holder)),
+                "no holder stat after the restart"
+            );
+        }
+        std::fs::write(tmp.path().join("go2"), b"").unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("released"),
+            "{point}: holder failed: {} {}",
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(marker.exists(), "{point}: the fault did not fire");
+        assert!(!dir.join("s.jsonl.lock").exists());
+        let recs = common::read_jsonl(&dir.join(".journal"));
+        let ops: Vec<&str> = recs
+            .iter()
+            .filter(|r| r["path"] == "s.jsonl.lock")
+            .filter_map(|r| r["op"].as_str())
+            .collect();
+        eprintln!("{point}: lock records {ops:?}");
+
+        assert!(ops.contains(&"lock-acquire"), "{point}: {ops:?}");
+        // The hold ends in the journal: a `lock-release`, or (the crash lost the
+        // dead daemon's last records) the next daemon's `unlink` of the re-sent
+        // request, flag `resent`, which `explain` takes as the end of the hold.
+        let resent = recs.iter().any(|r| {
+            r["path"] == "s.jsonl.lock"
+                && r["op"] == "unlink"
+                && r["result"] == "ok"
+                && r["flags"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|x| x == "resent"))
+        });
+        assert!(ops.contains(&"lock-release") || resent, "{point}: {ops:?}");
+        assert!(
+            recs.iter().all(|r| r["op"] != "external"),
+            "{point}: an external record"
+        );
+    }
+}

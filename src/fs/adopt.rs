@@ -226,4 +226,256 @@ impl SessionFs {
         };
         (offset + len <= size && at(offset)) || (size >= len && at(size - len))
     }
+
+    /// A re-sent UNLINK or RMDIR (after a crash) whose name is already gone: the dead
+    /// daemon removed it and died before answering (and maybe before journaling it).
+    /// Journaled as done, with flag `resent` (and the lock's `lock-release` when the
+    /// name was a lock this daemon tracks); the caller is answered success. Returns
+    /// false for any other request.
+    pub(super) fn resent_done(
+        &self,
+        req: &fuser::Request,
+        ctx: &Ctx,
+        p: &Inode,
+        name: &std::ffi::OsStr,
+        dir: bool,
+    ) -> bool {
+        if !crate::resume::is_resend(req.unique().0) || self.entry_exists(p.id, name) {
+            return false;
+        }
+        let path = self.child_path(p, name);
+        tracing::warn!(path = %path, "a re-sent removal had been done before the crash: answered as done");
+        let op = if dir {
+            crate::journal::record::Op::Rmdir
+        } else {
+            crate::journal::record::Op::Unlink
+        };
+        self.record(ctx, op, path.clone(), None, |r| {
+            r.result = "ok".into();
+            r.flags = Some(vec!["resent".into()]);
+        });
+        if crate::locks::is_lock_name(name.as_bytes())
+            && let Some(k) = self.locks.key_of_path(&path)
+        {
+            self.lock_gone(ctx, k, path);
+        }
+        true
+    }
+
+    /// Whether `name` exists in directory `parent` (no lookup count taken).
+    pub(super) fn entry_exists(&self, parent: u64, name: &std::ffi::OsStr) -> bool {
+        let (Ok(dir), Ok(c)) = (self.inode(parent), sys::cname(name)) else {
+            return false;
+        };
+        dir.fd().is_ok_and(|fd| sys::fstatat(&fd, &c).is_ok())
+    }
+
+    /// A re-sent O_EXCL CREATE found `name` existing: when it is the file the dead
+    /// daemon created for this very request (a regular file, empty, owned by the
+    /// caller, changed within the last 10 s), remove it, unjournaled, so the create
+    /// runs again and is journaled as the caller's (an OpenClaw lock's
+    /// `lock-acquire` included). Returns whether it was removed.
+    pub(super) fn undo_resent_create(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &std::ffi::OsStr,
+    ) -> bool {
+        let (Ok(dir), Ok(c)) = (self.inode(parent), sys::cname(name)) else {
+            return false;
+        };
+        let Ok(fd) = dir.fd() else {
+            return false;
+        };
+        let Ok(st) = sys::fstatat(&fd, &c) else {
+            return false;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let ours = st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && st.st_size == 0
+            && st.st_uid == ctx.uid
+            && now - st.st_ctime <= 10;
+        if !ours {
+            return false;
+        }
+        let gone =
+            nix::unistd::unlinkat(&fd, c.as_c_str(), nix::unistd::UnlinkatFlags::NoRemoveDir)
+                .is_ok();
+        tracing::warn!(name = ?name, removed = gone, "a re-sent O_EXCL create found the empty file the crashed daemon made for it: created again");
+        gone
+    }
+
+    /// After a restart on a live connection: the `*.lock` files in the backing tree
+    /// whose holder (the payload's `pid`) is alive and started before the lock was
+    /// made (or has the payload's `starttime`) are tracked again, as if their
+    /// O_EXCL create had come through this daemon, so `sessionfs locks`, the reaper,
+    /// the lock context of changes and the holder's `stat` records go on. Nothing is
+    /// journaled for them (the create was journaled by the daemon before). Returns
+    /// the node ids of the files they guard, whose cached attributes the kernel must
+    /// drop (so the holder's stats reach us, as after a create of the lock).
+    pub(crate) fn recover_locks(&self) -> Vec<u64> {
+        let root = self.inodes.root();
+        let Ok(rfd) = root.fd() else {
+            return Vec::new();
+        };
+        let Ok(rst) = sys::fstat(&rfd) else {
+            return Vec::new();
+        };
+        let Ok(dir) = sys::openat(
+            &rfd,
+            c".",
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            0,
+        ) else {
+            return Vec::new();
+        };
+        let mut guarded = Vec::new();
+        self.recover_locks_in(dir, ROOT_ID, "", rst.st_dev, 0, &mut guarded);
+        guarded
+    }
+
+    fn recover_locks_in(
+        &self,
+        dir: std::os::fd::OwnedFd,
+        id: u64,
+        prefix: &str,
+        dev: u64,
+        depth: usize,
+        n: &mut Vec<u64>,
+    ) {
+        use std::os::fd::AsFd;
+        let Ok(mut d) = nix::dir::Dir::from_fd(dir) else {
+            return;
+        };
+        let mut subdirs = Vec::new();
+        let mut locks = Vec::new();
+        for e in d.iter().flatten() {
+            let name = e.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            match e.file_type() {
+                Some(nix::dir::Type::Directory) => subdirs.push(e.file_name().to_owned()),
+                Some(nix::dir::Type::File) | None if crate::locks::is_lock_name(name) => {
+                    locks.push(e.file_name().to_owned())
+                }
+                _ => {}
+            }
+        }
+        let fd = d.as_fd();
+        let rel = |c: &std::ffi::CStr| {
+            let e = crate::names::encode(c.to_bytes());
+            if prefix.is_empty() {
+                e
+            } else {
+                format!("{prefix}/{e}")
+            }
+        };
+        for c in locks {
+            if self.recover_lock(fd, id, &c, rel(&c)) {
+                let b = c.to_bytes();
+                let guarded = &b[..b.len() - ".lock".len()];
+                if let Ok(g) = sys::cname(std::ffi::OsStr::from_bytes(guarded))
+                    && let Ok(st) = sys::fstatat(fd, &g)
+                {
+                    n.push(self.inodes.id_for(st.st_dev, st.st_ino));
+                }
+            }
+        }
+        if depth >= MAX_DEPTH {
+            return;
+        }
+        for c in subdirs {
+            let Ok(sub) = sys::openat(
+                fd,
+                &c,
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0,
+            ) else {
+                continue;
+            };
+            match sys::fstat(&sub) {
+                Ok(st) if st.st_dev == dev => {
+                    let sid = self.inodes.id_for(st.st_dev, st.st_ino);
+                    self.recover_locks_in(sub, sid, &rel(&c), dev, depth + 1, n)
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// See [`Self::recover_locks`].
+    fn recover_lock(
+        &self,
+        dir: std::os::fd::BorrowedFd<'_>,
+        parent: u64,
+        name: &std::ffi::CStr,
+        path: String,
+    ) -> bool {
+        let Ok(fd) = sys::openat(
+            dir,
+            name,
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0,
+        ) else {
+            return false;
+        };
+        let Ok(st) = sys::fstat(&fd) else {
+            return false;
+        };
+        let mut payload = vec![0u8; 4096];
+        let Ok(len) = sys::pread(std::os::fd::AsFd::as_fd(&fd), &mut payload, 0) else {
+            return false;
+        };
+        payload.truncate(len);
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&payload) else {
+            return false;
+        };
+        let Some(pid) = v["pid"].as_u64().and_then(|p| u32::try_from(p).ok()) else {
+            return false;
+        };
+        let Some(ps) = crate::identity::read_stat(pid) else {
+            return false;
+        };
+        let same = match v["starttime"].as_u64() {
+            Some(t) => t == ps.starttime,
+            None => started_by(ps.starttime, st.st_ctime),
+        };
+        if !same {
+            return false;
+        }
+        let caller = self.ids.caller(pid, st.st_uid, st.st_gid);
+        let os = std::ffi::OsStr::from_bytes(name.to_bytes());
+        let key = sys::FileKey::of(&st);
+        if self
+            .locks
+            .acquired(key, dir, parent, os, path.clone(), &caller, None)
+            .is_none()
+        {
+            return false;
+        }
+        self.locks.wrote(key, 0, &payload);
+        tracing::info!(path = %path, pid, "lock held across the restart: tracked again");
+        true
+    }
+}
+
+/// Whether a process with `/proc` start time `starttime` (clock ticks after boot) had
+/// started by the Unix time `at` (s), with 1 s of slack.
+fn started_by(starttime: u64, at: i64) -> bool {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let Some(up) = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+    else {
+        return false;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let started = now - up + starttime as f64 / hz;
+    started <= at as f64 + 1.0
 }

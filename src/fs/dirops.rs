@@ -271,7 +271,7 @@ impl SessionFs {
     /// Lock file `key` (journal path `path`) left its name through the caller `ctx`
     /// (unlink, or replaced or moved by a rename): journal `lock-release` or
     /// `lock-steal` if it was a lock.
-    fn lock_gone(&self, ctx: &Ctx, key: FileKey, path: String) {
+    pub(super) fn lock_gone(&self, ctx: &Ctx, key: FileKey, path: String) {
         let caller = self.ids.caller(ctx.pid, ctx.uid, ctx.gid);
         if let Some((op, info)) = self.locks.removed(key, &caller) {
             self.record_as(&caller, op, path, Some(key), |r| r.lock = Some(info));

@@ -272,7 +272,7 @@ impl SessionFs {
         let _ = inodes.pressure.set(valve);
         let locks = crate::locks::Locks::start(journal.clone(), cfg.notifier.clone(), cfg.reap)
             .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EAGAIN)))?;
-        Ok(Self {
+        let fs = Self {
             inodes,
             files: Handles::new(),
             dirs: Handles::new(),
@@ -299,7 +299,32 @@ impl SessionFs {
             selinux: Path::new("/sys/fs/selinux/enforce").exists(),
             stats: stats::Stats::default(),
             adopted: Default::default(),
-        })
+        };
+        if fs.cfg.resumed {
+            let guarded = fs.recover_locks();
+            if !guarded.is_empty() {
+                tracing::warn!(
+                    locks = guarded.len(),
+                    "locks held across the restart are tracked again"
+                );
+                // The notifier exists once the session does: wait for it (≤ 5 s).
+                let notifier = fs.cfg.notifier.clone();
+                let _ = std::thread::Builder::new()
+                    .name("sessionfs-inval-locked".into())
+                    .spawn(move || {
+                        for _ in 0..500 {
+                            if let Some(n) = notifier.get() {
+                                for id in guarded {
+                                    let _ = n.inval_inode(fuser::INodeNo(id), -1, 0);
+                                }
+                                return;
+                            }
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    });
+            }
+        }
+        Ok(fs)
     }
 
     /// (inodes in the table incl. the root, open file handles, open dir handles);
@@ -538,7 +563,7 @@ impl SessionFs {
     }
 
     /// Journal path of `name` in `parent`.
-    fn child_path(&self, parent: &Inode, name: &OsStr) -> String {
+    pub(super) fn child_path(&self, parent: &Inode, name: &OsStr) -> String {
         let base = self.inodes.path_of(parent);
         let n = crate::names::encode(name.as_bytes());
         if base.is_empty() {

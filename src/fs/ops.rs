@@ -5,6 +5,7 @@
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -245,17 +246,28 @@ impl fuser::Filesystem for SessionFs {
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _gate = self.enter(Req::Unlink);
-        let res = self
-            .inode(parent.0)
-            .and_then(|p| self.do_unlink(&Ctx::from(req), &p, name, false));
+        let ctx = Ctx::from(req);
+        let res = self.inode(parent.0).and_then(|p| {
+            if self.resent_done(req, &ctx, &p, name, false) {
+                return Ok(());
+            }
+            self.do_unlink(&ctx, &p, name, false)
+        });
+        if res.is_ok() {
+            crate::resume::fault("after-unlink", name.as_bytes());
+        }
         empty(reply, res)
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _gate = self.enter(Req::Rmdir);
-        let res = self
-            .inode(parent.0)
-            .and_then(|p| self.do_unlink(&Ctx::from(req), &p, name, true));
+        let ctx = Ctx::from(req);
+        let res = self.inode(parent.0).and_then(|p| {
+            if self.resent_done(req, &ctx, &p, name, true) {
+                return Ok(());
+            }
+            self.do_unlink(&ctx, &p, name, true)
+        });
         empty(reply, res)
     }
 
@@ -292,6 +304,18 @@ impl fuser::Filesystem for SessionFs {
             .and_then(|(p, np)| {
                 self.do_rename(&Ctx::from(req), &p, name, &np, newname, flags.bits())
             });
+        let res = match res {
+            // Re-sent after a crash: the source gone and the target there is the
+            // rename the dead daemon did (its record may be lost with its last batch).
+            Err(Errno::ENOENT)
+                if crate::resume::is_resend(req.unique().0)
+                    && self.entry_exists(newparent.0, newname) =>
+            {
+                tracing::warn!(name = ?name, "a re-sent rename had been done before the crash: answered as done");
+                Ok(())
+            }
+            r => r,
+        };
         empty(reply, res)
     }
 
@@ -404,6 +428,7 @@ impl fuser::Filesystem for SessionFs {
             );
             return reply.written(data.len() as u32);
         }
+        let name = h.via.1.clone();
         self.do_write(
             &Ctx::from(req),
             &h,
@@ -411,8 +436,11 @@ impl fuser::Filesystem for SessionFs {
             data,
             write_flags,
             append,
-            |res| match res {
-                Ok(n) => reply.written(*n as u32),
+            move |res| match res {
+                Ok(n) => {
+                    crate::resume::fault("after-write", name.as_bytes());
+                    reply.written(*n as u32)
+                }
                 Err(e) => reply.error(err(*e)),
             },
         )
@@ -770,9 +798,24 @@ impl fuser::Filesystem for SessionFs {
         reply: ReplyCreate,
     ) {
         let _gate = self.enter(Req::Create);
-        let res = self
+        let ctx = Ctx::from(req);
+        let mut res = self
             .inode(parent.0)
-            .and_then(|p| self.do_create(&Ctx::from(req), &p, name, mode, umask, flags));
+            .and_then(|p| self.do_create(&ctx, &p, name, mode, umask, flags));
+        // Re-sent after a crash: an O_EXCL create the dead daemon carried out but did
+        // not answer finds its own file (an OpenClaw lock) and would fail EEXIST.
+        if matches!(res, Err(Errno::EEXIST))
+            && flags & libc::O_EXCL != 0
+            && crate::resume::is_resend(req.unique().0)
+            && self.undo_resent_create(&ctx, parent.0, name)
+        {
+            res = self
+                .inode(parent.0)
+                .and_then(|p| self.do_create(&ctx, &p, name, mode, umask, flags));
+        }
+        if res.is_ok() {
+            crate::resume::fault("after-create", name.as_bytes());
+        }
         match res {
             Ok((fh, a, direct)) => reply.created(
                 &self.cfg.attr_ttl,

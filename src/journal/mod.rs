@@ -230,6 +230,9 @@ struct State {
     /// Files of segments dropped by retention, unlinked by the writer thread.
     unlink: Vec<PathBuf>,
     dirty: bool,
+    /// A lock record waits in a tail: the writer was asked to write within
+    /// [`URGENT_WINDOW`].
+    urgent: bool,
 }
 
 impl State {
@@ -505,8 +508,14 @@ struct Shared {
     loss: Mutex<Option<Loss>>,
 }
 
+/// How soon the writer writes after a lock record (see `Msg::Urgent`): 2 ms, against
+/// the 50 ms batch window of other records.
+const URGENT_WINDOW: Duration = Duration::from_millis(2);
+
 enum Msg {
     Dirty,
+    /// A lock record was appended: write within [`URGENT_WINDOW`], not the batch window.
+    Urgent,
     /// Extend the seq reservation now (less than half a block left).
     Reserve,
     Sync(Sender<()>),
@@ -533,6 +542,7 @@ impl std::fmt::Debug for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Msg::Dirty => "Dirty",
+            Msg::Urgent => "Urgent",
             Msg::Reserve => "Reserve",
             Msg::Sync(_) => "Sync",
             Msg::Shutdown => "Shutdown",
@@ -774,6 +784,7 @@ impl Journal {
             all_base: 0,
             unlink: Vec::new(),
             dirty: false,
+            urgent: false,
         };
         if let Ok(s) = fs::read_to_string(opts.state_dir.join("next_seq")) {
             st.next_seq = s.trim().parse().unwrap_or(1).max(1);
@@ -852,6 +863,15 @@ impl Journal {
     /// writer thread; `None` on the writer thread itself).
     fn append_with(shared: &Shared, tx: Option<&Sender<Msg>>, mut rec: Record) -> u64 {
         let opts = &shared.opts;
+        // Lock records are what a takeover post-mortem starts from: a `kill -9` may
+        // lose only the last few ms of them, not a whole batch window.
+        let urgent = matches!(
+            rec.op,
+            record::Op::LockAcquire
+                | record::Op::LockRelease
+                | record::Op::LockSteal
+                | record::Op::LockReap
+        );
         let mut st = shared.state.lock();
         if !admit(&mut st, opts, &mut rec, tx) {
             if !st.dirty
@@ -917,6 +937,13 @@ impl Journal {
         {
             st.dirty = true;
             let _ = tx.send(Msg::Dirty);
+        }
+        if urgent
+            && !st.urgent
+            && let Some(tx) = tx
+        {
+            st.urgent = true;
+            let _ = tx.send(Msg::Urgent);
         }
         seq
     }
@@ -1383,9 +1410,15 @@ fn writer_loop(sh: Arc<Shared>, rx: Receiver<Msg>) {
             Some(Msg::Crash) => return,
             Some(Msg::Sync(s)) => syncs.push(s),
             Some(Msg::Reserve) => reserve_ahead(&sh, &mut w),
-            Some(Msg::Dirty) => {
-                // Batch: give concurrent appends up to `batch_window` to join.
-                let deadline = Instant::now() + sh.opts.batch_window;
+            Some(m @ (Msg::Dirty | Msg::Urgent)) => {
+                // Batch: give concurrent appends up to `batch_window` to join (a lock
+                // record: `URGENT_WINDOW`).
+                let mut deadline = Instant::now()
+                    + if matches!(m, Msg::Urgent) {
+                        URGENT_WINDOW.min(sh.opts.batch_window)
+                    } else {
+                        sh.opts.batch_window
+                    };
                 loop {
                     match rx.recv_deadline(deadline) {
                         Ok(Msg::Shutdown) => {
@@ -1400,6 +1433,9 @@ fn writer_loop(sh: Arc<Shared>, rx: Receiver<Msg>) {
                         }
                         Ok(Msg::Reserve) => reserve_ahead(&sh, &mut w),
                         Ok(Msg::Dirty) => {}
+                        Ok(Msg::Urgent) => {
+                            deadline = deadline.min(Instant::now() + URGENT_WINDOW);
+                        }
                         Err(RecvTimeoutError::Timeout) => break,
                         Err(RecvTimeoutError::Disconnected) => {
                             stop = true;
@@ -1534,6 +1570,7 @@ fn write_tails(sh: &Shared, w: &mut Writer) -> bool {
     let work: Vec<(u32, PathBuf, u64)> = {
         let mut st = sh.state.lock();
         st.dirty = false;
+        st.urgent = false;
         st.segments
             .iter()
             .filter(|s| !s.tail.is_empty())
