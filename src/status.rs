@@ -68,7 +68,10 @@ pub fn run_status(mountpoint: Option<&Path>, json: bool) -> Result<(), String> {
                 r["pid"],
                 r["uptime_s"].as_f64().unwrap_or(0.0),
                 r["requests_total"],
-                r["requests_per_s"],
+                r["requests_per_s_recent"]
+                    .as_f64()
+                    .unwrap_or(r["requests_per_s"].as_f64().unwrap_or(0.0))
+                    .round(),
                 j["next_seq"]
                     .as_u64()
                     .map_or("-".into(), |s| s.saturating_sub(1).to_string()),

@@ -231,6 +231,26 @@ fn status_reports_requests_journal_and_locks() {
     );
     assert!(v["requests"]["write"].as_u64() >= Some(20), "{v}");
     assert!(v["requests"]["create"].as_u64() >= Some(20), "{v}");
+    // Recent rates: over the last 10 s of once-a-second samples. A second burst of
+    // stats, then two samples later the rate over them is above zero.
+    let t = std::time::Instant::now();
+    for _ in 0..2000 {
+        let _ = std::fs::metadata(m.mnt.join("f0.jsonl"));
+        let _ = std::fs::metadata(m.mnt.join("nope"));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(2200).saturating_sub(t.elapsed()));
+    let v2: serde_json::Value = serde_json::from_str(
+        common::run_ok(
+            Command::new(common::bin())
+                .args(["status", "--json"])
+                .arg(&m.mnt),
+        )
+        .trim(),
+    )
+    .unwrap();
+    let recent = v2["requests_per_s_recent"].as_f64().unwrap_or(0.0);
+    let trips = v2["round_trips_per_s_recent"].as_f64().unwrap_or(0.0);
+    assert!(recent > 0.0 && trips > 0.0 && trips <= recent, "{v2}");
     assert!(v["journal"]["next_seq"].as_u64() > Some(40), "{v}");
     assert_eq!(v["locks"]["held"], 0, "{v}");
     assert_eq!(v["mountpoint"].as_str(), m.mnt.to_str(), "{v}");

@@ -195,7 +195,7 @@ pub struct SessionFs {
     /// SELinux is active on this host (`/sys/fs/selinux` exists).
     selinux: bool,
     /// Request counters and the last error (`.status`).
-    stats: stats::Stats,
+    stats: Arc<stats::Stats>,
     /// Where the backing tree's inode numbers are, for ids adopted after a restart
     /// (see [`adopt`]); built on first need.
     adopted: parking_lot::Mutex<Option<adopt::Index>>,
@@ -297,9 +297,20 @@ impl SessionFs {
             virt: VirtualFiles::new(),
             cfg,
             selinux: Path::new("/sys/fs/selinux/enforce").exists(),
-            stats: stats::Stats::default(),
+            stats: Arc::new(stats::Stats::default()),
             adopted: Default::default(),
         };
+        // The recent request rates of `.status`: a sample a second, until unmount.
+        let weak = Arc::downgrade(&fs.stats);
+        let _ = std::thread::Builder::new()
+            .name("sessionfs-stats".into())
+            .spawn(move || {
+                while let Some(s) = weak.upgrade() {
+                    s.sample();
+                    drop(s);
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            });
         if fs.cfg.resumed {
             let guarded = fs.recover_locks();
             if !guarded.is_empty() {

@@ -81,18 +81,53 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ErrorLayer {
 pub struct Stats {
     started: Instant,
     counts: Vec<AtomicU64>,
+    /// (when, requests, round trips) once a second, the last [`WINDOW_S`] + 1
+    /// samples ([`Stats::sample`]): the recent rates.
+    samples: Mutex<std::collections::VecDeque<(Instant, u64, u64)>>,
 }
+
+/// Seconds the recent rates of `.status` span.
+pub const WINDOW_S: usize = 10;
 
 impl Default for Stats {
     fn default() -> Self {
         Self {
             started: Instant::now(),
             counts: Req::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            samples: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 }
 
 impl Stats {
+    /// (requests, FUSE round trips): every request is one round trip but FORGET,
+    /// which the kernel sends without waiting for a reply.
+    fn totals(&self) -> (u64, u64) {
+        let total: u64 = self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+        let forgets = self.counts[Req::Forget as usize].load(Ordering::Relaxed);
+        (total, total - forgets)
+    }
+
+    /// Take a sample for the recent rates (the daemon's sampler thread, once a
+    /// second).
+    pub fn sample(&self) {
+        let (t, rt) = self.totals();
+        let mut s = self.samples.lock();
+        s.push_back((Instant::now(), t, rt));
+        while s.len() > WINDOW_S + 1 {
+            s.pop_front();
+        }
+    }
+
+    /// (requests/s, round trips/s) over the last [`WINDOW_S`] s of samples (None
+    /// before the second sample).
+    fn recent(&self) -> Option<(f64, f64)> {
+        let s = self.samples.lock();
+        let (a, b) = (s.front()?, s.back()?);
+        let dt = b.0.duration_since(a.0).as_secs_f64();
+        (dt > 0.0).then(|| ((b.1 - a.1) as f64 / dt, (b.2 - a.2) as f64 / dt))
+    }
+
     /// Count one request of kind `r`.
     pub fn hit(&self, r: Req) {
         self.counts[r as usize].fetch_add(1, Ordering::Relaxed);
@@ -104,7 +139,9 @@ impl Stats {
     }
 
     /// `{"requests": {op: n, ...}, "requests_total": n, "requests_per_s": avg since
-    /// start, "errors": n, "last_error": {"ts", "target", "what"} | null}`.
+    /// start, "requests_per_s_recent": over the last 10 s (null in the first
+    /// second), "round_trips_per_s_recent": the same for FUSE round trips (requests
+    /// but FORGET), "errors": n, "last_error": {"ts", "target", "what"} | null}`.
     pub fn json(&self) -> serde_json::Value {
         let mut by = serde_json::Map::new();
         let mut total = 0;
@@ -118,10 +155,14 @@ impl Stats {
         let last = LAST_ERROR.lock().as_ref().map(
             |(ts, target, what)| serde_json::json!({"ts": ts, "target": target, "what": what}),
         );
+        let round1 = |x: f64| (x * 10.0).round() / 10.0;
+        let recent = self.recent();
         serde_json::json!({
             "requests": by,
             "requests_total": total,
-            "requests_per_s": (total as f64 / self.uptime_s().max(1e-3) * 10.0).round() / 10.0,
+            "requests_per_s": round1(total as f64 / self.uptime_s().max(1e-3)),
+            "requests_per_s_recent": recent.map(|r| round1(r.0)),
+            "round_trips_per_s_recent": recent.map(|r| round1(r.1)),
             "errors": ERRORS.load(Ordering::Relaxed),
             "last_error": last,
         })
