@@ -44,6 +44,12 @@ pub enum Command {
     Umount {
         /// The mountpoint (may be relative, or a dead ENOTCONN mount).
         mountpoint: PathBuf,
+        /// Detach only a stale mount (its connection gone: ENOTCONN), and leave alone
+        /// a live one, or one no daemon answers within 0.2 s (systemd's fd store
+        /// holding it for the restarted daemon); succeeds when nothing is mounted.
+        /// For `ExecStartPre=`.
+        #[arg(long)]
+        stale_only: bool,
     },
     /// Unpack a real OpenClaw sessions directory, mount it, run one turn's write
     /// pattern through the mount and show what happened.

@@ -38,6 +38,6 @@ pub use journal::cli::{run_journal, run_salvage};
 pub use journal::record::{FileRef, Op, Record};
 pub use journal::{Journal, JournalOptions, View};
 pub use locks::run_locks;
-pub use mount::{mount, mount_all, mount_id, pid_file, umount};
+pub use mount::{mount, mount_all, mount_id, pid_file, umount, umount_stale};
 pub use status::run_status;
 pub use supervisor::{run as run_sentinel, upgrade};

@@ -130,7 +130,14 @@ fn main() {
                     sessionfs::mount_all(spec)
                 })
         }
-        Command::Umount { mountpoint } => sessionfs::umount(mountpoint),
+        Command::Umount {
+            mountpoint,
+            stale_only: false,
+        } => sessionfs::umount(mountpoint),
+        Command::Umount {
+            mountpoint,
+            stale_only: true,
+        } => sessionfs::umount_stale(mountpoint),
         Command::Sentinel(args) => sessionfs::run_sentinel(args),
         Command::Upgrade { mountpoint } => sessionfs::upgrade(mountpoint),
         Command::Status { mountpoint, json } => sessionfs::run_status(mountpoint.as_deref(), *json),

@@ -294,7 +294,7 @@ fn sessionfs_mounts_below(dir: &Path) -> Vec<PathBuf> {
 /// (an older per-agent mount) would be hidden, so it must be unmounted first; else as
 /// [`mount`].
 pub fn mount_all(spec: MountSpec) -> Result<(), String> {
-    if std::env::var_os(crate::supervisor::ENV_FUSE_FD).is_some() {
+    if std::env::var_os(crate::supervisor::ENV_FUSE_FD).is_some() || stored_fds().is_some() {
         return mount(spec); // a restart: the mount exists (see `resume`)
     }
     let dir = fs::canonicalize(&spec.mountpoint).map_err(|e| {
@@ -409,6 +409,11 @@ enum Probe {
 /// `statfs(path)` (always a round trip to the daemon, never answered from a cache) in
 /// a helper thread, with a timeout so that a stuck daemon cannot hang us.
 fn probe(path: &Path) -> Probe {
+    probe_within(path, PROBE_TIMEOUT)
+}
+
+/// [`probe`] with a timeout of `wait`.
+fn probe_within(path: &Path, wait: Duration) -> Probe {
     let (tx, rx) = std::sync::mpsc::channel();
     let p = path.to_path_buf();
     let Ok(handle) = std::thread::Builder::new()
@@ -419,7 +424,7 @@ fn probe(path: &Path) -> Probe {
     else {
         return Probe::Other;
     };
-    let r = rx.recv_timeout(PROBE_TIMEOUT);
+    let r = rx.recv_timeout(wait);
     if r.is_ok() {
         // The thread has sent its only message: joining is immediate, and the process
         // is single-threaded again before `mount` forks.
@@ -856,6 +861,9 @@ pub fn mount(mut spec: MountSpec) -> Result<(), String> {
     if std::env::var_os(crate::supervisor::ENV_FUSE_FD).is_some() {
         return resume(&spec);
     }
+    if let Some(fds) = stored_fds() {
+        return resume_from_fd_store(&spec, fds);
+    }
     // A daemon restarted by its supervisor runs with `/` for its cwd.
     if let Some(l) = &spec.lanes {
         spec.lanes = Some(absolute_path(l).map_err(|e| format!("lanes {}: {e}", l.display()))?);
@@ -929,7 +937,88 @@ fn resume(spec: &MountSpec) -> Result<(), String> {
         pid_dir,
         log: None,
     };
-    serve(spec, plan, root, lane_rules, Some(ready), Some(live))
+    serve(
+        spec,
+        plan,
+        root,
+        lane_rules,
+        Some(ready),
+        Some((live, Restart::Supervisor)),
+    )
+}
+
+/// The `/dev/fuse` and backing root descriptors systemd handed back from the fd store
+/// (names [`crate::notify::FD_FUSE`], [`crate::notify::FD_ROOT`]), if it did.
+fn stored_fds() -> Option<(std::os::fd::RawFd, std::os::fd::RawFd)> {
+    let fds = crate::notify::listen_fds();
+    let find = |n: &str| fds.iter().find(|(name, _)| name == n).map(|(_, fd)| *fd);
+    Some((find(crate::notify::FD_FUSE)?, find(crate::notify::FD_ROOT)?))
+}
+
+/// Serve the live connection systemd kept in its fd store across a crash (or a
+/// `sessionfs upgrade`) of the unit's daemon. The paths are the command line's, made
+/// absolute without looking at them (the unit names the canonical mountpoint).
+fn resume_from_fd_store(
+    spec: &MountSpec,
+    (fuse, root): (std::os::fd::RawFd, std::os::fd::RawFd),
+) -> Result<(), String> {
+    let own = |n: std::os::fd::RawFd| {
+        // SAFETY: systemd passed these descriptors to this process ($LISTEN_PID is
+        // ours) for its use alone; nothing else here refers to them.
+        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n) };
+        let _ = nix::fcntl::fcntl(
+            &fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+        fd
+    };
+    let (live, root) = (own(fuse), own(root));
+    let abs = |p: &Path| std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()));
+    let mountpoint = abs(&spec.mountpoint)?;
+    let source = match &spec.source {
+        Some(s) => abs(s)?,
+        None => mountpoint.clone(),
+    };
+    let id = mount_id(&mountpoint);
+    let state_dir = match &spec.state_dir {
+        Some(d) => abs(d)?,
+        None => default_state_dir(&id)?,
+    };
+    let lane_rules = match &spec.lanes {
+        Some(p) => LaneRules::load(p)?,
+        None => LaneRules::empty(),
+    };
+    let pid_dir = if id.len() <= MAX_PID_ID_LEN {
+        Some(open_pid_dir()?)
+    } else {
+        None
+    };
+    let plan = Plan {
+        mountpoint,
+        source,
+        id,
+        state_dir,
+        created_state_dir: false,
+        pid_dir,
+        log: None,
+    };
+    serve(
+        spec,
+        plan,
+        root,
+        lane_rules,
+        None,
+        Some((live, Restart::FdStore)),
+    )
+}
+
+/// What keeps the FUSE connection across a daemon crash, and restarts the daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Restart {
+    /// `sessionfs sentinel --supervise` (see [`crate::supervisor`]).
+    Supervisor,
+    /// systemd's fd store (`FileDescriptorStoreMax=`, see [`crate::notify`]).
+    FdStore,
 }
 
 /// [`mount`] once the plan is made.
@@ -1012,13 +1101,23 @@ fn serve(
     root: OwnedFd,
     lane_rules: LaneRules,
     ready: Option<OwnedFd>,
-    live: Option<OwnedFd>,
+    live: Option<(OwnedFd, Restart)>,
 ) -> Result<(), String> {
     // `live`: the `/dev/fuse` descriptor of a mount an earlier daemon served (a
     // `--supervise` restart, see `crate::resume`): no mount(2), no handshake with the
     // kernel; reconcile journals the crashed daemon's unwritten changes as
     // `unjournaled`, not `external` (the mount stayed in place).
     let resumed = live.is_some();
+    let sd = crate::notify::Notifier::from_env().map(Arc::new);
+    // Who keeps the connection if we crash: as before a restart; else systemd's fd
+    // store when the unit has one, else a supervisor when asked for (--supervise).
+    let restart = match &live {
+        Some((_, r)) => Some(*r),
+        None if sd.is_some() && crate::notify::fd_store_enabled() => Some(Restart::FdStore),
+        None if spec.supervise => Some(Restart::Supervisor),
+        None => None,
+    };
+    let sd_for_store = sd;
     let fail = |msg: String, ready: &Option<OwnedFd>| {
         if let Some(w) = ready {
             let _ = nix::unistd::write(w, msg.as_bytes());
@@ -1090,8 +1189,9 @@ fn serve(
         }
     }
     let notifier = Arc::new(std::sync::OnceLock::new());
-    // Under a supervisor, `sessionfs upgrade` hands the mount to a new daemon.
-    let gate = (spec.supervise || resumed).then(|| Arc::new(parking_lot::RwLock::new(())));
+    // Under a supervisor or an fd store, `sessionfs upgrade` hands the mount to a new
+    // daemon.
+    let gate = restart.map(|_| Arc::new(parking_lot::RwLock::new(())));
     let cfg = FsConfig {
         notifier: notifier.clone(),
         attr_ttl: spec.ttl,
@@ -1107,10 +1207,15 @@ fn serve(
         lane_rules,
         resumed,
         gate: gate.clone(),
+        restart: restart.map(|r| match r {
+            Restart::Supervisor => "supervisor",
+            Restart::FdStore => "fd-store",
+        }),
         ..FsConfig::default()
     };
-    // The supervisor's copy of the backing root, for the daemons it restarts.
-    let root_dup = if spec.supervise && !resumed {
+    // The supervisor's (or the fd store's) copy of the backing root, for the daemons
+    // it restarts.
+    let root_dup = if restart.is_some() && !resumed {
         nix::unistd::dup(&root).ok()
     } else {
         None
@@ -1141,7 +1246,7 @@ fn serve(
     // and the kernel then fails the requests read through it (ECONNABORTED). Under a
     // supervisor every worker reads the one descriptor the supervisor also holds, so
     // those requests survive for the next daemon.
-    config.clone_fd = !(spec.supervise || resumed);
+    config.clone_fd = restart.is_none();
 
     // As root we mount(2) ourselves and give fuser only the /dev/fuse fd, so fuser
     // owns no mount and never unmounts by path (see `mount_direct`); otherwise fuser
@@ -1151,7 +1256,7 @@ fn serve(
     // the path is still ours (its device), never a newer one.
     let (session, direct) = match live {
         // Not ours to undo: the supervisor decides what happens to the mount.
-        Some(fd) => (
+        Some((fd, _)) => (
             crate::resume::session_on_live_fd(fs, fd, config.acl, config),
             false,
         ),
@@ -1243,13 +1348,14 @@ fn serve(
     // The supervisor: our parent when we were restarted on a live connection, else
     // started below (before the signal thread can ask for it).
     let supervisor = Arc::new(std::sync::OnceLock::new());
-    if resumed {
+    if restart == Some(Restart::Supervisor) && resumed {
         let _ = supervisor.set(nix::unistd::getppid().as_raw());
     }
     let handover = gate.clone().map(|gate| Handover {
         gate,
         journal: journal.clone(),
         supervisor: supervisor.clone(),
+        fd_store: restart == Some(Restart::FdStore),
     });
     let mp = canon.clone();
     let spawned = std::thread::Builder::new()
@@ -1272,7 +1378,37 @@ fn serve(
     // own (hidden) directory, apart from the files they were writing.
     let overlay = source == canon; // both canonical (the plan); no stat through our own mount
     let fail_open = !spec.fail_closed && overlay;
+    // systemd's fd store keeps the connection and the backing root across a crash
+    // (then no sentinel: systemd stops the unit's other processes when its main
+    // process dies, and a sentinel detaching the mount would race the restart).
+    let mut stored = false;
+    if restart == Some(Restart::FdStore)
+        && !resumed
+        && let (Some(n), Some(r)) = (&sd_for_store, &root_dup)
+    {
+        use std::os::fd::AsRawFd;
+        let fuse = session.as_fd().as_raw_fd();
+        stored = n
+            .send_with_fds(
+                &format!("FDSTORE=1\nFDNAME={}", crate::notify::FD_FUSE),
+                &[fuse],
+            )
+            .and_then(|()| {
+                n.send_with_fds(
+                    &format!("FDSTORE=1\nFDNAME={}", crate::notify::FD_ROOT),
+                    &[r.as_raw_fd()],
+                )
+            })
+            .inspect_err(|e| tracing::error!(error = %e, "cannot store the FUSE connection in systemd's fd store: a crash will not be transparent"))
+            .is_ok();
+        if stored {
+            tracing::info!(
+                "FUSE connection stored in systemd's fd store: a crash restarts the unit on the live mount"
+            );
+        }
+    }
     if !resumed
+        && !stored
         && (fail_open || spec.supervise)
         && let Some(d) = dev
     {
@@ -1280,11 +1416,13 @@ fn serve(
             mountpoint: &canon,
             dev: d,
             fail_open,
-            supervise: root_dup.as_ref().map(|r| crate::supervisor::Supervised {
-                fuse: session.as_fd(),
-                root: r.as_fd(),
-                source: &source,
-                state_dir: &state_dir,
+            supervise: root_dup.as_ref().filter(|_| spec.supervise).map(|r| {
+                crate::supervisor::Supervised {
+                    fuse: session.as_fd(),
+                    root: r.as_fd(),
+                    source: &source,
+                    state_dir: &state_dir,
+                }
             }),
         });
         if let Some(pid) = pid.filter(|_| spec.supervise) {
@@ -1292,7 +1430,7 @@ fn serve(
         }
     }
     drop(root_dup);
-    let notifier = crate::notify::Notifier::from_env().map(Arc::new);
+    let notifier = sd_for_store;
     if let Some(n) = &notifier {
         let _ = n.send(&format!(
             "READY=1\nSTATUS={}",
@@ -1488,7 +1626,14 @@ struct Handover {
     journal: Option<Arc<Journal>>,
     /// The supervisor's pid, once known.
     supervisor: Arc<std::sync::OnceLock<i32>>,
+    /// systemd keeps the connection in its fd store: exit with [`UPGRADE_EXIT`], the
+    /// unit's `RestartForceExitStatus=` starts the new binary.
+    fd_store: bool,
 }
+
+/// The daemon's exit status when it hands its mount over to the next start of its
+/// unit (`sessionfs upgrade` under systemd's fd store): `RestartForceExitStatus=75`.
+const UPGRADE_EXIT: i32 = 75;
 
 impl Handover {
     /// Exit between requests, the journal written, for the supervisor to start the
@@ -1496,14 +1641,17 @@ impl Handover {
     /// wait at the gate and go to the new daemon (FUSE_NOTIFY_RESEND), so none runs
     /// twice and none fails.
     fn exit_for_upgrade(&self) {
-        let Some(&sup) = self.supervisor.get() else {
-            tracing::warn!("SIGUSR2 (sessionfs upgrade) ignored: no supervisor");
-            return;
-        };
-        // Tell the supervisor first: this exit is an upgrade, not a crash.
-        if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(sup), Signal::SIGUSR2) {
-            tracing::error!(error = %e, supervisor = sup, "upgrade: cannot reach the supervisor; still serving");
-            return;
+        if !self.fd_store {
+            let Some(&sup) = self.supervisor.get() else {
+                tracing::warn!("SIGUSR2 (sessionfs upgrade) ignored: no supervisor");
+                return;
+            };
+            // Tell the supervisor first: this exit is an upgrade, not a crash.
+            if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(sup), Signal::SIGUSR2)
+            {
+                tracing::error!(error = %e, supervisor = sup, "upgrade: cannot reach the supervisor; still serving");
+                return;
+            }
         }
         let t = Instant::now();
         let _closed = self.gate.write();
@@ -1517,7 +1665,7 @@ impl Handover {
         // SAFETY: _exit ends the process at once; the gate stays closed so no
         // request starts, and nothing of ours needs a destructor (the journal is
         // written, the mount stays with the supervisor's descriptor).
-        unsafe { libc::_exit(0) };
+        unsafe { libc::_exit(if self.fd_store { UPGRADE_EXIT } else { 0 }) };
     }
 }
 
@@ -1643,6 +1791,34 @@ fn mount_error(mp: &Path, e: &io::Error) -> String {
     }
 }
 
+/// `sessionfs umount --stale-only` (a unit's `ExecStartPre=`): detach the mount at
+/// `mountpoint` only when it is stale (its connection is gone: ENOTCONN); leave a
+/// live one, and one that does not answer within 0.2 s (systemd's fd store holds its
+/// connection for the daemon being started: it will serve it). Ok when nothing is
+/// mounted there.
+///
+/// # Errors
+/// As [`umount`] for a stale mount.
+pub fn umount_stale(mountpoint: &Path) -> Result<(), String> {
+    let Ok(mp) = resolve(mountpoint) else {
+        return Ok(());
+    };
+    if !mount_entry_at(&mp).is_some_and(|e| e.is_sessionfs()) {
+        return Ok(());
+    }
+    match probe_within(&mp, Duration::from_millis(200)) {
+        Probe::Stale => umount(&mp),
+        Probe::Hung => {
+            eprintln!(
+                "sessionfs: {} is waiting for its daemon (a live connection kept across a restart): left mounted",
+                mp.display()
+            );
+            Ok(())
+        }
+        Probe::Live | Probe::Other => Ok(()),
+    }
+}
+
 /// `sessionfs umount`: unmount the sessionfs mount at `mountpoint` and wait (up to
 /// [`UMOUNT_WAIT`], 30 s) for its daemon to flush the journal and exit.
 ///
@@ -1715,7 +1891,13 @@ pub fn umount(mountpoint: &Path) -> Result<(), String> {
         waiting.retain(|(p, start)| alive(*p, Some(*start)));
         // The connection's control dir goes when its superblock is destroyed. Should
         // the number already belong to a new mount, ours is gone.
-        let conn_open = ctl.exists() && !dev_mounted(dev);
+        // Unless a process other than ours holds it (systemd's fd store, until the
+        // unit stops).
+        let conn_open = ctl.exists()
+            && !dev_mounted(dev)
+            && !fuse_conn_holders(dev)
+                .iter()
+                .any(|p| !is_sessionfs_process(*p));
         if waiting.is_empty() && !conn_open {
             // The daemon flushed what it could: did its journal lose records?
             return match take_loss_file(&id, &daemons, started) {
@@ -1759,7 +1941,12 @@ fn dev_mounted(dev: u64) -> bool {
 /// reuse): holders of a `/dev/fuse` fd on that connection, plus the pid file's process
 /// when it is a live `sessionfs` whose fdinfo does not rule it out.
 fn daemon_pids(dev: u64, pidf: &Path) -> Vec<(i32, u64)> {
-    let mut pids = fuse_conn_holders(dev);
+    // sessionfs processes only (the daemon, its sentinel): systemd holds the
+    // connection in its fd store until the unit stops, after `sessionfs umount`.
+    let mut pids: Vec<i32> = fuse_conn_holders(dev)
+        .into_iter()
+        .filter(|p| is_sessionfs_process(*p))
+        .collect();
     if let Some(p) = read_pid_file(pidf)
         && !pids.contains(&p)
         && alive(p, None)
@@ -1775,6 +1962,12 @@ fn daemon_pids(dev: u64, pidf: &Path) -> Vec<(i32, u64)> {
 
 /// Processes holding a `/dev/fuse` fd on connection `dev` (Linux ≥ 6.16 prints
 /// `fuse_connection:` in such an fd's fdinfo; older kernels yield none).
+/// Whether `pid` runs the sessionfs binary (comm `sessionfs`) and is not this process.
+fn is_sessionfs_process(pid: i32) -> bool {
+    pid != std::process::id() as i32
+        && fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sessionfs")
+}
+
 fn fuse_conn_holders(dev: u64) -> Vec<i32> {
     let Ok(procs) = fs::read_dir("/proc") else {
         return Vec::new();

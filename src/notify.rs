@@ -5,6 +5,46 @@
 //! The protocol is one datagram per message, `KEY=value` lines, sent to the `AF_UNIX`
 //! socket named by `$NOTIFY_SOCKET` (a path, or an abstract name written `@name`).
 //! Without `$NOTIFY_SOCKET` (not under systemd) nothing is sent.
+//!
+//! With `FileDescriptorStoreMax=` in the unit (systemd 254+ then sets `$FDSTORE`),
+//! the daemon also stores its `/dev/fuse` descriptor and backing root there
+//! (`FDSTORE=1`, names [`FD_FUSE`] and [`FD_ROOT`]): a crash then leaves the mount
+//! live, and the restarted unit gets them back as `$LISTEN_FDS` ([`listen_fds`]) and
+//! resumes serving (see [`crate::resume`]).
+
+/// The fd store name of the `/dev/fuse` descriptor.
+pub const FD_FUSE: &str = "sessionfs-fuse";
+/// The fd store name of the backing root directory descriptor.
+pub const FD_ROOT: &str = "sessionfs-root";
+
+/// Whether the unit keeps an fd store for us (`$FDSTORE` > 0, systemd 254+).
+pub fn fd_store_enabled() -> bool {
+    std::env::var("FDSTORE")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .is_some_and(|n| n >= 2)
+}
+
+/// The descriptors the service manager passed to this process (`$LISTEN_PID` is our
+/// pid), by their `$LISTEN_FDNAMES` name: fd 3 and up, in order. Empty otherwise.
+pub fn listen_fds() -> Vec<(String, std::os::fd::RawFd)> {
+    let ours = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        == Some(std::process::id());
+    let n = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|v| v.trim().parse::<i32>().ok())
+        .unwrap_or(0);
+    if !ours || n <= 0 {
+        return Vec::new();
+    }
+    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+    let mut names = names.split(':');
+    (0..n)
+        .map(|i| (names.next().unwrap_or("unknown").to_string(), 3 + i))
+        .collect()
+}
 
 use std::io;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
@@ -59,6 +99,34 @@ impl Notifier {
         self.sock
             .send_to_addr(msg.as_bytes(), &self.addr)
             .map(|_| ())
+    }
+
+    /// Send one message with descriptors attached (`SCM_RIGHTS`): `FDSTORE=1` keeps
+    /// them in the service manager's fd store (`FileDescriptorStoreMax=`), to be
+    /// handed to the next start of the unit as `$LISTEN_FDS`. Errors: the errno of
+    /// `sendmsg`.
+    pub fn send_with_fds(&self, msg: &str, fds: &[std::os::fd::RawFd]) -> io::Result<()> {
+        use nix::sys::socket::{ControlMessage, MsgFlags, UnixAddr, sendmsg};
+        use std::os::fd::AsRawFd;
+        let addr = match self.addr.as_pathname() {
+            Some(p) => UnixAddr::new(p),
+            None => {
+                use std::os::linux::net::SocketAddrExt;
+                UnixAddr::new_abstract(self.addr.as_abstract_name().unwrap_or_default())
+            }
+        }
+        .map_err(io::Error::from)?;
+        let iov = [io::IoSlice::new(msg.as_bytes())];
+        let cmsg = [ControlMessage::ScmRights(fds)];
+        sendmsg(
+            self.sock.as_raw_fd(),
+            &iov,
+            &cmsg,
+            MsgFlags::empty(),
+            Some(&addr),
+        )
+        .map(|_| ())
+        .map_err(io::Error::from)
     }
 
     /// The watchdog ping interval (half of `WatchdogSec=`), if the watchdog is on.

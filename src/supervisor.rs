@@ -424,8 +424,9 @@ fn supervised(dev: u64) -> bool {
 }
 
 /// `sessionfs upgrade MOUNTPOINT`: the supervised daemon drains its requests, writes
-/// its journal and exits; the supervisor starts the sessionfs binary now at the path
-/// the daemon was started from on the same connection. The mount, its `st_dev` and
+/// its journal and exits; the supervisor (or systemd, from its fd store, on exit
+/// status 75) starts the sessionfs binary now at the path the daemon was started
+/// from on the same connection. The mount, its `st_dev` and
 /// every inode number stay; requests read and not begun are re-sent to the new
 /// daemon. Prints one line with both pids and the time taken.
 ///
@@ -438,9 +439,14 @@ pub fn upgrade(mp: &Path) -> Result<(), String> {
         .filter(|e| e.is_sessionfs())
         .map(|e| e.kernel_dev())
         .ok_or_else(|| format!("{} is not a sessionfs mount", canon.display()))?;
-    if !supervised(dev) {
+    // A supervisor process, or systemd's fd store (the daemon says so in `.status`).
+    let fd_store = std::fs::read(canon.join(".status"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|v| v["restart"] == "fd-store");
+    if !fd_store && !supervised(dev) {
         return Err(format!(
-            "{} has no supervisor: mount it with --supervise (-o supervise) to upgrade without unmounting, or unmount and mount again",
+            "{} has no supervisor: mount it with --supervise (-o supervise), or run it under systemd with FileDescriptorStoreMax=, to upgrade without unmounting; or unmount and mount again",
             canon.display()
         ));
     }
@@ -451,6 +457,18 @@ pub fn upgrade(mp: &Path) -> Result<(), String> {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(old), Signal::SIGUSR2)
         .map_err(|e| format!("signal daemon {old}: {e}"))?;
     while t.elapsed() < Duration::from_secs(20) {
+        // Under systemd the restart comes after this command (`ExecReload=`) ends: it
+        // reports the hand-over, not the new daemon.
+        let gone =
+            crate::identity::read_stat(old as u32).is_none_or(|s| matches!(s.state, 'Z' | 'X'));
+        if fd_store && gone {
+            println!(
+                "{}: daemon {old} handed over in {} ms; systemd starts the new one on the live mount",
+                canon.display(),
+                t.elapsed().as_millis()
+            );
+            return Ok(());
+        }
         if let Some(new) = read_pid().filter(|&p| p != old)
             && Path::new(&format!("/proc/{new}")).exists()
         {

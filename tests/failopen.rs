@@ -111,6 +111,16 @@ fn fail_closed_keeps_the_dead_mount() {
     );
     let e = std::fs::read(dir.join("a")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
+    // A unit's ExecStartPre (`umount --stale-only`) detaches it; then nothing to do.
+    for _ in 0..2 {
+        common::run_ok(
+            std::process::Command::new(common::bin())
+                .args(["umount", "--stale-only"])
+                .arg(&dir),
+        );
+    }
+    assert!(!common::is_mounted(&dir));
+    assert_eq!(std::fs::read(dir.join("a")).unwrap(), b"x");
 }
 
 /// Reconcile at start: `kill -9` while a writer appends (it goes on through the

@@ -116,6 +116,9 @@ pub struct FsConfig {
     /// it has read and not begun, the kernel re-sends to the next daemon. None when
     /// no supervisor can restart the daemon.
     pub gate: Option<Arc<parking_lot::RwLock<()>>>,
+    /// What restarts the daemon on the live mount after a crash or for an upgrade:
+    /// `"supervisor"`, `"fd-store"`, or None (`.status` `restart`).
+    pub restart: Option<&'static str>,
     /// Filled in by the mount once the FUSE session exists (inode pressure sends its
     /// notifications through it).
     pub notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
@@ -138,6 +141,7 @@ impl Default for FsConfig {
             reap: true,
             resumed: false,
             gate: None,
+            restart: None,
             notifier: Default::default(),
         }
     }

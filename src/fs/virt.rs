@@ -77,6 +77,10 @@ pub struct VirtualFiles {
     next: AtomicU64,
     /// Paths of backing files already reported as shadowing a virtual file.
     warned: Mutex<HashSet<String>>,
+    /// The last rendering of each generated file (`.status`, `.locks`), made by a read
+    /// at offset 0: reads further on serve it, so a reader's pieces are one rendering
+    /// (the counters move between reads).
+    rendered: Mutex<HashMap<u64, std::sync::Arc<Vec<u8>>>>,
 }
 
 impl VirtualFiles {
@@ -87,6 +91,7 @@ impl VirtualFiles {
             ids: RwLock::new(HashMap::new()),
             next: AtomicU64::new(VIRTUAL_BASE + 1),
             warned: Mutex::new(HashSet::new()),
+            rendered: Mutex::new(HashMap::new()),
         }
     }
 
@@ -225,7 +230,8 @@ impl SessionFs {
     /// FUSE `requests` by op (`requests_total`, `requests_per_s` since start),
     /// `errors` and `last_error`, `journal` {`next_seq`, `bytes`, `salvage_bytes`}
     /// (null without a journal), `inodes` (table size), `locks` {`held`, `reaped`,
-    /// `stolen`}.
+    /// `stolen`}, `restart` (`"supervisor"`, `"fd-store"` or null: what restarts a
+    /// crashed daemon on the live mount, and takes `sessionfs upgrade`).
     pub(super) fn status_json(&self) -> Vec<u8> {
         let mut v = self.stats.json();
         let o = v.as_object_mut().expect("an object");
@@ -255,6 +261,7 @@ impl SessionFs {
             }),
         );
         o.insert("inodes".into(), self.inodes.len().into());
+        o.insert("restart".into(), self.cfg.restart.into());
         let (held, reaped, stolen) = self.locks.counts();
         o.insert(
             "locks".into(),
@@ -355,10 +362,20 @@ impl SessionFs {
         self.replied.wait();
         let kind = self.virt.nodes.read().get(&id)?.kind.clone();
         if matches!(kind, VirtualKind::Locks | VirtualKind::Status) {
-            let all = if kind == VirtualKind::Locks {
-                self.locks.list_jsonl()
-            } else {
-                self.status_json()
+            let cached = (offset > 0)
+                .then(|| self.virt.rendered.lock().get(&id).cloned())
+                .flatten();
+            let all = match cached {
+                Some(a) => a,
+                None => {
+                    let a = std::sync::Arc::new(if kind == VirtualKind::Locks {
+                        self.locks.list_jsonl()
+                    } else {
+                        self.status_json()
+                    });
+                    self.virt.rendered.lock().insert(id, a.clone());
+                    a
+                }
             };
             let from = (offset as usize).min(all.len());
             return Some(all[from..(from + size).min(all.len())].to_vec());
