@@ -19,6 +19,12 @@
 //! The mount side of the first test also checks `sessionfs locks` (nothing left), the
 //! `lock-*` records (each lock acquired and released by the gateway's pid, none reaped
 //! or stolen) and `explain` (no window tripped).
+//! A fourth (`supervised_mount_keeps_the_gateway_going_across_an_upgrade_and_a_kill_mid_turn`)
+//! mounts with `--supervise`, runs `sessionfs upgrade` 1 s into turn 2's model call and
+//! `kill -9`s the daemon 1 s into turn 3's (the gateway holds the session lock and its
+//! files open meanwhile): every turn replies, the log has no takeover, the mount is the
+//! same (st_dev, supervisor), and the journal has no `external` record, no seq gap across
+//! the upgrade, and every transcript line in exactly one record.
 //! Recipe: shared/OPENCLAW-E2E.md. Set-up: `tests/e2e/setup.sh` (run by tests/run.sh).
 //!
 //! Skipped only when `SESSIONFS_SKIP_E2E=1` and `CI` is not `true`; otherwise a missing
@@ -275,6 +281,12 @@ struct Gateway {
 /// sessionfs over the sessions directory when `on_mount`, and start the gateway; returns
 /// once the gateway logged `[gateway] ready`.
 fn start_gateway(label: &str, on_mount: bool) -> Gateway {
+    start_gateway_with(label, on_mount.then_some(&[][..]))
+}
+
+/// [`start_gateway`], mounting sessionfs with these extra `mount` arguments when
+/// `mount_args` is `Some` (journal in `<scratch>/state`).
+fn start_gateway_with(label: &str, mount_args: Option<&[&str]>) -> Gateway {
     let base = install_dir();
     let tmp = tempfile::Builder::new()
         .prefix(&format!("sessionfs-e2e-{label}-"))
@@ -385,7 +397,7 @@ fn start_gateway(label: &str, on_mount: bool) -> Gateway {
 
     // The mount goes over the sessions directory before the gateway starts.
     let state = dir.join("state");
-    let mount = on_mount.then(|| Mount::overlay(&sessions, &state, &[]));
+    let mount = mount_args.map(|a| Mount::overlay(&sessions, &state, a));
 
     // The gateway.
     let gw_log = dir.join("gateway.log");
@@ -2081,5 +2093,632 @@ fn explain_agrees_with_the_gateway_on_every_turn() {
         "{} checks failed (seed {seed}):\n{}",
         failed.len(),
         failed.join("\n")
+    );
+}
+
+// ---------------------------------------------------------------------------
+// `--supervise`: an upgrade and a kill -9 of the daemon, each mid-turn
+// ---------------------------------------------------------------------------
+
+/// Turns of the supervise test: turn 1 creates the transcript, the daemon is upgraded
+/// during turn [`UPGRADE_TURN`]'s model call and killed (`kill -9`) during turn
+/// [`KILL_TURN`]'s, and the last turn runs on the daemon the supervisor restarted.
+const SUPERVISE_TURNS: usize = 4;
+const UPGRADE_TURN: usize = 2;
+const KILL_TURN: usize = 3;
+/// When the daemon is upgraded or killed: this long after the turn's user entry was
+/// written (seen in the journal), i.e. about 1 s into the 3 s model call.
+const DISRUPT_AFTER_MS: u64 = 1000;
+/// How often the probe lists the sessions directory.
+const PROBE_PERIOD: Duration = Duration::from_millis(20);
+
+/// A thread that lists the sessions directory every [`PROBE_PERIOD`] (opendir,
+/// readdir, releasedir: requests the daemon answers every time, and that it does not
+/// journal) and times each listing: how long a caller of the mount waits across an
+/// upgrade or a restart. Stopped and joined on drop too, so a panic leaves nothing
+/// running on the mount.
+struct ListProbe {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<ProbeSamples>>,
+}
+
+/// What a [`ListProbe`] saw: each listing's start (ns since the epoch) and duration,
+/// and the listings that failed.
+#[derive(Debug, Default)]
+struct ProbeSamples {
+    samples: Vec<(i128, Duration)>,
+    errors: Vec<String>,
+}
+
+impl ProbeSamples {
+    /// The longest listing that started in `[from_ns, to_ns)`, and when it started.
+    fn longest_in(&self, from_ns: i128, to_ns: i128) -> (Duration, i128) {
+        self.samples
+            .iter()
+            .filter(|(at, _)| *at >= from_ns && *at < to_ns)
+            .map(|&(at, d)| (d, at))
+            .max()
+            .unwrap_or((Duration::ZERO, 0))
+    }
+}
+
+impl ListProbe {
+    fn start(dir: &Path) -> ListProbe {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let dir = dir.to_path_buf();
+        let thread = std::thread::spawn(move || {
+            let mut p = ProbeSamples::default();
+            while !flag.load(Ordering::Relaxed) {
+                let at = now_ns();
+                let t = Instant::now();
+                let r = fs::read_dir(&dir).and_then(|rd| {
+                    rd.map(|e| e.map(|_| ()))
+                        .collect::<std::io::Result<Vec<()>>>()
+                });
+                p.samples.push((at, t.elapsed()));
+                if let Err(e) = r {
+                    p.errors.push(format!("{:.3} s: {e}", at as f64 / 1e9));
+                }
+                std::thread::sleep(PROBE_PERIOD);
+            }
+            p
+        });
+        ListProbe {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stop the thread and return what it saw.
+    fn finish(mut self) -> ProbeSamples {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let t = self.thread.take().expect("probe running");
+        t.join().expect("probe panicked")
+    }
+}
+
+impl Drop for ListProbe {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = t.join();
+        }
+    }
+}
+
+/// The `ts` (ns since the epoch) of the journal record of the turn's user entry in
+/// transcript `name`, read from the mount's `.journal` from byte `from`. `None` when
+/// the turn ended (`over`) with no such record within 1 s, or after 120 s.
+fn wait_user_entry(journal: &Path, from: u64, name: &str, over: impl Fn() -> bool) -> Option<i128> {
+    let mut tail = JournalTail::open(journal, from);
+    let t = Instant::now();
+    let mut over_since: Option<Instant> = None;
+    loop {
+        let user = tail.poll().into_iter().find(|r| {
+            r["path"] == name
+                && r["op"] == "write"
+                && r["entries"]
+                    .as_array()
+                    .is_some_and(|es| es.iter().any(|e| e["role"] == "user"))
+        });
+        if let Some(r) = user {
+            return Some(ts_ns(r["ts"].as_str().unwrap_or("")).unwrap_or_else(now_ns));
+        }
+        if over() && over_since.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(1)
+        {
+            return None;
+        }
+        if t.elapsed() > Duration::from_secs(120) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The daemon's pid from the pid file `pf` (read directly: no path on the mount).
+fn pid_from(pf: &Path) -> Option<i32> {
+    fs::read_to_string(pf).ok()?.trim().parse().ok()
+}
+
+/// The supervisors (`sessionfs sentinel … --fuse-fd …`) of the mount at `dir`.
+fn supervisors_of(dir: &Path) -> Vec<i32> {
+    let want = dir.as_os_str().as_encoded_bytes();
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let c = fs::read(e.path().join("cmdline")).ok()?;
+            let has = |n: &[u8]| c.windows(n.len()).any(|w| w == n);
+            (has(b"sentinel\0") && has(b"--fuse-fd\0") && has(want)).then_some(pid)
+        })
+        .collect()
+}
+
+/// What was done to the daemon during one turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disrupt {
+    Upgrade,
+    Kill,
+}
+
+/// How one upgrade or kill went.
+#[derive(Debug)]
+struct Disruption {
+    what: Disrupt,
+    /// When it began (ns since the epoch), and how long after the turn's user entry.
+    at_ns: i128,
+    after_entry_ms: i128,
+    /// The daemon before and the one serving after.
+    old: i32,
+    new: i32,
+    /// From the start to a new daemon in the pid file (kill), or to the end of the
+    /// `sessionfs upgrade` command (upgrade), measured here.
+    ms: u128,
+    /// The upgrade command's line (`… upgraded, daemon A -> B in N ms`) and its N.
+    line: String,
+    reported_ms: Option<u64>,
+    /// Whether the turn was still running once the new daemon served.
+    mid_turn: bool,
+}
+
+/// Wait for turn `n`'s user entry, then `DISRUPT_AFTER_MS` after it upgrade or kill
+/// the daemon and wait for the new one. `over`: whether the turn has ended.
+fn disrupt(
+    what: Disrupt,
+    sessions: &Path,
+    pid_file: &Path,
+    from: u64,
+    name: &str,
+    over: &dyn Fn() -> bool,
+) -> Result<Disruption, String> {
+    let anchor = wait_user_entry(&sessions.join(".journal"), from, name, over)
+        .ok_or("no user entry of the turn in the journal: nothing done")?;
+    let wait = anchor + DISRUPT_AFTER_MS as i128 * 1_000_000 - now_ns();
+    if wait > 0 {
+        std::thread::sleep(Duration::from_nanos(wait as u64));
+    }
+    let old = pid_from(pid_file).ok_or("no daemon pid file")?;
+    let at_ns = now_ns();
+    let t = Instant::now();
+    let (line, reported_ms) = match what {
+        Disrupt::Upgrade => {
+            let out = Command::new(common::bin())
+                .arg("upgrade")
+                .arg(sessions)
+                .output()
+                .map_err(|e| format!("sessionfs upgrade: {e}"))?;
+            let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if !out.status.success() {
+                return Err(format!(
+                    "sessionfs upgrade failed ({}): {line} {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            let reported = line
+                .rsplit_once(" in ")
+                .and_then(|(_, r)| r.strip_suffix(" ms"))
+                .and_then(|n| n.trim().parse().ok());
+            (line, reported)
+        }
+        Disrupt::Kill => {
+            // SAFETY: kill(2) of the daemon this test mounted; no memory is involved.
+            if unsafe { libc::kill(old, libc::SIGKILL) } != 0 {
+                return Err(format!(
+                    "kill -9 {old}: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            // Polled every 1 ms (the new daemon writes the pid file once it serves).
+            let restarted = loop {
+                if pid_from(pid_file)
+                    .is_some_and(|p| p != old && Path::new(&format!("/proc/{p}")).exists())
+                {
+                    break true;
+                }
+                if t.elapsed() > Duration::from_secs(15) {
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            };
+            if !restarted {
+                return Err(format!("no new daemon 15 s after kill -9 of {old}"));
+            }
+            (String::new(), None)
+        }
+    };
+    let ms = t.elapsed().as_millis();
+    let new = pid_from(pid_file).ok_or("no daemon pid file after")?;
+    if new == old {
+        return Err(format!("still daemon {old} after the {what:?}: {line}"));
+    }
+    Ok(Disruption {
+        what,
+        at_ns,
+        after_entry_ms: (at_ns - anchor) / 1_000_000,
+        old,
+        new,
+        ms,
+        line,
+        reported_ms,
+        mid_turn: !over(),
+    })
+}
+
+/// Every record of the journal in `state`, from its segment files (read after the
+/// unmount: every daemon's records, not only what the last one serves).
+fn journal_segments(state: &Path) -> Vec<Value> {
+    let mut segs: Vec<PathBuf> = fs::read_dir(state.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    segs.sort();
+    segs.iter().flat_map(|p| common::read_jsonl(p)).collect()
+}
+
+/// `--supervise` under the real gateway (issue: "the real gateway mid-turn across an
+/// upgrade: 0 errors, 0 takeovers, the journal continuous"; for a crash: writer
+/// errors, the longest stall, journal continuity). Sessions mounted with
+/// `--supervise`; 4 turns; `sessionfs upgrade` 1 s into turn 2's model call and
+/// `kill -9` of the daemon 1 s into turn 3's. Every turn replies, the gateway logs no
+/// takeover and no I/O error, the mount is the same one (st_dev, one mount line, the
+/// same supervisor), a directory listing every 20 ms never fails, the journal has no
+/// `external` record, no seq handed out twice, no seq gap but at the kill, and
+/// `unjournaled` records only after it; every transcript line is an entry of exactly
+/// one record.
+#[test]
+fn supervised_mount_keeps_the_gateway_going_across_an_upgrade_and_a_kill_mid_turn() {
+    use std::os::unix::fs::MetadataExt;
+    if !e2e_enabled() {
+        return;
+    }
+    let t_all = Instant::now();
+    let mut gw = start_gateway_with("supervise", Some(&["--supervise"]));
+    let sessions = gw.sessions.clone();
+    let state = gw.mount.as_ref().unwrap().state.clone();
+    let canon = fs::canonicalize(&sessions).unwrap();
+    let pid_file = sessionfs::pid_file(&sessionfs::mount_id(&canon));
+    let journal = sessions.join(".journal");
+    let dev0 = fs::metadata(&sessions).unwrap().dev();
+    let mut daemons = vec![pid_from(&pid_file).expect("daemon pid")];
+    let sups0 = supervisors_of(&canon);
+    assert_eq!(sups0.len(), 1, "one supervisor of {canon:?}: {sups0:?}");
+    let probe = ListProbe::start(&sessions);
+
+    let mut turn_ms = Vec::new();
+    let mut replied = 0;
+    let mut failures = Vec::new();
+    let mut disruptions: Vec<Disruption> = Vec::new();
+    let mut tr: Option<PathBuf> = None;
+    for i in 1..=SUPERVISE_TURNS {
+        let what = match i {
+            UPGRADE_TURN => Some(Disrupt::Upgrade),
+            KILL_TURN => Some(Disrupt::Kill),
+            _ => None,
+        };
+        // The model call lasts 3 s where something happens during it, else 0.3 s.
+        let delay = if what.is_some() { MODEL_DELAY_S } else { "0.3" };
+        fs::write(gw.env.dir.join("delay"), delay).unwrap();
+        let from = fs::metadata(&journal).unwrap().len();
+        let name = tr
+            .as_ref()
+            .map(|p| p.file_name().unwrap().to_string_lossy().to_string());
+        let env = &gw.env;
+        let (turn, done) = std::thread::scope(|s| {
+            let h = s.spawn(|| run_turn(env, i));
+            let done = what.map(|w| {
+                let name = name.as_deref().expect("the transcript exists after turn 1");
+                disrupt(w, &sessions, &pid_file, from, name, &|| h.is_finished())
+            });
+            (h.join().expect("turn thread panicked"), done)
+        });
+        turn_ms.push(turn.ms);
+        match turn_reply(i, &turn) {
+            Ok(_) => {
+                replied += 1;
+                eprintln!("e2e-supervise: turn {i} replied in {} ms", turn.ms);
+            }
+            Err(why) => {
+                eprintln!("e2e-supervise: turn {i} failed in {} ms: {why}", turn.ms);
+                failures.push(why);
+            }
+        }
+        match done {
+            Some(Ok(d)) => {
+                eprintln!(
+                    "e2e-supervise: turn {i}: {:?} {} ms after the user entry: daemon {} -> {} in {} ms{}; turn still running after: {}",
+                    d.what,
+                    d.after_entry_ms,
+                    d.old,
+                    d.new,
+                    d.ms,
+                    if d.line.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (\"{}\")", d.line)
+                    },
+                    d.mid_turn
+                );
+                daemons.push(d.new);
+                disruptions.push(d);
+            }
+            Some(Err(why)) => {
+                eprintln!("e2e-supervise: turn {i}: {what:?} FAILED: {why}");
+                failures.push(format!("turn {i}: {what:?}: {why}"));
+            }
+            None => {}
+        }
+        if tr.is_none() {
+            tr = Some(transcript(&sessions));
+        }
+    }
+    let probed = probe.finish();
+    gw.proc.stop(Duration::from_secs(20));
+    let log = read_lossy(&gw.log);
+    let takeovers = takeover_lines(&log);
+    let bad_lines: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            [
+                "EmbeddedAttemptSessionTakeoverError",
+                "lane task error",
+                "ENOTCONN",
+                "Transport endpoint",
+                "ECONNABORTED",
+                "EIO:",
+            ]
+            .iter()
+            .any(|b| l.contains(b))
+        })
+        .collect();
+    for l in &bad_lines {
+        eprintln!(
+            "e2e-supervise: gateway: {}",
+            l.chars().take(300).collect::<String>()
+        );
+    }
+
+    // The mount is the one mounted at the start, still served, by the same supervisor.
+    let dev1 = fs::metadata(&sessions).unwrap().dev();
+    let mount_lines = common::mount_lines(&canon);
+    let sups1 = supervisors_of(&canon);
+    let tr = tr.expect("a transcript");
+    let lines = common::read_jsonl(&tr);
+    let roles: Vec<String> = lines
+        .iter()
+        .filter(|l| l["type"] == "message")
+        .map(|l| l["message"]["role"].as_str().unwrap_or("?").to_string())
+        .collect();
+    let daemon_log = fs::read_to_string(state.join("sessionfs.log")).unwrap_or_default();
+    let sup_log: Vec<&str> = daemon_log
+        .lines()
+        .filter(|l| l.contains("supervisor") || l.contains("unjournaled"))
+        .collect();
+    let log_errors: Vec<&str> = daemon_log
+        .lines()
+        .filter(|l| l.contains("panicked") || l.contains(" ERROR "))
+        .collect();
+    let last_daemon = pid_from(&pid_file);
+    gw.mount.as_mut().unwrap().unmount();
+    let unmounted = !common::is_mounted(&sessions);
+    let sup_gone = common::wait_for(5, || supervisors_of(&canon).is_empty());
+    let daemon_gone = last_daemon.is_none_or(|p| !Path::new(&format!("/proc/{p}")).exists());
+
+    // The journal, every daemon's records.
+    let recs = journal_segments(&state);
+    let mut by_seq: Vec<&Value> = recs.iter().filter(|r| r["seq"].is_u64()).collect();
+    by_seq.sort_by_key(|r| r["seq"].as_u64());
+    let seq_dups = by_seq
+        .windows(2)
+        .filter(|w| w[0]["seq"] == w[1]["seq"])
+        .count();
+    let gaps: Vec<(&Value, &Value)> = by_seq
+        .windows(2)
+        .filter(|w| w[1]["seq"].as_u64().unwrap() > w[0]["seq"].as_u64().unwrap() + 1)
+        .map(|w| (w[0], w[1]))
+        .collect();
+    let externals: Vec<&Value> = recs.iter().filter(|r| r["op"] == "external").collect();
+    let unjournaled: Vec<&Value> = recs.iter().filter(|r| r["op"] == "unjournaled").collect();
+    let kill_ns = disruptions
+        .iter()
+        .find(|d| d.what == Disrupt::Kill)
+        .map(|d| d.at_ns);
+    let upgrade_ns = disruptions
+        .iter()
+        .find(|d| d.what == Disrupt::Upgrade)
+        .map(|d| d.at_ns);
+    let rec_ns = |r: &Value| ts_ns(r["ts"].as_str().unwrap_or("")).unwrap_or(0);
+    // A gap is the kill's when the record before it was made before the kill and the
+    // one after it after the kill. (After a crash the journal continues at its durable
+    // seq reservation, up to 65,536 ahead: a gap there is by design. An upgrade ends
+    // the daemon cleanly, and seq continues exactly.)
+    let at_kill = |a: &Value, b: &Value| kill_ns.is_some_and(|k| rec_ns(a) < k && rec_ns(b) >= k);
+    let other_gaps: Vec<String> = gaps
+        .iter()
+        .filter(|(a, b)| !at_kill(a, b))
+        .map(|(a, b)| format!("{} -> {}", record_line(a), record_line(b)))
+        .collect();
+    let early_unjournaled: Vec<&&Value> = unjournaled
+        .iter()
+        .filter(|r| kill_ns.is_none_or(|k| rec_ns(r) < k))
+        .collect();
+    // Records just around the upgrade: consecutive seqs there (no gap at all there).
+    let around_upgrade = upgrade_ns.map(|u| {
+        by_seq
+            .iter()
+            .filter(|r| (rec_ns(r) - u).abs() < 2_000_000_000)
+            .count()
+    });
+    // Every transcript line is an entry of exactly one record of the transcript.
+    let name = tr.file_name().unwrap().to_string_lossy().to_string();
+    let mut seen: std::collections::HashMap<String, usize> = Default::default();
+    for r in recs.iter().filter(|r| r["path"] == name.as_str()) {
+        for e in r["entries"].as_array().into_iter().flatten() {
+            if let Some(id) = e["id"].as_str() {
+                *seen.entry(id.to_string()).or_default() += 1;
+            }
+        }
+    }
+    let line_ids: Vec<String> = lines
+        .iter()
+        .filter_map(|l| l["id"].as_str().map(str::to_string))
+        .collect();
+    let missing: Vec<&String> = line_ids
+        .iter()
+        .filter(|id| !seen.contains_key(*id))
+        .collect();
+    let twice: Vec<(&String, &usize)> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    // Whether the gateway held the session lock (`<transcript>.lock` created and not
+    // yet unlinked) at `at`: it holds it over the model call.
+    let lock = format!("{name}.lock");
+    let lock_held = |at: i128| {
+        recs.iter()
+            .filter(|r| {
+                r["path"] == lock.as_str()
+                    && r["result"] == "ok"
+                    && (r["op"] == "create" || r["op"] == "unlink")
+                    && rec_ns(r) < at
+            })
+            .max_by_key(|r| r["seq"].as_u64())
+            .is_some_and(|r| r["op"] == "create")
+    };
+
+    // The figures.
+    let up = disruptions.iter().find(|d| d.what == Disrupt::Upgrade);
+    let kill = disruptions.iter().find(|d| d.what == Disrupt::Kill);
+    // The longest listing that started from 1 s before the upgrade or kill to 200 ms
+    // after the new daemon served (a listing takes ~1 ms when nothing happens).
+    let stall = |d: &Disruption| {
+        let end = d.at_ns + d.ms as i128 * 1_000_000 + 200_000_000;
+        let (l, at) = probed.longest_in(d.at_ns - 1_000_000_000, end);
+        format!(
+            "{l:.0?} (a listing started {} ms after it)",
+            (at - d.at_ns) / 1_000_000
+        )
+    };
+    let longest = probed.longest_in(i128::MIN, i128::MAX).0;
+    eprintln!(
+        "e2e-supervise: turn times {turn_ms:?} ms; daemons {daemons:?}; supervisor {sups0:?}"
+    );
+    if let Some(u) = up {
+        eprintln!(
+            "e2e-supervise: upgrade: {} ms after turn {UPGRADE_TURN}'s user entry, command {} ms, reported {} ms, longest listing around it {}; session lock held: {}",
+            u.after_entry_ms,
+            u.ms,
+            u.reported_ms.map_or("-".into(), |m| m.to_string()),
+            stall(u),
+            lock_held(u.at_ns)
+        );
+    }
+    if let Some(k) = kill {
+        eprintln!(
+            "e2e-supervise: kill -9: {} ms after turn {KILL_TURN}'s user entry, new daemon in the pid file after {} ms, longest listing around it {}; session lock held: {}",
+            k.after_entry_ms,
+            k.ms,
+            stall(k),
+            lock_held(k.at_ns)
+        );
+    }
+    for (a, b) in &gaps {
+        eprintln!(
+            "e2e-supervise: seq gap of {} ({}):\n  {}\n  {}",
+            b["seq"].as_u64().unwrap() - a["seq"].as_u64().unwrap() - 1,
+            if at_kill(a, b) {
+                "at the kill"
+            } else {
+                "NOT at the kill"
+            },
+            record_line(a),
+            record_line(b)
+        );
+    }
+    for l in &sup_log {
+        eprintln!("e2e-supervise: sessionfs.log: {l}");
+    }
+    eprintln!(
+        "e2e-supervise: {}/{SUPERVISE_TURNS} turns replied, {takeovers} takeover lines, {} bad gateway log lines; probe: {} listings, {} errors, longest {longest:.0?}; journal: {} records, {} seq gaps ({} not at the kill), {seq_dups} seqs twice, {} external, {} unjournaled ({} before the kill), {} records within 2 s of the upgrade; transcript: {} lines, {} in no record, {} in two; st_dev {dev0} -> {dev1}; {:.1?} in all",
+        replied,
+        bad_lines.len(),
+        probed.samples.len(),
+        probed.errors.len(),
+        recs.len(),
+        gaps.len(),
+        other_gaps.len(),
+        externals.len(),
+        unjournaled.len(),
+        early_unjournaled.len(),
+        around_upgrade.unwrap_or(0),
+        lines.len(),
+        missing.len(),
+        twice.len(),
+        t_all.elapsed()
+    );
+
+    assert!(failures.is_empty(), "failures:\n{}", failures.join("\n"));
+    assert_eq!(disruptions.len(), 2, "{disruptions:#?}");
+    for d in &disruptions {
+        assert!(
+            d.mid_turn,
+            "the turn had ended before the {:?} was over: {d:?}",
+            d.what
+        );
+        assert!(
+            lock_held(d.at_ns),
+            "the gateway did not hold the session lock (model call) at the {:?}: {d:?}",
+            d.what
+        );
+    }
+    assert!(
+        up.is_some_and(|u| u.reported_ms.is_some()),
+        "no `upgraded, daemon A -> B in N ms` line: {up:?}"
+    );
+    assert_eq!(takeovers, 0, "takeovers in the gateway log");
+    assert!(
+        bad_lines.is_empty(),
+        "errors in the gateway log: {bad_lines:#?}"
+    );
+    let want: Vec<String> = (0..SUPERVISE_TURNS)
+        .flat_map(|_| ["user".to_string(), "assistant".to_string()])
+        .collect();
+    assert_eq!(roles, want, "transcript message order in {tr:?}");
+    assert_eq!(dev0, dev1, "the sessions directory's st_dev changed");
+    assert_eq!(
+        mount_lines.len(),
+        1,
+        "mounts at {canon:?}: {mount_lines:#?}"
+    );
+    assert_eq!(sups1, sups0, "the supervisor changed");
+    assert!(
+        probed.errors.is_empty(),
+        "listings of the sessions directory failed: {:?}",
+        probed.errors
+    );
+    assert!(
+        longest < Duration::from_secs(5),
+        "a listing of the sessions directory took {longest:?}"
+    );
+    assert!(unmounted, "still mounted after the unmount");
+    assert!(sup_gone, "the supervisor outlived the unmount");
+    assert!(daemon_gone, "the last daemon outlived the unmount");
+    assert!(log_errors.is_empty(), "sessionfs.log: {log_errors:#?}");
+    assert!(externals.is_empty(), "external records: {externals:#?}");
+    assert_eq!(seq_dups, 0, "a seq handed out twice");
+    assert!(
+        other_gaps.is_empty(),
+        "seq gaps not at the kill (across the upgrade?):\n{}",
+        other_gaps.join("\n")
+    );
+    assert!(
+        early_unjournaled.is_empty(),
+        "unjournaled records before the kill: {early_unjournaled:#?}"
+    );
+    assert!(
+        missing.is_empty() && twice.is_empty(),
+        "transcript lines in no journal record: {missing:?}; in more than one: {twice:?}"
     );
 }
