@@ -50,3 +50,10 @@ mod tests {
         assert_eq!(&rfc3339(leap)[..10], "2000-02-29");
     }
 }
+
+/// Now, in ns since the Unix epoch (0 before it).
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}

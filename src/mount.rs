@@ -1179,13 +1179,22 @@ fn serve(
     };
     // Before serving (the backing directory is not mounted over yet): what changed
     // while we were away is journaled first, as `external`.
-    if let Some(j) = &journal {
+    // A clean hand-over (`sessionfs upgrade`) left a mark: the journal is complete.
+    let handed_over = fs::remove_file(state_dir.join(HANDOVER_MARK)).is_ok() && resumed;
+    if let Some(j) = journal.as_ref().filter(|_| !handed_over) {
         let n = crate::reconcile::reconcile(j, root.as_fd(), resumed);
         if n > 0 {
-            tracing::warn!(
-                files = n,
-                "reconciled at start: changes made while sessionfs was away are journaled as external"
-            );
+            if resumed {
+                tracing::warn!(
+                    files = n,
+                    "reconciled at restart: the crashed daemon's changes it had not journaled are journaled as unjournaled"
+                );
+            } else {
+                tracing::warn!(
+                    files = n,
+                    "reconciled at start: changes made while sessionfs was away are journaled as external"
+                );
+            }
         }
     }
     let notifier = Arc::new(std::sync::OnceLock::new());
@@ -1206,6 +1215,12 @@ fn serve(
         journal_group: spec.journal_group,
         lane_rules,
         resumed,
+        resumed_since_ns: resumed.then(|| {
+            std::env::var(crate::supervisor::ENV_DIED_AT_NS)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(crate::clock::now_ns)
+        }),
         gate: gate.clone(),
         restart: restart.map(|r| match r {
             Restart::Supervisor => "supervisor",
@@ -1215,7 +1230,7 @@ fn serve(
     };
     // The supervisor's (or the fd store's) copy of the backing root, for the daemons
     // it restarts.
-    let root_dup = if restart.is_some() && !resumed {
+    let mut root_dup = if restart.is_some() {
         nix::unistd::dup(&root).ok()
     } else {
         None
@@ -1347,15 +1362,19 @@ fn serve(
     }
     // The supervisor: our parent when we were restarted on a live connection, else
     // started below (before the signal thread can ask for it).
-    let supervisor = Arc::new(std::sync::OnceLock::new());
+    let supervisor = Arc::new(std::sync::atomic::AtomicI32::new(0));
     if restart == Some(Restart::Supervisor) && resumed {
-        let _ = supervisor.set(nix::unistd::getppid().as_raw());
+        supervisor.store(
+            nix::unistd::getppid().as_raw(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
     let handover = gate.clone().map(|gate| Handover {
         gate,
         journal: journal.clone(),
         supervisor: supervisor.clone(),
         fd_store: restart == Some(Restart::FdStore),
+        handover_mark: journal.as_ref().map(|_| state_dir.join(HANDOVER_MARK)),
     });
     let mp = canon.clone();
     let spawned = std::thread::Builder::new()
@@ -1426,8 +1445,28 @@ fn serve(
             }),
         });
         if let Some(pid) = pid.filter(|_| spec.supervise) {
-            let _ = supervisor.set(pid as i32);
+            supervisor.store(pid as i32, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+    // A supervisor that dies (killed by hand, OOM) would leave the next crash to
+    // fail: watch it, and start another one.
+    if restart == Some(Restart::Supervisor)
+        && let (Some(d), Some(root), Ok(fuse)) =
+            (dev, root_dup.take(), nix::unistd::dup(session.as_fd()))
+    {
+        let w = SupervisorWatch {
+            pid: supervisor.clone(),
+            fuse,
+            root,
+            mountpoint: canon.clone(),
+            source: source.clone(),
+            state_dir: state_dir.clone(),
+            dev: d,
+            fail_open,
+        };
+        let _ = std::thread::Builder::new()
+            .name("supervisor-watch".into())
+            .spawn(move || w.run());
     }
     drop(root_dup);
     let notifier = sd_for_store;
@@ -1620,16 +1659,71 @@ fn signal_loop(sigs: SigSet, mp: &Path, dev: Option<u64>, handover: Option<Hando
     }
 }
 
+/// Watches a daemon's supervisor and starts a new one if it dies (see
+/// [`crate::supervisor`]): what a supervisor needs, duplicated.
+struct SupervisorWatch {
+    pid: Arc<std::sync::atomic::AtomicI32>,
+    fuse: OwnedFd,
+    root: OwnedFd,
+    mountpoint: PathBuf,
+    source: PathBuf,
+    state_dir: PathBuf,
+    dev: u64,
+    fail_open: bool,
+}
+
+impl SupervisorWatch {
+    fn run(self) {
+        loop {
+            let pid = self.pid.load(std::sync::atomic::Ordering::Relaxed);
+            if pid <= 0 || crate::supervisor::wait_exit(pid).is_err() {
+                return;
+            }
+            if !mount_entry_at(&self.mountpoint)
+                .is_some_and(|e| e.is_sessionfs() && e.kernel_dev() == self.dev)
+            {
+                return; // unmounted: it ended with the mount
+            }
+            tracing::error!(supervisor = pid, "the supervisor died: starting a new one");
+            let new = crate::supervisor::spawn(crate::supervisor::Spawn {
+                mountpoint: &self.mountpoint,
+                dev: self.dev,
+                fail_open: self.fail_open,
+                supervise: Some(crate::supervisor::Supervised {
+                    fuse: self.fuse.as_fd(),
+                    root: self.root.as_fd(),
+                    source: &self.source,
+                    state_dir: &self.state_dir,
+                }),
+            });
+            self.pid.store(
+                new.map_or(0, |p| p as i32),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
 /// What a supervised daemon needs to hand its mount over (`sessionfs upgrade`).
 struct Handover {
     gate: Arc<parking_lot::RwLock<()>>,
     journal: Option<Arc<Journal>>,
     /// The supervisor's pid, once known.
-    supervisor: Arc<std::sync::OnceLock<i32>>,
+    supervisor: Arc<std::sync::atomic::AtomicI32>,
     /// systemd keeps the connection in its fd store: exit with [`UPGRADE_EXIT`], the
     /// unit's `RestartForceExitStatus=` starts the new binary.
     fd_store: bool,
+    /// `<state dir>/handover`: written at a clean hand-over, so the next daemon skips
+    /// the reconcile of a crash.
+    handover_mark: Option<PathBuf>,
 }
+
+/// The file a daemon leaves in its state dir when it hands the mount over cleanly.
+const HANDOVER_MARK: &str = "handover";
+
+/// Longest wait for the requests in progress when an upgrade begins.
+const UPGRADE_DRAIN: Duration = Duration::from_secs(5);
 
 /// The daemon's exit status when it hands its mount over to the next start of its
 /// unit (`sessionfs upgrade` under systemd's fd store): `RestartForceExitStatus=75`.
@@ -1641,22 +1735,39 @@ impl Handover {
     /// wait at the gate and go to the new daemon (FUSE_NOTIFY_RESEND), so none runs
     /// twice and none fails.
     fn exit_for_upgrade(&self) {
-        if !self.fd_store {
-            let Some(&sup) = self.supervisor.get() else {
+        let sup = if self.fd_store {
+            None
+        } else {
+            let sup = self.supervisor.load(std::sync::atomic::Ordering::Relaxed);
+            if sup <= 0 {
                 tracing::warn!("SIGUSR2 (sessionfs upgrade) ignored: no supervisor");
                 return;
-            };
-            // Tell the supervisor first: this exit is an upgrade, not a crash.
-            if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(sup), Signal::SIGUSR2)
-            {
-                tracing::error!(error = %e, supervisor = sup, "upgrade: cannot reach the supervisor; still serving");
-                return;
             }
-        }
+            Some(sup)
+        };
+        // Requests in progress finish; new ones wait, unstarted. One stuck in the
+        // backing file system must not freeze the mount: give up after UPGRADE_DRAIN.
         let t = Instant::now();
-        let _closed = self.gate.write();
+        let Some(_closed) = self.gate.try_write_for(UPGRADE_DRAIN) else {
+            tracing::error!(
+                waited_ms = UPGRADE_DRAIN.as_millis() as u64,
+                "upgrade aborted: a request did not finish; still serving"
+            );
+            return;
+        };
+        // Then tell the supervisor: the exit that follows is an upgrade, not a crash.
+        if let Some(sup) = sup
+            && let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(sup), Signal::SIGUSR2)
+        {
+            tracing::error!(error = %e, supervisor = sup, "upgrade aborted: cannot reach the supervisor; still serving");
+            return;
+        }
         if let Some(j) = &self.journal {
             j.shutdown();
+        }
+        // The next daemon finds the journal complete: nothing to reconcile.
+        if let Some(m) = &self.handover_mark {
+            let _ = fs::write(m, b"upgrade\n");
         }
         tracing::warn!(
             waited_us = t.elapsed().as_micros() as u64,

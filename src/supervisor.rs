@@ -34,7 +34,7 @@ pub const MAX_RESTARTS: usize = 5;
 /// See [`MAX_RESTARTS`].
 pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
 /// Longest wait for a restarted daemon to report that it serves.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Environment of a daemon started on a live connection (read by
 /// [`crate::mount::mount`]): descriptor numbers and canonical paths, because the
@@ -50,6 +50,9 @@ pub const ENV_MOUNTPOINT: &str = "SESSIONFS_RESUME_MOUNTPOINT";
 pub const ENV_SOURCE: &str = "SESSIONFS_RESUME_SOURCE";
 /// Absolute state dir.
 pub const ENV_STATE_DIR: &str = "SESSIONFS_RESUME_STATE_DIR";
+/// When the supervisor saw the daemon die (ns since the epoch): files born later are
+/// not the ones the kernel's node ids name.
+pub const ENV_DIED_AT_NS: &str = "SESSIONFS_RESUME_DIED_AT_NS";
 
 /// `sessionfs sentinel` arguments (hidden; the daemon passes them).
 #[derive(Args, Debug)]
@@ -204,7 +207,7 @@ fn usr2_pending() -> bool {
 }
 
 /// Wait until process `pid` ends (a pidfd; a child of ours is reaped too).
-fn wait_exit(pid: i32) -> Result<(), String> {
+pub(crate) fn wait_exit(pid: i32) -> Result<(), String> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) };
     if fd < 0 {
@@ -261,6 +264,7 @@ pub fn run(a: &SentinelArgs) -> Result<(), String> {
     let mut restarts: Vec<Instant> = Vec::new();
     loop {
         wait_exit(pid)?;
+        let died_at = crate::clock::now_ns();
         if !ours(a.dev) {
             return Ok(()); // unmounted cleanly, or replaced by another mount
         }
@@ -275,6 +279,9 @@ pub fn run(a: &SentinelArgs) -> Result<(), String> {
             // until the restart budget is spent.
             let mut upgrade = upgrade;
             let mut served = None;
+            // After a failed start, the binary this supervisor runs: a broken package
+            // must not take the mount down (the upgrade then reports the old binary).
+            let mut own_exe = false;
             loop {
                 restarts.retain(|t| t.elapsed() < RESTART_WINDOW);
                 if !upgrade && restarts.len() >= MAX_RESTARTS {
@@ -289,16 +296,22 @@ pub fn run(a: &SentinelArgs) -> Result<(), String> {
                     restarts.push(Instant::now());
                 }
                 let t = Instant::now();
-                match restart(a, fuse, root) {
+                match restart(a, fuse, root, died_at, own_exe) {
                     Ok(new) => {
                         served = Some((new, t.elapsed()));
                         break;
                     }
                     Err(e) => eprintln!(
-                        "{when} ERROR sessionfs supervisor: the daemon started after {pid} failed: {e}"
+                        "{when} ERROR sessionfs supervisor: the daemon started after {pid} failed: {e}{}",
+                        if own_exe {
+                            ""
+                        } else {
+                            "; trying the binary this supervisor runs"
+                        }
                     ),
                 }
                 upgrade = false;
+                own_exe = true;
             }
             if let Some((new, took)) = served {
                 if upgrade {
@@ -328,6 +341,11 @@ pub fn run(a: &SentinelArgs) -> Result<(), String> {
 /// No daemon will serve the mount again: detach it (fail open), or leave it to
 /// answer ENOTCONN once our descriptors close (fail closed).
 fn give_up(a: &SentinelArgs, pid: i32, mp: &Path) {
+    // The dead daemon's pid file names no daemon any more.
+    let pf = crate::mount::pid_file(&crate::mount::mount_id(mp));
+    if std::fs::read_to_string(&pf).is_ok_and(|s| s.trim() == pid.to_string()) {
+        let _ = std::fs::remove_file(&pf);
+    }
     if !a.fail_open {
         return;
     }
@@ -346,8 +364,16 @@ fn give_up(a: &SentinelArgs, pid: i32, mp: &Path) {
 
 /// Start a daemon on the live connection with the dead one's command line; returns
 /// its pid once it reports that it serves.
-fn restart(a: &SentinelArgs, fuse: RawFd, root: RawFd) -> Result<i32, String> {
+fn restart(
+    a: &SentinelArgs,
+    fuse: RawFd,
+    root: RawFd,
+    died_at: i64,
+    own_exe: bool,
+) -> Result<i32, String> {
     let exe = match &a.exe {
+        // `/proc/self/exe` runs even if the file was replaced or deleted.
+        _ if own_exe => PathBuf::from("/proc/self/exe"),
         Some(p) => p.clone(),
         None => std::env::current_exe().map_err(|e| format!("our binary: {e}"))?,
     };
@@ -357,12 +383,13 @@ fn restart(a: &SentinelArgs, fuse: RawFd, root: RawFd) -> Result<i32, String> {
         &rd,
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     );
-    let mut cmd = Command::new(exe);
+    let mut cmd = Command::new(&exe);
     cmd.args(&a.argv)
         .env(ENV_FUSE_FD, fuse.to_string())
         .env(ENV_ROOT_FD, root.to_string())
         .env(ENV_READY_FD, wr.as_raw_fd().to_string())
         .env(ENV_MOUNTPOINT, &a.mountpoint)
+        .env(ENV_DIED_AT_NS, died_at.to_string())
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::null());
@@ -398,12 +425,13 @@ fn restart(a: &SentinelArgs, fuse: RawFd, root: RawFd) -> Result<i32, String> {
     if msg.starts_with("ok") {
         return Ok(child.id() as i32);
     }
+    let exited = child.try_wait().ok().flatten();
     let _ = child.kill();
     let _ = child.wait();
-    Err(if msg.is_empty() {
-        format!("not serving after {} s", READY_TIMEOUT.as_secs())
-    } else {
-        msg.trim().to_string()
+    Err(match (msg.trim(), exited) {
+        ("", Some(st)) => format!("{} exited before serving ({st})", exe.display()),
+        ("", None) => format!("not serving after {} s", READY_TIMEOUT.as_secs()),
+        (m, _) => m.to_string(),
     })
 }
 
@@ -472,6 +500,15 @@ pub fn upgrade(mp: &Path) -> Result<(), String> {
         if let Some(new) = read_pid().filter(|&p| p != old)
             && Path::new(&format!("/proc/{new}")).exists()
         {
+            // The supervisor falls back to its own binary when the installed one
+            // does not start.
+            let exe = std::fs::read_link(format!("/proc/{new}/exe")).unwrap_or_default();
+            if exe.to_string_lossy().ends_with(" (deleted)") {
+                return Err(format!(
+                    "{}: the installed sessionfs did not start; daemon {new} runs the previous binary again (see the daemon's log)",
+                    canon.display()
+                ));
+            }
             println!(
                 "{}: upgraded, daemon {old} -> {new} in {} ms",
                 canon.display(),

@@ -472,3 +472,114 @@ print("released", flush=True)
         );
     }
 }
+
+/// The supervisor itself killed: the daemon starts a new one, so the next daemon
+/// crash is still survived.
+#[test]
+fn a_killed_supervisor_is_replaced_by_the_daemon() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sessions");
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = tmp.path().join("state");
+    let _m = Mount::overlay(&dir, &state, &["--supervise"]);
+    std::fs::write(dir.join("a.jsonl"), b"{}\n").unwrap();
+    let supervisors = || -> Vec<i32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+                let c = std::fs::read(e.path().join("cmdline")).ok()?;
+                let has = |n: &[u8]| c.windows(n.len()).any(|w| w == n);
+                (has(b"sentinel\0")
+                    && has(b"--fuse-fd\0")
+                    && has(dir.as_os_str().as_encoded_bytes()))
+                .then_some(pid)
+            })
+            .collect()
+    };
+    let first = supervisors();
+    assert_eq!(first.len(), 1, "{first:?}");
+    kill9(first[0]);
+    assert!(
+        common::wait_for(5, || supervisors().iter().any(|p| *p != first[0])),
+        "no new supervisor"
+    );
+    let old = common::daemon_pid(&dir).unwrap();
+    kill9(old);
+    assert!(
+        common::wait_for(10, || common::daemon_pid(&dir).is_some_and(|p| p != old)),
+        "no restart after the supervisor was replaced"
+    );
+    assert_eq!(std::fs::read(dir.join("a.jsonl")).unwrap(), b"{}\n");
+    let log = std::fs::read_to_string(state.join("sessionfs.log")).unwrap();
+    assert!(log.contains("the supervisor died"), "{log}");
+}
+
+/// The daemon dies after it read a WRITE and before it wrote anything: the re-sent
+/// append is written, even though the file already ends with the very same line (a
+/// heartbeat): a re-sent append is taken as done only by its bytes at its own offset.
+#[test]
+fn a_resent_append_that_never_landed_is_written_even_if_the_file_ends_with_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sessions");
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = tmp.path().join("state");
+    let marker = tmp.path().join("fault.done");
+    let line = "{\"type\":\"heartbeat\"}\n";
+    let f = dir.join("h.jsonl");
+    std::fs::write(&f, line).unwrap();
+    let _m = mount_with_fault(
+        &dir,
+        &state,
+        &format!("before-write:h.jsonl:{}", marker.display()),
+    );
+    let mut h = std::fs::OpenOptions::new().append(true).open(&f).unwrap();
+    h.write_all(line.as_bytes()).unwrap();
+    drop(h);
+    assert!(marker.exists(), "the fault did not fire");
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), line.repeat(2));
+}
+
+/// `sessionfs upgrade` to a binary that does not start: the supervisor starts the
+/// binary it runs itself, the mount stays and serves, and the command says so.
+#[test]
+fn an_upgrade_to_a_broken_binary_keeps_the_mount_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sessions");
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = tmp.path().join("state");
+    let bin_dir = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let exe = bin_dir.join("sessionfs");
+    std::fs::copy(common::bin(), &exe).unwrap();
+    common::run_ok(
+        std::process::Command::new(&exe)
+            .args(["mount", "--supervise", "--state-dir"])
+            .arg(&state)
+            .arg(&dir),
+    );
+    let _m = Mount::adopt(&dir, &dir, &state);
+    std::fs::write(dir.join("a.jsonl"), b"{}\n").unwrap();
+    // The "new package": a binary that exits at once.
+    let broken = bin_dir.join(".new");
+    std::fs::write(&broken, b"#!/bin/sh\nexit 2\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&broken, &exe).unwrap();
+    let out = std::process::Command::new(common::bin())
+        .arg("upgrade")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the upgrade claimed success");
+    assert!(err.contains("did not start"), "{err}");
+    assert!(common::is_mounted(&dir), "the mount went away");
+    std::fs::write(dir.join("b.jsonl"), b"{}\n").unwrap();
+    let recs = common::read_jsonl(&dir.join(".journal"));
+    assert!(
+        recs.iter().any(|r| r["path"] == "b.jsonl"),
+        "not journaled after the failed upgrade"
+    );
+}

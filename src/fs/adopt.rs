@@ -31,6 +31,15 @@ const MAX_ENTRIES: usize = 4_000_000;
 /// Youngest index that is rebuilt for an id it does not know.
 const REBUILD_AFTER: Duration = Duration::from_millis(100);
 
+/// How [`SessionFs::adopt_chain`] ended.
+enum Walked {
+    Done,
+    /// The tree changed since the walk.
+    Stale,
+    /// The object at that number is not the one the kernel means.
+    Refused,
+}
+
 /// Where each backing inode number was seen: (directory's inode number, name).
 #[derive(Debug, Default)]
 pub(super) struct Index {
@@ -122,46 +131,88 @@ impl SessionFs {
         if !(ROOT_ID + 1..SYNTHETIC_BASE).contains(&id) {
             return None;
         }
-        let chain = {
-            let mut ix = self.adopted.lock();
-            let mut chain = ix.as_ref().and_then(|i| i.chain(id));
-            let stale = ix
-                .as_ref()
-                .and_then(|i| i.built)
-                .is_none_or(|t| t.elapsed() >= REBUILD_AFTER);
-            if chain.is_none() && stale {
-                let root = self.inodes.root();
-                let fd = root.fd().ok()?;
-                *ix = Index::build(std::os::fd::AsFd::as_fd(&fd));
-                chain = ix.as_ref().and_then(|i| i.chain(id));
+        // A chain from an older walk may be stale (a rename since): walk again once.
+        for fresh in [false, true] {
+            let Some(chain) = self.chain_of(id, fresh) else {
+                continue;
+            };
+            match self.adopt_chain(chain) {
+                Walked::Done => return self.inodes.get(id),
+                Walked::Refused => return None,
+                Walked::Stale => {}
             }
-            chain?
+        }
+        None
+    }
+
+    /// The chain to `id` from the walk index: the one there is unless `fresh` (walk
+    /// again) or it does not know `id` (walk again if the index is 100 ms old).
+    fn chain_of(&self, id: u64, fresh: bool) -> Option<Vec<(u64, OsString)>> {
+        let mut ix = self.adopted.lock();
+        let mut chain = if fresh {
+            None
+        } else {
+            ix.as_ref().and_then(|i| i.chain(id))
         };
+        let old = ix
+            .as_ref()
+            .and_then(|i| i.built)
+            .is_none_or(|t| t.elapsed() >= REBUILD_AFTER);
+        if chain.is_none() && (fresh || old) {
+            let root = self.inodes.root();
+            let fd = root.fd().ok()?;
+            *ix = Index::build(std::os::fd::AsFd::as_fd(&fd));
+            chain = ix.as_ref().and_then(|i| i.chain(id));
+        }
+        chain
+    }
+
+    /// Insert the inodes of `chain` the table lacks, top down.
+    fn adopt_chain(&self, chain: Vec<(u64, OsString)>) -> Walked {
         let mut parent = ROOT_ID;
         for (ino, name) in chain {
             if let Some(known) = self.inodes.get(ino) {
                 parent = known.id;
                 continue;
             }
-            let dir = self.inodes.get(parent)?;
-            let dfd = dir.fd().ok()?;
-            let cname = sys::cname(&name).ok()?;
-            let fd = sys::openat(
+            let Some(dir) = self.inodes.get(parent) else {
+                return Walked::Stale;
+            };
+            let (Ok(dfd), Ok(cname)) = (dir.fd(), sys::cname(&name)) else {
+                return Walked::Stale;
+            };
+            let Ok(fd) = sys::openat(
                 &dfd,
                 &cname,
                 libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
                 0,
-            )
-            .ok()?;
-            let st = sys::fstat(&fd).ok()?;
+            ) else {
+                return Walked::Stale;
+            };
+            let Ok(st) = sys::fstat(&fd) else {
+                return Walked::Stale;
+            };
             if st.st_ino != ino || self.inodes.id_for(st.st_dev, st.st_ino) != ino {
-                return None; // renamed or replaced since the walk
+                return Walked::Stale; // renamed or replaced since the walk
+            }
+            // Born after the crash: a new file that got a freed inode number (the
+            // old one was unlinked while open, and its last link went with the dead
+            // daemon's fds). The kernel's node id names the old one: not this.
+            if let Some(since) = self.cfg.resumed_since_ns
+                && let Ok((_, birth, _)) = sys::identity_at(std::os::fd::AsFd::as_fd(&fd), c"")
+                && birth > since
+            {
+                tracing::warn!(
+                    id = ino,
+                    "node id of a file gone in the crash: its inode number now belongs to a newer file; not adopted"
+                );
+                return Walked::Refused;
             }
             let inode = self.inodes.adopt(fd, &st, parent, &name);
             tracing::debug!(id = ino, path = %self.inodes.path_of(&inode), "adopted a node id of the earlier daemon");
             parent = ino;
         }
-        self.inodes.get(id)
+        Walked::Done
     }
 
     /// The file handle `fh` of node `ino`: ours, or (after a restart) one the kernel
@@ -204,10 +255,12 @@ impl SessionFs {
         Some(self.dirs.insert_at(fh, h))
     }
 
-    /// Whether the bytes of a re-sent append are already in the file: at `offset`
-    /// (the kernel's end of file when it sent the WRITE) or at the end (the backing
-    /// O_APPEND put them there). A line of the transcript repeated byte for byte at
-    /// exactly that place is the same write.
+    /// Whether the bytes of a re-sent append are already in the file at `offset`, the
+    /// kernel's end of file when it sent the WRITE: the file then reaches past it, and
+    /// nothing but this write can have put bytes there (with no writer around the
+    /// mount, the backing O_APPEND put them exactly there). The end of the file is not
+    /// looked at: a transcript may end with the same line legitimately (a heartbeat),
+    /// and answering such a write unwritten would lose it.
     pub(super) fn write_landed(&self, h: &FileHandle, offset: u64, data: &[u8]) -> bool {
         if data.is_empty() {
             return false;
@@ -218,13 +271,12 @@ impl SessionFs {
         let Ok(st) = sys::fstat(&fd) else {
             return false;
         };
-        let (size, len) = (st.st_size as u64, data.len() as u64);
-        let at = |off: u64| {
-            let mut buf = vec![0u8; data.len()];
-            matches!(sys::pread(std::os::fd::AsFd::as_fd(&fd), &mut buf, off), Ok(n) if n == data.len())
-                && buf == data
-        };
-        (offset + len <= size && at(offset)) || (size >= len && at(size - len))
+        if (st.st_size as u64) < offset + data.len() as u64 {
+            return false;
+        }
+        let mut buf = vec![0u8; data.len()];
+        matches!(sys::pread(std::os::fd::AsFd::as_fd(&fd), &mut buf, offset), Ok(n) if n == data.len())
+            && buf == data
     }
 
     /// A re-sent UNLINK or RMDIR (after a crash) whose name is already gone: the dead

@@ -111,6 +111,9 @@ pub struct FsConfig {
     /// restart): node ids and file handles it never handed out are found again in the
     /// backing tree ([`adopt`]).
     pub resumed: bool,
+    /// When the earlier daemon died (ns since the epoch; its supervisor's or, under
+    /// the fd store, our own start): an inode born later is never adopted.
+    pub resumed_since_ns: Option<i64>,
     /// Held for reading by every request while it runs; an upgrade takes it for
     /// writing (see `crate::supervisor`), so the daemon exits between requests: what
     /// it has read and not begun, the kernel re-sends to the next daemon. None when
@@ -140,6 +143,7 @@ impl Default for FsConfig {
             journal_group: None,
             reap: true,
             resumed: false,
+            resumed_since_ns: None,
             gate: None,
             restart: None,
             notifier: Default::default(),

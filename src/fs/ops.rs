@@ -429,6 +429,7 @@ impl fuser::Filesystem for SessionFs {
             return reply.written(data.len() as u32);
         }
         let name = h.via.1.clone();
+        crate::resume::fault("before-write", name.as_bytes());
         self.do_write(
             &Ctx::from(req),
             &h,

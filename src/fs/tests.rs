@@ -711,3 +711,59 @@ fn a_file_unlinked_through_the_mount_keeps_answering_by_its_pinned_fd() {
         .unwrap();
     assert_eq!(b.is_pinned(), f.fs.inodes.fds().handles_on().is_err());
 }
+
+/// After a restart on a live connection, node ids the kernel holds are found again in
+/// the backing tree (a file in a subdirectory, with its directory), but an inode born
+/// after the crash is not adopted: it may have got the number of a file the crash
+/// took (unlinked while open), which the kernel's node id still names.
+#[test]
+fn a_resumed_daemon_adopts_old_node_ids_and_refuses_inodes_born_after_the_crash() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    std::fs::write(dir.path().join("sub/old.jsonl"), b"{}\n").unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let crashed = crate::clock::now_ns();
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(dir.path().join("new.jsonl"), b"{}\n").unwrap();
+    let ino = |p: &str| std::fs::metadata(dir.path().join(p)).unwrap().ino();
+    let root = nix::fcntl::open(
+        dir.path(),
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap();
+    let fs = SessionFs::new(
+        root,
+        None,
+        FsConfig {
+            resumed: true,
+            resumed_since_ns: Some(crashed),
+            ..FsConfig::default()
+        },
+    )
+    .unwrap();
+    let old = fs
+        .inode(ino("sub/old.jsonl"))
+        .expect("an old node id adopted");
+    assert_eq!(fs.inodes.path_of(&old), "sub/old.jsonl");
+    assert!(
+        fs.inodes.get(ino("sub")).is_some(),
+        "its directory adopted too"
+    );
+    let birth = crate::sys::identity_at(fs.inodes.root().fd().unwrap().as_fd(), c"new.jsonl")
+        .unwrap()
+        .1;
+    if birth > 0 {
+        assert_eq!(
+            fs.inode(ino("new.jsonl")).err(),
+            Some(Errno::ENOENT),
+            "an inode born after the crash was adopted"
+        );
+    }
+    // Not resumed: an unknown node id is simply unknown.
+    let fresh = fixture();
+    fresh.backing_write("x", b"x");
+    let x = std::fs::metadata(fresh.dir.path().join("x")).unwrap().ino();
+    assert_eq!(fresh.fs.inode(x).err(), Some(Errno::ENOENT));
+}
