@@ -230,6 +230,8 @@ struct State {
     /// Files of segments dropped by retention, unlinked by the writer thread.
     unlink: Vec<PathBuf>,
     dirty: bool,
+    /// The highest seq found on disk at open.
+    disk_last: u64,
     /// A lock record waits in a tail: the writer was asked to write within
     /// [`URGENT_WINDOW`].
     urgent: bool,
@@ -454,6 +456,7 @@ fn admit(
                 error,
                 paths: g.paths,
                 paths_truncated: g.paths_truncated,
+                lost_unknown: false,
             });
         }
         return true;
@@ -784,11 +787,16 @@ impl Journal {
             all_base: 0,
             unlink: Vec::new(),
             dirty: false,
+            disk_last: 0,
             urgent: false,
         };
         if let Ok(s) = fs::read_to_string(opts.state_dir.join("next_seq")) {
             st.next_seq = s.trim().parse().unwrap_or(1).max(1);
         }
+        // A clean shutdown leaves exactly the next seq; a daemon that died leaves its
+        // reservation, ahead of the last seq it wrote.
+        let from_file = st.next_seq;
+        let mut last_write = None;
         let mut view = 0u64;
         for n in nums {
             let path = segdir.join(seg_name(n));
@@ -798,6 +806,7 @@ impl Journal {
                 .metadata()
                 .and_then(|m| m.modified())
                 .unwrap_or(SystemTime::now());
+            last_write = Some(modified);
             st.segments.push_back(Segment {
                 n,
                 path,
@@ -827,7 +836,10 @@ impl Journal {
             }
             Err(e) => return Err(e),
         }
+        // The seqs on disk end below the reservation the file holds.
+        let unclean = last_write.filter(|_| st.disk_last + 1 < from_file);
         let (tx, rx) = crossbeam_channel::unbounded();
+        let after_seq = st.disk_last;
         let shared = Arc::new(Shared {
             state: Mutex::new(st),
             opts,
@@ -837,13 +849,36 @@ impl Journal {
         let writer = std::thread::Builder::new()
             .name("journal-writer".into())
             .spawn(move || writer_loop(sh, rx))?;
-        Ok(Journal {
+        let j = Journal {
             shared,
             salvage,
             tx,
             writer: Mutex::new(Some(writer)),
             lock: Mutex::new(Some(lock)),
-        })
+        };
+        if let Some(at) = unclean {
+            tracing::warn!(
+                after_seq,
+                "journal: the daemon before this one died without a clean shutdown; records it had not written are lost (a gap record says so)"
+            );
+            j.append(Record {
+                op: record::Op::Gap,
+                result: "ok".into(),
+                gap: Some(record::GapInfo {
+                    lost: 0,
+                    lost_unknown: true,
+                    after_seq,
+                    first_ts: crate::clock::rfc3339(at),
+                    last_ts: crate::clock::now_rfc3339(),
+                    reason: "unclean_shutdown".into(),
+                    error: None,
+                    paths: Vec::new(),
+                    paths_truncated: false,
+                }),
+                ..Default::default()
+            });
+        }
+        Ok(j)
     }
 
     /// Assign `seq`/`fseq`, make the record visible to readers, queue it for disk.
@@ -1290,6 +1325,7 @@ fn scan_segment(path: &Path, n: u32, st: &mut State) -> io::Result<(u64, File)> 
         }
         if let Ok(s) = serde_json::from_slice::<Scan<'_>>(&line) {
             st.next_seq = st.next_seq.max(s.seq + 1);
+            st.disk_last = st.disk_last.max(s.seq);
             let linkish = matches!(&*s.op, "rename" | "link");
             st.index(
                 Indexed {
@@ -2049,10 +2085,20 @@ mod tests {
         assert_eq!(handed_out, 10);
         let j = Journal::open(JournalOptions::new(d.path().into())).unwrap();
         let v = lines(&j.read(View::All, 0, 1 << 20));
-        assert_eq!(v.len(), 5, "the unwritten batch is lost");
+        assert_eq!(
+            v.len(),
+            6,
+            "the unwritten batch is lost, and a gap record says so"
+        );
+        let gap = &v[5];
+        assert_eq!(gap["op"], "gap");
+        assert_eq!(gap["seq"], 1 + RESERVE_BLOCK, "jumps to the reservation");
+        assert_eq!(gap["gap"]["reason"], "unclean_shutdown");
+        assert_eq!(gap["gap"]["after_seq"], 5);
+        assert_eq!(gap["gap"]["lost_unknown"], true);
         let seq = j.append(rec("x"));
         assert!(seq > handed_out, "seq {seq} reused (<= {handed_out})");
-        assert_eq!(seq, 1 + RESERVE_BLOCK, "jumps to the reservation");
+        assert_eq!(seq, 2 + RESERVE_BLOCK);
         // A clean restart then continues without a gap.
         j.shutdown();
         drop(j);

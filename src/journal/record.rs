@@ -327,8 +327,13 @@ pub struct LockInfo {
 /// (`after_seq + 1`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GapInfo {
-    /// Records dropped (never written, never shown).
+    /// Records dropped (never written, never shown); 0 with `lost_unknown`.
     pub lost: u64,
+    /// How many were lost is not known: reason `"unclean_shutdown"` (the daemon before
+    /// this one died with records accepted and not yet written, at most its last
+    /// 50 ms batch).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lost_unknown: bool,
     /// The `gap` record's own `seq` minus 1: the lost records came after every record
     /// with a seq up to this one (after a restart `seq` may have jumped ahead, so no
     /// record need have this seq).
@@ -338,9 +343,11 @@ pub struct GapInfo {
     /// RFC 3339 time of the last lost record.
     pub last_ts: String,
     /// Why the journal dropped records instead of keeping them in memory:
-    /// `"pending_bound"` (the unwritten records filled `--journal-max-pending`) or
+    /// `"pending_bound"` (the unwritten records filled `--journal-max-pending`),
     /// `"no_reserved_seq"` (no `seq` was reserved on disk, so none could be handed out
-    /// without risking a repeat after a crash).
+    /// without risking a repeat after a crash) or `"unclean_shutdown"` (written at the
+    /// next start: the daemon died without a clean shutdown; `first_ts` is when it last
+    /// wrote its journal, `last_ts` the start).
     pub reason: String,
     /// The last error writing the state dir before or during the gap (`ENOSPC`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
