@@ -132,7 +132,7 @@ pub fn handle_base() -> u64 {
 
 /// Fault injection for the restart tests: `SESSIONFS_FAULT=<point>:<name>:<marker>`
 /// makes the daemon `SIGKILL` itself at `point` (`before-write`: a WRITE read and not
-/// begun; `after-write`, `after-create`, `after-unlink`: the backing change made, the
+/// begun; `after-write`, `after-create`, `after-unlink`, `after-mkdir`: the backing change made, the
 /// reply not sent) of the first request
 /// on a file named `<name>`, once: the marker file is created first, and a daemon
 /// that finds it does nothing. Without the variable this is one load of a cached

@@ -583,3 +583,31 @@ fn an_upgrade_to_a_broken_binary_keeps_the_mount_and_says_so() {
         "not journaled after the failed upgrade"
     );
 }
+
+/// The daemon dies after it made a directory and before it answered: the re-sent
+/// mkdir succeeds (not EEXIST), journaled with flag `resent`.
+#[test]
+fn a_resent_mkdir_the_dead_daemon_had_done_succeeds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sessions");
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = tmp.path().join("state");
+    let marker = tmp.path().join("fault.done");
+    let _m = mount_with_fault(
+        &dir,
+        &state,
+        &format!("after-mkdir:newagent:{}", marker.display()),
+    );
+    std::fs::create_dir(dir.join("newagent")).unwrap();
+    assert!(marker.exists(), "the fault did not fire");
+    assert!(dir.join("newagent").is_dir());
+    let recs = common::read_jsonl(&dir.join(".journal"));
+    assert!(
+        recs.iter().any(|r| r["op"] == "mkdir"
+            && r["path"] == "newagent"
+            && r["flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|x| x == "resent"))),
+        "no resent mkdir record"
+    );
+}

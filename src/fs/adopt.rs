@@ -314,6 +314,42 @@ impl SessionFs {
         true
     }
 
+    /// A re-sent MKDIR or SYMLINK (after a crash) that finds `name` existing: when it
+    /// is what the dead daemon made for this request (a directory, or a symlink, owned
+    /// by the caller, changed within the last 10 s), the request succeeded: its entry
+    /// (a lookup), journaled with flag `resent`. None for any other request.
+    pub(super) fn resent_made(
+        &self,
+        req: &fuser::Request,
+        ctx: &Ctx,
+        p: &Inode,
+        name: &std::ffi::OsStr,
+        dir: bool,
+    ) -> Option<crate::sys::SysResult<fuser::FileAttr>> {
+        if !crate::resume::is_resend(req.unique().0) {
+            return None;
+        }
+        let c = sys::cname(name).ok()?;
+        let st = sys::fstatat(&p.fd().ok()?, &c).ok()?;
+        let kind = if dir { libc::S_IFDIR } else { libc::S_IFLNK };
+        let now = crate::clock::now_ns() / 1_000_000_000;
+        if st.st_mode & libc::S_IFMT != kind || st.st_uid != ctx.uid || now - st.st_ctime > 10 {
+            return None;
+        }
+        let path = self.child_path(p, name);
+        tracing::warn!(path = %path, "a re-sent mkdir or symlink had been done before the crash: answered as done");
+        let op = if dir {
+            crate::journal::record::Op::Mkdir
+        } else {
+            crate::journal::record::Op::Symlink
+        };
+        self.record(ctx, op, path, Some(sys::FileKey::of(&st)), |r| {
+            r.result = "ok".into();
+            r.flags = Some(vec!["resent".into()]);
+        });
+        Some(self.do_lookup(p, name).map(|(_, a)| a))
+    }
+
     /// Whether `name` exists in directory `parent` (no lookup count taken).
     pub(super) fn entry_exists(&self, parent: u64, name: &std::ffi::OsStr) -> bool {
         let (Ok(dir), Ok(c)) = (self.inode(parent), sys::cname(name)) else {

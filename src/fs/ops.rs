@@ -238,9 +238,17 @@ impl fuser::Filesystem for SessionFs {
     ) {
         let _gate = self.enter(Req::Mkdir);
         let what = NewEntry::Dir { mode };
-        let res = self
-            .inode(parent.0)
-            .and_then(|p| self.do_make(&Ctx::from(req), &p, name, what, umask));
+        let ctx = Ctx::from(req);
+        let res = self.inode(parent.0).and_then(|p| {
+            let r = self.do_make(&ctx, &p, name, what, umask);
+            if r.is_ok() {
+                crate::resume::fault("after-mkdir", name.as_bytes());
+            }
+            match r {
+                Err(Errno::EEXIST) => self.resent_made(req, &ctx, &p, name, true).unwrap_or(r),
+                r => r,
+            }
+        });
         self.entry(reply, res)
     }
 
@@ -281,9 +289,16 @@ impl fuser::Filesystem for SessionFs {
     ) {
         let _gate = self.enter(Req::Symlink);
         let what = NewEntry::Symlink { target };
-        let res = self
-            .inode(parent.0)
-            .and_then(|p| self.do_make(&Ctx::from(req), &p, link_name, what, 0));
+        let ctx = Ctx::from(req);
+        let res = self.inode(parent.0).and_then(|p| {
+            let r = self.do_make(&ctx, &p, link_name, what, 0);
+            match r {
+                Err(Errno::EEXIST) => self
+                    .resent_made(req, &ctx, &p, link_name, false)
+                    .unwrap_or(r),
+                r => r,
+            }
+        });
         self.entry(reply, res)
     }
 
