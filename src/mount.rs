@@ -914,9 +914,46 @@ fn resume(spec: &MountSpec) -> Result<(), String> {
         .map(PathBuf::from)
         .ok_or_else(|| fail(format!("{ENV_MOUNTPOINT} is not set")))?;
     let source = std::env::var_os(ENV_SOURCE).map_or_else(|| mountpoint.clone(), PathBuf::from);
-    let id = mount_id(&mountpoint);
-    let state_dir = match std::env::var_os(ENV_STATE_DIR) {
-        Some(d) => PathBuf::from(d),
+    let state_dir = std::env::var_os(ENV_STATE_DIR).map(PathBuf::from);
+    serve_resumed(
+        spec,
+        Resumed {
+            live,
+            root,
+            ready: Some(ready),
+            mountpoint,
+            source,
+            state_dir,
+            restart: Restart::Supervisor,
+        },
+    )
+}
+
+/// A live connection to serve again, and where.
+struct Resumed {
+    live: OwnedFd,
+    root: OwnedFd,
+    /// Where to say `ok` once serving (the supervisor's pipe), or an error line.
+    ready: Option<OwnedFd>,
+    mountpoint: PathBuf,
+    source: PathBuf,
+    /// `None`: the default for the mount id.
+    state_dir: Option<PathBuf>,
+    restart: Restart,
+}
+
+/// Serve a resumed connection: the plan from the given paths, without looking at the
+/// mountpoint (no daemon serves it yet: a look would hang).
+fn serve_resumed(spec: &MountSpec, r: Resumed) -> Result<(), String> {
+    let fail = |msg: String| {
+        if let Some(w) = &r.ready {
+            let _ = nix::unistd::write(w, msg.as_bytes());
+        }
+        msg
+    };
+    let id = mount_id(&r.mountpoint);
+    let state_dir = match r.state_dir {
+        Some(d) => d,
         None => default_state_dir(&id).map_err(fail)?,
     };
     let lane_rules = match &spec.lanes {
@@ -929,8 +966,8 @@ fn resume(spec: &MountSpec) -> Result<(), String> {
         None
     };
     let plan = Plan {
-        mountpoint,
-        source,
+        mountpoint: r.mountpoint,
+        source: r.source,
         id,
         state_dir,
         created_state_dir: false,
@@ -940,10 +977,10 @@ fn resume(spec: &MountSpec) -> Result<(), String> {
     serve(
         spec,
         plan,
-        root,
+        r.root,
         lane_rules,
-        Some(ready),
-        Some((live, Restart::Supervisor)),
+        r.ready,
+        Some((r.live, r.restart)),
     )
 }
 
@@ -972,43 +1009,24 @@ fn resume_from_fd_store(
         );
         fd
     };
-    let (live, root) = (own(fuse), own(root));
     let abs = |p: &Path| std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()));
     let mountpoint = abs(&spec.mountpoint)?;
     let source = match &spec.source {
         Some(s) => abs(s)?,
         None => mountpoint.clone(),
     };
-    let id = mount_id(&mountpoint);
-    let state_dir = match &spec.state_dir {
-        Some(d) => abs(d)?,
-        None => default_state_dir(&id)?,
-    };
-    let lane_rules = match &spec.lanes {
-        Some(p) => LaneRules::load(p)?,
-        None => LaneRules::empty(),
-    };
-    let pid_dir = if id.len() <= MAX_PID_ID_LEN {
-        Some(open_pid_dir()?)
-    } else {
-        None
-    };
-    let plan = Plan {
-        mountpoint,
-        source,
-        id,
-        state_dir,
-        created_state_dir: false,
-        pid_dir,
-        log: None,
-    };
-    serve(
+    let state_dir = spec.state_dir.as_deref().map(abs).transpose()?;
+    serve_resumed(
         spec,
-        plan,
-        root,
-        lane_rules,
-        None,
-        Some((live, Restart::FdStore)),
+        Resumed {
+            live: own(fuse),
+            root: own(root),
+            ready: None,
+            mountpoint,
+            source,
+            state_dir,
+            restart: Restart::FdStore,
+        },
     )
 }
 

@@ -40,6 +40,79 @@ enum Walked {
     Refused,
 }
 
+/// Visit every entry of the tree under the directory `root`, depth first, at most
+/// [`MAX_DEPTH`] levels down, never into another file system (its inode numbers are not
+/// node ids): `visit(directory fd, directory's inode number, directory's path from the
+/// root (escaped names joined by `/`, empty for the root), entry)`.
+fn walk_tree(
+    root: std::os::fd::BorrowedFd<'_>,
+    visit: &mut dyn FnMut(std::os::fd::BorrowedFd<'_>, u64, &str, &nix::dir::Entry),
+) {
+    let Ok(st) = sys::fstat(root) else {
+        return;
+    };
+    let Ok(dir) = sys::openat(
+        root,
+        c".",
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        0,
+    ) else {
+        return;
+    };
+    walk_dir(dir, st.st_ino, st.st_dev, "", 0, visit);
+}
+
+fn walk_dir(
+    dir: std::os::fd::OwnedFd,
+    ino: u64,
+    dev: u64,
+    path: &str,
+    depth: usize,
+    visit: &mut dyn FnMut(std::os::fd::BorrowedFd<'_>, u64, &str, &nix::dir::Entry),
+) {
+    use std::os::fd::AsFd;
+    let Ok(mut d) = nix::dir::Dir::from_fd(dir) else {
+        return;
+    };
+    let entries: Vec<nix::dir::Entry> = d
+        .iter()
+        .flatten()
+        .filter(|e| !matches!(e.file_name().to_bytes(), b"." | b".."))
+        .collect();
+    let fd = d.as_fd();
+    let mut subdirs = Vec::new();
+    for e in &entries {
+        visit(fd, ino, path, e);
+        if matches!(e.file_type(), Some(nix::dir::Type::Directory) | None) {
+            subdirs.push(e.file_name());
+        }
+    }
+    if depth >= MAX_DEPTH {
+        return;
+    }
+    for name in subdirs {
+        let Ok(sub) = sys::openat(
+            fd,
+            name,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0,
+        ) else {
+            continue;
+        };
+        if let Ok(st) = sys::fstat(&sub)
+            && st.st_dev == dev
+        {
+            let e = crate::names::encode(name.to_bytes());
+            let sub_path = if path.is_empty() {
+                e
+            } else {
+                format!("{path}/{e}")
+            };
+            walk_dir(sub, st.st_ino, dev, &sub_path, depth + 1, visit);
+        }
+    }
+}
+
 /// Where each backing inode number was seen: (directory's inode number, name).
 #[derive(Debug, Default)]
 pub(super) struct Index {
@@ -57,53 +130,13 @@ impl Index {
             root_ino: st.st_ino,
             at: HashMap::new(),
         };
-        let dir = sys::openat(
-            root,
-            c".",
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            0,
-        )
-        .ok()?;
-        ix.walk(dir, st.st_ino, st.st_dev, 0);
+        walk_tree(root, &mut |_, dir_ino, _, e| {
+            if ix.at.len() < MAX_ENTRIES {
+                let name = std::ffi::OsStr::from_bytes(e.file_name().to_bytes());
+                ix.at.insert(e.ino(), (dir_ino, name.to_os_string()));
+            }
+        });
         Some(ix)
-    }
-
-    fn walk(&mut self, dir: std::os::fd::OwnedFd, dir_ino: u64, dev: u64, depth: usize) {
-        let Ok(mut d) = nix::dir::Dir::from_fd(dir) else {
-            return;
-        };
-        let mut subdirs = Vec::new();
-        for e in d.iter().flatten() {
-            let name = e.file_name().to_bytes();
-            if name == b"." || name == b".." || self.at.len() >= MAX_ENTRIES {
-                continue;
-            }
-            let os = std::ffi::OsStr::from_bytes(name).to_os_string();
-            self.at.insert(e.ino(), (dir_ino, os));
-            if matches!(e.file_type(), Some(nix::dir::Type::Directory) | None) {
-                subdirs.push(e.file_name().to_owned());
-            }
-        }
-        if depth >= MAX_DEPTH {
-            return;
-        }
-        use std::os::fd::AsFd;
-        let parent = d.as_fd();
-        for name in subdirs {
-            let Ok(fd) = sys::openat(
-                parent,
-                &name,
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                0,
-            ) else {
-                continue;
-            };
-            // Not into another file system (its numbers are not node ids).
-            match sys::fstat(&fd) {
-                Ok(st) if st.st_dev == dev => self.walk(fd, st.st_ino, dev, depth + 1),
-                _ => {}
-            }
-        }
     }
 
     /// The chain of (inode number, name) from the root down to `ino`, or None.
@@ -408,90 +441,40 @@ impl SessionFs {
         let Ok(rfd) = root.fd() else {
             return Vec::new();
         };
-        let Ok(rst) = sys::fstat(&rfd) else {
-            return Vec::new();
-        };
-        let Ok(dir) = sys::openat(
-            &rfd,
-            c".",
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            0,
-        ) else {
-            return Vec::new();
-        };
+        let root_ino = root.ino;
         let mut guarded = Vec::new();
-        self.recover_locks_in(dir, ROOT_ID, "", rst.st_dev, 0, &mut guarded);
-        guarded
-    }
-
-    fn recover_locks_in(
-        &self,
-        dir: std::os::fd::OwnedFd,
-        id: u64,
-        prefix: &str,
-        dev: u64,
-        depth: usize,
-        n: &mut Vec<u64>,
-    ) {
-        use std::os::fd::AsFd;
-        let Ok(mut d) = nix::dir::Dir::from_fd(dir) else {
-            return;
-        };
-        let mut subdirs = Vec::new();
-        let mut locks = Vec::new();
-        for e in d.iter().flatten() {
-            let name = e.file_name().to_bytes();
-            if name == b"." || name == b".." {
-                continue;
-            }
-            match e.file_type() {
-                Some(nix::dir::Type::Directory) => subdirs.push(e.file_name().to_owned()),
-                Some(nix::dir::Type::File) | None if crate::locks::is_lock_name(name) => {
-                    locks.push(e.file_name().to_owned())
-                }
-                _ => {}
-            }
-        }
-        let fd = d.as_fd();
-        let rel = |c: &std::ffi::CStr| {
-            let e = crate::names::encode(c.to_bytes());
-            if prefix.is_empty() {
-                e
-            } else {
-                format!("{prefix}/{e}")
-            }
-        };
-        for c in locks {
-            if self.recover_lock(fd, id, &c, rel(&c)) {
-                let b = c.to_bytes();
-                let guarded = &b[..b.len() - ".lock".len()];
-                if let Ok(g) = sys::cname(std::ffi::OsStr::from_bytes(guarded))
-                    && let Ok(st) = sys::fstatat(fd, &g)
+        walk_tree(
+            std::os::fd::AsFd::as_fd(&rfd),
+            &mut |dir, dir_ino, path, e| {
+                let name = e.file_name();
+                let b = name.to_bytes();
+                if !crate::locks::is_lock_name(b)
+                    || !matches!(e.file_type(), Some(nix::dir::Type::File) | None)
                 {
-                    n.push(self.inodes.id_for(st.st_dev, st.st_ino));
+                    return;
                 }
-            }
-        }
-        if depth >= MAX_DEPTH {
-            return;
-        }
-        for c in subdirs {
-            let Ok(sub) = sys::openat(
-                fd,
-                &c,
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                0,
-            ) else {
-                continue;
-            };
-            match sys::fstat(&sub) {
-                Ok(st) if st.st_dev == dev => {
-                    let sid = self.inodes.id_for(st.st_dev, st.st_ino);
-                    self.recover_locks_in(sub, sid, &rel(&c), dev, depth + 1, n)
+                let parent = if dir_ino == root_ino {
+                    ROOT_ID
+                } else {
+                    self.inodes.id_for(root.dev, dir_ino)
+                };
+                let e = crate::names::encode(b);
+                let rel = if path.is_empty() {
+                    e
+                } else {
+                    format!("{path}/{e}")
+                };
+                if self.recover_lock(dir, parent, name, rel) {
+                    let g = &b[..b.len() - ".lock".len()];
+                    if let Ok(g) = sys::cname(std::ffi::OsStr::from_bytes(g))
+                        && let Ok(st) = sys::fstatat(dir, &g)
+                    {
+                        guarded.push(self.inodes.id_for(st.st_dev, st.st_ino));
+                    }
                 }
-                _ => {}
-            }
-        }
+            },
+        );
+        guarded
     }
 
     /// See [`Self::recover_locks`].
