@@ -2078,7 +2078,10 @@ fn explain_agrees_with_the_gateway_on_every_turn() {
         // session files (transcripts, trajectories), outside the scratch dir.
         let keep = std::env::temp_dir().join(format!("sessionfs-agree-fail-{seed}"));
         let _ = fs::create_dir_all(&keep);
-        let _ = fs::copy(&journal, keep.join("journal.jsonl"));
+        // Read, not copied: `.journal` is a virtual file (copy_file_range fails on it).
+        if let Ok(b) = fs::read(&journal) {
+            let _ = fs::write(keep.join("journal.jsonl"), b);
+        }
         let _ = fs::copy(&gw.log, keep.join("gateway.log"));
         for e in fs::read_dir(&gw.sessions).into_iter().flatten().flatten() {
             let name = e.file_name();
