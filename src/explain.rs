@@ -959,8 +959,17 @@ fn hold_stats(h: &Hold, frecs: &[&Rec]) -> Option<(Mark, Mark)> {
         if !mine(r) {
             continue;
         }
+        // Only read handles count: a handle opened to write (an append) is no read
+        // that stats, and its RELEASE comes when the kernel sends it, maybe after the
+        // holder's next path stats, which must not be taken for fstats. (Journals
+        // without `access`: every handle counts.)
+        let counts = r.str("access").is_none_or(|a| a == "read");
         match r.op() {
-            "release" => open = (open - 1).max(0),
+            "release" => {
+                if counts {
+                    open = (open - 1).max(0);
+                }
+            }
             "stat" if open == 0 => {
                 first.get_or_insert_with(|| r.mark());
                 let prev = last.replace(r.mark());
@@ -969,7 +978,7 @@ fn hold_stats(h: &Hold, frecs: &[&Rec]) -> Option<(Mark, Mark)> {
             }
             "stat" => {}
             op => {
-                if matches!(op, "open" | "create") {
+                if matches!(op, "open" | "create") && counts {
                     open += 1;
                 }
                 run = false;
@@ -2854,6 +2863,38 @@ mod tests {
         });
         let a = j.analyze(Rules::V2026_5_22);
         assert!(a.windows.iter().all(|w| !w.verdict.tripped));
+    }
+
+    /// The message append's write handle is released when the kernel sends RELEASE,
+    /// which under load comes after the holder's next path stats. Its open must not
+    /// make the fence stat (A) look like an fstat: a chmod between A and the snapshot
+    /// stat B still trips. (Seen in the agreement test: explain took B as the fence.)
+    #[test]
+    fn a_late_release_of_the_append_handle_does_not_hide_the_fence_stat() {
+        let mut j = J::default();
+        let mut chmod = 0;
+        j.stat_turn(true, |j, k, p| {
+            if k != 2 {
+                return;
+            }
+            let ctx = j.ctx(GW);
+            match p {
+                // The append's handle, opened before the stats...
+                1 => {
+                    j.push(GW, json!({"op": "open", "path": F, "class": "read", "access": "write", "lock_context": ctx}));
+                }
+                // ...released after the fence stat A.
+                3 => {
+                    j.push(GW, json!({"op": "release", "path": F, "class": "read", "access": "write", "lock_context": ctx}));
+                    chmod = j.chmod(OTHER, false);
+                }
+                _ => {}
+            }
+        });
+        let a = j.analyze(Rules::V2026_5_22);
+        let w = &a.windows[1];
+        assert!(w.verdict.tripped, "{:?}", a.windows);
+        assert_eq!(w.verdict.first_trip, Some(chmod));
     }
 
     #[test]
