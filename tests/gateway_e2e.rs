@@ -1655,16 +1655,14 @@ fn record_line(r: &Value) -> String {
 /// (writer's pid, entry id, `held_by_other`, `absorbed: true`) in a window that did
 /// not trip.
 ///
-/// Once out of the CI gate: in one CI run of four it gave 11/12. The gateway queues its
-/// trajectory writes, and under load `session.started` landed after the model call's
-/// lock create, so explain took the model-call hold for the attempt's first hold and
-/// never judged the window before it. The attempt's first hold is now the one with the
-/// runner's user message (unit test `a_late_session_started_line_keeps_the_first_window`).
-/// Still out of the gate: after that fix, 12/12 in four runs, then 11/12 in a fresh-clone
-/// CI run (seed 1796603129046194417, turn 11: a takeover with no tripped window near its
-/// time). Run with `--ignored`.
+/// Its disagreements so far, each fixed with a unit test: the attempt's first hold taken
+/// from the queued `session.started` write (now: the hold with the runner's user
+/// message); the fence after `releaseForPrompt` taken at its second stat (now: the
+/// first); a holder's stat journaled after a racing chmod it had not seen (now: under
+/// the inode's order lock); a write handle's late RELEASE making the fence stat look
+/// like an fstat (now: only read handles count). A failed run keeps its journal, the
+/// gateway log and the session files in `/tmp/sessionfs-agree-fail-<seed>/`.
 #[test]
-#[ignore = "11/12 in 1 of 5 runs after the late-session.started fix; run with --ignored"]
 fn explain_agrees_with_the_gateway_on_every_turn() {
     if !e2e_enabled() {
         return;
