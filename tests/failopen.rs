@@ -202,6 +202,13 @@ fn a_file_deleted_while_away_is_journaled_once_as_gone() {
     let mut m = Mount::overlay(&dir, &state, &[]);
     std::fs::write(dir.join("a.jsonl"), b"{\"id\":\"1\"}\n").unwrap();
     std::fs::write(dir.join("b.jsonl"), b"{\"id\":\"2\"}\n").unwrap();
+    // Atomic replaces through the mount (OpenClaw's sessions.json): their temporary
+    // names are gone by rename, journaled; not "gone while away".
+    for i in 0..3 {
+        let tmp = dir.join(format!("sessions.json.{i}.tmp"));
+        std::fs::write(&tmp, format!("{{\"n\":{i}}}")).unwrap();
+        std::fs::rename(&tmp, dir.join("sessions.json")).unwrap();
+    }
     m.unmount();
     std::fs::remove_file(dir.join("a.jsonl")).unwrap();
     let gone = |m: &Mount| -> Vec<serde_json::Value> {

@@ -292,6 +292,13 @@ impl State {
         };
         if keys.len() > 1 {
             self.alias.insert(file, last);
+            // The file goes on as that lineage: its own entry no longer names a path
+            // (else reconcile at start would find that old path gone).
+            if file != last
+                && let Some(fi) = self.files.get_mut(&file)
+            {
+                fi.last = None;
+            }
         }
         if ix.unlinked {
             if let Some(fi) = self.files.get_mut(&last) {
