@@ -2525,6 +2525,17 @@ fn supervised_mount_keeps_the_gateway_going_across_an_upgrade_and_a_kill_mid_tur
         .collect();
     let externals: Vec<&Value> = recs.iter().filter(|r| r["op"] == "external").collect();
     let unjournaled: Vec<&Value> = recs.iter().filter(|r| r["op"] == "unjournaled").collect();
+    for r in &unjournaled {
+        eprintln!(
+            "e2e-supervise: unjournaled #{} {} flags {} size {} -> {} entries {}",
+            r["seq"],
+            r["path"],
+            r["flags"],
+            r["size_before"],
+            r["size_after"],
+            r["entries"].as_array().map_or(0, Vec::len)
+        );
+    }
     let kill_ns = disruptions
         .iter()
         .find(|d| d.what == Disrupt::Kill)
