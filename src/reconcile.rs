@@ -23,6 +23,10 @@ use crate::sys;
 pub fn reconcile(j: &Journal, root: BorrowedFd<'_>, restart: bool) -> usize {
     let mut n = 0;
     for (key, path, fp) in j.last_known() {
+        // The mount's root (path "") is never gone, and not a file to compare.
+        if path.is_empty() {
+            continue;
+        }
         let Ok(c) = CString::new(crate::names::decode(&path)) else {
             continue;
         };

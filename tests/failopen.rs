@@ -202,6 +202,9 @@ fn a_file_deleted_while_away_is_journaled_once_as_gone() {
     let mut m = Mount::overlay(&dir, &state, &[]);
     std::fs::write(dir.join("a.jsonl"), b"{\"id\":\"1\"}\n").unwrap();
     std::fs::write(dir.join("b.jsonl"), b"{\"id\":\"2\"}\n").unwrap();
+    // A change of the mount root's own metadata: the root is never "gone".
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o750)).unwrap();
     // Atomic replaces through the mount (OpenClaw's sessions.json): their temporary
     // names are gone by rename, journaled; not "gone while away".
     for i in 0..3 {
