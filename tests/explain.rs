@@ -641,3 +641,52 @@ os.unlink(f + ".lock")
         &bad[..bad.len().min(5)]
     );
 }
+
+/// The holder's stat right after its lock create reaches the daemon (and is journaled)
+/// even when the file's attributes were cached while no lock was held: the create's
+/// reply waits for the kernel to drop them. (Before, a thread dropped them a moment
+/// later, and a stat in that moment was answered from the cache: no `stat` record,
+/// the hold's check unknown to `explain`.)
+#[test]
+fn the_holders_first_stat_after_the_lock_create_is_journaled() {
+    let m = Mount::new(&[]);
+    let f = session(&m, "c.jsonl");
+    append_line(&f, &json!({"type": "message", "id": "c1"}));
+    const HOLDER: &str = r#"
+import json, os, sys
+f = sys.argv[1]
+for _ in range(300):
+    os.stat(f)
+    os.stat(f)
+    fd = os.open(f + ".lock", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    os.write(fd, (json.dumps({"pid": os.getpid()}) + "\n").encode())
+    os.stat(f)
+    os.close(fd)
+    os.unlink(f + ".lock")
+"#;
+    let out = Command::new("python3")
+        .args(["-c", HOLDER])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recs = read_jsonl(&m.mnt.join(".journal"));
+    let stats = recs
+        .iter()
+        .filter(|r| r["path"] == "c.jsonl" && r["op"] == "stat")
+        .count();
+    let holds = recs
+        .iter()
+        .filter(|r| r["path"] == "c.jsonl.lock" && r["op"] == "lock-acquire")
+        .count();
+    eprintln!("{holds} holds, {stats} holder stats journaled");
+    assert_eq!(holds, 300);
+    assert_eq!(
+        stats, 300,
+        "a holder stat was answered from the kernel's cache"
+    );
+}

@@ -170,7 +170,10 @@ impl SessionFs {
                     .and_then(|c| sys::fstatat(pfd, &c).ok())
                     .and_then(|st| self.inodes.find(FileKey::of(&st)))
                 {
-                    self.inval_attrs_later(g.id);
+                    // Before the CREATE is answered: the holder stats right after
+                    // it, and an attribute cached in the gap (a chmod's reply, 10 s)
+                    // would answer that stat without us: no `stat` record.
+                    self.inval_attrs_now(g.id);
                 }
             }
         }

@@ -550,9 +550,20 @@ impl SessionFs {
         }
     }
 
-    /// Make the kernel drop its cached attributes of node `id` (from the invalidation
-    /// thread, as for [`Self::reach_names_again`]): the mount now reports other times,
-    /// or wants to see the next stat.
+    /// Make the kernel drop its cached attributes of node `id` before this returns: the
+    /// mount now reports other times, or wants to see the next stat.
+    fn inval_attrs_now(&self, id: u64) {
+        match self.cfg.notifier.get() {
+            // Attributes only (offset -1): the kernel takes no lock of the inode or
+            // its directory for it, so a request handler may send it.
+            Some(n) => {
+                let _ = n.inval_inode(fuser::INodeNo(id), -1, 0);
+            }
+            None => self.inval_attrs_later(id),
+        }
+    }
+
+    /// [`Self::inval_attrs_now`], from the invalidation thread.
     fn inval_attrs_later(&self, id: u64) {
         let _ = self.inval.try_send(Inval::Attrs(id));
     }
