@@ -653,6 +653,12 @@ fn script(r: &mut Run) {
     r.ro("stat after unlink link", &[&a], || st(&a));
     std::fs::write(&b, b"bbbb").unwrap();
     let ia = ino(&a);
+    // The step compares `b`'s times across two inodes (the one replaced, the one
+    // moved in): a rename within the same clock tick as that write can give the moved
+    // inode the very ctime the replaced one had (coarse timestamps, whether a backing
+    // inode's ctime was queried since its last change decides its grain), on either
+    // side. A tick apart, both move.
+    std::thread::sleep(Duration::from_millis(20));
     r.step("rename over", &[&a, &b], || {
         res(std::fs::rename(&a, &b).map_err(|e| e.to_string()))
     });
