@@ -138,18 +138,7 @@ pub fn handle_base() -> u64 {
 /// that finds it does nothing. Without the variable this is one load of a cached
 /// `None`.
 pub fn fault(point: &str, name: &[u8]) {
-    static SPEC: std::sync::OnceLock<Option<(String, Vec<u8>, std::path::PathBuf)>> =
-        std::sync::OnceLock::new();
-    let spec = SPEC.get_or_init(|| {
-        let v = std::env::var("SESSIONFS_FAULT").ok()?;
-        let mut it = v.splitn(3, ':');
-        Some((
-            it.next()?.to_string(),
-            it.next()?.as_bytes().to_vec(),
-            std::path::PathBuf::from(it.next()?),
-        ))
-    });
-    let Some((p, n, marker)) = spec else {
+    let Some((p, n, marker)) = fault_spec() else {
         return;
     };
     if p != point || !name.ends_with(n) {
@@ -164,6 +153,27 @@ pub fn fault(point: &str, name: &[u8]) {
         tracing::warn!(point, "fault injection: SIGKILL");
         let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGKILL);
     }
+}
+
+/// Whether a fault is armed (`SESSIONFS_FAULT`): the write path takes the file's name
+/// for [`fault`] only then.
+pub fn fault_armed() -> bool {
+    fault_spec().is_some()
+}
+
+fn fault_spec() -> Option<&'static (String, Vec<u8>, std::path::PathBuf)> {
+    static SPEC: std::sync::OnceLock<Option<(String, Vec<u8>, std::path::PathBuf)>> =
+        std::sync::OnceLock::new();
+    SPEC.get_or_init(|| {
+        let v = std::env::var("SESSIONFS_FAULT").ok()?;
+        let mut it = v.splitn(3, ':');
+        Some((
+            it.next()?.to_string(),
+            it.next()?.as_bytes().to_vec(),
+            std::path::PathBuf::from(it.next()?),
+        ))
+    })
+    .as_ref()
 }
 
 #[cfg(test)]

@@ -312,6 +312,29 @@ impl SessionFs {
             && buf == data
     }
 
+    /// Whether `st` is what the dead daemon made for a request of `ctx` it did not
+    /// answer: of type `kind` (`S_IFREG`, `S_IFDIR`, `S_IFLNK`), owned by the caller,
+    /// changed within the last 10 s.
+    fn made_for(ctx: &Ctx, st: &libc::stat, kind: u32) -> bool {
+        let now = crate::clock::now_ns() / 1_000_000_000;
+        st.st_mode & libc::S_IFMT == kind && st.st_uid == ctx.uid && now - st.st_ctime <= 10
+    }
+
+    /// Journal `op` on `path` as done by the dead daemon for `ctx` (flag `resent`).
+    fn record_resent(
+        &self,
+        ctx: &Ctx,
+        op: crate::journal::record::Op,
+        path: String,
+        key: Option<sys::FileKey>,
+    ) {
+        tracing::warn!(path = %path, op = op.as_str(), "a re-sent request had been carried out before the crash: answered as done");
+        self.record(ctx, op, path, key, |r| {
+            r.result = "ok".into();
+            r.flags = Some(vec!["resent".into()]);
+        });
+    }
+
     /// A re-sent UNLINK or RMDIR (after a crash) whose name is already gone: the dead
     /// daemon removed it and died before answering (and maybe before journaling it).
     /// Journaled as done, with flag `resent` (and the lock's `lock-release` when the
@@ -329,16 +352,12 @@ impl SessionFs {
             return false;
         }
         let path = self.child_path(p, name);
-        tracing::warn!(path = %path, "a re-sent removal had been done before the crash: answered as done");
         let op = if dir {
             crate::journal::record::Op::Rmdir
         } else {
             crate::journal::record::Op::Unlink
         };
-        self.record(ctx, op, path.clone(), None, |r| {
-            r.result = "ok".into();
-            r.flags = Some(vec!["resent".into()]);
-        });
+        self.record_resent(ctx, op, path.clone(), None);
         if crate::locks::is_lock_name(name.as_bytes())
             && let Some(k) = self.locks.key_of_path(&path)
         {
@@ -364,22 +383,20 @@ impl SessionFs {
         }
         let c = sys::cname(name).ok()?;
         let st = sys::fstatat(&p.fd().ok()?, &c).ok()?;
-        let kind = if dir { libc::S_IFDIR } else { libc::S_IFLNK };
-        let now = crate::clock::now_ns() / 1_000_000_000;
-        if st.st_mode & libc::S_IFMT != kind || st.st_uid != ctx.uid || now - st.st_ctime > 10 {
+        if !Self::made_for(ctx, &st, if dir { libc::S_IFDIR } else { libc::S_IFLNK }) {
             return None;
         }
-        let path = self.child_path(p, name);
-        tracing::warn!(path = %path, "a re-sent mkdir or symlink had been done before the crash: answered as done");
         let op = if dir {
             crate::journal::record::Op::Mkdir
         } else {
             crate::journal::record::Op::Symlink
         };
-        self.record(ctx, op, path, Some(sys::FileKey::of(&st)), |r| {
-            r.result = "ok".into();
-            r.flags = Some(vec!["resent".into()]);
-        });
+        self.record_resent(
+            ctx,
+            op,
+            self.child_path(p, name),
+            Some(sys::FileKey::of(&st)),
+        );
         Some(self.do_lookup(p, name).map(|(_, a)| a))
     }
 
@@ -411,14 +428,7 @@ impl SessionFs {
         let Ok(st) = sys::fstatat(&fd, &c) else {
             return false;
         };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        let ours = st.st_mode & libc::S_IFMT == libc::S_IFREG
-            && st.st_size == 0
-            && st.st_uid == ctx.uid
-            && now - st.st_ctime <= 10;
-        if !ours {
+        if st.st_size != 0 || !Self::made_for(ctx, &st, libc::S_IFREG) {
             return false;
         }
         let gone =

@@ -443,8 +443,11 @@ impl fuser::Filesystem for SessionFs {
             );
             return reply.written(data.len() as u32);
         }
-        let name = h.via.1.clone();
-        crate::resume::fault("before-write", name.as_bytes());
+        // The file's name for the fault hook of the restart tests, only when armed.
+        let name = crate::resume::fault_armed().then(|| h.via.1.clone());
+        if let Some(n) = &name {
+            crate::resume::fault("before-write", n.as_bytes());
+        }
         self.do_write(
             &Ctx::from(req),
             &h,
@@ -454,7 +457,9 @@ impl fuser::Filesystem for SessionFs {
             append,
             move |res| match res {
                 Ok(n) => {
-                    crate::resume::fault("after-write", name.as_bytes());
+                    if let Some(name) = &name {
+                        crate::resume::fault("after-write", name.as_bytes());
+                    }
                     reply.written(*n as u32)
                 }
                 Err(e) => reply.error(err(*e)),
