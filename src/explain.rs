@@ -944,10 +944,24 @@ pub(crate) struct Window {
 /// count is what tells them apart): the gateway takes its fingerprint with a stat of
 /// the path, then reads the snapshot (measured on the real gateway: a change between
 /// the fingerprint stat and the snapshot read's `fstat` trips the next check).
+///
+/// A stat whose thread's next record is an `open` is that open's permission check,
+/// not a stat the gateway made: with `default_permissions` and the attr TTL of 0 a
+/// locked transcript gets, the kernel sends a GETATTR before every OPEN, on the
+/// opening thread, which is blocked in open(2) until it is answered. So the
+/// snapshot's readFile adds a third stat (C) after A and B, and taking the last two
+/// would make B the fence (agreement test, seed 1796569708900737669, turn 4: a chmod
+/// between A and B called absorbed while the gateway tripped on it).
 fn hold_stats(h: &Hold, frecs: &[&Rec]) -> Option<(Mark, Mark)> {
     let end = h.released.as_ref().map_or(u64::MAX, |m| m.seq);
     let lo = frecs.partition_point(|r| r.seq <= h.acquired.seq);
     let mine = |r: &Rec| r.ok() && r.pid() == Some(h.holder.pid);
+    let perm_checks = permission_checks(
+        frecs[lo..]
+            .iter()
+            .take_while(|r| r.seq < end)
+            .filter(|r| mine(r)),
+    );
     let mut open = 0i64;
     let mut first = None;
     // The last path stat, the one before it when nothing of the holder's but handle
@@ -970,6 +984,7 @@ fn hold_stats(h: &Hold, frecs: &[&Rec]) -> Option<(Mark, Mark)> {
                     open = (open - 1).max(0);
                 }
             }
+            "stat" if perm_checks.contains(&r.seq) => {}
             "stat" if open == 0 => {
                 first.get_or_insert_with(|| r.mark());
                 let prev = last.replace(r.mark());
@@ -992,6 +1007,26 @@ fn hold_stats(h: &Hold, frecs: &[&Rec]) -> Option<(Mark, Mark)> {
         _ => last,
     };
     Some((first, fence))
+}
+
+/// The seqs of the `stat` records in `recs` (one process's, in seq order) that are
+/// the kernel's permission check of an `open`: the next record of the same thread is
+/// that `open` (or `create`). Records without a `tid` are never checks.
+fn permission_checks<'a, 'b: 'a>(recs: impl Iterator<Item = &'a &'b Rec>) -> Vec<u64> {
+    let mut last_of_tid: HashMap<u64, (u64, bool)> = HashMap::new();
+    let mut out = Vec::new();
+    for r in recs {
+        let Some(tid) = r.v["tid"].as_u64() else {
+            continue;
+        };
+        if let Some((seq, true)) = last_of_tid.get(&tid)
+            && matches!(r.op(), "open" | "create")
+        {
+            out.push(*seq);
+        }
+        last_of_tid.insert(tid, (r.seq, r.op() == "stat"));
+    }
+    out
 }
 
 /// The windows of every attempt, in order of release. `frecs` are the records of the
@@ -2444,7 +2479,9 @@ mod tests {
         /// the append, then the fence stat A and the snapshot stat B), hold 3 is a
         /// `withSessionWriteLock` run (K, W0, the write, S). `edge(j, k, p)` runs in
         /// hold k after the create (p = 0), after the check (p = 1), after the last
-        /// stat (p = 2) and, in holds 1 and 2, between A and B (p = 3). Returns the
+        /// stat (p = 2) and, in holds 1 and 2, between A and B (p = 3). Each hold
+        /// ends with a read (the lock payload's, on the real gateway) that the kernel
+        /// precedes with a permission-check stat C on the same thread. Returns the
         /// acquisitions' seqs.
         fn stat_turn(
             &mut self,
@@ -2487,6 +2524,11 @@ mod tests {
                     }
                 }
                 edge(self, k, 2);
+                if stats {
+                    // The kernel's permission check before the read's OPEN, on the
+                    // reading thread (attr TTL 0 while locked).
+                    self.stat(GW);
+                }
                 self.read(GW);
                 self.release(GW);
             }
@@ -2863,6 +2905,31 @@ mod tests {
         });
         let a = j.analyze(Rules::V2026_5_22);
         assert!(a.windows.iter().all(|w| !w.verdict.tripped));
+    }
+
+    /// The kernel's permission check is the stat whose thread opens next, whatever
+    /// other threads do in between; a stat followed by another record of its own
+    /// thread is the gateway's. The records of the model-call hold's end in the
+    /// agreement test's seed 1796569708900737669, turn 4 (tids as journaled).
+    #[test]
+    fn the_permission_check_is_the_stat_its_thread_opens_after() {
+        let recs: Vec<Rec> = [
+            (937, "stat", 7232), // P: refreshAfterOwnedSessionWrite's statSync
+            (939, "stat", 7241), // A: releaseForPrompt's fingerprint (the fence)
+            (941, "stat", 7244), // B: the snapshot's fingerprint
+            (942, "stat", 7241), // C: the readFile's permission check...
+            (943, "open", 7241), // ...and its open
+            (944, "stat", 7243), // the readFile's fstat
+            (946, "release", 7241),
+            (960, "stat", 7244), // a stat whose thread stats again before it opens
+            (961, "stat", 7244),
+            (962, "open", 7244),
+        ]
+        .into_iter()
+        .map(|(seq, op, tid)| Rec::new(json!({"seq": seq, "op": op, "tid": tid})).unwrap())
+        .collect();
+        let refs: Vec<&Rec> = recs.iter().collect();
+        assert_eq!(permission_checks(refs.iter()), vec![942, 961]);
     }
 
     /// The message append's write handle is released when the kernel sends RELEASE,
