@@ -936,7 +936,12 @@ pub(crate) struct Window {
 /// `readSessionFileFenceSnapshot` (B, with its readFile); `fenceFingerprint =
 /// fingerprint` keeps A, so a change between A and B trips the next check. A
 /// `withSessionWriteLock` run ends with one stat (`refreshSessionFileFence`) after
-/// its write, which breaks the pair.
+/// its write, which breaks the pair. A hold in which the holder wrote nothing is a
+/// `withSessionWriteLock` run without a write: the check K, the before-write stat W0
+/// and the refresh's snapshot stat S, which becomes the fence when it differs from
+/// W0 (`if (!sameSessionFileFingerprint(beforeWrite, snapshot.fingerprint))`): its
+/// fence read is the last stat (agreement test, seed 1796543173242158595, turn 3: a
+/// chmod between W0 and S was absorbed by the gateway).
 ///
 /// Stats made while the holder has a handle of the file open (between its `open` and
 /// that handle's `release`) are the `fstat`s of its reads and writes, not fence reads
@@ -969,9 +974,16 @@ fn hold_stats(h: &Hold, frecs: &[&Rec]) -> Option<(Mark, Mark)> {
     let mut last: Option<Mark> = None;
     let mut pair: Option<Mark> = None;
     let mut run = false;
+    // Whether the holder changed the file in this hold (its message or entry append).
+    let mut wrote = false;
     for r in frecs[lo..].iter().take_while(|r| r.seq < end) {
         if !mine(r) {
             continue;
+        }
+        if matches!(r.class(), Some("append" | "rewrite" | "metadata"))
+            && !r.path().ends_with(".lock")
+        {
+            wrote = true;
         }
         // Only read handles count: a handle opened to write (an append) is no read
         // that stats, and its RELEASE comes when the kernel sends it, maybe after the
@@ -1001,9 +1013,12 @@ fn hold_stats(h: &Hold, frecs: &[&Rec]) -> Option<(Mark, Mark)> {
         }
     }
     let (first, last) = (first?, last?);
-    // Never the check itself (a hold whose only stats are the check and one more).
+    // Never the check itself (a hold whose only stats are the check and one more);
+    // and in a hold without a write of the holder's, the last stat: there the pair
+    // is `withSessionWriteLock`'s before-write stat and the refresh's snapshot stat,
+    // and the refresh takes the snapshot as the fence when the two differ.
     let fence = match pair {
-        Some(p) if p.seq != first.seq => p,
+        Some(p) if p.seq != first.seq && wrote => p,
         _ => last,
     };
     Some((first, fence))
@@ -2930,6 +2945,44 @@ mod tests {
         .collect();
         let refs: Vec<&Rec> = recs.iter().collect();
         assert_eq!(permission_checks(refs.iter()), vec![942, 961]);
+    }
+
+    /// A hold without a write of the holder's (`withSessionWriteLock` whose run wrote
+    /// nothing: the check K, the before-write stat W0, the refresh's snapshot stat S
+    /// and its readFile): S is the fence, so a chmod between W0 and S is absorbed.
+    /// Seen on the real gateway (agreement test, seed 1796543173242158595, turn 3)
+    /// once the permission-check stat C stopped making S look like the pair's first.
+    #[test]
+    fn a_chmod_before_the_snapshot_stat_of_a_hold_without_a_write_is_absorbed() {
+        let mut j = J::default();
+        let mut chmod = 0;
+        j.stat_turn(true, |j, k, p| {
+            if (k, p) == (2, 2) {
+                // Between holds 2 and 3: a hold of the runner that writes nothing.
+                j.release(GW);
+                j.acquire(GW);
+                j.stat(GW); // K
+                j.stat(GW); // W0
+                chmod = j.chmod(OTHER, false);
+                j.stat(GW); // S
+            }
+        });
+        let a = j.analyze(Rules::V2026_5_22);
+        assert!(
+            a.windows.iter().all(|w| !w.verdict.tripped),
+            "{:?}",
+            a.windows
+        );
+        let w = a
+            .windows
+            .iter()
+            .find(|w| {
+                window_json(&a, w, F, Rules::V2026_5_22)["changes"]
+                    .as_array()
+                    .is_some_and(|cs| cs.iter().any(|c| c["seq"] == chmod))
+            })
+            .expect("the chmod is in a window");
+        assert_eq!(change_of(&a, w, chmod)["absorbed"], true);
     }
 
     /// The message append's write handle is released when the kernel sends RELEASE,
