@@ -911,6 +911,10 @@ pub(crate) struct Window {
     /// follows is in the next window's gap). None without `stat` records (the whole
     /// hold is absorbed).
     pub absorbed_until: Option<Mark>,
+    /// Checks inside the next hold (a `withSessionWriteLock` while the model-call hold
+    /// is held, as a tool result is persisted), each with the fence read it compares
+    /// with: others' changes between the two are judged with the gap.
+    pub mid_checks: Vec<(Mark, Mark)>,
     /// The acquisition that ends the gap is the attempt's cleanup.
     pub cleanup: bool,
     /// Indices into the file records: in the gap (which may begin in the released hold
@@ -957,10 +961,11 @@ pub(crate) struct Window {
 /// snapshot's readFile adds a third stat (C) after A and B, and taking the last two
 /// would make B the fence (agreement test, seed 1796569708900737669, turn 4: a chmod
 /// between A and B called absorbed while the gateway tripped on it).
-fn hold_stats(h: &Hold, frecs: &[&Rec]) -> Option<(Mark, Mark)> {
+fn hold_stats(h: &Hold, frecs: &[&Rec]) -> Option<HoldStats> {
     let end = h.released.as_ref().map_or(u64::MAX, |m| m.seq);
     let lo = frecs.partition_point(|r| r.seq <= h.acquired.seq);
-    let mine = |r: &Rec| r.ok() && r.pid() == Some(h.holder.pid);
+    let pid = h.holder.pid;
+    let mine = |r: &Rec| r.ok() && r.pid() == Some(pid);
     let perm_checks = permission_checks(
         frecs[lo..]
             .iter()
@@ -968,14 +973,28 @@ fn hold_stats(h: &Hold, frecs: &[&Rec]) -> Option<(Mark, Mark)> {
             .filter(|r| mine(r)),
     );
     let mut open = 0i64;
-    let mut first = None;
+    let mut first: Option<Mark> = None;
     // The last path stat, the one before it when nothing of the holder's but handle
     // releases came between them, and whether the run of such stats goes on.
     let mut last: Option<Mark> = None;
     let mut pair: Option<Mark> = None;
     let mut run = false;
-    // Whether the holder changed the file in this hold (its message or entry append).
+    // Whether the holder changed the file in this stretch (its message or entry
+    // append), and since its last stat on a worker thread.
     let mut wrote = false;
+    let mut wrote_since_worker_stat = false;
+    let mut seen_worker_stat = false;
+    let mut wrote_since_stat = false;
+    // The check of the stretch (the hold's first stat, then each check inside it).
+    let mut check: Option<Mark> = None;
+    let mut mid = Vec::new();
+    // The fence read of a stretch: never its check (a stretch whose only stats are
+    // the check and one more); in a stretch without a write of the holder's, the last
+    // stat (see the doc above); else the first of the last two in a row.
+    let fence_of = |check: &Mark, last: &Mark, pair: &Option<Mark>, wrote: bool| match pair {
+        Some(p) if p.seq != check.seq && wrote => p.clone(),
+        _ => last.clone(),
+    };
     for r in frecs[lo..].iter().take_while(|r| r.seq < end) {
         if !mine(r) {
             continue;
@@ -984,6 +1003,8 @@ fn hold_stats(h: &Hold, frecs: &[&Rec]) -> Option<(Mark, Mark)> {
             && !r.path().ends_with(".lock")
         {
             wrote = true;
+            wrote_since_worker_stat = true;
+            wrote_since_stat = true;
         }
         // Only read handles count: a handle opened to write (an append) is no read
         // that stats, and its RELEASE comes when the kernel sends it, maybe after the
@@ -997,8 +1018,37 @@ fn hold_stats(h: &Hold, frecs: &[&Rec]) -> Option<(Mark, Mark)> {
                 }
             }
             "stat" if perm_checks.contains(&r.seq) => {}
+            // A sync stat (main thread, tid == pid) is a fence read only right after
+            // the holder's write (refreshAfterOwnedSessionWrite's statSync); else it
+            // is the session manager reading the transcript.
+            "stat" if r.v["tid"].as_u64() == Some(u64::from(pid)) && !wrote_since_stat => {}
             "stat" if open == 0 => {
+                wrote_since_stat = false;
+                // A stat on a worker thread (an async fs.stat: the gateway's fence
+                // reads and checks; sync stats run on the main thread, tid == pid)
+                // that starts a run with no write of the holder's since its last
+                // worker-thread stat is a check inside the hold: a
+                // `withSessionWriteLock` while the model-call hold is held (a tool
+                // result's persist), whose assertSessionFileFence compares with the
+                // fence read after the last write.
+                let worker = r.v["tid"].as_u64().is_some_and(|t| t != u64::from(pid));
+                if worker {
+                    if let (Some(c), Some(l)) = (&check, &last)
+                        && !run
+                        && seen_worker_stat
+                        && !wrote_since_worker_stat
+                    {
+                        let fence = fence_of(c, l, &pair, wrote);
+                        mid.push((fence, r.mark()));
+                        check = Some(r.mark());
+                        wrote = false;
+                        last = None;
+                    }
+                    seen_worker_stat = true;
+                    wrote_since_worker_stat = false;
+                }
                 first.get_or_insert_with(|| r.mark());
+                check.get_or_insert_with(|| r.mark());
                 let prev = last.replace(r.mark());
                 pair = if run { prev } else { None };
                 run = true;
@@ -1012,16 +1062,20 @@ fn hold_stats(h: &Hold, frecs: &[&Rec]) -> Option<(Mark, Mark)> {
             }
         }
     }
-    let (first, last) = (first?, last?);
-    // Never the check itself (a hold whose only stats are the check and one more);
-    // and in a hold without a write of the holder's, the last stat: there the pair
-    // is `withSessionWriteLock`'s before-write stat and the refresh's snapshot stat,
-    // and the refresh takes the snapshot as the fence when the two differ.
-    let fence = match pair {
-        Some(p) if p.seq != first.seq && wrote => p,
-        _ => last,
-    };
-    Some((first, fence))
+    let (first, check, last) = (first?, check?, last?);
+    let fence = fence_of(&check, &last, &pair, wrote);
+    Some(HoldStats { first, fence, mid })
+}
+
+/// The holder's stats of one hold that bound what the fence saw (see [`hold_stats`]).
+struct HoldStats {
+    /// The first (the check at the acquisition).
+    first: Mark,
+    /// The fence read before the release.
+    fence: Mark,
+    /// The checks inside the hold, each with the fence read it compares with: a
+    /// change between the two trips at the check.
+    mid: Vec<(Mark, Mark)>,
 }
 
 /// The seqs of the `stat` records in `recs` (one process's, in seq order) that are
@@ -1078,12 +1132,13 @@ pub(crate) fn windows(
             // The gap: after the holder's last stat (else the release) to its first
             // stat in the next hold (else the acquisition); the absorbed stretch: to
             // its last stat in the next hold (else that hold's end).
-            let gap_start = h_stats.as_ref().map_or(rel.seq, |(_, l)| l.seq);
-            let gap_end = n_stats.as_ref().map_or(acquired, |(f, _)| f.seq);
+            let gap_start = h_stats.as_ref().map_or(rel.seq, |s| s.fence.seq);
+            let gap_end = n_stats.as_ref().map_or(acquired, |s| s.first.seq);
             let held_end = match &n_stats {
-                Some((_, l)) => l.seq,
+                Some(s) => s.fence.seq,
                 None => hold_end.as_ref().map_or(u64::MAX, |m| m.seq),
             };
+            let mids: &[(Mark, Mark)] = n_stats.as_ref().map_or(&[], |s| &s.mid);
             // frecs are in seq order: find the ranges by binary search.
             let range = |after: u64, before: u64| {
                 let lo = frecs.partition_point(|r| r.seq <= after);
@@ -1097,9 +1152,22 @@ pub(crate) fn windows(
             let (gap, own_edge): (Vec<usize>, Vec<usize>) = range(gap_start, gap_end)
                 .into_iter()
                 .partition(|&k| !(in_lock(frecs[k]) && frecs[k].pid() == Some(pid)));
+            // A check inside the next hold sees what others changed since the fence
+            // read before it: that is judged with the gap.
+            let mut gap = gap;
             let held = if next.is_some() {
                 let mut v = own_edge;
-                v.extend(range(gap_end, held_end));
+                for k in range(gap_end, held_end) {
+                    let r = frecs[k];
+                    let before_mid = mids
+                        .iter()
+                        .any(|(f, c)| r.seq > f.seq && r.seq < c.seq && r.pid() != Some(pid));
+                    if before_mid {
+                        gap.push(k);
+                    } else {
+                        v.push(k);
+                    }
+                }
                 v
             } else {
                 Vec::new()
@@ -1157,9 +1225,10 @@ pub(crate) fn windows(
                 released: rel,
                 reacquired: next.map(|n| n.acquired.clone()),
                 hold_end,
-                fence_taken: h_stats.map(|(_, l)| l),
-                checked: n_stats.as_ref().map(|(f, _)| f.clone()),
-                absorbed_until: n_stats.map(|(_, l)| l),
+                fence_taken: h_stats.map(|s| s.fence),
+                checked: n_stats.as_ref().map(|s| s.first.clone()),
+                mid_checks: n_stats.as_ref().map_or(Vec::new(), |s| s.mid.clone()),
+                absorbed_until: n_stats.map(|s| s.fence),
                 cleanup,
                 gap,
                 held,
@@ -1613,6 +1682,7 @@ fn window_json(a: &Analysis, w: &Window, file: &str, rules: Rules) -> Value {
         "fence_taken": w.fence_taken.as_ref().map(Mark::json),
         "checked": w.checked.as_ref().map(Mark::json),
         "absorbed_until": w.absorbed_until.as_ref().map(Mark::json),
+        "mid_checks": w.mid_checks.iter().map(|(f, c)| json!({"fence_read": f.json(), "check": c.json()})).collect::<Vec<_>>(),
         "gap_ms": gap_ms,
         "cleanup": w.cleanup,
         "tripped": w.verdict.tripped,
@@ -1704,6 +1774,13 @@ fn window_text(a: &Analysis, w: &Window, out: &mut String) {
             at(&w.checked),
             at(&w.absorbed_until),
         ));
+        for (f, c) in &w.mid_checks {
+            out.push_str(&format!(
+                "    checked again inside the hold at {} against the fence read at {}\n",
+                t(c),
+                t(f)
+            ));
+        }
     }
     for n in &w.notes {
         out.push_str(&format!("    note: {n}\n"));
@@ -2487,6 +2564,19 @@ mod tests {
             self.push(pid, json!({"op": "stat", "path": F, "class": "read", "fence_moved": false,
                 "lock_context": ctx, "after": {"ino": 1, "size": 10, "mtime_ns": 1, "ctime_ns": 1}}))
         }
+        /// A stat of F by thread `tid` of GW (GW itself: the main thread).
+        fn stat_on(&mut self, tid: u32) -> u64 {
+            let ctx = self.ctx(GW);
+            self.push(GW, json!({"op": "stat", "path": F, "class": "read", "fence_moved": false, "tid": tid,
+                "lock_context": ctx, "after": {"ino": 1, "size": 10, "mtime_ns": 1, "ctime_ns": 1}}))
+        }
+        /// A read of F by thread `tid` of GW, with the kernel's permission check.
+        fn read_on(&mut self, tid: u32) -> u64 {
+            let ctx = self.ctx(GW);
+            self.stat_on(tid);
+            self.push(GW, json!({"op": "open", "path": F, "class": "read", "access": "read", "tid": tid, "lock_context": ctx}));
+            self.push(GW, json!({"op": "release", "path": F, "class": "read", "access": "read", "tid": tid, "lock_context": ctx}))
+        }
         /// A 5.22 turn of GW in four holds (1 the controller's, 2 the model call, 3 a
         /// locked write, 4 the cleanup), with the gateway's stats when `stats`, in the
         /// order the real gateway makes them: the check K right after the create;
@@ -2983,6 +3073,69 @@ mod tests {
             })
             .expect("the chmod is in a window");
         assert_eq!(change_of(&a, w, chmod)["absorbed"], true);
+    }
+
+    /// A tool call inside the model-call hold: the tool result is persisted by a
+    /// `withSessionWriteLock` while the hold is held, whose check compares with the
+    /// fence read after the assistant write. A change between the two trips there,
+    /// with no release and no create around it; one before the assistant write is
+    /// folded into that fence read. The records of the real gateway's tool turn
+    /// (2026.5.22, `session_status` called once): the session manager's sync stats and
+    /// read on the main thread, then the check K on a worker thread, then the append.
+    #[test]
+    fn a_chmod_during_a_tool_call_trips_at_the_check_inside_the_hold() {
+        // (where the chmod goes: 0 none, 1 during the tool call, 2 before the
+        // assistant write)
+        for at in 0..3 {
+            let mut j = J::default();
+            let mut chmod = 0;
+            j.stat_turn(true, |j, k, p| {
+                if k != 2 {
+                    return;
+                }
+                if p == 1 && at == 2 {
+                    chmod = j.chmod(OTHER, false);
+                }
+                if p == 2 {
+                    if at == 1 {
+                        chmod = j.chmod(OTHER, false);
+                    }
+                    // The session manager on the main thread, then the tool result's
+                    // withSessionWriteLock: K, its before-write stat, the append.
+                    j.stat_on(GW);
+                    j.stat_on(GW);
+                    j.read_on(GW);
+                    j.stat_on(GW + 3);
+                    j.stat_on(GW + 4);
+                    j.stat_on(GW);
+                    j.append(GW, "message", Some("toolResult"), "t");
+                    j.stat_on(GW);
+                    j.stat_on(GW + 2);
+                    j.stat_on(GW + 3);
+                }
+            });
+            let a = j.analyze(Rules::V2026_5_22);
+            let w = &a.windows[0];
+            assert_eq!(w.mid_checks.len(), 1, "at {at}: {:?}", w);
+            let tripped: Vec<u64> = a
+                .windows
+                .iter()
+                .filter_map(|w| w.verdict.first_trip)
+                .collect();
+            match at {
+                1 => {
+                    assert_eq!(tripped, vec![chmod], "at {at}: {:?}", a.windows);
+                    assert_eq!(w.outcome, Some("takeover"));
+                    assert_eq!(change_of(&a, w, chmod)["absorbed"], false);
+                }
+                _ => {
+                    assert!(tripped.is_empty(), "at {at}: {:?}", a.windows);
+                    if at == 2 {
+                        assert_eq!(change_of(&a, w, chmod)["absorbed"], true);
+                    }
+                }
+            }
+        }
     }
 
     /// The message append's write handle is released when the kernel sends RELEASE,
