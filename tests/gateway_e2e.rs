@@ -456,8 +456,18 @@ struct Turn {
 /// Run turn `i` (message `e2e turn <i>`) through the gateway to its end, without
 /// judging it; output in `<dir>/turn<i>.{out,err}`.
 fn run_turn(env: &Env, i: usize) -> Turn {
+    run_turn_with_tools(env, i, 0)
+}
+
+/// As [`run_turn`], asking the mock model for `tools` tool calls first (its
+/// `[tools=N]`): an attempt of `tools + 1` model calls.
+fn run_turn_with_tools(env: &Env, i: usize, tools: usize) -> Turn {
     let t = Instant::now();
-    let msg = format!("e2e turn {i}");
+    let msg = if tools > 0 {
+        format!("e2e turn {i} [tools={tools}]")
+    } else {
+        format!("e2e turn {i}")
+    };
     let out = env.dir.join(format!("turn{i}.out"));
     let err = env.dir.join(format!("turn{i}.err"));
     let mut c = env.openclaw(&["agent", "--agent", "main", "--message", &msg, "--json"]);
@@ -1294,7 +1304,7 @@ fn same_mode_chmod_loop_kills_turns_on_plain_but_not_on_the_mount() {
 /// Turns of the agreement test, each with one outside change (after a warm-up turn
 /// that creates the transcript: pi writes a new file only at its first assistant
 /// message, so turn 0 has nothing to inject into).
-const AGREE_TURNS: usize = 12;
+const AGREE_TURNS: usize = 15;
 /// The deterministic absorbed append: this long after the turn's user entry was
 /// written, i.e. about 1 s into the 3 s model call, while the gateway holds the lock.
 const ABSORBED_APPEND_MS: u64 = 1000;
@@ -1380,6 +1390,8 @@ impl InjectKind {
 struct InjectPlan {
     kind: InjectKind,
     offset_ms: u64,
+    /// Tool calls the model makes first (0: an attempt of one model call).
+    tools: usize,
 }
 
 /// What an injector did.
@@ -1684,10 +1696,17 @@ fn explain_agrees_with_the_gateway_on_every_turn() {
     let mut rng = Rng(seed);
     // Turn 1: the deterministic absorbed append; then 4 appends, 4 chmods and 4
     // bursts in all, shuffled.
-    let mut kinds: Vec<InjectKind> = [InjectKind::Append; 3]
+    // Three of them with a tool call (an attempt of two model calls).
+    let mut kinds: Vec<(InjectKind, usize)> = [InjectKind::Append; 3]
         .into_iter()
         .chain([InjectKind::Chmod; 4])
         .chain([InjectKind::Burst; 4])
+        .map(|k| (k, 0))
+        .chain([
+            (InjectKind::Append, 1),
+            (InjectKind::Chmod, 1),
+            (InjectKind::Burst, 1),
+        ])
         .collect();
     for i in (1..kinds.len()).rev() {
         kinds.swap(i, rng.below(i as u64 + 1) as usize);
@@ -1695,8 +1714,9 @@ fn explain_agrees_with_the_gateway_on_every_turn() {
     let mut plans = vec![InjectPlan {
         kind: InjectKind::Append,
         offset_ms: ABSORBED_APPEND_MS,
+        tools: 0,
     }];
-    for k in kinds {
+    for (k, tools) in kinds {
         // Measured: the attempt's gaps between its lock holds are ~10 ms right after
         // the user entry (releaseForPrompt), and 3 of 1-5 ms about 3.05 s after it,
         // at the end of the model call (reacquireAfterPrompt, a locked write, the
@@ -1704,11 +1724,21 @@ fn explain_agrees_with_the_gateway_on_every_turn() {
         // a hold (absorbed); a burst starts 2.0-3.1 s after it, so its 1 s of chmods
         // mostly spans the end of the model call, where a chmod every 10 ms often
         // lands in one of the short gaps.
-        let offset_ms = match k {
-            InjectKind::Burst => 2000 + rng.below(1100),
-            _ => rng.below(3600),
+        // A tool turn: the first model call's 3 s, the tool call (measured 1-2.5 s,
+        // with a check inside the hold before its result is written), the second
+        // model call's 3 s: a change anywhere in the first 7 s, a burst starting
+        // 2.0-6.0 s in.
+        let offset_ms = match (k, tools) {
+            (InjectKind::Burst, 0) => 2000 + rng.below(1100),
+            (_, 0) => rng.below(3600),
+            (InjectKind::Burst, _) => 2000 + rng.below(4000),
+            _ => rng.below(7000),
         };
-        plans.push(InjectPlan { kind: k, offset_ms });
+        plans.push(InjectPlan {
+            kind: k,
+            offset_ms,
+            tools,
+        });
     }
     assert_eq!(plans.len(), AGREE_TURNS);
 
@@ -1734,7 +1764,7 @@ fn explain_agrees_with_the_gateway_on_every_turn() {
             let (journal, tr, plan, over) = (journal.clone(), tr.clone(), *plan, turn_over.clone());
             std::thread::spawn(move || inject(journal, from, tr, n, plan, over))
         };
-        let turn = run_turn(&gw.env, n);
+        let turn = run_turn_with_tools(&gw.env, n, plan.tools);
         turn_over.store(true, std::sync::atomic::Ordering::Relaxed);
         let injected = injector.join().expect("injector panicked");
         // Let the attempt's cleanup and the log catch up before the next turn.
@@ -1765,8 +1795,9 @@ fn explain_agrees_with_the_gateway_on_every_turn() {
             injected,
         };
         eprintln!(
-            "e2e-agree: turn {n} {} +{} ms: {} in {} ms, gateway takeover {} ({} log lines){}{}",
+            "e2e-agree: turn {n} {}{} +{} ms: {} in {} ms, gateway takeover {} ({} log lines){}{}",
             plan.kind.name(),
+            if plan.tools > 0 { "+tool" } else { "" },
             plan.offset_ms,
             if t.replied { "replied" } else { "failed" },
             t.ms,
@@ -1823,7 +1854,9 @@ fn explain_agrees_with_the_gateway_on_every_turn() {
     let mut agree = 0;
     let mut disagreements = Vec::new();
     let mut swallowed_turns = 0;
-    eprintln!("e2e-agree: turn kind    offset delay  replied gateway explain  windows first_trip");
+    eprintln!(
+        "e2e-agree: turn kind    tools offset delay  replied gateway explain  windows first_trip"
+    );
     for t in &turns {
         let ws: Vec<&Value> = windows.iter().filter(|w| in_turn(t, w)).collect();
         let tripped: Vec<&&Value> = ws.iter().filter(|w| w["tripped"] == true).collect();
@@ -1851,9 +1884,10 @@ fn explain_agrees_with_the_gateway_on_every_turn() {
             .unwrap_or_else(|| "-".into());
         let plan = t.plan.unwrap();
         eprintln!(
-            "e2e-agree: {:>4} {:<7} {:>6} {:>6} {:<7} {:<7} {:<8} {:>7} {first}",
+            "e2e-agree: {:>4} {:<7} {:>5} {:>6} {:>6} {:<7} {:<7} {:<8} {:>7} {first}",
             t.n,
             plan.kind.name(),
+            plan.tools,
             plan.offset_ms,
             t.delay_ms.map_or("-".into(), |d| d.to_string()),
             if t.replied { "y" } else { "n" },

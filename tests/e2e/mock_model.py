@@ -7,8 +7,12 @@ sleeps for the number of seconds in --delay-file (read on every request, so a te
 change it while running): that is the window in which OpenClaw 2026.5.22 has released
 its session lock. Prints "PORT <n>" on stdout once listening. Binds 127.0.0.1 only and
 exits by itself when its parent dies or after --max-seconds.
+
+Tool use: when the last user message contains "[tools=N]", the first N replies after it
+are a streamed call of the gateway's read-only `session_status` tool (finish_reason
+"tool_calls"), so the attempt makes N + 1 model calls, each around a tool result.
 """
-import argparse, json, os, threading, time
+import argparse, json, os, re, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ap = argparse.ArgumentParser()
@@ -24,6 +28,18 @@ def delay():
         return float(open(args.delay_file).read().strip())
     except Exception:
         return 0.0
+
+
+def tool_calls_wanted(msgs):
+    """Whether this reply is a tool call: fewer tool results after the last user
+    message than its "[tools=N]" asks for."""
+    last_user = max((i for i, m in enumerate(msgs) if m.get("role") == "user"), default=-1)
+    if last_user < 0:
+        return False
+    c = msgs[last_user].get("content")
+    m = re.search(r"\[tools=(\d+)\]", c if isinstance(c, str) else json.dumps(c))
+    done = sum(1 for m in msgs[last_user + 1:] if m.get("role") == "tool")
+    return m is not None and done < int(m.group(1))
 
 
 class H(BaseHTTPRequestHandler):
@@ -75,6 +91,16 @@ class H(BaseHTTPRequestHandler):
             self.wfile.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
             self.wfile.flush()
 
+        if tool_calls_wanted(req.get("messages") or []):
+            call = {"index": 0, "id": f"call_{COUNT[0]}", "type": "function",
+                    "function": {"name": "session_status", "arguments": ""}}
+            chunk({"role": "assistant", "content": None, "tool_calls": [call]})
+            chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]})
+            chunk({}, "tool_calls", {"usage": usage})
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+            self.close_connection = True
+            return
         chunk({"role": "assistant", "content": ""})
         for word in text.split(" "):
             chunk({"content": word + " "})
