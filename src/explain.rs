@@ -89,9 +89,16 @@
 //!   assistant message), and the attempt runs to the next start.
 //! - The **absorbed stretch** of a hold: from the holder's first `stat` of the file
 //!   after the acquisition (the check) to its fence read before the release: the
-//!   first of its last two stats when they come one after the other
-//!   (`releaseForPrompt`'s fingerprint and snapshot stats), else its last stat (a
-//!   locked write's refresh). While a session file's lock is held the mount journals the
+//!   first of its last two stats when they come one after the other after a write of
+//!   the holder's (`releaseForPrompt`'s fingerprint and snapshot stats), else its last
+//!   stat (a locked write's refresh). Not stats: the kernel's permission check before
+//!   each OPEN (a GETATTR on the opening thread: attr TTL 0 while locked), fstats under
+//!   an open read handle, and sync stats on the main thread (tid == pid) other than the
+//!   first after a write (the session manager reading). A **check inside the hold**: a
+//!   worker-thread stat that starts a run with no write of the holder's since its last
+//!   worker-thread stat (a `withSessionWriteLock` while the model-call hold is held, as
+//!   a tool result is persisted); others' changes between the fence read before it and
+//!   it are judged with the gap (`mid_checks`). While a session file's lock is held the mount journals the
 //!   holder's stats of it (`op` `stat`, class `read`; other processes' stats are not
 //!   journaled). A hold without such records (a journal from before them, or a mount
 //!   that does not write them) is absorbed whole, and its windows say so in a note:

@@ -1724,15 +1724,17 @@ fn explain_agrees_with_the_gateway_on_every_turn() {
         // a hold (absorbed); a burst starts 2.0-3.1 s after it, so its 1 s of chmods
         // mostly spans the end of the model call, where a chmod every 10 ms often
         // lands in one of the short gaps.
-        // A tool turn: the first model call's 3 s, the tool call (measured 1-2.5 s,
-        // with a check inside the hold before its result is written), the second
-        // model call's 3 s: a change anywhere in the first 7 s, a burst starting
-        // 2.0-6.0 s in.
+        // A tool turn: the first model call's 3 s, then the tool call (measured
+        // about 2.1 s: the assistant's tool call is written 3.05 s after the user
+        // entry, and the check inside the hold before the tool result is written
+        // 5.1 s after it), then the second model call's 3 s. A single change 3.1-5.1
+        // s in lands in the tool call, mostly (the gateway trips at that check); a
+        // burst starts 2.0-6.0 s in.
         let offset_ms = match (k, tools) {
             (InjectKind::Burst, 0) => 2000 + rng.below(1100),
             (_, 0) => rng.below(3600),
             (InjectKind::Burst, _) => 2000 + rng.below(4000),
-            _ => rng.below(7000),
+            _ => 3100 + rng.below(2000),
         };
         plans.push(InjectPlan {
             kind: k,
