@@ -1793,12 +1793,15 @@ fn window_text(a: &Analysis, w: &Window, out: &mut String) {
         out.push_str(&format!("    note: {n}\n"));
     }
     let mut reads = 0;
-    for (&k, absorbed) in w
+    // In journal order (a check inside the hold puts gap changes among absorbed ones).
+    let mut rows: Vec<(usize, bool)> = w
         .gap
         .iter()
-        .map(|k| (k, false))
-        .chain(w.held.iter().map(|k| (k, true)))
-    {
+        .map(|&k| (k, false))
+        .chain(w.held.iter().map(|&k| (k, true)))
+        .collect();
+    rows.sort_by_key(|&(k, _)| k);
+    for (k, absorbed) in rows {
         let r = &a.recs[k];
         if r.class() == Some("read") {
             reads += 1;
