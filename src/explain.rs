@@ -992,6 +992,9 @@ fn hold_stats(h: &Hold, frecs: &[&Rec]) -> Option<HoldStats> {
     let mut wrote_since_worker_stat = false;
     let mut seen_worker_stat = false;
     let mut wrote_since_stat = false;
+    let mut prev_reader_stat = false;
+    let mut prev_read_open = false;
+    let mut wrote_since_read_open = false;
     // The check of the stretch (the hold's first stat, then each check inside it).
     let mut check: Option<Mark> = None;
     let mut mid = Vec::new();
@@ -1006,18 +1009,22 @@ fn hold_stats(h: &Hold, frecs: &[&Rec]) -> Option<HoldStats> {
         if !mine(r) {
             continue;
         }
+        let main_thread = r.v["tid"].as_u64() == Some(u64::from(pid));
+        // Only read handles count: a handle opened to write (an append) is no read
+        // that stats, and its RELEASE comes when the kernel sends it, maybe after the
+        // holder's next path stats, which must not be taken for fstats. (Journals
+        // without `access`: every handle counts.)
+        let counts = r.str("access").is_none_or(|a| a == "read");
+        let after_reader_stat = std::mem::replace(&mut prev_reader_stat, false);
+        let after_read_open = std::mem::replace(&mut prev_read_open, r.op() == "open" && counts);
         if matches!(r.class(), Some("append" | "rewrite" | "metadata"))
             && !r.path().ends_with(".lock")
         {
             wrote = true;
             wrote_since_worker_stat = true;
             wrote_since_stat = true;
+            wrote_since_read_open = true;
         }
-        // Only read handles count: a handle opened to write (an append) is no read
-        // that stats, and its RELEASE comes when the kernel sends it, maybe after the
-        // holder's next path stats, which must not be taken for fstats. (Journals
-        // without `access`: every handle counts.)
-        let counts = r.str("access").is_none_or(|a| a == "read");
         match r.op() {
             "release" => {
                 if counts {
@@ -1028,8 +1035,16 @@ fn hold_stats(h: &Hold, frecs: &[&Rec]) -> Option<HoldStats> {
             // A sync stat (main thread, tid == pid) is a fence read only right after
             // the holder's write (refreshAfterOwnedSessionWrite's statSync); else it
             // is the session manager reading the transcript.
-            "stat" if r.v["tid"].as_u64() == Some(u64::from(pid)) && !wrote_since_stat => {}
-            "stat" if open == 0 => {
+            "stat" if main_thread && !wrote_since_stat => prev_reader_stat = true,
+            // The async stat a reader in the gateway makes right after its sync stats
+            // (chat.history: two statSyncs, an async stat, a readFile).
+            "stat" if after_reader_stat => {}
+            // An fstat of a read handle (a readFile's): with a read handle open, a
+            // stat right after a read open, or with no write of the holder's since
+            // the last one. A read handle of another reader in the gateway can be
+            // open across the holder's write and its fence reads: those still count.
+            "stat" if open > 0 && (after_read_open || !wrote_since_read_open) => {}
+            "stat" => {
                 wrote_since_stat = false;
                 // A stat on a worker thread (an async fs.stat: the gateway's fence
                 // reads and checks; sync stats run on the main thread, tid == pid)
@@ -1060,10 +1075,10 @@ fn hold_stats(h: &Hold, frecs: &[&Rec]) -> Option<HoldStats> {
                 pair = if run { prev } else { None };
                 run = true;
             }
-            "stat" => {}
             op => {
                 if matches!(op, "open" | "create") && counts {
                     open += 1;
+                    wrote_since_read_open = false;
                 }
                 run = false;
             }
@@ -3144,6 +3159,73 @@ mod tests {
                         assert_eq!(change_of(&a, w, chmod)["absorbed"], true);
                     }
                 }
+            }
+        }
+    }
+
+    /// A reader of the transcript in the gateway (chat.history, polled by a Control
+    /// UI every 50 ms: two statSyncs on the main thread, an async stat, a readFile)
+    /// during the model call is no check inside the hold, and its read handle, open
+    /// across the assistant write and the fence reads, does not make them fstats: a
+    /// chmod between two polls is absorbed, one between the fence read A and the
+    /// snapshot stat B trips. (Measured on the real gateway under the e2e test's
+    /// WebSocket poller: every poll looked like a check, and a poll handle open
+    /// across A and B put the fence read back at the hold's check.)
+    #[test]
+    fn a_transcript_reader_in_the_gateway_is_no_check_and_hides_no_fence_read() {
+        fn poll_start(j: &mut J) {
+            j.stat_on(GW);
+            j.stat_on(GW);
+            j.stat_on(GW + 5);
+            j.stat_on(GW + 6);
+            let ctx = j.ctx(GW);
+            j.push(GW, json!({"op": "open", "path": F, "class": "read", "access": "read", "tid": GW + 6, "lock_context": ctx}));
+        }
+        fn poll_end(j: &mut J) {
+            let ctx = j.ctx(GW);
+            j.push(GW, json!({"op": "release", "path": F, "class": "read", "access": "read", "tid": GW + 6, "lock_context": ctx}));
+        }
+        for trip in [false, true] {
+            let mut j = J::default();
+            let mut chmod = 0;
+            j.stat_turn(true, |j, k, p| {
+                if k != 2 {
+                    return;
+                }
+                match p {
+                    1 => {
+                        poll_start(j);
+                        poll_end(j);
+                        if !trip {
+                            chmod = j.chmod(OTHER, false);
+                        }
+                        poll_start(j);
+                        poll_end(j);
+                        // A poll whose handle stays open across the write and A.
+                        poll_start(j);
+                    }
+                    3 => {
+                        poll_end(j);
+                        if trip {
+                            chmod = j.chmod(OTHER, false);
+                        }
+                    }
+                    _ => {}
+                }
+            });
+            let a = j.analyze(Rules::V2026_5_22);
+            let w = &a.windows[0];
+            assert!(w.mid_checks.is_empty(), "trip {trip}: {:?}", w.mid_checks);
+            let tripped: Vec<u64> = a
+                .windows
+                .iter()
+                .filter_map(|w| w.verdict.first_trip)
+                .collect();
+            if trip {
+                assert_eq!(tripped, vec![chmod], "{:?}", a.windows);
+            } else {
+                assert!(tripped.is_empty(), "{:?}", a.windows);
+                assert_eq!(change_of(&a, w, chmod)["absorbed"], true);
             }
         }
     }
