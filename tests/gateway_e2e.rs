@@ -1747,6 +1747,24 @@ fn explain_agrees_with_the_gateway_on_every_turn() {
     let mut gw = start_gateway("agree", true);
     let gateway_pid = gw.proc.pid();
     let journal = gw.sessions.join(".journal");
+    // SESSIONFS_E2E_AGREE_POLL=1: a Control-UI-style poller (chat.history and
+    // sessions.list every 50 ms) runs through the turns, so the gateway reads the
+    // transcript while it holds the lock.
+    let poll = std::env::var("SESSIONFS_E2E_AGREE_POLL").is_ok_and(|v| v == "1");
+    let poll_stop = gw.env.dir.join("ws.stop");
+    let mut poller = poll.then(|| {
+        let base = install_dir();
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut wc = gw.env.command(&base.join("node/bin/node"));
+        wc.arg(manifest.join("tests/e2e/ws_client.mjs"))
+            .arg(gw.env.port.to_string())
+            .arg(&gw.env.token)
+            .arg(&poll_stop)
+            .arg(&gw.env.modules)
+            .stdout(fs::File::create(gw.env.dir.join("ws.out")).unwrap())
+            .stderr(Stdio::inherit());
+        Proc::spawn("ws client", &mut wc)
+    });
 
     // Turn 0 creates the transcript.
     let warm = run_turn(&gw.env, 0);
@@ -1812,6 +1830,14 @@ fn explain_agrees_with_the_gateway_on_every_turn() {
             t.why.as_ref().map_or(String::new(), |s| format!(": {s}")),
         );
         turns.push(t);
+    }
+    if let Some(p) = poller.as_mut() {
+        fs::write(&poll_stop, b"").unwrap();
+        p.wait_for(Duration::from_secs(30));
+        eprintln!(
+            "e2e-agree: poller {}",
+            read_lossy(&gw.env.dir.join("ws.out")).trim()
+        );
     }
     gw.proc.stop(Duration::from_secs(20));
     let log = read_lossy(&gw.log);
