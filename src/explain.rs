@@ -979,6 +979,12 @@ fn hold_stats(h: &Hold, frecs: &[&Rec]) -> Option<HoldStats> {
             .take_while(|r| r.seq < end)
             .filter(|r| mine(r)),
     );
+    // The main-thread rules below are Node's (sync calls on the main thread, async
+    // ones on the libuv pool); a holder that stats only from its main thread (a
+    // single-threaded runner) has none of them.
+    let threaded = frecs[lo..].iter().take_while(|r| r.seq < end).any(|r| {
+        mine(r) && r.op() == "stat" && r.v["tid"].as_u64().is_some_and(|t| t != u64::from(pid))
+    });
     let mut open = 0i64;
     let mut first: Option<Mark> = None;
     // The last path stat, the one before it when nothing of the holder's but handle
@@ -1009,7 +1015,7 @@ fn hold_stats(h: &Hold, frecs: &[&Rec]) -> Option<HoldStats> {
         if !mine(r) {
             continue;
         }
-        let main_thread = r.v["tid"].as_u64() == Some(u64::from(pid));
+        let main_thread = threaded && r.v["tid"].as_u64() == Some(u64::from(pid));
         // Only read handles count: a handle opened to write (an append) is no read
         // that stats, and its RELEASE comes when the kernel sends it, maybe after the
         // holder's next path stats, which must not be taken for fstats. (Journals
