@@ -985,6 +985,27 @@ fn hold_stats(h: &Hold, frecs: &[&Rec]) -> Option<HoldStats> {
     let threaded = frecs[lo..].iter().take_while(|r| r.seq < end).any(|r| {
         mine(r) && r.op() == "stat" && r.v["tid"].as_u64().is_some_and(|t| t != u64::from(pid))
     });
+    // For each of the holder's records, whether its next open or change of the file
+    // is a write (a write open or a change) rather than a read open.
+    let is_change = |r: &Rec| {
+        matches!(r.class(), Some("append" | "rewrite" | "metadata")) && !r.path().ends_with(".lock")
+    };
+    let holder_recs: Vec<&Rec> = frecs[lo..]
+        .iter()
+        .take_while(|r| r.seq < end)
+        .filter(|r| mine(r))
+        .copied()
+        .collect();
+    let mut write_next: HashMap<u64, bool> = HashMap::new();
+    let mut next = false;
+    for r in holder_recs.iter().rev() {
+        write_next.insert(r.seq, next);
+        if is_change(r) || r.op() == "create" {
+            next = true;
+        } else if r.op() == "open" {
+            next = r.str("access").is_some_and(|a| a != "read");
+        }
+    }
     let mut open = 0i64;
     let mut first: Option<Mark> = None;
     // The last path stat, the one before it when nothing of the holder's but handle
@@ -1023,9 +1044,7 @@ fn hold_stats(h: &Hold, frecs: &[&Rec]) -> Option<HoldStats> {
         let counts = r.str("access").is_none_or(|a| a == "read");
         let after_reader_stat = std::mem::replace(&mut prev_reader_stat, false);
         let after_read_open = std::mem::replace(&mut prev_read_open, r.op() == "open" && counts);
-        if matches!(r.class(), Some("append" | "rewrite" | "metadata"))
-            && !r.path().ends_with(".lock")
-        {
+        if is_change(r) {
             wrote = true;
             wrote_since_worker_stat = true;
             wrote_since_stat = true;
@@ -1060,11 +1079,17 @@ fn hold_stats(h: &Hold, frecs: &[&Rec]) -> Option<HoldStats> {
                 // result's persist), whose assertSessionFileFence compares with the
                 // fence read after the last write.
                 let worker = r.v["tid"].as_u64().is_some_and(|t| t != u64::from(pid));
+                // So is the first worker-thread stat after a write of the holder's
+                // when its next open or change is a write, not a readFile: the check
+                // of the next write's `withSessionWriteLock` (a tool result's, right
+                // after the assistant's tool call), not the fence reads after the
+                // write (A and B, then the snapshot's readFile).
+                let checks_next_write =
+                    wrote_since_worker_stat && write_next.get(&r.seq) == Some(&true);
                 if worker {
                     if let (Some(c), Some(l)) = (&check, &last)
-                        && !run
-                        && seen_worker_stat
-                        && !wrote_since_worker_stat
+                        && ((!run && seen_worker_stat && !wrote_since_worker_stat)
+                            || checks_next_write)
                     {
                         let fence = fence_of(c, l, &pair, wrote);
                         mid.push((fence, r.mark()));
@@ -3232,6 +3257,77 @@ mod tests {
             } else {
                 assert!(tripped.is_empty(), "{:?}", a.windows);
                 assert_eq!(change_of(&a, w, chmod)["absorbed"], true);
+            }
+        }
+    }
+
+    /// A fast tool: its result's `withSessionWriteLock` checks the fence right after
+    /// the assistant's tool call is written, before any fence read but the main
+    /// thread's statSync P. That check K is the first worker-thread stat after the
+    /// write and is followed by a write, not by a readFile: a chmod between P and K
+    /// trips; one before the assistant write is absorbed. The records of the real
+    /// gateway (agreement test, seed 1796642610244942113, turn 3: a burst of chmods
+    /// over the tool call, a takeover explain had missed).
+    #[test]
+    fn a_chmod_before_a_fast_tool_results_check_trips() {
+        for trip in [false, true] {
+            let mut j = J::default();
+            let ctx = |j: &J| j.ctx(GW);
+            // Hold 1: the user message, then releaseForPrompt.
+            j.acquire(GW);
+            j.stat_on(GW + 1);
+            j.user(GW, "u");
+            j.traj(GW, true);
+            j.stat_on(GW);
+            j.stat_on(GW + 1);
+            j.stat_on(GW + 2);
+            j.read_on(GW + 3);
+            j.release(GW);
+            // Hold 2: the model call with the tool call and its result.
+            j.acquire(GW);
+            j.stat_on(GW + 2);
+            let early = (!trip).then(|| j.chmod(OTHER, false));
+            j.stat_on(GW); // the append's permission check
+            let c = ctx(&j);
+            j.push(GW, json!({"op": "open", "path": F, "class": "read", "access": "write", "tid": GW, "lock_context": c}));
+            j.assistant(GW, "a");
+            j.push(GW, json!({"op": "release", "path": F, "class": "read", "access": "write", "tid": GW, "lock_context": c}));
+            let p = j.stat_on(GW);
+            let late = trip.then(|| j.chmod(OTHER, false));
+            let k = j.stat_on(GW + 4);
+            j.stat_on(GW);
+            let c = ctx(&j);
+            j.push(GW, json!({"op": "open", "path": F, "class": "read", "access": "write", "tid": GW, "lock_context": c}));
+            j.append(GW, "message", Some("toolResult"), "t");
+            j.push(GW, json!({"op": "release", "path": F, "class": "read", "access": "write", "tid": GW, "lock_context": c}));
+            j.stat_on(GW + 1);
+            j.stat_on(GW + 2);
+            j.read_on(GW + 3);
+            j.release(GW);
+            if !trip {
+                j.acquire(GW);
+                j.stat_on(GW + 1);
+                j.release(GW);
+                j.traj(GW, false);
+                j.acquire(GW);
+                j.stat_on(GW + 1);
+                j.release(GW);
+            }
+            let a = j.analyze(Rules::V2026_5_22);
+            let w = &a.windows[0];
+            let mids: Vec<(u64, u64)> = w.mid_checks.iter().map(|(f, c)| (f.seq, c.seq)).collect();
+            assert_eq!(mids, vec![(p, k)], "trip {trip}");
+            let tripped: Vec<u64> = a
+                .windows
+                .iter()
+                .filter_map(|w| w.verdict.first_trip)
+                .collect();
+            if let Some(chmod) = late {
+                assert_eq!(tripped, vec![chmod], "{:?}", a.windows);
+                assert_eq!(w.outcome, Some("takeover"));
+            } else {
+                assert!(tripped.is_empty(), "{:?}", a.windows);
+                assert_eq!(change_of(&a, w, early.unwrap())["absorbed"], true);
             }
         }
     }
