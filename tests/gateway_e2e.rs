@@ -1658,28 +1658,29 @@ fn record_line(r: &Value) -> String {
 
 /// ≥ 10 real turns on the mount, each with one outside change at a random moment: an
 /// append by another process without the lock, a chmod to the other mode, or a 1 s
-/// burst of such chmods. Afterwards `sessionfs explain --json` must say, for every
-/// turn, that a window tripped (and was not swallowed at cleanup) exactly when the
-/// gateway reported a takeover for it; and `explain --gateway-log` must match every
-/// takeover line of the gateway log to the change that caused it. Turn 1 holds the
-/// issue's absorbed append: 1 s into the model call, while the gateway holds the lock,
-/// another process appends an entry: the turn replies, and explain lists the change
-/// (writer's pid, entry id, `held_by_other`, `absorbed: true`) in a window that did
-/// not trip.
+/// burst of such chmods; three of the turns make a tool call first (an attempt of two
+/// model calls), their single change aimed at the tool call. Afterwards `sessionfs
+/// explain --json` must say, for every turn, that a window tripped (and was not
+/// swallowed at cleanup) exactly when the gateway reported a takeover for it; and
+/// `explain --gateway-log` must match every takeover line of the gateway log to the
+/// change that caused it. Turn 1 holds the absorbed append: 1 s into the model
+/// call, while the gateway holds the lock, another process appends an entry: the turn
+/// replies, and explain lists the change (writer's pid, entry id, `held_by_other`,
+/// `absorbed: true`) in a window that did not trip. `SESSIONFS_E2E_AGREE_POLL=1` runs
+/// it under the Control-UI-style poller.
 ///
 /// Its disagreements so far, each fixed with a unit test: the attempt's first hold taken
 /// from the queued `session.started` write (now: the hold with the runner's user
 /// message); the fence after `releaseForPrompt` taken at its second stat (now: the
 /// first); a holder's stat journaled after a racing chmod it had not seen (now: under
 /// the inode's order lock); a write handle's late RELEASE making the fence stat look
-/// like an fstat (now: only read handles count). A failed run keeps its journal, the
-/// gateway log and the session files in `/tmp/sessionfs-agree-fail-<seed>/`.
-///
-/// Out of the CI gate again: with the four fixes, 12/12 in 6 of 7 runs (5 on a
-/// loaded machine, the fresh-clone CI runs 1 of 2); the 7th (seed
-/// 1796569802155623997, turn 7) was a takeover at a `withSessionWriteLock` check with
-/// no tripped window, the same signature as the order-of-records case. Run with
-/// `--ignored`.
+/// like an fstat (now: only read handles count); the guarded file's attributes dropped
+/// after the lock's CREATE was answered (now: before); the kernel's permission-check
+/// GETATTR before an open taken for the snapshot stat (now: left out), and then a hold
+/// without a write judged as if it ended in `releaseForPrompt` (now: its last stat);
+/// checks inside the model-call hold during a tool call (now: found, with the fence
+/// read before each). A failed run keeps its journal, the gateway log and the session
+/// files in `/tmp/sessionfs-agree-fail-<seed>/`.
 #[test]
 #[ignore = "12/12 in 6 of 7 runs with the four fixes; run with --ignored"]
 fn explain_agrees_with_the_gateway_on_every_turn() {
