@@ -954,12 +954,21 @@ pub(crate) struct Window {
 /// fence read is the last stat (agreement test, seed 1796543173242158595, turn 3: a
 /// chmod between W0 and S was absorbed by the gateway).
 ///
-/// Stats made while the holder has a handle of the file open (between its `open` and
-/// that handle's `release`) are the `fstat`s of its reads and writes, not fence reads
-/// (the kernel sends a GETATTR without a file handle for `fstat` too, so the open
-/// count is what tells them apart): the gateway takes its fingerprint with a stat of
-/// the path, then reads the snapshot (measured on the real gateway: a change between
-/// the fingerprint stat and the snapshot read's `fstat` trips the next check).
+/// A read handle's `fstat` is no fence read (the kernel sends a GETATTR without a
+/// file handle for `fstat` too): a stat with a read handle of the holder's open,
+/// right after a read open or with no write of the holder's since the last one. The
+/// gateway takes its fingerprint with a stat of the path, then reads the snapshot
+/// (measured on the real gateway: a change between the fingerprint stat and the
+/// snapshot read's `fstat` trips the next check). A read handle of another reader
+/// in the gateway, open across the holder's write and its fence reads, hides none of
+/// them.
+///
+/// Node's threads (only for a holder that stats from other threads than its main
+/// one): a sync stat on the main thread (tid == pid) is a fence read only as the
+/// first stat after the holder's write (`refreshAfterOwnedSessionWrite`'s
+/// `statSync`); others are the session manager reading the transcript. The async
+/// stat right after such sync stats is a reader too (`chat.history`: two
+/// `statSync`s, a `stat`, a `readFile`). Checks inside the hold: see the loop.
 ///
 /// A stat whose thread's next record is an `open` is that open's permission check,
 /// not a stat the gateway made: with `default_permissions` and the attr TTL of 0 a
