@@ -1682,7 +1682,6 @@ fn record_line(r: &Value) -> String {
 /// read before each). A failed run keeps its journal, the gateway log and the session
 /// files in `/tmp/sessionfs-agree-fail-<seed>/`.
 #[test]
-#[ignore = "12/12 in 6 of 7 runs with the four fixes; run with --ignored"]
 fn explain_agrees_with_the_gateway_on_every_turn() {
     if !e2e_enabled() {
         return;
