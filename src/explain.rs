@@ -981,34 +981,29 @@ fn hold_stats(h: &Hold, frecs: &[&Rec]) -> Option<HoldStats> {
     let end = h.released.as_ref().map_or(u64::MAX, |m| m.seq);
     let lo = frecs.partition_point(|r| r.seq <= h.acquired.seq);
     let pid = h.holder.pid;
-    let mine = |r: &Rec| r.ok() && r.pid() == Some(pid);
-    let perm_checks = permission_checks(
-        frecs[lo..]
-            .iter()
-            .take_while(|r| r.seq < end)
-            .filter(|r| mine(r)),
-    );
+    // The holder's records of the hold: every rule below looks at these only.
+    let recs: Vec<&Rec> = frecs[lo..]
+        .iter()
+        .take_while(|r| r.seq < end)
+        .filter(|r| r.ok() && r.pid() == Some(pid))
+        .copied()
+        .collect();
+    let perm_checks: HashSet<u64> = permission_checks(recs.iter()).into_iter().collect();
     // The main-thread rules below are Node's (sync calls on the main thread, async
     // ones on the libuv pool); a holder that stats only from its main thread (a
     // single-threaded runner) has none of them.
-    let threaded = frecs[lo..].iter().take_while(|r| r.seq < end).any(|r| {
-        mine(r) && r.op() == "stat" && r.v["tid"].as_u64().is_some_and(|t| t != u64::from(pid))
-    });
-    // For each of the holder's records, whether its next open or change of the file
-    // is a write (a write open or a change) rather than a read open.
+    let threaded = recs
+        .iter()
+        .any(|r| r.op() == "stat" && r.v["tid"].as_u64().is_some_and(|t| t != u64::from(pid)));
     let is_change = |r: &Rec| {
         matches!(r.class(), Some("append" | "rewrite" | "metadata")) && !r.path().ends_with(".lock")
     };
-    let holder_recs: Vec<&Rec> = frecs[lo..]
-        .iter()
-        .take_while(|r| r.seq < end)
-        .filter(|r| mine(r))
-        .copied()
-        .collect();
-    let mut write_next: HashMap<u64, bool> = HashMap::new();
+    // For each record, whether the holder's next open or change of the file after it
+    // is a write (a write open or a change) rather than a read open.
+    let mut write_next = vec![false; recs.len()];
     let mut next = false;
-    for r in holder_recs.iter().rev() {
-        write_next.insert(r.seq, next);
+    for (k, r) in recs.iter().enumerate().rev() {
+        write_next[k] = next;
         if is_change(r) || r.op() == "create" {
             next = true;
         } else if r.op() == "open" {
@@ -1041,10 +1036,7 @@ fn hold_stats(h: &Hold, frecs: &[&Rec]) -> Option<HoldStats> {
         Some(p) if p.seq != check.seq && wrote => p.clone(),
         _ => last.clone(),
     };
-    for r in frecs[lo..].iter().take_while(|r| r.seq < end) {
-        if !mine(r) {
-            continue;
-        }
+    for (k, r) in recs.iter().enumerate() {
         let main_thread = threaded && r.v["tid"].as_u64() == Some(u64::from(pid));
         // Only read handles count: a handle opened to write (an append) is no read
         // that stats, and its RELEASE comes when the kernel sends it, maybe after the
@@ -1093,8 +1085,7 @@ fn hold_stats(h: &Hold, frecs: &[&Rec]) -> Option<HoldStats> {
                 // of the next write's `withSessionWriteLock` (a tool result's, right
                 // after the assistant's tool call), not the fence reads after the
                 // write (A and B, then the snapshot's readFile).
-                let checks_next_write =
-                    wrote_since_worker_stat && write_next.get(&r.seq) == Some(&true);
+                let checks_next_write = wrote_since_worker_stat && write_next[k];
                 if worker {
                     if let (Some(c), Some(l)) = (&check, &last)
                         && ((!run && seen_worker_stat && !wrote_since_worker_stat)
@@ -1178,6 +1169,13 @@ pub(crate) fn windows(
     let mut out = Vec::new();
     for (ai, a) in attempts.iter().enumerate() {
         let pid = a.holder.pid;
+        // Each hold is the released one of a window and the next one of the window
+        // before: its stats are read once.
+        let stats: Vec<Option<HoldStats>> = a
+            .holds
+            .iter()
+            .map(|&x| hold_stats(&holds[x], frecs))
+            .collect();
         for i in 0..a.holds.len() {
             let h = &holds[a.holds[i]];
             let Some(rel) = h.released.clone() else {
@@ -1187,20 +1185,20 @@ pub(crate) fn windows(
             if next.is_none() && a.ended {
                 break;
             }
-            let h_stats = hold_stats(h, frecs);
-            let n_stats = next.and_then(|n| hold_stats(n, frecs));
+            let h_stats = stats[i].as_ref();
+            let n_stats = stats.get(i + 1).and_then(Option::as_ref);
             let acquired = next.map_or(u64::MAX, |n| n.acquired.seq);
             let hold_end = next.and_then(|n| n.released.clone());
             // The gap: after the holder's last stat (else the release) to its first
             // stat in the next hold (else the acquisition); the absorbed stretch: to
             // its last stat in the next hold (else that hold's end).
-            let gap_start = h_stats.as_ref().map_or(rel.seq, |s| s.fence.seq);
-            let gap_end = n_stats.as_ref().map_or(acquired, |s| s.first.seq);
-            let held_end = match &n_stats {
+            let gap_start = h_stats.map_or(rel.seq, |s| s.fence.seq);
+            let gap_end = n_stats.map_or(acquired, |s| s.first.seq);
+            let held_end = match n_stats {
                 Some(s) => s.fence.seq,
                 None => hold_end.as_ref().map_or(u64::MAX, |m| m.seq),
             };
-            let mids: &[(Mark, Mark)] = n_stats.as_ref().map_or(&[], |s| &s.mid);
+            let mids: &[(Mark, Mark)] = n_stats.map_or(&[], |s| &s.mid);
             // frecs are in seq order: find the ranges by binary search.
             let range = |after: u64, before: u64| {
                 let lo = frecs.partition_point(|r| r.seq <= after);
@@ -1211,12 +1209,11 @@ pub(crate) fn windows(
             // writes, folded into the fence whatever the moment (a transcript created
             // in a hold before the holder's first stat): absorbed, never in the gap.
             let in_lock = |r: &Rec| r.seq <= rel.seq || r.seq >= acquired;
-            let (gap, own_edge): (Vec<usize>, Vec<usize>) = range(gap_start, gap_end)
+            let (mut gap, own_edge): (Vec<usize>, Vec<usize>) = range(gap_start, gap_end)
                 .into_iter()
                 .partition(|&k| !(in_lock(frecs[k]) && frecs[k].pid() == Some(pid)));
             // A check inside the next hold sees what others changed since the fence
             // read before it: that is judged with the gap.
-            let mut gap = gap;
             let held = if next.is_some() {
                 let mut v = own_edge;
                 for k in range(gap_end, held_end) {
@@ -1287,10 +1284,10 @@ pub(crate) fn windows(
                 released: rel,
                 reacquired: next.map(|n| n.acquired.clone()),
                 hold_end,
-                fence_taken: h_stats.map(|s| s.fence),
-                checked: n_stats.as_ref().map(|s| s.first.clone()),
-                mid_checks: n_stats.as_ref().map_or(Vec::new(), |s| s.mid.clone()),
-                absorbed_until: n_stats.map(|s| s.fence),
+                fence_taken: h_stats.map(|s| s.fence.clone()),
+                checked: n_stats.map(|s| s.first.clone()),
+                mid_checks: n_stats.map_or(Vec::new(), |s| s.mid.clone()),
+                absorbed_until: n_stats.map(|s| s.fence.clone()),
                 cleanup,
                 gap,
                 held,
